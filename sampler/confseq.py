@@ -1,0 +1,177 @@
+"""Anytime-valid confidence sequences for a mean, with and without replacement.
+
+Betting confidence sequence (Waudby-Smith & Ramdas 2024, "Estimating means of bounded random variables by
+betting", JRSS-B; finite-population form: Waudby-Smith & Ramdas 2020, "Confidence sequences for sampling
+without replacement", NeurIPS). Observations x_t arrive with predictable bounds lo_t <= x_t <= hi_t. For every
+candidate value m of the estimand the caller supplies the *predictable null mean* c_t(m) = E[x_t | past] if
+theta = m (with replacement c_t(m) = m; without replacement c_t(m) = (N m - S_{t-1}) / |R_t|, the mean of the
+items not yet drawn). Two capital processes per m:
+
+    K+_t(m) = prod_s (1 + lam+_s(m) (x_s - c_s(m)))      (bets that theta > m)
+    K-_t(m) = prod_s (1 - lam-_s(m) (x_s - c_s(m)))      (bets that theta < m)
+
+Under theta = m both are non-negative martingales (each factor has conditional mean 1 and is >= 1 - clip > 0
+because lam+ <= clip / (c - lo), lam- <= clip / (hi - c)). Ville's inequality gives
+P(sup_t K+_t(theta) >= 2/alpha) <= alpha/2, likewise for K-; so
+
+    C_t = {m : K+_s(m) < 2/alpha and K-_s(m) < 2/alpha for all s <= t}
+
+covers theta at all times simultaneously with probability >= 1 - alpha (the running intersection is built in:
+an m once excluded stays excluded). Each K is a *mixture* over a fixed grid of bets lam_k (a mean of
+martingales is a martingale), so it adapts to the unknown effect size at a log(#grid) cost. Without
+replacement the evidence against a wrong m grows like N / |R_t| as the pool empties; the bets grow with
+(N / |R_t|)^growth to harvest it. The grid and growth were chosen on the Arena replay (docs/benchmarks.md);
+validity does not depend on them.
+
+Deterministic finite-population bounds are added: if c_t(m) leaves [mean_lo, mean_hi] (the range the remaining
+items' mean can take) then m is impossible and excluded.
+
+Also: the Gaussian-mixture asymptotic confidence sequence (Waudby-Smith, Arbour, Sinha, Kennedy & Ramdas 2024,
+"Time-uniform central limit theory and asymptotic confidence sequences", Ann. Statist., eq. (2)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_BETS: tuple[float, ...] = (0.3, 0.6, 0.9, 1.3, 1.8)
+
+
+@dataclass(frozen=True)
+class BetSchedule:
+    """A mixture of constant bets; bet k at time t is lambdas[k] * (N / |R_t|)**growth, clipped for safety."""
+
+    lambdas: tuple[float, ...] = DEFAULT_BETS
+    growth: float = 1.0
+    clip: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not self.lambdas or any(b <= 0 for b in self.lambdas):
+            raise ValueError("BetSchedule.lambdas must be a non-empty tuple of positive bets")
+        if not 0 < self.clip < 1:
+            raise ValueError("BetSchedule.clip must lie in (0, 1)")
+
+
+def candidate_grid(resolution: int = 400, extra: tuple[float, ...] = ()) -> np.ndarray:
+    """Candidate values of theta: a uniform grid on [0, 1] plus exact decision points (1/2, 1/2 +- margin)."""
+    grid = np.concatenate([np.linspace(0.0, 1.0, resolution + 1), np.asarray(extra, dtype=float)])
+    return np.unique(np.clip(grid, 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Interval:
+    lower: float
+    upper: float
+
+
+class BettingConfidenceSequence:
+    """Mixture-of-bets betting CS on a grid of candidate means; see the module docstring for the math.
+
+    Mutable on purpose (one update per label must stay O(grid x bets)); ``to_dict``/``from_dict`` give an
+    exact JSON round-trip.
+    """
+
+    def __init__(self, alpha: float, grid: np.ndarray, bets: BetSchedule = BetSchedule()) -> None:
+        if not 0 < alpha < 1:
+            raise ValueError("alpha must lie in (0, 1)")
+        self.alpha = float(alpha)
+        self.grid = np.asarray(grid, dtype=float)
+        self.bets = bets
+        k = len(bets.lambdas)
+        self.log_k_plus = np.zeros((self.grid.size, k))
+        self.log_k_minus = np.zeros((self.grid.size, k))
+        self.excluded_below = np.zeros(self.grid.size, dtype=bool)  # theta > m established
+        self.excluded_above = np.zeros(self.grid.size, dtype=bool)  # theta < m established
+        self._lambdas = np.asarray(bets.lambdas, dtype=float)
+        self._threshold = math.log(2.0 / self.alpha) + math.log(k)  # mixture: log(mean) >= log(2/alpha)
+
+    def update(self, x: float, null_mean: np.ndarray, lo: float, hi: float, scale: float = 1.0,
+               mean_lo: float = -np.inf, mean_hi: float = np.inf) -> None:
+        """Feed one observation.
+
+        x: the observation; null_mean: c_t(m) for every grid point (predictable); [lo, hi]: predictable bounds
+        of x; scale: bet multiplier (N/|R_t|)**growth; [mean_lo, mean_hi]: range the true c_t can take.
+        """
+        c = np.asarray(null_mean, dtype=float)
+        clip = self.bets.clip
+        lam = self._lambdas * scale
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cap_plus = np.where(c > lo, clip / (c - lo), np.inf)
+            cap_minus = np.where(c < hi, clip / (hi - c), np.inf)
+        lam_plus = np.minimum(lam[None, :], cap_plus[:, None])
+        lam_minus = np.minimum(lam[None, :], cap_minus[:, None])
+        d = (x - c)[:, None]
+        self.log_k_plus += np.log1p(lam_plus * d)
+        self.log_k_minus += np.log1p(-lam_minus * d)
+        self.excluded_below |= (_logsumexp_rows(self.log_k_plus) >= self._threshold) | (c < mean_lo) | (c < lo)
+        self.excluded_above |= (_logsumexp_rows(self.log_k_minus) >= self._threshold) | (c > mean_hi) | (c > hi)
+
+    def exclude_outside(self, lower: float, upper: float) -> None:
+        """Deterministic knowledge (e.g. the whole pool is labelled): theta lies in [lower, upper]."""
+        self.excluded_below |= self.grid < lower
+        self.excluded_above |= self.grid > upper
+
+    def interval(self) -> Interval:
+        """(lower, upper) with theta > lower and theta < upper unless equal to a bound, w.p. >= 1 - alpha.
+
+        lower = the largest grid point below which every candidate is excluded from below (0 if none);
+        upper symmetric. Decision points (1/2, 1/2 +- margin) are on the grid, so decisions are exact.
+        """
+        below = self.excluded_below
+        first_kept = int(np.argmin(below)) if not below.all() else below.size
+        lower = float(self.grid[first_kept - 1]) if first_kept > 0 else 0.0
+        above = self.excluded_above[::-1]
+        first_kept_top = int(np.argmin(above)) if not above.all() else above.size
+        upper = float(self.grid[::-1][first_kept_top - 1]) if first_kept_top > 0 else 1.0
+        return Interval(lower, upper)
+
+    def is_excluded_below(self, m: float) -> bool:
+        return bool(self.excluded_below[self.grid <= m + 1e-12].all())
+
+    def is_excluded_above(self, m: float) -> bool:
+        return bool(self.excluded_above[self.grid >= m - 1e-12].all())
+
+    def to_dict(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "grid": self.grid.tolist(),
+            "bets": {"lambdas": list(self.bets.lambdas), "growth": self.bets.growth, "clip": self.bets.clip},
+            "log_k_plus": self.log_k_plus.tolist(),
+            "log_k_minus": self.log_k_minus.tolist(),
+            "excluded_below": self.excluded_below.tolist(),
+            "excluded_above": self.excluded_above.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BettingConfidenceSequence:
+        b = d["bets"]
+        cs = cls(d["alpha"], np.asarray(d["grid"]), BetSchedule(tuple(b["lambdas"]), b["growth"], b["clip"]))
+        cs.log_k_plus = np.asarray(d["log_k_plus"], dtype=float).reshape(cs.log_k_plus.shape)
+        cs.log_k_minus = np.asarray(d["log_k_minus"], dtype=float).reshape(cs.log_k_minus.shape)
+        cs.excluded_below = np.asarray(d["excluded_below"], dtype=bool)
+        cs.excluded_above = np.asarray(d["excluded_above"], dtype=bool)
+        return cs
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1)
+    return top + np.log(np.exp(a - top[:, None]).sum(axis=1))
+
+
+def asymptotic_cs_radius(t: np.ndarray | int, sigma_hat: np.ndarray | float, alpha: float,
+                         rho: float | None = None, t_opt: int = 100) -> np.ndarray:
+    """Half-width of the two-sided Gaussian-mixture asymptotic CS (Waudby-Smith et al. 2024, eq. 2).
+
+        radius_t = sigma_hat_t * sqrt( 2 (t rho^2 + 1) / (t^2 rho^2) * log( sqrt(t rho^2 + 1) / alpha ) )
+
+    rho tunes where the CS is tightest; the default picks rho so that it is tightest at t = t_opt
+    (their eq. in Appendix B.2): rho^2 = (-2 log(alpha) + log(-2 log(alpha) + 1)) / t_opt.
+    """
+    if rho is None:
+        rho = math.sqrt((-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / t_opt)
+    t = np.asarray(t, dtype=float)
+    r2 = rho * rho
+    return np.asarray(sigma_hat) * np.sqrt(2 * (t * r2 + 1) / (t * t * r2) * np.log(np.sqrt(t * r2 + 1) / alpha))

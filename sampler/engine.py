@@ -1,0 +1,371 @@
+"""The sequential comparison of one pool of (base, tuned) pairs: the value object the service persists.
+
+Estimand: theta = (1/N) sum_i Y_i, the preference rate of tuned over base on the pool (Y in {0, 1/2, 1}, the
+mean when several annotators label one pair). Design: pairs are drawn *without replacement*; draw t picks
+I_t from the not-yet-drawn set R_t with probability q_t(I_t) (sampler.policy). With a prediction g_t
+(calibrated judge votes, fitted only on labels processed before t, sampler.calibration) the observation
+
+    Ytilde_t = (1/|R_t|) sum_{i in R_t} g_t(i) + (Y_{I_t} - g_t(I_t)) / (|R_t| q_t(I_t))
+
+is unbiased for the mean of the pairs still in R_t given the past (Horvitz-Thompson on the residual;
+prediction-powered inference, Angelopoulos et al. 2023, sequential form as in Zrnic & Candes 2024). If theta
+were m, that mean would be c_t(m) = (N m - S_{t-1}) / |R_t| with S_{t-1} the labels processed so far, so
+(Ytilde_t, c_t(m)) feed the betting confidence sequence of sampler.confseq (the finite-population
+construction of Waudby-Smith & Ramdas 2020). Methods:
+    classical  g = 0, uniform q (labels only; Ytilde_t = Y_{I_t})
+    ppi        calibrated g, uniform q
+    active     calibrated g, q = gamma/|R| + (1 - gamma) * s/sum(s) with s the predicted residual spread.
+
+Labels may arrive out of order (several annotators): draws are processed strictly in draw order, so every
+prediction and bet is a function of the processed prefix only (predictable). A lease that expires does not
+undo a draw: the service hands the same pair to the next annotator.
+
+Adding pairs after labels exist starts a new pool version e (alpha_e = alpha / 2^e); labels already collected
+are reused for free when their pair is drawn again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sampler.calibration import JudgeCalibration, fit_calibration, judge_features
+from sampler.confseq import BetSchedule, BettingConfidenceSequence, candidate_grid
+from sampler.decision import Decision, DecisionRule
+from sampler.policy import Draw, WithoutReplacementSampler
+
+METHODS = ("classical", "ppi", "active")
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ComparisonConfig:
+    alpha: float = 0.05
+    margin: float = 0.0
+    budget: int | None = None
+    method: str = "active"
+    uniform_floor: float = 0.5           # gamma: q >= gamma / |R|
+    min_labels_to_calibrate: int = 20    # before this, g = 0 and sampling is uniform
+    calibration_penalty: float = 20.0    # ridge penalty (pseudo-labels of shrinkage towards the label mean)
+    grid_resolution: int = 400           # candidate-theta grid for the reported interval
+    bets: BetSchedule = field(default_factory=BetSchedule)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if not 0 < self.alpha < 1:
+            raise ValueError("alpha must lie in (0, 1)")
+        DecisionRule(self.margin, self.budget)  # validates margin and budget
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["bets"] = {"lambdas": list(self.bets.lambdas), "growth": self.bets.growth, "clip": self.bets.clip}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ComparisonConfig:
+        d = dict(d)
+        b = d.pop("bets")
+        return cls(**d, bets=BetSchedule(tuple(b["lambdas"]), b["growth"], b["clip"]))
+
+
+@dataclass(frozen=True)
+class ComparisonStatus:
+    n_items: int
+    labels: int              # human labels used (each pair counted once; reused labels are free)
+    processed: int           # draws whose label has entered the confidence sequence
+    pending: int             # drawn, waiting for a label
+    estimate: float
+    lower: float
+    upper: float
+    alpha: float             # alpha of the current pool version
+    decision: Decision
+    method: str
+    pool_version: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["decision"] = self.decision.value
+        return d
+
+
+def _refit_due(n: int, min_labels: int) -> bool:
+    """Refit at min_labels, then at every 10% growth (geometric: O(log n) refits, each O(N))."""
+    if n < min_labels:
+        return False
+    if n == min_labels:
+        return True
+    step = max(10, int(n * 0.1))
+    return (n - min_labels) % step == 0
+
+
+class Comparison:
+    """Mutable sequential comparison over a pool of pairs. Deterministic given its Generator."""
+
+    def __init__(self, judge_votes: np.ndarray | None, n_items: int | None = None,
+                 config: ComparisonConfig | None = None, rng: np.random.Generator | None = None) -> None:
+        self.config = config or ComparisonConfig()
+        if judge_votes is None:
+            if n_items is None:
+                raise ValueError("give judge_votes (pairs x judges) or n_items")
+            judge_votes = np.empty((n_items, 0))
+        votes = np.asarray(judge_votes, dtype=float)
+        if votes.ndim != 2:
+            raise ValueError("judge_votes must be 2-D: one row per pair, one column per judge")
+        if np.any((votes < 0) | (votes > 1)):
+            raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
+        if n_items is not None and n_items != votes.shape[0]:
+            raise ValueError("n_items disagrees with the number of rows of judge_votes")
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.labels: dict[int, float] = {}   # every human label ever received, by pair
+        self.pool_version = 0
+        self._set_pool(votes)
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _set_pool(self, votes: np.ndarray) -> None:
+        self.votes = votes
+        self.n_items = votes.shape[0]
+        self.features = judge_features(votes) if votes.shape[1] else np.empty((self.n_items, 0))
+        self.draws: list[Draw] = []
+        self.processed = 0
+        self.label_sum = 0.0
+        self.calibration = JudgeCalibration.constant(0.0, self.features.shape[1], spread=0.25)
+        self._apply_calibration()
+        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma)
+        cfg = self.config
+        extra = (0.5, 0.5 - cfg.margin, 0.5 + cfg.margin)
+        self.cs = BettingConfidenceSequence(self.alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
+        self._est_num = 0.0
+        self._est_den = 0.0
+        self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
+        self._decision = Decision.RUNNING
+        self._update_decision()
+
+    @property
+    def alpha(self) -> float:
+        return self.config.alpha / 2**self.pool_version
+
+    @property
+    def gamma(self) -> float:
+        return self.config.uniform_floor if self.config.method == "active" else 1.0
+
+    @property
+    def uses_judges(self) -> bool:
+        return self.config.method != "classical" and self.features.shape[1] > 0
+
+    def _apply_calibration(self) -> None:
+        """Recompute g over the pool and the running sums that depend on it (O(N), at refits only)."""
+        n = self.n_items
+        if self.uses_judges and self.calibration.n_labels > 0:
+            self.g = self.calibration.predict(self.features)
+            self.spread = np.sqrt(self.calibration.predict_spread(self.features))
+        else:
+            self.g = np.zeros(n)
+            self.spread = np.full(n, 0.5)
+        done = np.zeros(n, dtype=bool)
+        done[[d.item for d in self.draws[: self.processed]]] = True
+        rest = self.g[~done]
+        self.g_remaining_sum = float(rest.sum())
+        self.g_max = float(rest.max()) if rest.size else 0.0
+        self.g_min = float(rest.min()) if rest.size else 0.0
+
+    # ------------------------------------------------------------------------------------------ the queue
+    def pending_items(self) -> list[int]:
+        return [d.item for d in self.draws[self.processed:] if d.item not in self.labels]
+
+    @property
+    def decision(self) -> Decision:
+        return self._decision
+
+    def next_items(self, k: int = 1) -> list[int]:
+        """Draw up to k new pairs for humans; pairs labelled earlier are consumed for free on the way."""
+        out: list[int] = []
+        budget = self.config.budget
+        while len(out) < k and not self._decision.final and self.sampler.remaining > 0:
+            outstanding = len(self.labels) + len(self.pending_items())
+            if budget is not None and outstanding >= budget:
+                break
+            draw = self.sampler.draw(self.rng)
+            self.draws.append(draw)
+            if draw.item in self.labels:
+                self._process_ready()
+            else:
+                out.append(draw.item)
+        return out
+
+    def record_label(self, item: int, y: float) -> bool:
+        """Store the human verdict for a drawn pair (1 tuned better, 0.5 tie, 0 base better).
+
+        Returns False (and changes nothing) when the pair already has a label: labels are idempotent.
+        """
+        if not 0 <= item < self.n_items:
+            raise ValueError(f"pair index {item} is outside the pool (0..{self.n_items - 1})")
+        if not 0.0 <= y <= 1.0:
+            raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
+        if item in self.labels:
+            return False
+        if item not in {d.item for d in self.draws[self.processed:]}:
+            raise ValueError(f"pair {item} was not handed out for labelling")
+        self.labels[item] = float(y)
+        self._process_ready()
+        return True
+
+    # ---------------------------------------------------------------------------------------- statistics
+    def _process_ready(self) -> None:
+        while self.processed < len(self.draws) and self.draws[self.processed].item in self.labels:
+            self._process(self.draws[self.processed])
+            if self._decision.final:
+                break
+
+    def _process(self, draw: Draw) -> None:
+        n, rem = self.n_items, draw.remaining
+        y = self.labels[draw.item]
+        g_bar = self.g_remaining_sum / rem
+        weight = 1.0 / (rem * draw.prob)                       # <= 1/gamma
+        x = g_bar + (y - self.g[draw.item]) * weight
+        inv_gamma = 1.0 / self.gamma
+        lo = g_bar - self.g_max * inv_gamma
+        hi = g_bar + (1.0 - self.g_min) * inv_gamma
+        null_mean = (n * self.cs.grid - self.label_sum) / rem
+        scale = (n / rem) ** self.config.bets.growth
+        self.cs.update(x, null_mean, lo, hi, scale, mean_lo=0.0, mean_hi=1.0)
+        # Point estimate: precision-weighted mean of the unbiased Z_t = (S_{t-1} + |R_t| Ytilde_t) / N.
+        z = (self.label_sum + rem * x) / n
+        w = (n / rem) ** 2
+        self._est_num += w * z
+        self._est_den += w
+        self.label_sum += y
+        self.g_remaining_sum -= self.g[draw.item]
+        self.processed += 1
+        if self.processed == n:
+            theta = self.label_sum / n
+            self.cs.exclude_outside(theta, theta)
+        if self.uses_judges and _refit_due(self.processed, self.config.min_labels_to_calibrate):
+            self._refit()
+        self._update_decision()
+
+    def _refit(self) -> None:
+        items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
+        known = [i for i in self.labels if i not in set(items.tolist())]  # earlier pool versions: past too
+        items = np.concatenate([items, np.asarray(known, dtype=int)])
+        ys = np.asarray([self.labels[i] for i in items])
+        self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty)
+        self._apply_calibration()
+        if self.gamma < 1.0:
+            self.sampler.set_scores(self.spread)
+
+    def _update_decision(self) -> None:
+        iv = self.cs.interval()
+        est = self._est_num / self._est_den if self._est_den else 0.5
+        est = min(max(est, iv.lower), iv.upper)
+        rule = DecisionRule(self.config.margin, self.config.budget)
+        exhausted = self.processed == self.n_items
+        self._decision = rule.decide(iv.lower, iv.upper, len(self.labels), exhausted)
+        self._estimate = float(est)
+        if self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
+            self.trajectory.append([len(self.labels), est, iv.lower, iv.upper])
+
+    def status(self) -> ComparisonStatus:
+        iv = self.cs.interval()
+        return ComparisonStatus(self.n_items, len(self.labels), self.processed, len(self.pending_items()),
+                                self._estimate, iv.lower, iv.upper, self.alpha, self._decision,
+                                self.config.method, self.pool_version)
+
+    # ----------------------------------------------------------------------------------------- pool growth
+    def add_items(self, judge_votes: np.ndarray) -> None:
+        """Append pairs. Before any draw the pool just grows; afterwards a new pool version starts."""
+        new = np.asarray(judge_votes, dtype=float)
+        if new.ndim != 2 or new.shape[1] != self.votes.shape[1]:
+            raise ValueError(f"new pairs need one vote column per judge ({self.votes.shape[1]})")
+        if np.any((new < 0) | (new > 1)):
+            raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
+        if self.draws:
+            self.pool_version += 1
+        self._set_pool(np.vstack([self.votes, new]))
+        # Past labels stay: they will be consumed for free when drawn.
+
+    # ---------------------------------------------------------------------------------------- persistence
+    def to_dict(self, include_votes: bool = True) -> dict:
+        """Exact JSON-able state (floats round-trip exactly through json)."""
+        return {
+            "version": STATE_VERSION,
+            "config": self.config.to_dict(),
+            "votes": _nan_to_none(self.votes.tolist()) if include_votes else None,
+            "n_judges": int(self.votes.shape[1]),
+            "pool_version": self.pool_version,
+            "labels": [[int(i), y] for i, y in self.labels.items()],
+            "draws": [[d.item, d.prob, d.remaining] for d in self.draws],
+            "processed": self.processed,
+            "label_sum": self.label_sum,
+            "calibration": asdict(self.calibration),
+            "g_remaining_sum": self.g_remaining_sum,
+            "g_max": self.g_max,
+            "g_min": self.g_min,
+            "cs": self.cs.to_dict(),
+            "estimate": [self._est_num, self._est_den],
+            "trajectory": self.trajectory,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def to_json(self, include_votes: bool = True) -> str:
+        return json.dumps(self.to_dict(include_votes))
+
+    @classmethod
+    def from_dict(cls, d: dict, judge_votes: np.ndarray | None = None) -> Comparison:
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported comparison state version {d.get('version')!r}")
+        votes = judge_votes if judge_votes is not None else d["votes"]
+        if votes is None:
+            raise ValueError("state saved without votes: pass judge_votes")
+        votes = np.asarray(_none_to_nan(votes), dtype=float).reshape(-1, d["n_judges"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = d["rng"]
+        self = cls.__new__(cls)
+        self.config = ComparisonConfig.from_dict(d["config"])
+        self.rng = rng
+        self.labels = {int(i): float(y) for i, y in d["labels"]}
+        self.pool_version = d["pool_version"]
+        self._set_pool(votes)
+        self.draws = [Draw(int(i), float(p), int(r)) for i, p, r in d["draws"]]
+        self.processed = d["processed"]
+        self.label_sum = d["label_sum"]
+        c = d["calibration"]
+        self.calibration = JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"],
+                                            tuple(c["var_coef"]), c["n_labels"])
+        self._apply_calibration()
+        # the running g sums are restored exactly (recomputing them could differ in the last bit)
+        self.g_remaining_sum, self.g_max, self.g_min = d["g_remaining_sum"], d["g_max"], d["g_min"]
+        drawn = np.zeros(self.n_items, dtype=bool)
+        drawn[[dr.item for dr in self.draws]] = True
+        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma, drawn=drawn)
+        if self.gamma < 1.0 and self.calibration.n_labels > 0 and self.uses_judges:
+            self.sampler.set_scores(self.spread)
+        self.cs = BettingConfidenceSequence.from_dict(d["cs"])
+        self._est_num, self._est_den = d["estimate"]
+        self.trajectory = [list(r) for r in d["trajectory"]]
+        self._update_decision()
+        return self
+
+    @classmethod
+    def from_json(cls, s: str, judge_votes: np.ndarray | None = None) -> Comparison:
+        return cls.from_dict(json.loads(s), judge_votes)
+
+
+def _nan_to_none(rows: list) -> list:
+    return [[None if (isinstance(v, float) and math.isnan(v)) else v for v in r] for r in rows]
+
+
+def _none_to_nan(rows: list) -> list:
+    return [[math.nan if v is None else v for v in r] for r in rows]
+
+
+def label_from_verdict(verdict: str, tuned_is_left: bool) -> float:
+    """Map an annotator's "left" / "right" / "tie" on a blind pair to Y (1 = tuned better)."""
+    if verdict == "tie":
+        return 0.5
+    if verdict not in ("left", "right"):
+        raise ValueError("verdict must be one of left, right, tie")
+    return 1.0 if (verdict == "left") == tuned_is_left else 0.0
