@@ -56,7 +56,7 @@ class JudgeVote:
     p_by_order: tuple[float, float]  # (tuned shown as B, tuned shown as A); pointwise: same value twice
     swap_inconsistency: float  # |p_order1 - p_order2| (0 for pointwise)
     length_diff: int  # len(tuned) - len(base), characters
-    seconds: float  # model time spent on this vote (0 when fully cached)
+    seconds: float  # model time this vote cost (as first measured, also when served from the cache)
     picks_a: tuple[bool | None, bool | None] = (None, None)  # per order: did the judge's top choice = position A
     cached: bool = False
 
@@ -134,7 +134,8 @@ class Judge:
         if cache is not None:
             hit = cache.get(key)
             if hit is not None:
-                return {k: (-math.inf if v is None else float(v)) for k, v in hit["scores"].items()}, 0.0, True
+                scores = {k: (-math.inf if v is None else float(v)) for k, v in hit["scores"].items()}
+                return scores, float(hit.get("seconds", 0.0)), True
         t0 = time.perf_counter()
         scores = self.backend.choice_logprobs(prompt, choices)
         dt = time.perf_counter() - t0

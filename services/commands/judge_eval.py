@@ -1,0 +1,74 @@
+"""`tiebreak judge-eval PATH.jsonl [--judges NAMES] [--limit N] [--json]` — judge agreement with humans."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+DEFAULT_JUDGES = "qwen2.5-coder-0.5b,qwen2.5-coder-1.5b"
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
+def judge_eval(
+    path: Path = typer.Argument(..., help="JSONL in the schema of shared/data (question, response_a/b, human_label)"),
+    judges: str = typer.Option(DEFAULT_JUDGES, "--judges",
+                               help="comma-separated MODEL[:pairwise|pointwise]; MODEL = preset or .gguf path"),
+    limit: int | None = typer.Option(None, "--limit", help="evaluate a seeded random sample of N pairs"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON object as the last line"),
+    seed: int = typer.Option(0, "--seed", help="seed of the --limit sample"),
+    injection_limit: int = typer.Option(20, "--injection-limit", help="pairs used for the injection flip rate"),
+    cache: Path | None = typer.Option(None, "--cache", help="sqlite vote cache (default ~/.cache/tiebreak/votes.sqlite)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the vote cache"),
+) -> None:
+    """Per judge and for the ensemble: decisive / 3-way agreement with human_label, swap consistency,
+    P(pick A), seconds per pair (both orders), injection flip rate."""
+    from judges.cache import SqliteVoteCache
+    from judges.evaluate import evaluate, load_items
+    from judges.jury import judges_from_names
+
+    def fail(msg: str) -> None:
+        typer.echo(f"error: {msg}", err=True)
+        raise typer.Exit(2)
+
+    if limit is not None and limit < 1:
+        fail(f"--limit must be ≥ 1, got {limit}")
+    names = [n.strip() for n in judges.split(",") if n.strip()]
+    if not names:
+        fail("--judges is empty; give e.g. qwen2.5-coder-0.5b,qwen2.5-coder-1.5b:pointwise")
+    try:
+        items = load_items(path, limit, seed)
+        jury = judges_from_names(names)
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+        return
+    vc = None
+    if not no_cache:
+        default = Path(os.environ.get("TIEBREAK_VOTE_CACHE", "~/.cache/tiebreak/votes.sqlite")).expanduser()
+        vc = SqliteVoteCache(cache or default)
+    res = evaluate(items, jury, cache=vc, injection_limit=injection_limit, progress=not json_out)
+    res["path"] = str(path)
+    cols = ["decisive_agreement", "decisive_agreement_calibrated", "three_way_agreement", "swap_consistency",
+            "p_pick_a", "seconds_per_pair", "injection_flip_rate", "n_decisive"]
+    if not json_out:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"judge-eval {path.name} ({res['items']} pairs)")
+        t.add_column("judge")
+        for c in cols:
+            t.add_column(c.replace("_", " "))
+        for n, m in [*res["judges"].items(), ("ensemble", res["ensemble"])]:
+            t.add_row(n, *[_fmt(m.get(c)) for c in cols])
+        Console(width=220).print(t)
+    else:
+        typer.echo(json.dumps(res))
