@@ -1,0 +1,525 @@
+"""The HTML report of one run: ONE self-contained file (inline CSS and SVG, no scripts, no external URLs).
+
+``render_report(data)`` is a pure function of a small pydantic value, ``ReportData``; it knows nothing of Redis,
+FastAPI or Ray. Build the value with ``report_data_from_comparison`` (from a ``sampler.engine.Comparison`` plus
+whatever the caller knows about pairs, judges and criteria) and, if you want the "labels saved" figure,
+``uniform_baseline`` (a simulation of the labels-only, uniform-sampling test on the same pool).
+
+The report shows: the verdict and the guarantee in one sentence, the confidence-sequence trajectory against
+labels, per-criterion verdicts, labels used against the uniform-sampling baseline, judge agreement and bias
+on the labelled pairs, and a few labelled pairs (prompt text escaped).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+DECISIONS = ("running", "better", "worse", "equivalent", "undecided")
+
+
+class JudgeRow(BaseModel):
+    """Agreement and bias of one judge (or the calibrated ensemble) on the pairs humans labelled."""
+
+    name: str
+    n: int = 0                                   # labelled pairs with a vote from this judge
+    decisive_agreement: float | None = None      # share of pairs where judge and human agree on the sign (ties out)
+    three_way_agreement: float | None = None     # judge verdict (vote < 0.4 / 0.4..0.6 / > 0.6) == human verdict
+    bias: float | None = None                    # mean(vote) - mean(label): > 0 = the judge favours the tuned model
+    correlation: float | None = None             # Pearson correlation of vote and label
+    mean_vote: float | None = None               # mean P(tuned better) over ALL pairs (the judges-only estimate)
+    position_bias: float | None = None           # P(judge picks the response shown first), if known
+    swap_inconsistency: float | None = None      # mean |P(order 1) - P(order 2)|, if known
+
+
+class CriterionVerdict(BaseModel):
+    criterion: str
+    decision: str
+    estimate: float
+    lower: float
+    upper: float
+    labels: int = 0
+    alpha: float | None = None
+
+
+class Baseline(BaseModel):
+    """What the labels-only, uniform-sampling test would have needed on this pool (simulated)."""
+
+    labels: float                                 # mean labels to a decision (or to the budget / pool end)
+    runs: int = 0
+    decided_share: float | None = None            # share of simulated runs that decided before the budget
+    note: str = "labels-only sequential test, pairs drawn uniformly at random, same alpha and confidence sequence"
+
+
+class ExamplePair(BaseModel):
+    pair_id: str
+    prompt: str
+    base: str = ""
+    tuned: str = ""
+    human: float | None = None                   # Y: 1 tuned better, 0.5 tie, 0 base better
+    judge: float | None = None                   # ensemble P(tuned better)
+
+
+class ReportData(BaseModel):
+    run_id: str = ""
+    name: str = "comparison"
+    base_model: str = "base"
+    tuned_model: str = "tuned"
+    decision: str = "running"
+    estimate: float = 0.5
+    lower: float = 0.0
+    upper: float = 1.0
+    alpha: float = 0.05
+    margin: float = 0.0
+    method: str = "active"
+    n_pairs: int = 0
+    labels: int = 0
+    votes: int = 0
+    budget: int | None = None
+    trajectory: list[list[float]] = Field(default_factory=list)   # [labels, estimate, lower, upper] rows
+    judges: list[JudgeRow] = Field(default_factory=list)
+    criteria: list[CriterionVerdict] = Field(default_factory=list)
+    alpha_split: str | None = None               # how alpha was divided (e.g. "Bonferroni over 3 criteria")
+    baseline: Baseline | None = None
+    examples: list[ExamplePair] = Field(default_factory=list)
+    generated_at: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- sentences
+def verdict_sentence(d: ReportData) -> str:
+    t, b = d.tuned_model, d.base_model
+    iv = f"[{d.lower:.3f}, {d.upper:.3f}]"
+    if d.decision == "better":
+        return f"{t} is better than {b}: humans prefer it on more than half of the pairs (interval {iv})."
+    if d.decision == "worse":
+        return f"{t} is worse than {b}: humans prefer it on less than half of the pairs (interval {iv})."
+    if d.decision == "equivalent":
+        return (f"{t} and {b} are equivalent within ±{d.margin:g}: the preference rate lies inside "
+                f"({0.5 - d.margin:.3f}, {0.5 + d.margin:.3f}) (interval {iv}).")
+    if d.decision == "undecided":
+        return f"Undecided: the label budget ran out with the interval {iv} still containing ½."
+    return f"Still running: the interval {iv} contains ½."
+
+
+def guarantee_sentence(d: ReportData) -> str:
+    conf = 100 * (1 - d.alpha)
+    return (f"Guarantee: the interval covers the true preference rate on these {d.n_pairs} pairs at every moment "
+            f"with probability at least {conf:g}%, so a “better”, “worse” or “equivalent” verdict is wrong "
+            f"at most {100 * d.alpha:g}% of the time, however early the run stopped — whatever the judges got "
+            f"wrong; the judges only change how many labels it takes.")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:.{nd}f}"
+
+
+def _pct(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{100 * x:.0f}%"
+
+
+def _clip_text(s: str, n: int) -> str:
+    s = (s or "").strip()
+    return s if len(s) <= n else s[: n - 1].rstrip() + "…"
+
+
+_COLORS = {"better": "#1a7f37", "worse": "#c0362c", "equivalent": "#1f5fbf", "undecided": "#8a6d00",
+           "running": "#57606a"}
+
+
+def _badge(decision: str) -> str:
+    c = _COLORS.get(decision, "#57606a")
+    return f'<span class="badge" style="background:{c}">{_e(decision)}</span>'
+
+
+# ---------------------------------------------------------------------------------------------- charts
+def trajectory_svg(d: ReportData, width: int = 760, height: int = 300) -> str:
+    """Interval (band) and estimate (line) against the number of human labels; ½ and ±margin as references."""
+    rows = [r for r in d.trajectory if len(r) >= 4]
+    ml, mr, mt, mb = 52, 16, 14, 40
+    pw, ph = width - ml - mr, height - mt - mb
+    xmax = max([r[0] for r in rows] + [1.0])
+    if d.baseline is not None and d.baseline.labels > xmax:
+        xmax = d.baseline.labels
+    xmax = max(xmax, 1.0)
+
+    def x(v: float) -> float:
+        return ml + pw * v / xmax
+
+    def y(v: float) -> float:
+        return mt + ph * (1.0 - v)
+
+    parts = [f'<svg class="traj" viewBox="0 0 {width} {height}" '
+             f'width="{width}" height="{height}" role="img" aria-label="confidence interval against labels">']
+    parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fbfbfc" stroke="#d0d7de"/>')
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eaeef2"/>')
+        parts.append(f'<text x="{ml - 6}" y="{y(v) + 4:.1f}" text-anchor="end" class="tick">{v:.2f}</text>')
+    step = _nice_step(xmax)
+    k = 0.0
+    while k <= xmax + 1e-9:
+        parts.append(f'<line x1="{x(k):.1f}" x2="{x(k):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#8c959f"/>')
+        parts.append(f'<text x="{x(k):.1f}" y="{mt + ph + 16}" text-anchor="middle" class="tick">{k:g}</text>')
+        k += step
+    if d.margin > 0:
+        parts.append(f'<rect x="{ml}" y="{y(0.5 + d.margin):.1f}" width="{pw}" '
+                     f'height="{y(0.5 - d.margin) - y(0.5 + d.margin):.1f}" fill="#1f5fbf" opacity="0.07"/>')
+        for v in (0.5 - d.margin, 0.5 + d.margin):
+            parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#1f5fbf" '
+                         f'stroke-dasharray="2 3" opacity="0.6"/>')
+    parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(0.5):.1f}" y2="{y(0.5):.1f}" stroke="#24292f" '
+                 f'stroke-dasharray="6 4"/>')
+    parts.append(f'<text x="{ml + pw - 4}" y="{y(0.5) - 5:.1f}" text-anchor="end" class="tick">½ = no difference'
+                 '</text>')
+    if rows:
+        # step-shaped band: the interval holds until the next label arrives
+        upper_pts, lower_pts = [], []
+        for i, r in enumerate(rows):
+            x0 = x(r[0])
+            x1 = x(rows[i + 1][0]) if i + 1 < len(rows) else x0 + max(2.0, pw * 0.004)
+            upper_pts += [(x0, y(r[3])), (x1, y(r[3]))]
+            lower_pts += [(x0, y(r[2])), (x1, y(r[2]))]
+        poly = " ".join(f"{a:.1f},{b:.1f}" for a, b in upper_pts + lower_pts[::-1])
+        color = _COLORS.get(d.decision, "#57606a")
+        parts.append(f'<polygon points="{poly}" fill="{color}" opacity="0.18" stroke="{color}" '
+                     f'stroke-opacity="0.5" stroke-width="1"/>')
+        est = " ".join(f"{x(r[0]):.1f},{y(r[1]):.1f}" for r in rows)
+        parts.append(f'<polyline points="{est}" fill="none" stroke="{color}" stroke-width="2"/>')
+        last = rows[-1]
+        parts.append(f'<circle cx="{x(last[0]):.1f}" cy="{y(last[1]):.1f}" r="4" fill="{color}"/>')
+        right = x(last[0]) > ml + pw * 0.7
+        parts.append(f'<text x="{x(last[0]) + (-8 if right else 8):.1f}" y="{y(last[1]) + 4:.1f}" '
+                     f'text-anchor="{"end" if right else "start"}" class="ann" fill="{color}">'
+                     f'{_e(d.decision)} at {int(last[0])} labels</text>')
+    else:
+        parts.append(f'<text x="{ml + pw / 2}" y="{mt + ph / 2}" text-anchor="middle" class="tick">'
+                     'no labels yet</text>')
+    if d.baseline is not None:
+        bx = x(d.baseline.labels)
+        parts.append(f'<line x1="{bx:.1f}" x2="{bx:.1f}" y1="{mt}" y2="{mt + ph}" stroke="#8a6d00" '
+                     f'stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{bx - 4:.1f}" y="{mt + ph - 6}" text-anchor="end" class="ann" fill="#8a6d00">'
+                     f'uniform baseline ≈ {d.baseline.labels:.0f}</text>')
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">human labels used'
+                 '</text>')
+    parts.append(f'<text x="14" y="{mt + ph / 2}" text-anchor="middle" class="axis" '
+                 f'transform="rotate(-90 14 {mt + ph / 2})">P(tuned preferred)</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _nice_step(xmax: float) -> float:
+    raw = xmax / 8
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    for m in (1, 2, 5, 10):
+        if raw <= m * mag:
+            return float(max(1, m * mag))
+    return float(max(1, 10 * mag))
+
+
+def labels_svg(d: ReportData, width: int = 760) -> str:
+    """Horizontal bars: labels this run used, the uniform-sampling baseline, and the pool size."""
+    bars: list[tuple[str, float, str]] = [(f"this run ({d.method})", float(d.labels), _COLORS.get(d.decision,
+                                                                                                 "#57606a"))]
+    if d.baseline is not None:
+        bars.append(("uniform sampling, labels only", d.baseline.labels, "#8a6d00"))
+    bars.append(("every pair (the full pool)", float(d.n_pairs), "#8c959f"))
+    top = max([b[1] for b in bars] + [1.0])
+    lw, h, bh = 230, 30, 20
+    pw = width - lw - 70
+    out = [f'<svg class="bars" viewBox="0 0 {width} {h * len(bars) + 8}" '
+           f'width="{width}" height="{h * len(bars) + 8}" role="img" aria-label="labels used">']
+    for i, (label, v, c) in enumerate(bars):
+        yy = 4 + i * h
+        out.append(f'<text x="{lw - 8}" y="{yy + bh * 0.75:.1f}" text-anchor="end" class="axis">{_e(label)}</text>')
+        out.append(f'<rect x="{lw}" y="{yy}" width="{max(1.0, pw * v / top):.1f}" height="{bh}" fill="{c}" '
+                   f'opacity="0.85" rx="2"/>')
+        out.append(f'<text x="{lw + max(1.0, pw * v / top) + 6:.1f}" y="{yy + bh * 0.75:.1f}" class="axis">'
+                   f'{v:.0f}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- render
+_CSS = """
+body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Helvetica,Arial,sans-serif;color:#24292f;
+ max-width:860px;margin:24px auto;padding:0 20px;line-height:1.45;background:#fff}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;
+ padding-bottom:4px}
+.sub{color:#57606a;font-size:13px}
+.verdict{border:1px solid #d0d7de;border-radius:8px;padding:14px 16px;margin:16px 0;background:#f6f8fa}
+.verdict .big{font-size:18px;font-weight:600}
+.badge{display:inline-block;color:#fff;border-radius:12px;padding:1px 10px;font-size:13px;font-weight:600;
+ vertical-align:middle}
+.guarantee{font-size:14px;margin-top:8px}
+.kv{display:grid;grid-template-columns:repeat(4,1fr);gap:8px;margin:12px 0}
+.kv div{border:1px solid #d0d7de;border-radius:6px;padding:6px 10px}
+.kv b{display:block;font-size:18px}.kv span{font-size:12px;color:#57606a}
+table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0}
+th,td{border-bottom:1px solid #eaeef2;padding:5px 6px;text-align:left;vertical-align:top}
+th{background:#f6f8fa;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+svg text.tick{font-size:11px;fill:#57606a}svg text.axis{font-size:12px;fill:#24292f}
+svg text.ann{font-size:12px;font-weight:600}
+p{font-size:14px}.note{font-size:12px;color:#57606a}
+.ex{font-size:12px;color:#24292f;white-space:pre-wrap}
+footer{margin:28px 0;font-size:12px;color:#57606a}
+"""
+
+
+def _judge_table(d: ReportData) -> str:
+    if not d.judges:
+        return '<p class="note">No judge votes in this run (labels only: the classical sequential test).</p>'
+    head = ("<tr><th>judge</th><th>labelled pairs</th><th>agreement (decisive)</th><th>agreement (3-way)</th>"
+            "<th>bias</th><th>correlation</th><th>judges-only estimate</th><th>position bias</th>"
+            "<th>order flip</th></tr>")
+    rows = []
+    for j in d.judges:
+        rows.append(f"<tr><td>{_e(j.name)}</td><td class=n>{j.n}</td><td class=n>{_pct(j.decisive_agreement)}</td>"
+                    f"<td class=n>{_pct(j.three_way_agreement)}</td><td class=n>{_signed(j.bias)}</td>"
+                    f"<td class=n>{_f(j.correlation, 2)}</td><td class=n>{_f(j.mean_vote)}</td>"
+                    f"<td class=n>{_pct(j.position_bias)}</td><td class=n>{_f(j.swap_inconsistency, 2)}</td></tr>")
+    return (f"<table>{head}{''.join(rows)}</table>"
+            '<p class="note">On the pairs humans labelled. <b>bias</b> = mean judge vote − mean human label '
+            "(positive: the judge favours the tuned model). The <b>judges-only estimate</b> is what the judges "
+            "alone would report over every pair; it carries that bias, which is why the human labels correct it "
+            "(prediction-powered inference) rather than the judges deciding. <b>position bias</b> = how often "
+            "the judge picks the response shown first; <b>order flip</b> = mean change of its vote when the two "
+            "responses swap places.</p>")
+
+
+def _signed(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.3f}"
+
+
+def _criteria_table(d: ReportData) -> str:
+    if not d.criteria:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(c.criterion)}</td><td>{_badge(c.decision)}</td><td class=n>{_f(c.estimate)}</td>"
+        f"<td class=n>[{_f(c.lower)}, {_f(c.upper)}]</td><td class=n>{c.labels}</td>"
+        f"<td class=n>{_f(c.alpha, 4)}</td></tr>" for c in d.criteria)
+    split = f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
+    return ("<h2>Per-criterion verdicts</h2><table><tr><th>criterion</th><th>verdict</th><th>estimate</th>"
+            f"<th>interval</th><th>labels</th><th>α</th></tr>{rows}</table>{split}")
+
+
+def _baseline_text(d: ReportData) -> str:
+    if d.baseline is None:
+        return ('<p class="note">No uniform-sampling baseline was computed for this run.</p>')
+    b = d.baseline
+    saved = b.labels - d.labels
+    rel = (saved / b.labels) if b.labels > 0 else 0.0
+    word = "fewer" if saved >= 0 else "more"
+    dec = f", {100 * b.decided_share:.0f}% of them decided" if b.decided_share is not None else ""
+    return (f'<p>This run used <b>{d.labels}</b> human labels; the baseline ({_e(b.note)}) needs '
+            f"<b>{b.labels:.1f}</b> on average ({b.runs} simulated runs{dec}): {abs(saved):.1f} "
+            f"({100 * abs(rel):.0f}%) {word}. One run is one random draw; the average over many runs is what "
+            "docs/benchmarks.md compares.</p>")
+
+
+def _examples(d: ReportData) -> str:
+    if not d.examples:
+        return ""
+
+    def y(v: float | None) -> str:
+        if v is None:
+            return "—"
+        words = {1.0: "tuned", 0.0: "base", 0.5: "tie"}
+        return words.get(v, f"{v:.2f}")
+
+    rows = "".join(
+        f"<tr><td>{_e(p.pair_id)}</td><td class=ex>{_e(_clip_text(p.prompt, 240))}</td>"
+        f"<td class=ex>{_e(_clip_text(p.base, 160))}</td><td class=ex>{_e(_clip_text(p.tuned, 160))}</td>"
+        f"<td>{y(p.human)}</td><td class=n>{_f(p.judge, 2)}</td></tr>" for p in d.examples)
+    return ("<h2>Labelled pairs where judges and humans disagreed most</h2>"
+            "<table><tr><th>pair</th><th>prompt</th><th>base</th><th>tuned</th><th>human</th>"
+            f"<th>judges P(tuned)</th></tr>{rows}</table>"
+            '<p class="note">human = mean of the recorded votes on the pair (1 tuned, ½ tie, 0 base).</p>')
+
+
+def render_report(data: ReportData) -> str:
+    """The whole report as one self-contained HTML string."""
+    d = data
+    when = d.generated_at or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"tiebreak · {d.name}"
+    budget = f" of a budget of {d.budget}" if d.budget else ""
+    kv = (f'<div class="kv"><div><b>{_f(d.estimate)}</b><span>estimate of P(tuned preferred)</span></div>'
+          f"<div><b>[{_f(d.lower)}, {_f(d.upper)}]</b><span>{100 * (1 - d.alpha):g}% confidence sequence</span></div>"
+          f"<div><b>{d.labels}</b><span>human labels{_e(budget)}</span></div>"
+          f"<div><b>{d.n_pairs}</b><span>pairs · {d.votes} judge votes</span></div></div>")
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in d.notes)
+    margin = f", equivalence margin ±{d.margin:g}" if d.margin > 0 else ""
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{_CSS}</style></head><body>
+<h1>{_e(d.tuned_model)} vs {_e(d.base_model)}</h1>
+<div class="sub">{_e(d.name)}{(" · run " + _e(d.run_id)) if d.run_id else ""} · method {_e(d.method)} ·
+ α = {d.alpha:g}{margin} · {_e(when)}</div>
+<div class="verdict"><div class="big">{_badge(d.decision)} {_e(verdict_sentence(d))}</div>
+<div class="guarantee">{_e(guarantee_sentence(d))}</div></div>
+{kv}
+<h2>Interval against labels</h2>
+{trajectory_svg(d)}
+<p class="note">The shaded band is the anytime-valid confidence sequence for the share of pairs on which a human
+prefers the tuned model; the line is the prediction-powered estimate. The run stops the first time the band
+leaves ½ (better / worse){" or fits inside the margin (equivalent)" if d.margin > 0 else ""}.</p>
+{_criteria_table(d)}
+<h2>Labels used against uniform sampling</h2>
+{labels_svg(d)}
+{_baseline_text(d)}
+<h2>Judge agreement and bias</h2>
+{_judge_table(d)}
+{_examples(d)}
+{notes}
+<footer>Generated by tiebreak. The estimand is the preference rate on this pool of pairs, with a tie counting ½;
+it says nothing about prompts outside the pool.</footer>
+</body></html>
+"""
+    return body
+
+
+# ------------------------------------------------------------------------------------------ from a run
+def judge_rows(votes: np.ndarray, judge_names: Sequence[str], labels: Mapping[int, float],
+               extras: Mapping[str, Mapping[str, float]] | None = None,
+               ensemble: np.ndarray | None = None) -> list[JudgeRow]:
+    """Agreement/bias of each judge column of ``votes`` (N x J, NaN = missing) on the labelled pairs.
+
+    ``extras`` may add ``position_bias`` / ``swap_inconsistency`` per judge name. ``ensemble`` (length N) adds
+    a row for the combined vote (e.g. the mean of the judges).
+    """
+    votes = np.asarray(votes, dtype=float)
+    if votes.ndim != 2:
+        votes = votes.reshape(len(votes), -1)
+    cols = [(str(n), votes[:, k]) for k, n in enumerate(judge_names)]
+    if ensemble is not None and len(cols) > 1:
+        cols.append(("ensemble (mean)", np.asarray(ensemble, dtype=float)))
+    idx = np.fromiter(labels.keys(), dtype=int, count=len(labels))
+    ys = np.fromiter((labels[i] for i in idx), dtype=float, count=len(idx))
+    out = []
+    for name, col in cols:
+        f = col[idx] if len(idx) else np.empty(0)
+        ok = ~np.isnan(f)
+        fv, yv = f[ok], ys[ok]
+        row = JudgeRow(name=name, n=int(ok.sum()))
+        allv = col[~np.isnan(col)]
+        row.mean_vote = float(allv.mean()) if allv.size else None
+        if fv.size:
+            row.bias = float(fv.mean() - yv.mean())
+            dec = (yv != 0.5) & (np.abs(fv - 0.5) > 1e-9)
+            if dec.any():
+                row.decisive_agreement = float(np.mean((fv[dec] > 0.5) == (yv[dec] > 0.5)))
+            jv = np.where(fv > 0.6, 1.0, np.where(fv < 0.4, 0.0, 0.5))
+            row.three_way_agreement = float(np.mean(jv == yv))
+            if fv.size > 2 and fv.std() > 0 and yv.std() > 0:
+                row.correlation = float(np.corrcoef(fv, yv)[0, 1])
+        ex = (extras or {}).get(name, {})
+        row.position_bias = ex.get("position_bias")
+        row.swap_inconsistency = ex.get("swap_inconsistency")
+        out.append(row)
+    return out
+
+
+def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str = "comparison",
+                                base_model: str = "base", tuned_model: str = "tuned",
+                                judge_names: Sequence[str] | None = None,
+                                pairs: Sequence[Mapping[str, Any]] | None = None,
+                                criteria: Sequence[CriterionVerdict] | Mapping[str, Any] | None = None,
+                                alpha_split: str | None = None, baseline: Baseline | None = None,
+                                judge_extras: Mapping[str, Mapping[str, float]] | None = None,
+                                n_examples: int = 5, notes: Sequence[str] = ()) -> ReportData:
+    """ReportData from a ``sampler.engine.Comparison`` (the overall criterion) plus optional context.
+
+    ``pairs``: per pool index, dicts with ``id``, ``prompt``, ``base``, ``tuned`` (for the example table).
+    ``criteria``: either CriterionVerdicts or ``{criterion: Comparison}`` (each summarised by its status).
+    """
+    st = comparison.status()
+    cfg = comparison.config
+    votes = np.asarray(comparison.votes, dtype=float)
+    n_j = votes.shape[1] if votes.ndim == 2 else 0
+    names = list(judge_names) if judge_names is not None else [f"judge {k + 1}" for k in range(n_j)]
+    labels = {int(i): float(y) for i, y in comparison.labels.items() if 0 <= int(i) < st.n_items}
+    rows: list[JudgeRow] = []
+    ens = None
+    if n_j:
+        with np.errstate(all="ignore"):
+            ens = np.nanmean(votes, axis=1) if n_j > 1 else None
+        rows = judge_rows(votes, names[:n_j], labels, judge_extras, ens)
+    crit: list[CriterionVerdict] = []
+    if isinstance(criteria, Mapping):
+        for cname, comp in criteria.items():
+            s = comp.status()
+            crit.append(CriterionVerdict(criterion=str(cname), decision=s.decision.value, estimate=s.estimate,
+                                         lower=s.lower, upper=s.upper, labels=s.labels, alpha=s.alpha))
+    elif criteria:
+        crit = list(criteria)
+    examples: list[ExamplePair] = []
+    if pairs is not None and labels and n_examples > 0:
+        comb = ens if ens is not None else (votes[:, 0] if n_j else None)
+        order = list(labels)
+        if comb is not None:
+            order.sort(key=lambda i: -(abs(comb[i] - labels[i]) if not math.isnan(comb[i]) else -1.0))
+        for i in order[:n_examples]:
+            p = pairs[i]
+            examples.append(ExamplePair(
+                pair_id=str(p.get("id", i)), prompt=str(p.get("prompt", "")), base=str(p.get("base", "")),
+                tuned=str(p.get("tuned", "")), human=labels[i],
+                judge=None if comb is None or math.isnan(comb[i]) else float(comb[i])))
+    n_votes = int(np.sum(~np.isnan(votes))) if n_j else 0
+    return ReportData(
+        run_id=run_id, name=name, base_model=base_model, tuned_model=tuned_model, decision=st.decision.value,
+        estimate=st.estimate, lower=st.lower, upper=st.upper, alpha=st.alpha, margin=cfg.margin,
+        method=st.method, n_pairs=st.n_items, labels=st.labels, votes=n_votes, budget=cfg.budget,
+        trajectory=[list(map(float, r)) for r in comparison.trajectory], judges=rows, criteria=crit,
+        alpha_split=alpha_split, baseline=baseline, examples=examples, notes=list(notes))
+
+
+def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]], *, alpha: float = 0.05,
+                     margin: float = 0.0, budget: int | None = None, runs: int = 20, seed: int = 0,
+                     n_items: int | None = None) -> Baseline:
+    """Simulate the labels-only test with uniform sampling without replacement on a pool.
+
+    ``labels_by_item``: per pair either one label or the list of recorded human votes (one drawn at random per
+    request, like the replay annotator). If ``n_items`` exceeds the number given (only some pairs have labels,
+    as in a live run), the pool is filled by resampling the known pairs — an estimate, said so in the note.
+    """
+    from sampler.engine import Comparison, ComparisonConfig
+
+    pool = [list(v) if isinstance(v, (list, tuple)) else [float(v)] for v in labels_by_item]
+    if not pool:
+        raise ValueError("uniform_baseline needs at least one labelled pair")
+    rng = np.random.default_rng(seed)
+    n = n_items or len(pool)
+    note = Baseline.model_fields["note"].default
+    if n > len(pool):
+        note += f" (pool of {n} filled by resampling the {len(pool)} labelled pairs: an estimate)"
+    used, decided = [], 0
+    for _ in range(runs):
+        items = pool if n == len(pool) else [pool[k] for k in rng.integers(0, len(pool), n)]
+        c = Comparison(None, n_items=n, config=ComparisonConfig(alpha=alpha, margin=margin, budget=budget,
+                                                                 method="classical"), rng=rng)
+        while not c.decision.final:
+            nxt = c.next_items(1)
+            if not nxt:
+                break
+            i = nxt[0]
+            c.record_label(i, float(rng.choice(items[i])))
+        used.append(len(c.labels))
+        decided += c.decision.value in ("better", "worse", "equivalent")
+    return Baseline(labels=float(np.mean(used)), runs=runs, decided_share=decided / runs, note=note)
