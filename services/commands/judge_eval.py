@@ -1,3 +1,4 @@
+# ruff: noqa: B008  (typer options as defaults are the typer idiom)
 """`tiebreak judge-eval PATH.jsonl [--judges NAMES] [--limit N] [--json]` — judge agreement with humans."""
 
 from __future__ import annotations

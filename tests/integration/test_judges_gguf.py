@@ -1,0 +1,105 @@
+"""Real small GGUF judges through xllamacpp, and the OpenAI backend against xllamacpp's own HTTP server.
+
+Plumbing only: no test asserts that a tiny model is right.
+"""
+
+import math
+import os
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+xllamacpp = pytest.importorskip("xllamacpp")
+
+from judges.backends import BackendError, OpenAIBackend, make_backend  # noqa: E402
+from judges.cache import MemoryVoteCache  # noqa: E402
+from judges.jury import Judge, Jury  # noqa: E402
+
+Q = "What is 2 + 2?"
+GOOD, BAD = "2 + 2 = 4.", "2 + 2 = 5."
+
+
+class Counting:
+    """Counts calls into a real backend (to observe cache hits)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.calls = inner, inner.name, 0
+
+    def generate(self, prompts, **kw):
+        return self.inner.generate(prompts, **kw)
+
+    def choice_logprobs(self, prompt, choices):
+        self.calls += 1
+        return self.inner.choice_logprobs(prompt, choices)
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    os.environ.setdefault("TIEBREAK_THREADS", "2")
+    try:
+        return make_backend({"backend": "gguf", "preset": "qwen2.5-coder-0.5b", "n_ctx": 1024})
+    except RuntimeError as e:  # packaged weights not installed
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    try:
+        return make_backend({"backend": "gguf", "preset": "gemma-3-270m-base", "n_ctx": 512})
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+def test_generate_returns_text(qwen):
+    out = qwen.generate(["Reply with the word hello.", "Name a colour."], max_tokens=6)
+    assert len(out) == 2 and all(isinstance(s, str) and s.strip() for s in out)
+
+
+def test_choice_logprobs_from_one_pass(qwen, gemma):
+    for be in (qwen, gemma):
+        s = be.choice_logprobs("Is the sky blue? Answer yes or no.", ["yes", "no"])
+        assert set(s) == {"yes", "no"}
+        assert any(math.isfinite(v) for v in s.values())
+        assert all(v <= 1e-6 for v in s.values())
+        assert sum(math.exp(v) for v in s.values()) <= 1.0 + 1e-6
+
+
+def test_swap_symmetry_and_cache_hits(qwen):
+    be = Counting(qwen)
+    cache = MemoryVoteCache()
+    jury = Jury([Judge(be, max_chars=200), Judge(be, mode="pointwise", max_chars=200)], cache)
+    v, vp = jury.vote_pair(Q, BAD, GOOD)
+    assert be.calls == 4
+    assert 0.0 <= v.p_tuned_better <= 1.0 and all(0 <= p <= 1 for p in v.p_by_order)
+    assert v.swap_inconsistency == pytest.approx(abs(v.p_by_order[0] - v.p_by_order[1]))
+    w, wp = jury.vote_pair(Q, GOOD, BAD)  # same four prompts, roles swapped: all from the cache
+    assert be.calls == 4 and w.cached and wp.cached
+    assert w.p_tuned_better == pytest.approx(1 - v.p_tuned_better, abs=1e-9)
+    assert wp.p_tuned_better == pytest.approx(1 - vp.p_tuned_better, abs=1e-9)
+    # recomputing without the vote cache gives nearly the same vote; llama.cpp's KV prompt-cache reuse
+    # changes batch splits, so it is not bit-identical (measured differences up to ~0.01)
+    fresh = Judge(be, max_chars=200).vote(Q, GOOD, BAD)
+    assert fresh.p_tuned_better == pytest.approx(w.p_tuned_better, abs=0.05)
+    assert be.calls == 6
+
+
+def test_openai_backend_over_real_http(qwen):
+    api = OpenAIBackend(qwen.base_url, "qwen", timeout=60, concurrency=2)
+    out = api.generate(["Reply with the word hello.", "Name a colour."], max_tokens=6)
+    assert len(out) == 2 and all(s.strip() for s in out)
+    prompt = "Is the sky blue? Answer yes or no."
+    http = api.choice_logprobs(prompt, ["yes", "no"])
+    local = qwen.choice_logprobs(prompt, ["yes", "no"])
+    for k in ("yes", "no"):
+        if math.isfinite(local[k]):
+            assert http[k] == pytest.approx(local[k], abs=0.05)
+    v = Judge(api, max_chars=200).vote(Q, BAD, GOOD)
+    assert 0.0 <= v.p_tuned_better <= 1.0
+
+
+def test_openai_backend_clear_error_when_unreachable():
+    api = OpenAIBackend("http://127.0.0.1:9/v1", "m", timeout=2, max_retries=1)
+    api.backoff = 0.01
+    with pytest.raises(BackendError, match="failed after 2 attempts"):
+        api.generate(["hi"], max_tokens=1)
