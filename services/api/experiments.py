@@ -1,0 +1,157 @@
+"""/v1/experiments: checkpoints of a training run compared with the base and the best so far; the stop signal.
+
+    POST /v1/experiments                       {name, prompts:[{id,text}], base: MODEL | {outputs:{id: text}},
+                                                judges?, alpha, margin, patience?, budget_per_checkpoint?,
+                                                target_margin?, budget?, webhook?} -> {experiment}
+    POST /v1/experiments/{exp}/checkpoints     {checkpoint, model: MODEL | outputs:{id: text}} -> {runs:[run_id]}
+    GET  /v1/experiments/{exp}/signal          {stop, reason, best_checkpoint, checkpoints:[...]}
+    GET  /v1/experiments/{exp}                 the experiment (config, checkpoints and their runs)
+
+Admin token only. The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
+Statistics and the signal rule: services/experiments.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.experiments import ExperimentError, ExperimentService, RedisKV
+
+MAX_TEXT = 200_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptIn(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class ExperimentCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    prompts: list[PromptIn] = Field(min_length=1, max_length=100_000)
+    base: dict[str, Any] = Field(description='MODEL spec ({"backend": "gguf"|"openai"|"vllm", ...}) or '
+                                             '{"outputs": {prompt_id: text}}')
+    judges: list[str] = Field(default_factory=list, description="judge presets; [] = labels only")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="family-wise error of all better/worse verdicts")
+    margin: float = Field(0.0, ge=0.0, lt=0.5, description="equivalence margin of every comparison")
+    patience: int = Field(2, ge=1, le=1000, description="stop after this many non-improving checkpoints")
+    budget_per_checkpoint: int | None = Field(None, ge=1, description="human labels per checkpoint")
+    target_margin: float | None = Field(None, ge=0.0, lt=0.5,
+                                        description="stop once a checkpoint is better than base by >= this")
+    budget: int | None = Field(None, ge=1, description="stop once the experiment used this many human labels")
+    undecided_is_plateau: bool = True
+    method: str | None = Field(None, pattern="^(classical|ppi|active)$")
+    webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+
+
+class CheckpointIn(_Strict):
+    checkpoint: str = Field(min_length=1, max_length=500)
+    model: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> CheckpointIn:
+        if (self.model is None) == (self.outputs is None):
+            raise ValueError("give exactly one of model (a MODEL spec) or outputs {prompt_id: text}")
+        return self
+
+
+def _error(e: ExperimentError) -> JSONResponse:
+    return JSONResponse(status_code=e.status, content={"detail": [
+        {"loc": ["body", *e.field.split(".")] if e.status != 404 else ["path", e.field],
+         "msg": e.message, "type": type(e).__name__}]})
+
+
+_lock = threading.Lock()
+
+
+class _RunServiceBackend:
+    """ExperimentService's RunBackend over the service's RunService (ordinary runs, same label queue)."""
+
+    def __init__(self, runs: Any) -> None:
+        self.rs = runs
+
+    def create_run(self, spec: dict) -> str:
+        spec = {k: v for k, v in spec.items() if k != "experiment"}
+        return self.rs.create_run(spec)
+
+    def run_status(self, run_id: str) -> dict:
+        return self.rs.status(run_id)
+
+
+def _notifier(app_state: Any):
+    sender = getattr(app_state, "webhooks", None)
+    if sender is None:
+        return None
+    return lambda url, payload: sender.send("experiment.signal", payload, url)
+
+
+def experiment_service(request: Request) -> ExperimentService:
+    """The app's ExperimentService, built on first use from app.state (runs, store, webhooks)."""
+    st = request.app.state
+    svc = getattr(st, "experiments", None)
+    if svc is not None:
+        return svc
+    with _lock:
+        svc = getattr(st, "experiments", None)
+        if svc is None:
+            runs = getattr(st, "runs", None) or getattr(st, "run_service", None)
+            store = getattr(st, "store", None)
+            kv = RedisKV(store.r) if store is not None and hasattr(store, "r") else None
+            svc = ExperimentService(_RunServiceBackend(runs), kv=kv, notifier=_notifier(st))
+            st.experiments = svc
+    return svc
+
+
+def _auth_dependencies() -> list:
+    try:
+        from services.api.auth import require_admin  # the service's admin-token check
+    except ImportError:  # pragma: no cover - the app wires auth
+        return []
+    return [Depends(require_admin)]
+
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=_auth_dependencies())
+
+
+@router.post("", status_code=201)
+def create_experiment(body: ExperimentCreate, svc: ExperimentService = Depends(experiment_service)):
+    try:
+        return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
+    except ExperimentError as e:
+        return _error(e)
+
+
+@router.post("/{exp}/checkpoints", status_code=201)
+def add_checkpoint(exp: str, body: CheckpointIn, svc: ExperimentService = Depends(experiment_service)):
+    try:
+        return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
+    except ExperimentError as e:
+        return _error(e)
+
+
+@router.get("/{exp}/signal")
+def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
+    try:
+        return svc.signal(exp)
+    except ExperimentError as e:
+        return _error(e)
+
+
+@router.get("/{exp}")
+def get_experiment(exp: str, svc: ExperimentService = Depends(experiment_service)):
+    try:
+        rec = svc.get(exp)
+    except ExperimentError as e:
+        return _error(e)
+    rec.pop("outputs", None)
+    rec["signal"] = svc.signal(exp)
+    return rec
