@@ -1,0 +1,1 @@
+"""FastAPI routers, one per resource; ``services.app.create_app`` includes them."""

@@ -1,0 +1,23 @@
+"""Liveness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from services.api.deps import get_store
+from services.api.models import Health
+from services.store import RedisStore
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz(store: RedisStore = Depends(get_store)) -> Health:
+    return Health(status="ok", redis=store.ping())
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    m = request.app.state.metrics
+    m.runs_loaded.set(len(request.app.state.runs._runs))
+    return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,219 @@
+"""The API contract (DESIGN.md "Service API"): request and response models. Field names are fixed."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Verdict = Literal["left", "right", "tie"]
+DecisionName = Literal["running", "better", "worse", "equivalent", "undecided"]
+
+MAX_TEXT = 200_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PairIn(Strict):
+    id: str = Field(min_length=1, max_length=256, description="your id of the pair, unique within the run")
+    prompt: str = Field(max_length=MAX_TEXT)
+    base: str = Field(max_length=MAX_TEXT, description="the base model's response")
+    tuned: str = Field(max_length=MAX_TEXT, description="the fine-tuned model's response")
+    judge_votes: dict[str, float | None] | None = Field(
+        None, description="{judge: P(tuned better) in [0, 1]} — use these instead of running judges")
+
+    @field_validator("judge_votes")
+    @classmethod
+    def _probs(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
+        if v is None:
+            return v
+        for k, p in v.items():
+            if not k:
+                raise ValueError("judge names must be non-empty")
+            if p is not None and (math.isnan(p) or not 0.0 <= p <= 1.0):
+                raise ValueError(f"judge_votes[{k!r}] = {p} must be a probability in [0, 1] (or null if missing)")
+        return v
+
+
+class PromptIn(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class GenerateIn(Strict):
+    base: dict[str, Any] = Field(description='MODEL spec, e.g. {"backend": "gguf", "preset": "gemma-3-270m-base"}')
+    tuned: dict[str, Any] = Field(description="MODEL spec of the fine-tuned model")
+    prompts: list[PromptIn] = Field(min_length=1, max_length=100_000)
+    max_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> GenerateIn:
+        ids = [p.id for p in self.prompts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("prompts[].id must be unique")
+        return self
+
+
+JudgeSpec = str | dict[str, Any]
+
+
+class RunCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    pairs: list[PairIn] | None = Field(None, max_length=1_000_000)
+    generate: GenerateIn | None = None
+    judges: list[JudgeSpec] | None = Field(
+        None, description='judge presets ("qwen2.5-coder-0.5b", "gemma-3-270m-base", "NAME:pointwise") or MODEL '
+                          "specs; [] = labels only (classical sequential test)")
+    criteria: list[str] | None = Field(None, max_length=10, description="extra per-criterion verdicts "
+                                                                        "(alpha split by Bonferroni)")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    margin: float = Field(0.0, ge=0.0, lt=0.5)
+    budget: int | None = Field(None, ge=1, description="maximum number of labelled pairs")
+    method: Literal["classical", "ppi", "active"] | None = None
+    labels_per_pair: int = Field(1, ge=1, le=20, description="annotators per pair (their verdicts are averaged)")
+    lease_ttl_s: float | None = Field(None, gt=0, le=7 * 86400, description="seconds an annotator holds a pair")
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    seed: int | None = Field(None, ge=0, lt=2**32)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RunCreate:
+        if (self.pairs is None) == (self.generate is None):
+            raise ValueError("give exactly one of 'pairs' (ready responses) or 'generate' (models + prompts)")
+        if self.pairs is not None and not self.pairs:
+            raise ValueError("'pairs' is empty: give at least one pair")
+        if self.criteria is not None:
+            if len(set(self.criteria)) != len(self.criteria) or any(not c for c in self.criteria):
+                raise ValueError("'criteria' must be distinct non-empty names")
+        if self.judges:
+            from services.pipeline import validate_judge_spec
+
+            for i, j in enumerate(self.judges):
+                err = validate_judge_spec(j)
+                if err:
+                    raise ValueError(f"judges[{i}]: {err}")
+        return self
+
+
+class PairsAdd(Strict):
+    pairs: list[PairIn] = Field(min_length=1, max_length=1_000_000)
+
+
+class RunCreated(BaseModel):
+    run_id: str
+
+
+class PairsAdded(BaseModel):
+    run_id: str
+    added: int
+    n_pairs: int
+
+
+class CriterionStatus(BaseModel):
+    labels: int
+    estimate: float | None
+    interval: list[float]
+    alpha: float
+    decision: DecisionName
+    method: str
+    pending: int
+    pool_version: int
+
+
+class RunStatus(BaseModel):
+    run_id: str
+    name: str
+    status: Literal["generating", "judging", "ready", "failed"]
+    n_pairs: int
+    votes: int = Field(description="pairs with judge votes")
+    labels: int = Field(description="pairs whose human label entered the sampler")
+    annotations: int = Field(description="individual annotator verdicts received")
+    estimate: float | None
+    interval: list[float]
+    alpha: float
+    margin: float
+    budget: int | None
+    decision: DecisionName
+    method: str | None
+    judges: list[str]
+    labels_per_pair: int
+    pending: int
+    criteria: dict[str, CriterionStatus]
+    progress: dict[str, Any]
+    error: str | None
+    created_at: float
+    alpha_split: str | None = None
+    pool_version: int | None = None
+
+
+class RunSummary(BaseModel):
+    run_id: str
+    name: str
+    status: str
+    created_at: float
+
+
+class Progress(BaseModel):
+    labelled_by_you: int
+    labels: int
+    budget: int | None
+
+
+class NextPair(BaseModel):
+    """A blind pair: no model names, no judge votes; left/right randomised per pair."""
+
+    pair_id: str
+    lease_id: str
+    lease_expires_at: datetime
+    prompt: str
+    left: str
+    right: str
+    criteria: list[str]
+    progress: Progress
+
+
+class LabelIn(Strict):
+    lease_id: str | None = Field(None, max_length=100)
+    pair_id: str = Field(min_length=1, max_length=256)
+    annotator: str | None = Field(None, min_length=1, max_length=200,
+                                  description="required with the admin token; defaults to the token's annotator")
+    verdict: Verdict
+    criteria: dict[str, Verdict] | None = None
+
+
+class LabelOut(BaseModel):
+    accepted: bool
+    duplicate: bool = Field(description="true when this annotator had already labelled the pair (counted once)")
+    pair_id: str
+    labels: int
+    decision: DecisionName
+
+
+class AnnotatorCreate(Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^|\s][^|]*$")
+    runs: list[str] = Field(min_length=1, max_length=1000, description="run ids this annotator may label")
+
+
+class AnnotatorOut(BaseModel):
+    name: str
+    token: str
+    runs: list[str]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    redis: bool
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    detail: list[ErrorItem] | str

@@ -1,0 +1,99 @@
+"""/v1/runs: create runs, add pairs, status, the blind `next` pair, labels, the HTML report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi.responses import HTMLResponse
+
+from services.api.deps import Principal, admin, get_runs, run_access
+from services.api.models import (
+    ErrorOut,
+    LabelIn,
+    LabelOut,
+    NextPair,
+    PairsAdd,
+    PairsAdded,
+    RunCreate,
+    RunCreated,
+    RunStatus,
+    RunSummary,
+)
+from services.runs import RunService
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"],
+                   responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
+
+RunId = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="run id")
+
+
+@router.post("", response_model=RunCreated, status_code=201, dependencies=[Depends(admin)])
+def create_run(body: RunCreate, runs: RunService = Depends(get_runs)) -> RunCreated:
+    """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate."""
+    return RunCreated(run_id=runs.create_run(body.model_dump()))
+
+
+@router.get("", response_model=list[RunSummary], dependencies=[Depends(admin)])
+def list_runs(runs: RunService = Depends(get_runs)) -> list[dict]:
+    return runs.list_runs()
+
+
+@router.post("/{run_id}/pairs", response_model=PairsAdded, responses={404: {"model": ErrorOut}},
+             dependencies=[Depends(admin)])
+def add_pairs(body: PairsAdd, run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
+    """Append pairs (same shape as in POST /v1/runs); after labels exist this starts a new pool version."""
+    return runs.add_pairs(run_id, [p.model_dump() for p in body.pairs])
+
+
+@router.get("/{run_id}", response_model=RunStatus, responses={404: {"model": ErrorOut}},
+            dependencies=[Depends(admin)])
+def get_run(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
+    return runs.status(run_id)
+
+
+@router.get("/{run_id}/next", response_model=NextPair,
+            responses={204: {"description": "nothing to label now (decided, or every pair leased/labelled)"},
+                       404: {"model": ErrorOut}})
+def next_pair(run_id: str = RunId,
+              annotator: str | None = Query(None, min_length=1, max_length=200, pattern=r"^[^|]+$",
+                                            description="who labels; defaults to the annotator token's name"),
+              who: Principal = Depends(run_access), runs: RunService = Depends(get_runs)):
+    """Lease one blind pair: prompt and two responses in random order, no model names, no judge votes."""
+    name = _annotator(who, annotator)
+    got = runs.next_pair(run_id, name)
+    if got is None:
+        return Response(status_code=204)
+    got["lease_expires_at"] = datetime.fromtimestamp(got["lease_expires_at"], tz=UTC)
+    return got
+
+
+@router.post("/{run_id}/labels", response_model=LabelOut, responses={404: {"model": ErrorOut}})
+def post_label(body: LabelIn, run_id: str = RunId, who: Principal = Depends(run_access),
+               runs: RunService = Depends(get_runs)) -> dict:
+    """One verdict on one pair. Idempotent per (pair_id, annotator): a repeat is accepted and counted once."""
+    d = body.model_dump()
+    d["annotator"] = _annotator(who, body.annotator)
+    return runs.submit_label(run_id, d)
+
+
+@router.get("/{run_id}/report", response_class=HTMLResponse, responses={404: {"model": ErrorOut}},
+            dependencies=[Depends(admin)])
+def report(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> HTMLResponse:
+    """Self-contained HTML report (no external assets)."""
+    from services.report_page import report_html
+
+    return HTMLResponse(report_html(runs, run_id))
+
+
+def _annotator(who: Principal, given: str | None) -> str:
+    if who.is_admin:
+        if not given:
+            raise HTTPException(422, [{"loc": ["query", "annotator"], "type": "missing",
+                                       "msg": "with the admin token, say who labels: ?annotator=NAME "
+                                              "(or 'annotator' in the body)"}])
+        return given
+    if given and given != who.name:
+        raise HTTPException(403, f"this token belongs to annotator {who.name!r}, not {given!r}")
+    assert who.name is not None
+    return who.name

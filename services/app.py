@@ -1,0 +1,107 @@
+"""The FastAPI application factory.
+
+    app = create_app(store=RedisStore.open(data_dir="..."), settings=Settings(admin_token="..."))
+
+Routers are listed in ROUTERS — including another resource is a one-line change (e.g. issue 5's
+``services.api.experiments``). Business logic lives in plain classes (RunService, RedisStore, Pipeline,
+WebhookSender); route functions only translate HTTP.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from services.errors import ServiceError
+from services.metrics import Metrics
+from services.runs import RunService
+from services.settings import Settings
+from services.store import RedisStore
+from services.webhooks import WebhookSender
+
+log = logging.getLogger(__name__)
+
+ROUTERS = [
+    "services.api.health",
+    "services.api.runs",
+    "services.api.annotators",
+    "services.api.annotate",
+    "services.api.integrations",
+    "services.api.experiments",
+]
+
+
+def create_app(store: RedisStore | None = None, settings: Settings | None = None, *,
+               pipeline: Any = None, routers: list[str] | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = store or RedisStore.open(settings.redis_url, settings.data_dir)
+    metrics = Metrics()
+    webhooks = WebhookSender(settings.webhook_retries, settings.webhook_backoff_s, metrics=metrics,
+                             default_url=settings.webhook_url)
+    runs = RunService(store, notify=webhooks.send, metrics=metrics, lease_ttl_s=settings.lease_ttl_s)
+    if pipeline is None and settings.pipeline in ("ray", "local"):
+        from services.pipeline import Pipeline
+
+        pipeline = Pipeline(runs, mode=settings.pipeline, ray_address=settings.ray_address,
+                            batch_size=settings.batch_size, metrics=metrics)
+    runs.pipeline = pipeline
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if pipeline is not None:
+            pipeline.resume_all()       # runs whose generation/judging was interrupted by a restart
+        yield
+        webhooks.close()
+
+    app = FastAPI(title="tiebreak", version="0.1.0", lifespan=lifespan,
+                  description="Is the fine-tuned model better than the base model? Judges vote on every pair, "
+                              "a few humans label actively chosen pairs, an anytime-valid confidence sequence "
+                              "decides. Authorization: Bearer TOKEN (admin: TIEBREAK_ADMIN_TOKEN; annotators: "
+                              "POST /v1/annotators).")
+    app.state.settings = settings
+    app.state.store = store
+    app.state.runs = runs
+    app.state.metrics = metrics
+    app.state.webhooks = webhooks
+    app.state.pipeline = pipeline
+    for name in routers if routers is not None else ROUTERS:
+        app.include_router(importlib.import_module(name).router)
+    _install_handlers(app, metrics)
+    return app
+
+
+def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # like FastAPI's own 422, minus the echoed input (which can be megabytes of pairs)
+        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.error("redis error: %s", exc)
+        return JSONResponse({"detail": f"store unavailable ({type(exc).__name__}); nothing was changed, retry"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.latency.labels(path).observe(time.perf_counter() - t0)
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        return response

