@@ -1,0 +1,35 @@
+"""The Ray actor shell around JudgeWorker, with a real Ray (local, 2 CPUs) and the real Qwen-0.5B."""
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ray = pytest.importorskip("ray")
+pytest.importorskip("xllamacpp")
+
+PAIRS = [("What is 2+2?", "5", "4"), ("Capital of France?", "Paris", "Lyon"), ("Say hi", "hi", "hello")]
+
+
+def test_plain_worker_and_ray_actors_agree():
+    from judges.actors import JudgeWorker, judge_with_actors
+
+    try:
+        w = JudgeWorker(["qwen2.5-coder-0.5b:pointwise"], n_threads=1)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    local = w.vote_batch(PAIRS)
+    assert len(local) == 3 and all(0 <= r[0]["p_tuned_better"] <= 1 for r in local)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        votes, secs = judge_with_actors(PAIRS, ["qwen2.5-coder-0.5b:pointwise"], n_actors=2)
+    finally:
+        if started:
+            ray.shutdown()
+    assert secs > 0 and len(votes) == 3
+    for a, b in zip(local, votes, strict=True):
+        assert b[0]["judge"] == a[0]["judge"]
+        assert b[0]["p_tuned_better"] == pytest.approx(a[0]["p_tuned_better"], abs=0.05)
