@@ -59,3 +59,38 @@ def judge_with_actors(pairs: Sequence[tuple[str, str, str]], judge_names: Sequen
     for a in actors:
         ray.kill(a)
     return res, dt
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m judges.actors --data PATH --pairs 12 --actors 1,2 --judges qwen2.5-coder-0.5b``:
+    judging throughput (pairs/s, model load excluded) vs number of Ray actors on this machine."""
+    import argparse
+    import json
+
+    import ray
+
+    from judges.evaluate import load_items
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="../shared/data/pandalm_testset.jsonl")
+    ap.add_argument("--pairs", type=int, default=12)
+    ap.add_argument("--actors", default="1,2")
+    ap.add_argument("--judges", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2)
+    a = ap.parse_args(argv)
+    items = load_items(a.data, a.pairs, seed=1)
+    pairs = [(it["question"], it["response_a"], it["response_b"]) for it in items]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=a.cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        for n in [int(x) for x in a.actors.split(",")]:
+            threads = max(1, a.cpus // n)
+            _, dt = judge_with_actors(pairs, a.judges.split(","), n, threads_per_actor=threads)
+            print(json.dumps({"actors": n, "threads_per_actor": threads, "pairs": len(pairs),
+                              "seconds": round(dt, 2), "pairs_per_s": round(len(pairs) / dt, 3)}), flush=True)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
