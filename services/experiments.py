@@ -496,9 +496,11 @@ class LocalRuns:
     """Runs held in memory over sampler.engine.Comparison: the replay benchmark, tests, and a service without
     Redis. Pairs carry ``judge_votes`` or a ``voter`` fills them (e.g. recorded verdicts, or a judges.Jury)."""
 
-    def __init__(self, voter: Voter | None = None, seed: int | None = None, method: str | None = None) -> None:
+    def __init__(self, voter: Voter | None = None, seed: int | None = None, method: str | None = None,
+                 **config: Any) -> None:
         self.voter = voter
         self.method = method
+        self.config = config             # extra ComparisonConfig fields (e.g. grid_resolution)
         self._rng = np.random.default_rng(seed)
         self._runs: dict[str, dict] = {}
         self._lock = threading.RLock()
@@ -518,7 +520,7 @@ class LocalRuns:
                          dtype=float).reshape(len(pairs), len(names))
         method = spec.get("method") or self.method or ("active" if names else "classical")
         cfg = ComparisonConfig(alpha=spec.get("alpha", 0.05), margin=spec.get("margin", 0.0),
-                               budget=spec.get("budget"), method=method)
+                               budget=spec.get("budget"), method=method, **self.config)
         rng = np.random.default_rng(self._rng.integers(2**63))
         with self._lock:
             run_id = "run_" + uuid.uuid4().hex[:12]

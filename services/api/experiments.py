@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.api.deps import admin
 from services.experiments import ExperimentError, ExperimentService, RedisKV
 
 MAX_TEXT = 200_000
@@ -80,8 +81,10 @@ class _RunServiceBackend:
         self.rs = runs
 
     def create_run(self, spec: dict) -> str:
-        spec = {k: v for k, v in spec.items() if k != "experiment"}
-        return self.rs.create_run(spec)
+        from services.api.models import RunCreate  # the same validation and defaults as POST /v1/runs
+        spec = {k: v for k, v in spec.items() if k != "experiment" and v is not None}
+        spec["name"] = spec["name"][:200]
+        return self.rs.create_run(RunCreate(**spec).model_dump())
 
     def run_status(self, run_id: str) -> dict:
         return self.rs.status(run_id)
@@ -111,15 +114,7 @@ def experiment_service(request: Request) -> ExperimentService:
     return svc
 
 
-def _auth_dependencies() -> list:
-    try:
-        from services.api.auth import require_admin  # the service's admin-token check
-    except ImportError:  # pragma: no cover - the app wires auth
-        return []
-    return [Depends(require_admin)]
-
-
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=_auth_dependencies())
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[Depends(admin)])
 
 
 @router.post("", status_code=201)
