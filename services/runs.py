@@ -82,6 +82,12 @@ def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs))
 
 
+def _no_votes(n: int, width: int = 1) -> np.ndarray:
+    """Labels-only comparisons get one all-missing vote column (method "classical" ignores it): the engine's
+    JSON round trip cannot reshape a (N, 0) vote matrix."""
+    return np.full((n, width), np.nan)
+
+
 def offer_label(comp: Comparison, idx: int, y: float) -> bool:
     """Give a comparison the (final) label of pair idx: recorded at once when the pair is drawn and pending,
     otherwise kept and consumed for free when the pair is drawn (as the engine does with labels carried over
@@ -251,7 +257,8 @@ class RunService:
         if n:
             mats = self._vote_matrices(rt, 0, n)
             for name, s in self.store.load_states(rid).items():
-                rt.comps[name] = Comparison.from_json(s, mats.get(name))
+                m = mats.get(name)
+                rt.comps[name] = Comparison.from_json(s, m if m is not None else _no_votes(n))
             # keep the overall comparison first
             rt.comps = {k: rt.comps[k] for k in [OVERALL, *rt.criteria] if k in rt.comps}
         for idx, ann, rec in self.store.load_labels(rid):
@@ -309,16 +316,14 @@ class RunService:
             mat = mats.get(name)
             if name in rt.comps:
                 comp = rt.comps[name]
-                add = mat if (mat is not None and comp.votes.shape[1]) else np.empty((hi - lo, comp.votes.shape[1]))
-                comp.add_items(add)
+                width = comp.votes.shape[1]
+                comp.add_items(mat if mat is not None and mat.shape[1] == width else _no_votes(hi - lo, width))
             else:
-                method = meta.get("method") or ("active" if mat is not None and mat.shape[1] else "classical")
-                if mat is None or not mat.shape[1]:
-                    method = "classical"
+                has_votes = mat is not None and mat.shape[1] > 0
+                method = (meta.get("method") or "active") if has_votes else "classical"
                 cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
                 rng = np.random.default_rng([int(meta["seed"]), k])
-                rt.comps[name] = Comparison(mat if mat is not None and mat.shape[1] else None,
-                                            n_items=hi - lo, config=cfg, rng=rng)
+                rt.comps[name] = Comparison(mat if has_votes else _no_votes(hi - lo), config=cfg, rng=rng)
         # labels that arrived for pairs before they were active
         for idx in list(rt.labels):
             if lo <= idx < hi:

