@@ -1,0 +1,92 @@
+"""/v1/experiments over real HTTP: the real app (uvicorn + embedded Redis), runs labelled through the ordinary
+run queue, the signal, the webhook, validation errors, persistence across an app restart."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from experiment_server import ADMIN, label_runs, serve_app, webhook_receiver
+
+pytestmark = pytest.mark.integration
+
+N = 10
+PROMPTS = [{"id": f"p{i}", "text": f"question {i}"} for i in range(N)]
+
+
+def outs(tag: str) -> dict[str, str]:
+    return {f"p{i}": f"{tag}: answer {i}" for i in range(N)}
+
+
+def prefer_rank(order: list[str]):
+    """A simulated annotator that prefers the output whose tag ranks higher in `order`."""
+    def pick(left: str, right: str) -> str:
+        lr, rr = order.index(left.split(":")[0]), order.index(right.split(":")[0])
+        return "left" if lr > rr else "right" if rr > lr else "tie"
+    return pick
+
+
+def test_experiment_lifecycle_over_http(tmp_path):
+    with serve_app(tmp_path / "redis") as (url, app), webhook_receiver() as (hook, got), \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as c:
+        r = c.post("/v1/experiments", json={"name": "sft", "prompts": PROMPTS, "base": {"outputs": outs("base")},
+                                            "judges": [], "alpha": 0.05, "patience": 2, "webhook": hook})
+        assert r.status_code == 201, r.text
+        exp = r.json()["experiment"]
+        # humans rank: base < c1 (improves), then c2 and c3 are worse than c1
+        pick = prefer_rank(["c3", "c2", "base", "c1"])
+        r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c1", "outputs": outs("c1")})
+        assert r.status_code == 201, r.text
+        runs1 = r.json()["runs"]
+        assert len(runs1) == 1
+        st = c.get(f"/v1/runs/{runs1[0]}").json()            # an ordinary run of the service
+        assert st["n_pairs"] == N and st["alpha"] == pytest.approx(0.05 * 6 / 3.141592653589793**2)
+        label_runs(c, runs1, pick)
+        sig = c.get(f"/v1/experiments/{exp}/signal").json()
+        assert sig["best_checkpoint"] == "c1" and not sig["stop"]
+        assert sig["checkpoints"][0]["vs_base"]["decision"] == "better"
+        for name in ("c2", "c3"):
+            r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": name, "outputs": outs(name)})
+            ids = r.json()["runs"]
+            assert len(ids) == 2                                # vs base and vs the best (c1)
+            label_runs(c, ids, pick)
+        sig = c.get(f"/v1/experiments/{exp}/signal").json()
+        assert sig["stop"] is True and sig["reason"] == "regression" and sig["best_checkpoint"] == "c1"
+        assert [ck["checkpoint"] for ck in sig["checkpoints"]] == ["c1", "c2", "c3"]
+        assert [ck["decision"] for ck in sig["checkpoints"]] == ["better", "worse", "worse"]
+        assert sig["checkpoints"][2]["vs_best"]["against"] == "c1"
+        # the webhook saw the best checkpoint appear and the stop
+        t0 = time.time()
+        while not any(e["data"].get("stop") for e in got) and time.time() - t0 < 10:
+            time.sleep(0.05)
+        events = [(e["event"], e["data"]["stop"], e["data"]["best_checkpoint"]) for e in got
+                  if e["event"] == "experiment.signal"]
+        assert ("experiment.signal", False, "c1") in events and ("experiment.signal", True, "c1") in events
+        # errors: 4xx naming the field, never a 500
+        r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c2", "outputs": outs("c2")})
+        assert r.status_code == 409 and r.json()["detail"][0]["loc"][-1] == "checkpoint"
+        r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c9", "outputs": {"p0": "x"}})
+        assert r.status_code == 422 and "missing outputs" in r.json()["detail"][0]["msg"]
+        r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c9"})
+        assert r.status_code == 422 and "exactly one of model" in r.text
+        r = c.post("/v1/experiments", json={"name": "x", "prompts": PROMPTS, "base": {"outputs": outs("b")},
+                                            "alpha": 2})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "alpha"
+        r = c.post("/v1/experiments", json={"name": "x", "prompts": PROMPTS, "base": {"backend": "nope"}})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-2:] == ["base", "backend"]
+        assert c.get("/v1/experiments/exp_missing/signal").status_code == 404
+        assert httpx.get(f"{url}/v1/experiments/{exp}/signal").status_code == 401
+        assert httpx.get(f"{url}/v1/experiments/{exp}/signal",
+                         headers={"Authorization": "Bearer wrong"}).status_code == 401
+        store = app.state.store
+
+    # a restarted service (same Redis) answers the same signal
+    from services.app import create_app
+    from services.settings import Settings
+    from starlette.testclient import TestClient
+    app2 = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"),
+                      routers=["services.api.health", "services.api.runs", "services.api.experiments"])
+    with TestClient(app2) as tc:
+        sig2 = tc.get(f"/v1/experiments/{exp}/signal", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert (sig2["stop"], sig2["reason"], sig2["best_checkpoint"]) == (True, "regression", "c1")
