@@ -61,15 +61,26 @@ class JudgeCalibration:
         return JudgeCalibration(float(value), zeros, float(spread), zeros, n_labels)
 
 
-def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float = 20.0) -> JudgeCalibration:
-    """Fit g and v on the labelled pairs only (the caller guarantees these are past labels)."""
+def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float = 20.0,
+                    prior: JudgeCalibration | None = None) -> JudgeCalibration:
+    """Fit g and v on the labelled pairs only (the caller guarantees these are past labels).
+
+    With a ``prior`` (a calibration learnt before this run, e.g. on other pools) the coefficients shrink
+    towards the prior's instead of towards 0: beta = beta_prior + ridge fit of the prior's residuals.
+    """
     labels = np.asarray(labels, dtype=float)
     n = labels.size
     if n == 0:
-        return JudgeCalibration.constant(0.5, features.shape[1])
-    if n < 2 or np.ptp(labels) == 0:
+        return prior if prior is not None else JudgeCalibration.constant(0.5, features.shape[1])
+    if prior is None and (n < 2 or np.ptp(labels) == 0):
         return JudgeCalibration.constant(float(labels.mean()), features.shape[1], n_labels=n)
-    b0, beta = ridge_fit(features, labels, penalty)
+    if n < 2:
+        return prior  # type: ignore[return-value]
+    base_coef = np.asarray(prior.coef) if prior is not None else np.zeros(features.shape[1])
+    base_var = np.asarray(prior.var_coef) if prior is not None else np.zeros(features.shape[1])
+    b0, delta = ridge_fit(features, labels - features @ base_coef, penalty)
+    beta = base_coef + delta
     g = np.clip(b0 + features @ beta, 0.0, 1.0)
-    c0, gamma = ridge_fit(features, (labels - g) ** 2, penalty)
-    return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple(gamma.tolist()), n)
+    c0, delta_v = ridge_fit(features, (labels - g) ** 2 - features @ base_var, penalty)
+    n_total = n + (prior.n_labels if prior is not None else 0)
+    return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple((base_var + delta_v).tolist()), n_total)

@@ -89,25 +89,31 @@ class BettingConfidenceSequence:
         self._threshold = math.log(2.0 / self.alpha) + math.log(k)  # mixture: log(mean) >= log(2/alpha)
 
     def update(self, x: float, null_mean: np.ndarray, lo: float, hi: float, scale: float = 1.0,
-               mean_lo: float = -np.inf, mean_hi: float = np.inf) -> None:
+               mean_lo: float = -np.inf, mean_hi: float = np.inf,
+               null_mean_minus: np.ndarray | None = None) -> None:
         """Feed one observation.
 
         x: the observation; null_mean: c_t(m) for every grid point (predictable); [lo, hi]: predictable bounds
         of x; scale: bet multiplier (N/|R_t|)**growth; [mean_lo, mean_hi]: range the true c_t can take.
+        When c_t(m) is only known to lie in an interval, pass its upper end as null_mean (used by K+, which
+        bets on x > c) and its lower end as null_mean_minus (used by K-): each factor then has conditional
+        mean <= 1, a supermartingale, and Ville's inequality still applies.
         """
-        c = np.asarray(null_mean, dtype=float)
+        c_plus = np.asarray(null_mean, dtype=float)
+        c_minus = c_plus if null_mean_minus is None else np.asarray(null_mean_minus, dtype=float)
         clip = self.bets.clip
         lam = self._lambdas * scale
         with np.errstate(divide="ignore", invalid="ignore"):
-            cap_plus = np.where(c > lo, clip / (c - lo), np.inf)
-            cap_minus = np.where(c < hi, clip / (hi - c), np.inf)
+            cap_plus = np.where(c_plus > lo, clip / (c_plus - lo), np.inf)
+            cap_minus = np.where(c_minus < hi, clip / (hi - c_minus), np.inf)
         lam_plus = np.minimum(lam[None, :], cap_plus[:, None])
         lam_minus = np.minimum(lam[None, :], cap_minus[:, None])
-        d = (x - c)[:, None]
-        self.log_k_plus += np.log1p(lam_plus * d)
-        self.log_k_minus += np.log1p(-lam_minus * d)
-        self.excluded_below |= (_logsumexp_rows(self.log_k_plus) >= self._threshold) | (c < mean_lo) | (c < lo)
-        self.excluded_above |= (_logsumexp_rows(self.log_k_minus) >= self._threshold) | (c > mean_hi) | (c > hi)
+        self.log_k_plus += np.log1p(lam_plus * (x - c_plus)[:, None])
+        self.log_k_minus += np.log1p(-lam_minus * (x - c_minus)[:, None])
+        self.excluded_below |= ((_logsumexp_rows(self.log_k_plus) >= self._threshold)
+                                | (c_plus < mean_lo) | (c_plus < lo))
+        self.excluded_above |= ((_logsumexp_rows(self.log_k_minus) >= self._threshold)
+                                | (c_minus > mean_hi) | (c_minus > hi))
 
     def exclude_outside(self, lower: float, upper: float) -> None:
         """Deterministic knowledge (e.g. the whole pool is labelled): theta lies in [lower, upper]."""

@@ -1,9 +1,11 @@
 """Decision rule on an anytime-valid interval, and how alpha is divided.
 
-Given a (1 - alpha) confidence sequence (lower_t, upper_t) for theta, the preference rate of tuned over base:
-    better      if lower_t > 1/2                 (P(false "better") <= alpha when theta <= 1/2)
-    worse       if upper_t < 1/2
-    equivalent  if 1/2 - margin < lower_t and upper_t < 1/2 + margin   (margin > 0 only)
+Given a (1 - alpha) confidence sequence for theta, the preference rate of tuned over base, reported as the
+open interval (lower_t, upper_t) -- theta > lower_t and theta < upper_t, the bounds being candidate values
+that the CS has *excluded* (sampler.confseq) --
+    better      if lower_t >= 1/2   (1/2 excluded: theta > 1/2; P(false "better") <= alpha when theta <= 1/2)
+    worse       if upper_t <= 1/2
+    equivalent  if 1/2 - margin <= lower_t and upper_t <= 1/2 + margin   (margin > 0 only)
     undecided   if the label budget is spent (or the pool is exhausted) first
     running     otherwise.
 Because the CS covers theta at every time simultaneously, these hold under optional stopping.
@@ -45,11 +47,11 @@ class DecisionRule:
             raise ValueError("budget must be a positive number of labels")
 
     def decide(self, lower: float, upper: float, labels: int, exhausted: bool = False) -> Decision:
-        if lower > 0.5:
+        if lower >= 0.5:
             return Decision.BETTER
-        if upper < 0.5:
+        if upper <= 0.5:
             return Decision.WORSE
-        if self.margin > 0 and lower > 0.5 - self.margin and upper < 0.5 + self.margin:
+        if self.margin > 0 and lower >= 0.5 - self.margin and upper <= 0.5 + self.margin:
             return Decision.EQUIVALENT
         if exhausted or (self.budget is not None and labels >= self.budget):
             return Decision.UNDECIDED

@@ -20,6 +20,13 @@ Labels may arrive out of order (several annotators): draws are processed strictl
 prediction and bet is a function of the processed prefix only (predictable). A lease that expires does not
 undo a draw: the service hands the same pair to the next annotator.
 
+Noisy labels (label_noise=True, e.g. the replay's simulated annotator draws one of a pair's several recorded
+votes): the label L = Y_I + eps with E[eps | I] = 0, so the sum of processed labels S^obs differs from the sum of
+the pairs' verdicts by sum(eps), and c_t(m) is only known up to +- B_t / |R_t| where B_t bounds |sum_{s<t} eps_s|
+for all t with probability >= 1 - alpha_noise (noise_bound). K+ is run with the upper and K- with the lower end;
+the CS gets alpha - alpha_noise (confseq.BettingConfidenceSequence.update). When the pool is exhausted theta
+is then known only to +- B_N / N, not exactly.
+
 Adding pairs after labels exist starts a new pool version e (alpha_e = alpha / 2^e); labels already collected
 are reused for free when their pair is drawn again.
 """
@@ -51,6 +58,8 @@ class ComparisonConfig:
     min_labels_to_calibrate: int = 20    # before this, g = 0 and sampling is uniform
     calibration_penalty: float = 20.0    # ridge penalty (pseudo-labels of shrinkage towards the label mean)
     grid_resolution: int = 400           # candidate-theta grid for the reported interval
+    label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
+    noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
     bets: BetSchedule = field(default_factory=BetSchedule)
 
     def __post_init__(self) -> None:
@@ -92,6 +101,17 @@ class ComparisonStatus:
         return d
 
 
+def noise_bound(t: int, alpha: float) -> float:
+    """Time-uniform bound on |sum_{s<=t} eps_s| for independent mean-zero eps_s in ranges of width 1.
+
+    Hoeffding at each t with alpha_t = alpha / (t (t + 1)) (sum over t >= 1 is alpha), union bound:
+        B_t = sqrt( t/2 * log( 2 t (t + 1) / alpha ) ),   P(exists t: |sum eps| > B_t) <= alpha.
+    """
+    if t <= 0:
+        return 0.0
+    return math.sqrt(t / 2.0 * math.log(2.0 * t * (t + 1) / alpha))
+
+
 def _refit_due(n: int, min_labels: int) -> bool:
     """Refit at min_labels, then at every 10% growth (geometric: O(log n) refits, each O(N))."""
     if n < min_labels:
@@ -106,8 +126,10 @@ class Comparison:
     """Mutable sequential comparison over a pool of pairs. Deterministic given its Generator."""
 
     def __init__(self, judge_votes: np.ndarray | None, n_items: int | None = None,
-                 config: ComparisonConfig | None = None, rng: np.random.Generator | None = None) -> None:
+                 config: ComparisonConfig | None = None, rng: np.random.Generator | None = None,
+                 prior: JudgeCalibration | None = None) -> None:
         self.config = config or ComparisonConfig()
+        self.prior = prior
         if judge_votes is None:
             if n_items is None:
                 raise ValueError("give judge_votes (pairs x judges) or n_items")
@@ -132,12 +154,17 @@ class Comparison:
         self.draws: list[Draw] = []
         self.processed = 0
         self.label_sum = 0.0
-        self.calibration = JudgeCalibration.constant(0.0, self.features.shape[1], spread=0.25)
+        if self.prior is not None and len(self.prior.coef) != self.features.shape[1]:
+            raise ValueError(f"prior calibration has {len(self.prior.coef)} features, the pool "
+                             f"{self.features.shape[1]} (2 per judge)")
+        self.calibration = self.prior or JudgeCalibration.constant(0.0, self.features.shape[1], spread=0.25)
         self._apply_calibration()
         self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma)
+        if self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0:
+            self.sampler.set_scores(self.spread)
         cfg = self.config
         extra = (0.5, 0.5 - cfg.margin, 0.5 + cfg.margin)
-        self.cs = BettingConfidenceSequence(self.alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
+        self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
         self._est_num = 0.0
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
@@ -147,6 +174,17 @@ class Comparison:
     @property
     def alpha(self) -> float:
         return self.config.alpha / 2**self.pool_version
+
+    @property
+    def cs_alpha(self) -> float:
+        return self.alpha * (1 - self.config.noise_alpha_share) if self.config.label_noise else self.alpha
+
+    @property
+    def noise_alpha(self) -> float:
+        return self.alpha * self.config.noise_alpha_share
+
+    def _noise(self, t: int) -> float:
+        return noise_bound(t, self.noise_alpha) if self.config.label_noise else 0.0
 
     @property
     def gamma(self) -> float:
@@ -173,6 +211,9 @@ class Comparison:
         self.g_min = float(rest.min()) if rest.size else 0.0
 
     # ------------------------------------------------------------------------------------------ the queue
+    def _pending_set(self) -> set[int]:
+        return {d.item for d in self.draws[self.processed:]}
+
     def pending_items(self) -> list[int]:
         return [d.item for d in self.draws[self.processed:] if d.item not in self.labels]
 
@@ -207,7 +248,7 @@ class Comparison:
             raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
         if item in self.labels:
             return False
-        if item not in {d.item for d in self.draws[self.processed:]}:
+        if item not in self._pending_set():
             raise ValueError(f"pair {item} was not handed out for labelling")
         self.labels[item] = float(y)
         self._process_ready()
@@ -224,14 +265,15 @@ class Comparison:
         n, rem = self.n_items, draw.remaining
         y = self.labels[draw.item]
         g_bar = self.g_remaining_sum / rem
-        weight = 1.0 / (rem * draw.prob)                       # <= 1/gamma
+        weight = 1.0 / (rem * draw.prob)                       # <= draw.max_weight <= 1/gamma
         x = g_bar + (y - self.g[draw.item]) * weight
-        inv_gamma = 1.0 / self.gamma
-        lo = g_bar - self.g_max * inv_gamma
-        hi = g_bar + (1.0 - self.g_min) * inv_gamma
+        lo = g_bar - self.g_max * draw.max_weight
+        hi = g_bar + (1.0 - self.g_min) * draw.max_weight
         null_mean = (n * self.cs.grid - self.label_sum) / rem
+        slack = self._noise(self.processed) / rem
         scale = (n / rem) ** self.config.bets.growth
-        self.cs.update(x, null_mean, lo, hi, scale, mean_lo=0.0, mean_hi=1.0)
+        self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
+                       null_mean_minus=null_mean - slack)
         # Point estimate: precision-weighted mean of the unbiased Z_t = (S_{t-1} + |R_t| Ytilde_t) / N.
         z = (self.label_sum + rem * x) / n
         w = (n / rem) ** 2
@@ -241,18 +283,20 @@ class Comparison:
         self.g_remaining_sum -= self.g[draw.item]
         self.processed += 1
         if self.processed == n:
-            theta = self.label_sum / n
-            self.cs.exclude_outside(theta, theta)
+            theta, slack = self.label_sum / n, self._noise(n) / n
+            self.cs.exclude_outside(theta - slack, theta + slack)
         if self.uses_judges and _refit_due(self.processed, self.config.min_labels_to_calibrate):
             self._refit()
         self._update_decision()
 
     def _refit(self) -> None:
         items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
-        known = [i for i in self.labels if i not in set(items.tolist())]  # earlier pool versions: past too
+        processed = set(items.tolist())
+        known = [i for i in self.labels if i not in processed and i not in self._pending_set()]
+        # labels from earlier pool versions are past too; labels of pending draws are not (out of order)
         items = np.concatenate([items, np.asarray(known, dtype=int)])
         ys = np.asarray([self.labels[i] for i in items])
-        self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty)
+        self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
         self._apply_calibration()
         if self.gamma < 1.0:
             self.sampler.set_scores(self.spread)
@@ -297,10 +341,11 @@ class Comparison:
             "n_judges": int(self.votes.shape[1]),
             "pool_version": self.pool_version,
             "labels": [[int(i), y] for i, y in self.labels.items()],
-            "draws": [[d.item, d.prob, d.remaining] for d in self.draws],
+            "draws": [[d.item, d.prob, d.remaining, d.max_weight] for d in self.draws],
             "processed": self.processed,
             "label_sum": self.label_sum,
             "calibration": asdict(self.calibration),
+            "prior": asdict(self.prior) if self.prior is not None else None,
             "g_remaining_sum": self.g_remaining_sum,
             "g_max": self.g_max,
             "g_min": self.g_min,
@@ -325,16 +370,15 @@ class Comparison:
         rng.bit_generator.state = d["rng"]
         self = cls.__new__(cls)
         self.config = ComparisonConfig.from_dict(d["config"])
+        self.prior = _calibration_from_dict(d["prior"]) if d.get("prior") else None
         self.rng = rng
         self.labels = {int(i): float(y) for i, y in d["labels"]}
         self.pool_version = d["pool_version"]
         self._set_pool(votes)
-        self.draws = [Draw(int(i), float(p), int(r)) for i, p, r in d["draws"]]
+        self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in d["draws"]]
         self.processed = d["processed"]
         self.label_sum = d["label_sum"]
-        c = d["calibration"]
-        self.calibration = JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"],
-                                            tuple(c["var_coef"]), c["n_labels"])
+        self.calibration = _calibration_from_dict(d["calibration"])
         self._apply_calibration()
         # the running g sums are restored exactly (recomputing them could differ in the last bit)
         self.g_remaining_sum, self.g_max, self.g_min = d["g_remaining_sum"], d["g_max"], d["g_min"]
@@ -352,6 +396,11 @@ class Comparison:
     @classmethod
     def from_json(cls, s: str, judge_votes: np.ndarray | None = None) -> Comparison:
         return cls.from_dict(json.loads(s), judge_votes)
+
+
+def _calibration_from_dict(c: dict) -> JudgeCalibration:
+    return JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"], tuple(c["var_coef"]),
+                            c["n_labels"])
 
 
 def _nan_to_none(rows: list) -> list:

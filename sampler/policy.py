@@ -28,6 +28,7 @@ class Draw:
     item: int
     prob: float
     remaining: int
+    max_weight: float = 1.0  # predictable bound on 1 / (remaining * q(i)) over every pair that could be drawn
 
 
 class WithoutReplacementSampler:
@@ -59,6 +60,9 @@ class WithoutReplacementSampler:
             raise ValueError("scores must be finite, non-negative, one per pair")
         self._raw_scores = raw
         self._scores = FenwickTree(raw * alive)
+        live = raw[alive > 0]
+        # only grows as pairs leave R, so a value computed now stays a valid lower bound
+        self._score_min = float(live.min()) if live.size else 0.0
 
     def probability(self, item: int) -> float:
         rem = self._count.total()
@@ -67,15 +71,23 @@ class WithoutReplacementSampler:
             return 1.0 / rem
         return float(self.gamma / rem + (1 - self.gamma) * self._scores.weight(item) / total)  # type: ignore[union-attr]
 
+    def max_weight(self) -> float:
+        """max over i in R of 1 / (|R| q(i)) = 1 / (gamma + (1 - gamma) |R| s_min / sum_R s) (1 if uniform)."""
+        total = self._scores.total() if self._scores is not None else 0.0
+        if total <= 0:
+            return 1.0
+        return 1.0 / (self.gamma + (1 - self.gamma) * self.remaining * self._score_min / total)
+
     def draw(self, rng: np.random.Generator) -> Draw:
         rem = self.remaining
         if rem == 0:
             raise ValueError("every pair has been drawn")
+        max_weight = self.max_weight()
         use_scores = self._scores is not None and self._scores.total() > 0 and rng.random() >= self.gamma
         item = self._scores.sample(rng) if use_scores else self._count.sample(rng)  # type: ignore[union-attr]
         prob = self.probability(item)
         self.remove(item)
-        return Draw(int(item), prob, rem)
+        return Draw(int(item), prob, rem, max_weight)
 
     def remove(self, item: int) -> None:
         self._count.set(item, 0.0)

@@ -1,0 +1,43 @@
+"""`tiebreak` command line (typer). Each command lives in services/commands/<name>.py; this file wires them.
+
+Exit codes (every command): 0 decided / success, 1 error, 2 bad input, 3 undecided at budget.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="tiebreak",
+    help="Is the fine-tuned model better than the base model? Local LLM judges + few human labels + "
+    "anytime-valid confidence sequences.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
+
+
+def _register() -> None:
+    # Imports are local to each command module so `tiebreak --help` stays fast (no Ray/xllamacpp import).
+    from services.commands import replay
+
+    app.command("replay", help=replay.HELP, epilog=replay.EPILOG)(replay.replay)
+    from services.commands import judge_eval
+
+    app.command("judge-eval")(judge_eval.judge_eval)
+    from services.commands import serve
+
+    app.command("serve")(serve.serve)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
