@@ -2,7 +2,7 @@
 PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= serve,ray,cpu,models,dev
+EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
 .PHONY: setup setup-large run test test-slow test-all bench bench-api lint gpu-check clean
 
@@ -31,6 +31,10 @@ test-all: $(BIN)/python
 
 bench: $(BIN)/python
 	$(BIN)/python -m benchmarks.run_all
+
+# Issue 5: the Vicuna-80 Guanaco checkpoint ladder (7B base; 13B -> 33B -> 65B), no server needed.
+bench-ladder: $(BIN)/python
+	$(BIN)/python -m benchmarks.ladder
 
 lint: $(BIN)/python
 	$(BIN)/ruff check sampler judges services tests
