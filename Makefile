@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-large run test test-slow test-all bench bench-api lint gpu-check clean
+.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -12,6 +12,11 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	@test -x /usr/bin/chromium || $(MAKE) setup-browser
+
+# Headless Chromium + driver for the /annotate browser test (Debian packages; idempotent).
+setup-browser:
+	apt-get update -q && apt-get install -y -q chromium chromium-driver
 
 # The 1.1 GB Qwen2.5-Coder-1.5B judge (strongest offline judge).
 setup-large: setup
@@ -35,6 +40,10 @@ bench: $(BIN)/python
 # Issue 5: the Vicuna-80 Guanaco checkpoint ladder (7B base; 13B -> 33B -> 65B), no server needed.
 bench-ladder: $(BIN)/python
 	$(BIN)/python -m benchmarks.ladder
+
+# Service API load test: label round trips/s, p50/p99 latency, memory per 100,000 pairs (docs/benchmarks.md).
+bench-api: $(BIN)/python
+	$(BIN)/python -m benchmarks.bench_api
 
 lint: $(BIN)/python
 	$(BIN)/ruff check sampler judges services tests
