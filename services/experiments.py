@@ -379,7 +379,12 @@ class ExperimentService:
         """Outputs of the base or a checkpoint, generated once and kept in the record."""
         if side not in rec["outputs"]:
             spec = rec["base"] if side == "base" else next(c["model"] for c in rec["checkpoints"] if c["checkpoint"] == side)
-            rec["outputs"][side] = self.generator(spec, rec["prompts"])
+            try:
+                out = self.generator(spec, rec["prompts"])
+            except Exception as e:  # noqa: BLE001 - a bad spec or a dead backend: a 4xx naming the model
+                raise ExperimentError("base" if side == "base" else "model",
+                                      f"could not generate the outputs of {side} with {spec}: {e}") from e
+            rec["outputs"][side] = self._check_outputs("base" if side == "base" else "model", out, rec["prompts"])
         return rec["outputs"][side]
 
     # -------------------------------------------------------------------------------------- checkpoints
