@@ -1,0 +1,99 @@
+"""Label Studio / Argilla connectors, against payloads written from their documented formats
+(labelstud.io/guide/webhook_reference + task_format; docs.argilla.io webhooks_internals). A real Label Studio
+server was not used: see docs/benchmarks.md notes / services/integrations.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from services.app import create_app
+from services.settings import Settings
+from services.store import RedisStore
+
+ADMIN = "adm"
+H = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    store = RedisStore.open(data_dir=tmp_path_factory.mktemp("ig"))
+    app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"))
+    with TestClient(app) as c:
+        yield c
+
+
+def _run(c, n=60, criteria=None):
+    rng = np.random.default_rng(1)
+    pairs = [{"id": f"p{i}", "prompt": f"q{i}", "base": f"B{i}", "tuned": f"T{i}",
+              "judge_votes": {"j": float(rng.uniform(0.2, 0.9))}} for i in range(n)]
+    return c.post("/v1/runs", json={"name": "ig", "pairs": pairs, "criteria": criteria or []}, headers=H).json()["run_id"]
+
+
+def _ls_event(task, choice, user=7, action="ANNOTATION_CREATED", crit=None):
+    result = [{"from_name": "verdict", "to_name": "prompt", "type": "choices", "value": {"choices": [choice]}}]
+    for c, v in (crit or {}).items():
+        result.append({"from_name": f"criterion_{c}", "to_name": "prompt", "type": "choices",
+                       "value": {"choices": [v]}})
+    return {"action": action, "project": {"id": 1, "title": "tiebreak"},
+            "task": {"id": 101, "data": task["data"], "project": 1},
+            "annotation": {"id": 5, "result": result, "completed_by": user, "was_cancelled": False, "task": 101}}
+
+
+def test_label_studio_tasks_and_webhooks(client):
+    rid = _run(client, criteria=["tone"])
+    r = client.get(f"/v1/integrations/label-studio/{rid}/tasks?k=5", headers=H)
+    assert r.status_code == 200
+    body = r.json()
+    assert 'name="verdict"' in body["label_config"] and 'name="criterion_tone"' in body["label_config"]
+    tasks = body["tasks"]
+    scores = [t["predictions"][0]["score"] for t in tasks]
+    assert len(tasks) == 5 and scores == sorted(scores, reverse=True)
+    assert set(tasks[0]["data"]) == {"run_id", "pair_id", "prompt", "left", "right"}
+    t = tasks[0]
+    tuned_left = t["data"]["left"].startswith("T")
+    r = client.post("/v1/integrations/label-studio/webhook", json=_ls_event(t, "Left", crit={"tone": "right"}),
+                    headers=H)
+    assert r.status_code == 200 and r.json()["duplicate"] is False, r.text
+    # ANNOTATION_UPDATED by the same user: accepted, counted once
+    r = client.post("/v1/integrations/label-studio/webhook",
+                    json=_ls_event(t, "right", action="ANNOTATION_UPDATED"), headers=H)
+    assert r.json()["duplicate"] is True
+    st = client.get(f"/v1/runs/{rid}", headers=H).json()
+    assert st["annotations"] == 1 and st["labels"] == 1
+    comp = client.app.state.runs.runtime(rid).comps["overall"]
+    assert list(comp.labels.values()) == [1.0 if tuned_left else 0.0]
+    # other actions are acknowledged and ignored; malformed payloads are 4xx naming the field
+    r = client.post("/v1/integrations/label-studio/webhook", json={"action": "TASKS_CREATED"}, headers=H)
+    assert r.status_code == 200 and r.json()["accepted"] is False
+    bad = _ls_event(t, "sideways", user=8)
+    r = client.post("/v1/integrations/label-studio/webhook", json=bad, headers=H)
+    assert r.status_code == 422 and '"annotation","result"' in r.text
+    r = client.post("/v1/integrations/label-studio/webhook", json={"action": "ANNOTATION_CREATED"}, headers=H)
+    assert r.status_code == 422
+    assert client.post("/v1/integrations/label-studio/webhook", json=_ls_event(t, "left")).status_code == 401
+
+
+def test_argilla_records_and_webhook(client):
+    rid = _run(client)
+    r = client.get(f"/v1/integrations/argilla/{rid}/records?k=4&suggestions=true", headers=H)
+    recs = r.json()["records"]
+    assert len(recs) == 4 and all(s["question_name"] == "verdict" for rec in recs for s in rec["suggestions"])
+    plain = client.get(f"/v1/integrations/argilla/{rid}/records?k=4", headers=H).json()["records"]
+    assert all("suggestions" not in rec for rec in plain)
+    rec = recs[0]
+    event = {"type": "response.created", "version": 1, "timestamp": "2026-01-01T00:00:00Z",
+             "data": {"id": "0a0b", "status": "submitted", "values": {"verdict": {"value": "tie"}},
+                      "record": {"id": "uuid-1", "external_id": rec["id"], "metadata": rec["metadata"],
+                                 "fields": rec["fields"]},
+                      "user": {"id": "u-1", "username": "ann"}}}
+    r = client.post("/v1/integrations/argilla/webhook", json=event, headers=H)
+    assert r.status_code == 200 and r.json()["accepted"] and not r.json()["duplicate"], r.text
+    assert client.post("/v1/integrations/argilla/webhook", json=event, headers=H).json()["duplicate"]
+    draft = {**event, "data": {**event["data"], "status": "draft"}}
+    assert client.post("/v1/integrations/argilla/webhook", json=draft, headers=H).json()["accepted"] is False
+    st = client.get(f"/v1/runs/{rid}", headers=H).json()
+    assert st["labels"] == 1
+    comp = client.app.state.runs.runtime(rid).comps["overall"]
+    assert list(comp.labels.values()) == [0.5]
