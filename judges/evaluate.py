@@ -180,4 +180,10 @@ def evaluate(items: Sequence[dict], judges: Sequence[Judge], cache=None, injecti
     X = np.column_stack([_logit(np.array([v.p_tuned_better for v in votes[n]])) for n in names])
     ens["decisive_agreement_calibrated"] = cross_fitted_agreement(X[dec], yb[dec])
     ens["judges"] = names
-    return {"judges": per, "ensemble": ens, "items": len(items), "wall_seconds": time.time() - t_start}
+    # reference: "the longer response wins" (no model)
+    lw = [("B" if len(it["response_b"]) > len(it["response_a"]) else "A") for it in items]
+    lw_dec = [(a, h) for a, h in zip(lw, labels, strict=True) if h != "tie"]
+    baselines = {"longer_wins_decisive_agreement": (sum(a == h for a, h in lw_dec) / len(lw_dec)) if lw_dec else None,
+                 "human_tie_rate": labels.count("tie") / len(labels)}
+    return {"judges": per, "ensemble": ens, "baselines": baselines, "items": len(items),
+            "wall_seconds": time.time() - t_start}

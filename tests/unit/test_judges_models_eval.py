@@ -85,6 +85,7 @@ def test_evaluate_metrics_on_scripted_judge(tmp_path):
     assert m["injection_flip_rate"] == 0.0  # the scripted judge ignores injected text
     assert res["judges"]["scripted:pointwise"]["swap_consistency"] is None
     assert res["ensemble"]["decisive_agreement"] == pytest.approx(6 / 9)
+    assert res["baselines"]["longer_wins_decisive_agreement"] == pytest.approx(6 / 9)
     assert verdict(float("nan")) == "tie" and verdict(0.6) == "B"
 
 
