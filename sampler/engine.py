@@ -101,6 +101,12 @@ class ComparisonStatus:
         return d
 
 
+def prediction_powered_observation(y: float, g_item: float, g_remaining_sum: float, remaining: int,
+                                   prob: float) -> float:
+    """Ytilde = (1/|R|) sum_{i in R} g(i) + (y - g(I)) / (|R| q(I)); E[Ytilde | past] = mean of Y over R."""
+    return g_remaining_sum / remaining + (y - g_item) / (remaining * prob)
+
+
 def noise_bound(t: int, alpha: float) -> float:
     """Time-uniform bound on |sum_{s<=t} eps_s| for independent mean-zero eps_s in ranges of width 1.
 
@@ -265,8 +271,7 @@ class Comparison:
         n, rem = self.n_items, draw.remaining
         y = self.labels[draw.item]
         g_bar = self.g_remaining_sum / rem
-        weight = 1.0 / (rem * draw.prob)                       # <= draw.max_weight <= 1/gamma
-        x = g_bar + (y - self.g[draw.item]) * weight
+        x = prediction_powered_observation(y, float(self.g[draw.item]), self.g_remaining_sum, rem, draw.prob)
         lo = g_bar - self.g_max * draw.max_weight
         hi = g_bar + (1.0 - self.g_min) * draw.max_weight
         null_mean = (n * self.cs.grid - self.label_sum) / rem

@@ -1,0 +1,89 @@
+"""`tiebreak replay` on the real shared data: the documented JSON interface, bad input, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+ARENA = DATA / "chatbot_arena_ppr.jsonl"
+VICUNA = DATA / "vicuna80_qlora_prd.jsonl"
+
+pytestmark = pytest.mark.skipif(not ARENA.exists(), reason="shared/data is laid beside the checkout")
+
+
+def tiebreak(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_one_pair_json_fields_and_values():
+    out = tiebreak("replay", str(ARENA), "--base", "gpt-3.5-turbo", "--tuned", "gpt-4", "--runs", "5",
+                   "--method", "classical", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    row, summary = lines
+    assert set(row) == {"base", "tuned", "items", "theta", "method", "runs", "decisions", "wrong",
+                        "mean_labels", "median_labels"}
+    assert set(row["decisions"]) == {"better", "worse", "equivalent", "undecided"}
+    assert (row["base"], row["tuned"], row["items"], row["runs"]) == ("gpt-3.5-turbo", "gpt-4", 299, 5)
+    assert row["theta"] == pytest.approx(0.664, abs=0.001)  # gpt-4 beats gpt-3.5 in Arena
+    assert row["decisions"]["better"] == 5 and row["wrong"] == 0
+    assert set(summary) == {"summary", "pairs", "total_mean_labels", "wrong", "decided", "runs_total", "seconds"}
+    assert summary["pairs"] == 1 and summary["decided"] == 5 and summary["runs_total"] == 5
+    # orientation: swapping base and tuned mirrors theta and the verdict
+    flipped = tiebreak("replay", str(ARENA), "--base", "gpt-4", "--tuned", "gpt-3.5-turbo", "--runs", "2",
+                       "--method", "ppi", "--json")
+    row2 = json.loads(flipped.stdout.splitlines()[0])
+    assert row2["theta"] == pytest.approx(1 - row["theta"], abs=1e-6) and row2["decisions"]["worse"] == 2
+
+
+def test_all_pairs_orients_by_name_and_respects_min_items():
+    out = tiebreak("replay", str(ARENA), "--all-pairs", "--min-items", "400", "--runs", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    pairs = rows[:-1]
+    assert rows[-1]["pairs"] == len(pairs) >= 2
+    for r in pairs:
+        assert r["base"] < r["tuned"] and r["items"] >= 400 and r["method"] == "active"
+
+
+def test_symmetrize_counts_every_verdict_as_wrong_and_is_seeded():
+    args = ("replay", str(VICUNA), "--base", "guanaco-7b", "--tuned", "gpt4", "--symmetrize", "--runs", "4",
+            "--seed", "3", "--json", "--method", "classical")
+    a, b = tiebreak(*args), tiebreak(*args)
+    row = json.loads(a.stdout.splitlines()[0])
+    assert row["theta"] == 0.5 and row["items"] % 2 == 0
+    assert row["wrong"] == row["decisions"]["better"] + row["decisions"]["worse"]
+    assert a.stdout.splitlines()[0] == b.stdout.splitlines()[0]  # same seed, same runs
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--base", "gpt-4", "--tuned", "gpt-9"), "--tuned 'gpt-9' is not a model in this file; valid:"),
+    (("--base", "gpt-4"), "give both --base and --tuned"),
+    (("--all-pairs", "--min-items", "100000"), "no model pair has >= 100000 items"),
+    (("--method", "magic"), "--method 'magic' is not one of classical, ppi, active"),
+    (("--all-pairs", "--judges", "gpt-5"), "unknown judge(s) gpt-5; valid:"),
+    (("--all-pairs", "--alpha", "1.5"), "alpha must lie in (0, 1)"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(args, message):
+    out = tiebreak("replay", str(ARENA), *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_file(tmp_path):
+    missing = tiebreak("replay", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"human_votes": ["A"], "model_a": "x"}\n')
+    out = tiebreak("replay", str(bad))
+    assert out.returncode == 2 and "bad.jsonl:1: missing field(s) model_b" in out.stderr
+    bad.write_text('{"human_votes": ["C"], "model_a": "x", "model_b": "y"}\n')
+    out = tiebreak("replay", str(bad))
+    assert out.returncode == 2 and "human_votes must be" in out.stderr
