@@ -6,11 +6,16 @@ experiment asks for (a checkpoint vs the base, vs the best checkpoint so far) ex
 pairs of ``vicuna80_qlora_prd.jsonl``, 80 questions each, oriented so that "tuned" is the later checkpoint.
 Judges = the recorded GPT-4 verdicts in both presentation orders mapped to P(tuned better) (tuned → 1, base → 0,
 tie → ½, null → missing). The simulated annotator answers each request with one vote drawn at random from the
-item's ``human_votes``. A checkpoint is submitted when the previous one's comparisons have finished (a trainer
+item's ``human_votes`` (the engine runs with ``label_noise=True``, so each comparison's estimand is the
+full-pool mean of the items' mean votes, as in ``tiebreak replay``). A checkpoint is submitted when the previous one's comparisons have finished (a trainer
 that waits for each verdict); after each checkpoint the signal is printed.
 
     python -m benchmarks.ladder [--runs R] [--seed S] [--alpha A] [--margin M] [--patience P]
-                                [--budget-per-checkpoint N] [--method classical|ppi|active] [--json]
+                                [--budget-per-checkpoint N] [--method classical|ppi|active]
+                                [--annotator vote|panel] [--json]
+
+``--annotator panel`` answers with the mean of the pair's recorded votes instead (3 crowd workers per pair,
+``labels_per_pair=3`` in the service): no vote noise, so the same comparisons can actually decide.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ def theta(items: dict, base: str, tuned: str) -> float:
 
 
 def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float, patience: int,
-                budget_per_checkpoint: int | None, method: str | None) -> dict:
+                budget_per_checkpoint: int | None, method: str | None, annotator_kind: str = "vote") -> dict:
     rng = np.random.default_rng(seed)
     model_of = {"base": BASE, **{m: m for m in LADDER}}
 
@@ -84,9 +89,12 @@ def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float,
         return [{j: v for j, v in items[key(p)]["judges"].items() if not math.isnan(v)} for p in pairs]
 
     def annotator(p: dict) -> float:
-        return float(rng.choice(items[key(p)]["votes"]))
+        votes = items[key(p)]["votes"]
+        return float(np.mean(votes)) if annotator_kind == "panel" else float(rng.choice(votes))
 
-    runs = LocalRuns(voter=voter, seed=seed, method=method)
+    # "vote": a label is one random vote of the pair, and the engine's label_noise mode targets the mean-vote
+    # theta; "panel": a label is the mean of the pair's recorded votes (labels_per_pair = 3), noise-free.
+    runs = LocalRuns(voter=voter, seed=seed, method=method, label_noise=annotator_kind == "vote")
     svc = ExperimentService(runs, notifier=lambda url, payload: None)
     judges = [] if method == "classical" else ["gpt-4(a_first)", "gpt-4(b_first)"]
     exp = svc.create_experiment({"name": "guanaco ladder", "prompts": prompts, "judges": judges,
@@ -112,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--margin", type=float, default=0.1)
-    ap.add_argument("--patience", type=int, default=1)
+    ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--budget-per-checkpoint", type=int, default=None)
     ap.add_argument("--method", choices=("classical", "ppi", "active"), default=None,
                     help="default: active with the recorded GPT-4 judges")
+    ap.add_argument("--annotator", choices=("vote", "panel"), default="vote",
+                    help="vote: one recorded vote drawn per request; panel: the mean of the pair's recorded votes")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", action="store_true", help="one JSON summary line at the end")
     a = ap.parse_args(argv)
@@ -129,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts, outputs, items = load(a.data)
     print(f"Vicuna-80 Guanaco ladder: base {BASE}, checkpoints {' → '.join(LADDER)}; {len(prompts)} prompts; "
           f"alpha={a.alpha} margin={a.margin} patience={a.patience} method={a.method or 'active'} "
+          f"annotator={a.annotator} "
           f"budget/checkpoint={a.budget_per_checkpoint}")
     print("full-pool θ (mean human vote): " + ", ".join(
         f"{t} vs {b}: {theta(items, b, t):.3f}" for b, t in
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     wrong = 0
     for r in range(a.runs):
         out = replay_once(prompts, outputs, items, a.seed + r, a.alpha, a.margin, a.patience,
-                          a.budget_per_checkpoint, a.method)
+                          a.budget_per_checkpoint, a.method, a.annotator)
         last = out["steps"][-1]["signal"]
         seq = tuple(f"{c['checkpoint'].split('-')[1]}:{c['vs_base']['decision']}/{c['decision']}"
                     for c in last["checkpoints"])
