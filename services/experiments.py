@@ -32,9 +32,9 @@ checkpoint gets 0.61 alpha, the 2nd 0.15 alpha, the 10th 0.006 alpha.
   the label budget, unless ``undecided_is_plateau=False``). ``regression`` if all of them were "worse",
   ``plateau`` otherwise. Checkpoints still running are skipped (they neither count nor break the streak).
 * ``budget``: stop when the experiment's human labels reach ``budget``.
-Priority when several hold: target, regression, plateau, budget. The signal is recomputed on every read; a
-webhook (``webhook`` URL in the experiment) receives the signal JSON whenever (stop, reason, best_checkpoint)
-changes.
+Priority when several hold: target, regression, plateau, budget. The signal is recomputed on every read and
+every ``interval`` seconds by ``start_watcher`` (the service runs it); a webhook (``webhook`` URL in the
+experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) changes.
 """
 
 from __future__ import annotations
@@ -487,6 +487,36 @@ class ExperimentService:
                 payload = sig.to_dict()
                 payload["experiment"] = exp_id
                 self.notifier(rec["webhook"], payload)
+
+    def refresh_all(self) -> int:
+        """Recompute the signal of every experiment with a webhook and unfinished runs (firing the webhook on a
+        change). Returns how many were checked."""
+        n = 0
+        for exp_id in self.list():
+            rec = self.kv.get_json(f"exp:{exp_id}")
+            if not rec or not rec.get("webhook"):
+                continue
+            if all("final" in r for c in rec["checkpoints"] for r in c["runs"].values()):
+                continue
+            try:
+                self.signal(exp_id)
+                n += 1
+            except Exception as e:  # noqa: BLE001 - one broken experiment must not stop the others
+                import logging
+                logging.getLogger("tiebreak.experiments").warning("signal refresh of %s failed: %s", exp_id, e)
+        return n
+
+    def start_watcher(self, interval: float = 2.0) -> threading.Event:
+        """A daemon thread calling refresh_all every ``interval`` s, so webhooks fire when a run decides even
+        if nobody reads the signal. Set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                self.refresh_all()
+        threading.Thread(target=loop, name="tiebreak-experiment-signals", daemon=True).start()
+        self._watcher = stop
+        return stop
 
     def run_ids(self, exp_id: str) -> list[str]:
         rec = self.get(exp_id)

@@ -110,6 +110,7 @@ def experiment_service(request: Request) -> ExperimentService:
             store = getattr(st, "store", None)
             kv = RedisKV(store.r) if store is not None and hasattr(store, "r") else None
             svc = ExperimentService(_RunServiceBackend(runs), kv=kv, notifier=_notifier(st))
+            svc.start_watcher(float(getattr(getattr(st, "settings", None), "signal_interval_s", 2.0)))
             st.experiments = svc
     return svc
 

@@ -51,15 +51,17 @@ def test_experiment_lifecycle_over_http(tmp_path):
             ids = r.json()["runs"]
             assert len(ids) == 2                                # vs base and vs the best (c1)
             label_runs(c, ids, pick)
+        # the webhook fires when the last run decides, before anyone reads the signal (the service's watcher)
+        t0 = time.time()
+        while not any(e["data"].get("stop") for e in got) and time.time() - t0 < 15:
+            time.sleep(0.05)
+        assert any(e["data"].get("stop") for e in got), got
         sig = c.get(f"/v1/experiments/{exp}/signal").json()
         assert sig["stop"] is True and sig["reason"] == "regression" and sig["best_checkpoint"] == "c1"
         assert [ck["checkpoint"] for ck in sig["checkpoints"]] == ["c1", "c2", "c3"]
         assert [ck["decision"] for ck in sig["checkpoints"]] == ["better", "worse", "worse"]
         assert sig["checkpoints"][2]["vs_best"]["against"] == "c1"
         # the webhook saw the best checkpoint appear and the stop
-        t0 = time.time()
-        while not any(e["data"].get("stop") for e in got) and time.time() - t0 < 10:
-            time.sleep(0.05)
         events = [(e["event"], e["data"]["stop"], e["data"]["best_checkpoint"]) for e in got
                   if e["event"] == "experiment.signal"]
         assert ("experiment.signal", False, "c1") in events and ("experiment.signal", True, "c1") in events
