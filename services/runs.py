@@ -64,6 +64,9 @@ class RunRuntime:
     n_annotations: int = 0
     per_annotator: dict[str, int] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    ops: list = field(default_factory=list)        # sampler operations not yet written (see _commit)
+    ops_total: int = 0                             # operations in Redis (tb:run:{rid}:ops)
+    ops_at_snapshot: int = 0                       # operations already contained in the stored snapshots
 
     @property
     def criteria(self) -> list[str]:
@@ -256,9 +259,19 @@ class RunService:
         n = meta["n_active"]
         if n:
             mats = self._vote_matrices(rt, 0, n)
-            for name, s in self.store.load_states(rid).items():
+            states = self.store.load_states(rid)
+            rt.ops_at_snapshot = int(states.pop("_ops_at", 0))
+            for name, s in states.items():
                 m = mats.get(name)
                 rt.comps[name] = Comparison.from_json(s, m if m is not None else _no_votes(n))
+            ops = self.store.load_ops(rid)
+            rt.ops_total = len(ops)
+            for op in ops[rt.ops_at_snapshot:]:       # replay what happened after the snapshot
+                o = json.loads(op)
+                if o[0] == "next":
+                    rt.comps[o[1]].next_items(o[2])
+                else:
+                    offer_label(rt.comps[o[1]], o[2], o[3])
             # keep the overall comparison first
             rt.comps = {k: rt.comps[k] for k in [OVERALL, *rt.criteria] if k in rt.comps}
         for idx, ann, rec in self.store.load_labels(rid):
@@ -331,10 +344,18 @@ class RunService:
         meta["n_active"] = hi
         if meta["status"] in ("judging", "generating"):
             meta["status"] = "ready"
+        # a snapshot that includes every operation so far (add_items is not a logged operation)
+        total = rt.ops_total + len(rt.ops)
+        states = {k: c.to_json(include_votes=False) for k, c in rt.comps.items()}
+        states["_ops_at"] = str(total)
         p = self.store.r.pipeline(transaction=True)
-        p.hset(self.store.k(rt.rid, "state"), mapping={k: c.to_json(include_votes=False) for k, c in rt.comps.items()})
+        if rt.ops:
+            p.rpush(self.store.k(rt.rid, "ops"), *[json.dumps(o) for o in rt.ops])
+        p.hset(self.store.k(rt.rid, "state"), mapping=states)
         p.set(self.store.k(rt.rid, "meta"), json.dumps(meta))
         p.execute()
+        rt.ops.clear()
+        rt.ops_total = rt.ops_at_snapshot = total
         return True
 
     # ------------------------------------------------------------------------------------- pipeline
@@ -424,7 +445,7 @@ class RunService:
                     if comp.decision.final:
                         continue
                     for _ in range(8):
-                        new = comp.next_items(1)
+                        new = self._next_items(rt, comp, 1)
                         if not new:
                             break
                         drew = True
@@ -437,14 +458,13 @@ class RunService:
                             break
                     if chosen is not None:
                         break
-            states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()} if drew else None
             if chosen is None:
                 if drew:
-                    self._commit(rt, states=states)
+                    self._commit(rt)
                     self._after_change(rt)
                 return None
             le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
-            self._commit(rt, states=states, lease=(le.lease_id, le.to_dict()))
+            self._commit(rt, lease=(le.lease_id, le.to_dict()))
             rt.leases[le.lease_id] = le
             if self.metrics:
                 self.metrics.leases.inc()
@@ -468,7 +488,9 @@ class RunService:
             ys = [r["y"] if name == OVERALL else (r.get("criteria") or {}).get(name) for r in anns.values()]
             ys = [y for y in ys if y is not None]
             if len(ys) >= rt.required and idx not in comp.labels:
-                offer_label(comp, idx, _mean(ys))
+                y = _mean(ys)
+                if offer_label(comp, idx, y):
+                    rt.ops.append(["offer", name, idx, y])
         ov = rt.comps.get(OVERALL)
         return ov is not None and idx in ov.labels
 
@@ -505,8 +527,7 @@ class RunService:
                 rt.labels.setdefault(idx, {})[ann] = rec
                 if idx < rt.meta["n_active"]:
                     self._feed(rt, idx)
-                changed = {n: c.to_json(include_votes=False) for n, c in rt.comps.items() if idx in c.labels}
-                self._commit(rt, states=changed, label=(idx, ann, rec), release=release)
+                self._commit(rt, label=(idx, ann, rec), release=release)
             except Exception:
                 self.forget(rid)   # the stored state is the truth; memory is rebuilt from it
                 raise
@@ -524,12 +545,34 @@ class RunService:
         return {"accepted": True, "duplicate": duplicate, "pair_id": pid,
                 "labels": st.labels if st else 0, "decision": st.decision.value if st else "running"}
 
+    @staticmethod
+    def _next_items(rt: RunRuntime, comp: Comparison, k: int) -> list[int]:
+        name = next(n for n, c in rt.comps.items() if c is comp)
+        rt.ops.append(["next", name, k])
+        return comp.next_items(k)
+
     def _commit(self, rt: RunRuntime, **kw: Any) -> None:
+        """Write the sampler's new operations (an append-only log) with the label/lease in one transaction.
+
+        The sampler is deterministic given its state (its rng included), so snapshot + replay of the logged
+        operations rebuilds it exactly; a snapshot of every comparison is written once the log since the
+        last one grows past max(200, labels / 2) operations (amortised O(1) per label)."""
+        ops = [json.dumps(o) for o in rt.ops]
+        n_labels = max((len(c.labels) for c in rt.comps.values()), default=0)
+        states = None
+        total = rt.ops_total + len(ops)
+        if rt.comps and total - rt.ops_at_snapshot > max(200, n_labels // 2):
+            states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()}
+            states["_ops_at"] = str(total)
         try:
-            self.store.commit(rt.rid, **kw)
+            self.store.commit(rt.rid, states=states, ops=ops, **kw)
         except Exception:
             self.forget(rt.rid)
             raise
+        rt.ops.clear()
+        rt.ops_total = total
+        if states is not None:
+            rt.ops_at_snapshot = total
 
     def _after_change(self, rt: RunRuntime) -> None:
         ov = rt.comps.get(OVERALL)
@@ -600,7 +643,7 @@ class RunService:
             drew = False
             ov = rt.comps[OVERALL]
             while len(dict.fromkeys(order)) < k and not ov.decision.final:
-                new = ov.next_items(min(k, 256))
+                new = self._next_items(rt, ov, min(k, 256))
                 if not new:
                     break
                 drew = True
@@ -608,7 +651,7 @@ class RunService:
                     self._feed(rt, i)
                 order += [i for i in new if i not in ov.labels]
             if drew:
-                self._commit(rt, states={n: c.to_json(include_votes=False) for n, c in rt.comps.items()})
+                self._commit(rt)
             idxs = list(dict.fromkeys(order))[:k]
             pairs = self.store.get_pairs(rid, idxs)
             votes = self.store.all_votes(rid) if rt.meta["judge_names"] else {}

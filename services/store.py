@@ -8,7 +8,10 @@ Key layout (prefix ``tb:``)::
     tb:run:{rid}:index           hash pair_id -> "idx,tuned_left" (small: rebuilt into memory on load)
     tb:run:{rid}:votes           hash idx -> JSON {criterion: [P(tuned better) per judge, null = missing]}
     tb:run:{rid}:outputs         hash "{side}:{prompt_id}" -> generated text (generation survives crashes)
-    tb:run:{rid}:state           hash comparison -> Comparison.to_json(include_votes=False)
+    tb:run:{rid}:state           hash comparison -> Comparison.to_json(include_votes=False) (a snapshot),
+                                 "_ops_at" -> how many logged operations the snapshot contains
+    tb:run:{rid}:ops             list of sampler operations (["next", comparison, k] / ["offer", comparison,
+                                 idx, y]) replayed on load after the snapshot: exact, the sampler is deterministic
     tb:run:{rid}:labels          hash "{idx}|{annotator}" -> JSON {verdict, y, criteria, at}
     tb:run:{rid}:leases          hash lease_id -> JSON {idx, annotator, expires}
     tb:annotators                hash sha256(token) -> JSON {name, runs, created_at}
@@ -179,10 +182,17 @@ class RedisStore:
     def load_leases(self, rid: str) -> dict[str, dict]:
         return {k: json.loads(v) for k, v in self.r.hgetall(self.k(rid, "leases")).items()}
 
+    def load_ops(self, rid: str) -> list[str]:
+        return list(self.r.lrange(self.k(rid, "ops"), 0, -1))
+
     def commit(self, rid: str, *, states: dict[str, str] | None = None, label: tuple[int, str, dict] | None = None,
-               lease: tuple[str, dict] | None = None, release: Iterable[str] = ()) -> None:
-        """One atomic transaction: a label, the sampler states it changed, leases taken and released."""
+               lease: tuple[str, dict] | None = None, release: Iterable[str] = (), ops: list[str] | None = None
+               ) -> None:
+        """One atomic transaction: a label, the sampler operations it caused (and a snapshot now and then),
+        leases taken and released."""
         p = self.r.pipeline(transaction=True)
+        if ops:
+            p.rpush(self.k(rid, "ops"), *ops)
         if label is not None:
             idx, ann, rec = label
             p.hset(self.k(rid, "labels"), f"{idx}|{ann}", json.dumps(rec))

@@ -124,7 +124,7 @@ def test_several_annotators_per_pair_mean(store):
 def test_restart_resumes_exactly(store):
     svc = RunService(store)
     rid = svc.create_run(_spec(_pairs(500), seed=6, criteria=["tone"]))
-    for k in range(25):
+    for k in range(260):                # past the first snapshot: load = snapshot + replay of the op log
         v = svc.next_pair(rid, "a")
         svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 3 else "right",
                                "criteria": {"tone": "tie"}})
@@ -133,11 +133,17 @@ def test_restart_resumes_exactly(store):
     svc2 = RunService(store)            # a fresh process: everything comes from Redis
     after = svc2.status(rid)
     assert after == before
+    assert 0 < svc2.runtime(rid).ops_at_snapshot < svc2.runtime(rid).ops_total
+    c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
+    assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
+    assert c1.trajectory == c2.trajectory
     assert svc2.next_pair(rid, "b")["lease_id"] == held["lease_id"]
     # the next draw after a restart is the one the old process would have made (same rng state)
     state = store.load_states(rid)
+    n_ops = len(store.load_ops(rid))
     v1 = svc.next_pair(rid, "c")
     store.save_states(rid, state)                  # rewind the stored sampler to before that draw
+    store.r.ltrim(store.k(rid, "ops"), 0, n_ops - 1)
     store.commit(rid, release=[v1["lease_id"]])
     svc3 = RunService(store)
     assert svc3.next_pair(rid, "c")["pair_id"] == v1["pair_id"]
