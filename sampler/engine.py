@@ -107,15 +107,20 @@ def prediction_powered_observation(y: float, g_item: float, g_remaining_sum: flo
     return g_remaining_sum / remaining + (y - g_item) / (remaining * prob)
 
 
-def noise_bound(t: int, alpha: float) -> float:
-    """Time-uniform bound on |sum_{s<=t} eps_s| for independent mean-zero eps_s in ranges of width 1.
+def noise_bound(t: int, alpha: float, rho: float = 25.0) -> float:
+    """Time-uniform bound on |sum_{s<=t} eps_s| for independent mean-zero eps_s, each in a range of width 1.
 
-    Hoeffding at each t with alpha_t = alpha / (t (t + 1)) (sum over t >= 1 is alpha), union bound:
-        B_t = sqrt( t/2 * log( 2 t (t + 1) / alpha ) ),   P(exists t: |sum eps| > B_t) <= alpha.
+    Such eps are 1/2-sub-Gaussian (Hoeffding's lemma), so with V_t = t/4 the two-sided normal-mixture
+    boundary (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric,
+    nonasymptotic confidence sequences", Ann. Statist., Prop. 6 / eq. (14)) holds for all t at once:
+        B_t = sqrt( 2 (V_t + rho) log( sqrt((V_t + rho) / rho) * 2 / alpha ) ),
+        P(exists t: |sum eps| > B_t) <= alpha.
+    rho sets where it is tightest (V_t ~ rho); the engine uses rho = N/8 (tightest half-way through the pool).
     """
     if t <= 0:
         return 0.0
-    return math.sqrt(t / 2.0 * math.log(2.0 * t * (t + 1) / alpha))
+    v = t / 4.0 + rho
+    return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) * 2.0 / alpha))
 
 
 def _refit_due(n: int, min_labels: int) -> bool:
@@ -190,7 +195,7 @@ class Comparison:
         return self.alpha * self.config.noise_alpha_share
 
     def _noise(self, t: int) -> float:
-        return noise_bound(t, self.noise_alpha) if self.config.label_noise else 0.0
+        return noise_bound(t, self.noise_alpha, rho=max(self.n_items / 8.0, 1.0)) if self.config.label_noise else 0.0
 
     @property
     def gamma(self) -> float:
@@ -370,7 +375,9 @@ class Comparison:
         votes = judge_votes if judge_votes is not None else d["votes"]
         if votes is None:
             raise ValueError("state saved without votes: pass judge_votes")
-        votes = np.asarray(_none_to_nan(votes), dtype=float).reshape(-1, d["n_judges"])
+        if isinstance(votes, list):
+            votes = _none_to_nan(votes)
+        votes = np.asarray(votes, dtype=float).reshape(-1, d["n_judges"])
         rng = np.random.default_rng()
         rng.bit_generator.state = d["rng"]
         self = cls.__new__(cls)

@@ -32,8 +32,12 @@ def replay(
     symmetrize: bool = typer.Option(False, "--symmetrize", help="add every item with A/B swapped (theta = 1/2)"),
     judges: str | None = typer.Option(None, "--judges", help="comma-separated judge names (default: all in file)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object per pair, then a summary line"),
+    prior: str = typer.Option("none", "--prior",
+                              help="none | other-pairs: start from a judge calibration learnt on the file's "
+                                   "OTHER model pairs (never the replayed one), refined online"),
 ) -> None:
     from sampler.engine import METHODS, ComparisonConfig
+    from sampler.replay import prior_from_pools
     from sampler.replay import replay as run_replay
     from services.data import DataError, load_items, select_pools
 
@@ -57,16 +61,29 @@ def replay(
         bad(str(exc))
     if method != "classical" and pools and not pools[0].judges:
         bad(f"--method {method} needs judge verdicts, and this file has none; use --method classical")
+    if prior not in ("none", "other-pairs"):
+        bad(f"--prior {prior!r} is not one of none, other-pairs")
+    everything = []
+    if prior == "other-pairs":
+        if method == "classical":
+            bad("--prior other-pairs calibrates judges; it needs --method ppi or active")
+        everything = select_pools(items, all_pairs=True, min_items=1, judges=list(pools[0].judges))
+        if len(everything) < 2:
+            bad("--prior other-pairs needs a file with several model pairs")
 
     start = time.perf_counter()
     rows = []
     for op in pools:
         pool = op.pool.symmetrized() if symmetrize else op.pool
-        summary = run_replay(pool, config, runs, seed)
+        calibration = None
+        if everything:
+            same = {op.base, op.tuned}
+            calibration = prior_from_pools([o.pool for o in everything if {o.base, o.tuned} != same])
+        summary = run_replay(pool, config, runs, seed, prior=calibration)
         labels = summary.labels
         row = {
             "base": op.base, "tuned": op.tuned, "items": len(pool.votes), "theta": round(summary.theta, 6),
-            "method": method, "runs": runs, "decisions": summary.counts(),
+            "method": method, "runs": runs, "prior": prior, "decisions": summary.counts(),
             "wrong": summary.wrong(symmetrized=symmetrize),
             "mean_labels": round(float(labels.mean()), 3), "median_labels": float(np.median(labels)),
         }

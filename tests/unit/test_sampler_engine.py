@@ -188,7 +188,7 @@ def test_noise_bound_holds_time_uniformly_by_simulation():
     rng = np.random.default_rng(10)
     alpha, fails = 0.1, 0
     t = np.arange(1, 501)
-    bounds = np.array([noise_bound(int(k), alpha) for k in t])
+    bounds = np.array([noise_bound(int(k), alpha, rho=60.0) for k in t])
     for _ in range(400):
         eps = rng.choice([-0.5, 0.5], size=500)  # the widest mean-zero noise of range 1
         if np.any(np.abs(np.cumsum(eps)) > bounds):
