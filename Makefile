@@ -34,8 +34,9 @@ test-slow: $(BIN)/python
 test-all: $(BIN)/python
 	$(BIN)/python -m pytest -m ''
 
+# Statistical engine (labels to decision on real data, false-decision rate, speed at N = 1e6) -> docs/benchmarks.md
 bench: $(BIN)/python
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.engine
 
 # Issue 5: the Vicuna-80 Guanaco checkpoint ladder (7B base; 13B -> 33B -> 65B), no server needed.
 bench-ladder: $(BIN)/python
