@@ -30,7 +30,9 @@ def _register() -> None:
     from services.commands import serve
 
     app.command("serve")(serve.serve)
-    from services.commands import watch; app.command("watch", help=watch.__doc__.split("\n\n")[1])(watch.watch)  # noqa: E702
+    from services.commands import watch
+
+    app.command("watch", help=watch.__doc__.split("\n\n")[1])(watch.watch)
 
 
 _register()

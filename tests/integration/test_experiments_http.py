@@ -84,9 +84,10 @@ def test_experiment_lifecycle_over_http(tmp_path):
         store = app.state.store
 
     # a restarted service (same Redis) answers the same signal
+    from starlette.testclient import TestClient
+
     from services.app import create_app
     from services.settings import Settings
-    from starlette.testclient import TestClient
     app2 = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"),
                       routers=["services.api.health", "services.api.runs", "services.api.experiments"])
     with TestClient(app2) as tc:

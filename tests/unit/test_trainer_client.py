@@ -1,0 +1,106 @@
+"""services.trainer without a training loop: light import, polling interval, failure tolerance, rank broadcast."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from services.trainer import TiebreakClient, _broadcast_torch, default_model_spec
+
+
+def test_import_is_light():
+    code = ("import sys, services.trainer; "
+            "print(json.dumps(sorted(m for m in ('torch','transformers','lightning','ray','numpy','vllm') "
+            "if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def _server(signals: list[dict], calls: list[str]) -> httpx.MockTransport:
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(f"{req.method} {req.url.path} {req.headers.get('authorization')}")
+        if req.url.path.endswith("/signal"):
+            s = signals[min(len(calls) - 1, len(signals) - 1)]
+            return httpx.Response(500, text="boom") if s is None else httpx.Response(200, json=s)
+        if req.url.path.endswith("/checkpoints"):
+            body = json.loads(req.content)
+            return httpx.Response(201, json={"runs": ["r1"], "checkpoint": body["checkpoint"]})
+        return httpx.Response(404)
+    return httpx.MockTransport(handler)
+
+
+def test_poll_interval_and_errors_keep_last_signal():
+    calls: list[str] = []
+    c = TiebreakClient("http://tb", "exp_1", token="T", min_interval=3600,
+                       transport=_server([{"stop": False}, None, {"stop": True}], calls))
+    assert c.should_stop() is False
+    assert c.should_stop() is False and len(calls) == 1        # within min_interval: cached
+    assert c.should_stop(force=True) is False                  # server error: last signal kept, logged
+    assert c.errors and "500" in c.errors[0]
+    assert c.should_stop(force=True) is True
+    assert calls[0] == "GET /v1/experiments/exp_1/signal Bearer T"
+
+
+def test_submit_async_and_flush():
+    calls: list[str] = []
+    c = TiebreakClient("http://tb", "exp_1", token="T", transport=_server([{"stop": False}], calls))
+    c.submit_async("checkpoint-5", lambda: {"outputs": {"a": "x"}})
+    assert c.flush(timeout=10)
+    assert c.submitted == [{"checkpoint": "checkpoint-5", "runs": ["r1"]}]
+    with pytest.raises(ValueError):
+        c.submit_checkpoint("c", model={"backend": "gguf", "path": "x"}, outputs={"a": "b"})
+
+
+def test_default_model_spec(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"x")
+    assert default_model_spec(tmp_path / "m.gguf") == {"backend": "gguf", "path": str(tmp_path / "m.gguf")}
+    lora = tmp_path / "checkpoint-5"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}))
+    assert default_model_spec(lora) == {"backend": "vllm", "model": "Qwen/Qwen2.5-0.5B", "lora": str(lora)}
+    full = tmp_path / "checkpoint-6"
+    full.mkdir()
+    assert default_model_spec(full) == {"backend": "vllm", "model": str(full)}
+
+
+RANKS = """
+import socket, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from services.trainer import _broadcast_torch
+
+def rank(r, port, q):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=2)
+    try:
+        q.put((r, _broadcast_torch(r == 0)))          # only rank 0 knows "stop"
+    finally:
+        dist.destroy_process_group()
+
+if __name__ == "__main__":
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ps = [ctx.Process(target=rank, args=(r, port, q)) for r in (0, 1)]
+    [p.start() for p in ps]
+    got = sorted(q.get(timeout=60) for _ in ps)
+    [p.join(30) for p in ps]
+    print(got)
+"""
+
+
+@pytest.mark.integration
+def test_decision_reaches_every_rank(tmp_path):
+    """Rank 0's stop decision reaches rank 1 through torch.distributed (gloo, 2 real processes); without a
+    process group the value is returned as is."""
+    assert _broadcast_torch(True) is True and _broadcast_torch(False) is False
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS)
+    import os
+    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[(0, True), (1, True)]"
