@@ -288,8 +288,9 @@ class ExperimentService:
     """Experiments over a RunBackend, persisted in a KV store. Thread-safe for one process."""
 
     def __init__(self, runs: RunBackend, kv: KV | None = None, generator: Generator | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, async_generation: bool = False) -> None:
         self.runs = runs
+        self.async_generation = async_generation   # model-spec checkpoints: generate in a thread
         self.kv = kv if kv is not None else MemoryKV()
         self.generator = generator or backend_generator
         self.notifier = notifier or post_webhook
@@ -409,31 +410,25 @@ class ExperimentService:
                 if "outputs" in model:
                     rec["outputs"][name] = self._check_outputs("model.outputs", model["outputs"], rec["prompts"])
                     model = None
-            sig = self._signal(rec)
-            best = sig.best_checkpoint
             k = len(rec["checkpoints"]) + 1
             alpha_k = spend_alpha(rec["alpha"], k)
-            refs = ["base"] + ([best] if best is not None else [])
-            a_run = alpha_k / len(refs)
-            bpc = rec["budget_per_checkpoint"]
-            budget = max(1, bpc // len(refs)) if bpc else None
             ck = {"checkpoint": name, "index": k, "alpha": alpha_k, "model": model, "runs": {},
-                  "submitted_at": time.time()}
+                  "submitted_at": time.time(), "status": "ready"}
+            missing = [s for s in ("base", name) if s not in rec["outputs"]]
+            if missing and self.async_generation:
+                # generating takes minutes: answer now, create the runs when the outputs exist
+                ck["status"] = "generating"
+                rec["checkpoints"].append(ck)
+                self.kv.put_json(f"exp:{exp_id}", rec)
+                threading.Thread(target=self._generate_then_compare, args=(exp_id, name),
+                                 name=f"tiebreak-generate-{name}", daemon=True).start()
+                return {"experiment": exp_id, "checkpoint": name, "index": k, "alpha": alpha_k, "runs": [],
+                        "vs_base": None, "vs_best": None, "status": "generating"}
             rec["checkpoints"].append(ck)
             try:
-                tuned = self._outputs(rec, name)
-                for ref in refs:
-                    base_out = self._outputs(rec, ref)
-                    pairs = [{"id": p["id"], "prompt": p["text"], "base": base_out[p["id"]], "tuned": tuned[p["id"]]}
-                             for p in rec["prompts"]]
-                    spec = {"name": f"{rec['name']}: {name} vs {ref}", "pairs": pairs, "judges": rec["judges"],
-                            "alpha": a_run, "margin": rec["margin"], "budget": budget,
-                            "experiment": {"experiment": exp_id, "checkpoint": name, "against": ref,
-                                           "base_ref": ref, "tuned_ref": name}}
-                    if rec.get("method"):
-                        spec["method"] = rec["method"]
-                    ck["runs"]["vs_base" if ref == "base" else "vs_best"] = {"run_id": self.runs.create_run(spec),
-                                                                             "against": ref}
+                for side in missing:
+                    self._outputs(rec, side)
+                self._create_runs(exp_id, rec, ck)
             except Exception:
                 rec["checkpoints"].pop()
                 raise
@@ -442,7 +437,57 @@ class ExperimentService:
             return {"experiment": exp_id, "checkpoint": name, "index": k, "alpha": alpha_k,
                     "runs": [r["run_id"] for r in ck["runs"].values()],
                     "vs_base": ck["runs"]["vs_base"]["run_id"],
-                    "vs_best": ck["runs"].get("vs_best", {}).get("run_id")}
+                    "vs_best": ck["runs"].get("vs_best", {}).get("run_id"), "status": "ready"}
+
+    def _create_runs(self, exp_id: str, rec: dict, ck: dict) -> None:
+        """The checkpoint's runs: vs the base and, once some checkpoint beat the base, vs the best so far."""
+        best = self._signal(rec).best_checkpoint      # from the verdicts before this checkpoint's own runs
+        name = ck["checkpoint"]
+        refs = ["base"] + ([best] if best is not None and best != name else [])
+        a_run = ck["alpha"] / len(refs)
+        bpc = rec["budget_per_checkpoint"]
+        budget = max(1, bpc // len(refs)) if bpc else None
+        tuned = rec["outputs"][name]
+        for ref in refs:
+            base_out = rec["outputs"][ref]
+            pairs = [{"id": p["id"], "prompt": p["text"], "base": base_out[p["id"]], "tuned": tuned[p["id"]]}
+                     for p in rec["prompts"]]
+            spec = {"name": f"{rec['name']}: {name} vs {ref}", "pairs": pairs, "judges": rec["judges"],
+                    "alpha": a_run, "margin": rec["margin"], "budget": budget,
+                    "experiment": {"experiment": exp_id, "checkpoint": name, "against": ref,
+                                   "base_ref": ref, "tuned_ref": name}}
+            if rec.get("method"):
+                spec["method"] = rec["method"]
+            ck["runs"]["vs_base" if ref == "base" else "vs_best"] = {"run_id": self.runs.create_run(spec),
+                                                                     "against": ref}
+        ck["status"] = "ready"
+
+    def _generate_then_compare(self, exp_id: str, name: str) -> None:
+        import logging
+        rec = self.get(exp_id)
+        outs: dict[str, dict[str, str]] = {}
+        error = None
+        try:
+            for side in ("base", name):
+                if side not in rec["outputs"]:
+                    outs[side] = self._outputs(rec, side)
+        except Exception as e:  # noqa: BLE001 - reported in the checkpoint's status
+            error = str(e)
+        with self._lock:
+            rec = self.get(exp_id)
+            ck = next(c for c in rec["checkpoints"] if c["checkpoint"] == name)
+            if error is None:
+                rec["outputs"].update(outs)
+                try:
+                    self._create_runs(exp_id, rec, ck)
+                except Exception as e:  # noqa: BLE001
+                    error = str(e)
+            if error is not None:
+                ck["status"], ck["error"] = "failed", error
+                logging.getLogger("tiebreak.experiments").warning("checkpoint %s of %s failed: %s",
+                                                                  name, exp_id, error)
+            self.kv.put_json(f"exp:{exp_id}", rec)
+            self._maybe_notify(exp_id, rec)
 
     # ------------------------------------------------------------------------------------------- signal
     def rule(self, rec: dict) -> SignalRule:
@@ -459,9 +504,10 @@ class ExperimentService:
                     if st.get("decision") in FINAL:
                         r["final"] = {k: st.get(k) for k in ("decision", "estimate", "interval", "labels", "alpha")}
                 views[slot] = ComparisonView.from_status(r["run_id"], st, r["against"])
-            if "vs_base" in views:
-                out.append(CheckpointVerdict(c["checkpoint"], c["index"], c["alpha"], views["vs_base"],
-                                             views.get("vs_best")))
+            if "vs_base" not in views:   # still generating its outputs, or failed: shown, not counted
+                views["vs_base"] = ComparisonView("", c.get("status", "generating"), alpha=c["alpha"])
+            out.append(CheckpointVerdict(c["checkpoint"], c["index"], c["alpha"], views["vs_base"],
+                                         views.get("vs_best")))
         return out
 
     def _signal(self, rec: dict) -> Signal:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -210,6 +211,41 @@ def test_model_spec_checkpoint_is_generated_once_and_reused():
     svc.add_checkpoint(exp, {"checkpoint": "c3", "model": {"backend": "gguf", "path": "c3.gguf"}})
     assert sorted(calls) == ["base.gguf", "c1.gguf", "c2.gguf", "c3.gguf"]   # each generated once
     assert svc.signal(exp)["best_checkpoint"] == "c1"   # c2, c3 were compared with c1 from its stored outputs
+
+
+def test_model_checkpoint_generates_in_background():
+    import threading
+    release = threading.Event()
+
+    def gen(spec, prompts):
+        if spec["path"] == "bad.gguf":
+            raise RuntimeError("no such file")
+        assert release.wait(10)
+        return {p["id"]: f"{spec['path']} {p['id']}" for p in prompts}
+
+    runs = LocalRuns(seed=2)
+    svc = ExperimentService(runs, generator=gen, notifier=lambda u, p: None, async_generation=True)
+    exp = svc.create_experiment({"name": "g", "prompts": [{"id": "a", "text": "x"}],
+                                 "base": {"outputs": {"a": "base"}}})
+    r = svc.add_checkpoint(exp, {"checkpoint": "c1", "model": {"backend": "gguf", "path": "c1.gguf"}})
+    assert r["status"] == "generating" and r["runs"] == []
+    sig = svc.signal(exp)
+    assert sig["checkpoints"][0]["decision"] == "generating" and not sig["stop"]
+    release.set()
+    for _ in range(200):
+        if svc.get(exp)["checkpoints"][0]["status"] == "ready":
+            break
+        time.sleep(0.01)
+    ck = svc.get(exp)["checkpoints"][0]
+    assert ck["status"] == "ready" and runs.pair(ck["runs"]["vs_base"]["run_id"], 0)["tuned"] == "c1.gguf a"
+    svc.add_checkpoint(exp, {"checkpoint": "c2", "model": {"backend": "gguf", "path": "bad.gguf"}})
+    for _ in range(200):
+        if svc.get(exp)["checkpoints"][1]["status"] == "failed":
+            break
+        time.sleep(0.01)
+    ck = svc.get(exp)["checkpoints"][1]
+    assert ck["status"] == "failed" and "no such file" in ck["error"]
+    assert svc.signal(exp)["checkpoints"][1]["decision"] == "failed"
 
 
 @pytest.mark.parametrize("body,field", [
