@@ -265,6 +265,25 @@ class Comparison:
         self._process_ready()
         return True
 
+    def offer_label(self, item: int, y: float) -> bool:
+        """Store a verdict for any pair, drawn or not (annotation tools, per-criterion labels).
+
+        A pending pair is processed at once; an undrawn one is consumed for free when the sampler draws it.
+        Valid because the estimator only uses a label when its pair is drawn (no selection by who labelled
+        what), and predictions may depend on any label known before the draw (design-based argument: labels
+        are fixed numbers, only the draws are random). Returns False when the pair already had a label.
+        """
+        if not 0 <= item < self.n_items:
+            raise ValueError(f"pair index {item} is outside the pool (0..{self.n_items - 1})")
+        if item in self._pending_set():
+            return self.record_label(item, y)
+        if not 0.0 <= y <= 1.0:
+            raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
+        if item in self.labels:
+            return False
+        self.labels[item] = float(y)
+        return True
+
     # ---------------------------------------------------------------------------------------- statistics
     def _process_ready(self) -> None:
         while self.processed < len(self.draws) and self.draws[self.processed].item in self.labels:
@@ -349,6 +368,7 @@ class Comparison:
             "config": self.config.to_dict(),
             "votes": _nan_to_none(self.votes.tolist()) if include_votes else None,
             "n_judges": int(self.votes.shape[1]),
+            "n_items": int(self.n_items),
             "pool_version": self.pool_version,
             "labels": [[int(i), y] for i, y in self.labels.items()],
             "draws": [[d.item, d.prob, d.remaining, d.max_weight] for d in self.draws],
@@ -377,7 +397,7 @@ class Comparison:
             raise ValueError("state saved without votes: pass judge_votes")
         if isinstance(votes, list):
             votes = _none_to_nan(votes)
-        votes = np.asarray(votes, dtype=float).reshape(-1, d["n_judges"])
+        votes = np.asarray(votes, dtype=float).reshape(d.get("n_items", -1), d["n_judges"])
         rng = np.random.default_rng()
         rng.bit_generator.state = d["rng"]
         self = cls.__new__(cls)

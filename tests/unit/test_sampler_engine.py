@@ -228,3 +228,29 @@ def test_noisy_votes_keep_validity_where_ignoring_noise_would_not():
         replay_once(pool, dc_replace(cfg, label_noise=False), np.random.default_rng(s)).decision in ("better", "worse")
         for s in range(100))
     assert naive_wrong / 100 > 0.3  # the failure the allowance prevents
+
+
+def test_labels_only_state_round_trips_without_votes():
+    y = np.array([1.0, 0.0, 0.5] * 20)
+    c = Comparison(None, n_items=60, config=ComparisonConfig(method="classical"), rng=np.random.default_rng(0))
+    for i in c.next_items(5):
+        c.record_label(i, y[i])
+    s = c.to_json(include_votes=False)
+    assert Comparison.from_json(s, np.empty((60, 0))).to_json(include_votes=False) == s
+    assert Comparison.from_json(c.to_json()).to_json(include_votes=False) == s
+
+
+def test_offered_labels_are_used_free_when_drawn():
+    _, votes = _pool(40, 0.0, seed=13)
+    y = np.array([1.0, 0.0] * 20)  # theta = 1/2 exactly: the run goes on until the pool is exhausted
+    c = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(13))
+    assert c.offer_label(5, y[5]) is True and c.offer_label(5, 0.0) is False
+    asked = []
+    while not c.decision.final:
+        items = c.next_items(1)
+        if not items:
+            break
+        asked += items
+        c.record_label(items[0], y[items[0]])
+    assert c.processed == 40 and 5 in {d.item for d in c.draws}
+    assert 5 not in asked and len(asked) == 39
