@@ -33,6 +33,11 @@ def _register() -> None:
     from services.commands import watch
 
     app.command("watch", help=watch.__doc__.split("\n\n")[1])(watch.watch)
+    from services.commands import compare, demo, report
+
+    app.command("compare", help=compare.HELP, epilog=compare.EPILOG)(compare.compare)
+    app.command("report", help=report.HELP, epilog=report.EPILOG)(report.report)
+    app.command("demo", help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
 
 
 _register()
