@@ -248,10 +248,11 @@ def backend_generator(spec: dict, prompts: list[dict]) -> dict[str, str]:
     from judges.backends import make_backend
     be = make_backend(spec)
     try:
-        texts = be.generate([p["text"] for p in prompts])
+        texts = be.generate([p["text"] for p in prompts], max_tokens=int(spec.get("max_tokens", 256)),
+                            temperature=float(spec.get("temperature", 0.0)))
     finally:
         close = getattr(be, "close", None)
-        if close:
+        if close and spec.get("backend") != "gguf":   # GGUF backends are shared per process (judges.backends)
             close()
     return {p["id"]: t for p, t in zip(prompts, texts, strict=True)}
 

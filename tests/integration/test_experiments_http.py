@@ -93,3 +93,33 @@ def test_experiment_lifecycle_over_http(tmp_path):
     with TestClient(app2) as tc:
         sig2 = tc.get(f"/v1/experiments/{exp}/signal", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert (sig2["stop"], sig2["reason"], sig2["best_checkpoint"]) == (True, "regression", "c1")
+
+
+def test_model_spec_checkpoint_generates_with_a_real_gguf(tmp_path):
+    """A checkpoint given as a MODEL spec: the service generates its outputs (real GGUF, Gemma-270M through
+    xllamacpp) in the background, then creates its runs; a bad spec ends "failed" with the error."""
+    spec = {"backend": "gguf", "preset": "gemma-3-270m-base", "n_ctx": 512, "max_tokens": 6}
+    with serve_app(tmp_path / "redis") as (url, _app), \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as c:
+        exp = c.post("/v1/experiments", json={"name": "gen", "prompts": PROMPTS[:2], "base": {"outputs": outs("base")},
+                                              "judges": []}).json()["experiment"]
+        r = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "g1", "model": spec})
+        assert r.status_code == 201 and r.json()["status"] == "generating" and r.json()["runs"] == []
+        r = c.post(f"/v1/experiments/{exp}/checkpoints",
+                   json={"checkpoint": "bad", "model": {"backend": "gguf", "path": str(tmp_path / "none.gguf")}})
+        assert r.status_code == 201
+        t0 = time.time()
+        while time.time() - t0 < 180:
+            cks = c.get(f"/v1/experiments/{exp}").json()["checkpoints"]
+            if all(ck["status"] != "generating" for ck in cks):
+                break
+            time.sleep(0.2)
+        g1, bad = cks
+        assert g1["status"] == "ready" and bad["status"] == "failed" and "none.gguf" in bad["error"]
+        run = g1["runs"]["vs_base"]["run_id"]
+        p = c.get(f"/v1/runs/{run}/next", params={"annotator": "h"}).json()
+        sides = {p["left"], p["right"]}
+        assert any(s.startswith("base:") for s in sides)
+        assert any(not s.startswith("base:") for s in sides)      # the generated output
+        sig = c.get(f"/v1/experiments/{exp}/signal").json()
+        assert [ck["decision"] for ck in sig["checkpoints"]] == ["running", "failed"]
