@@ -93,8 +93,12 @@ class ReportData(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- sentences
+def _named(d: ReportData) -> bool:
+    return not (d.base_model == "base" and d.tuned_model == "tuned")
+
+
 def verdict_sentence(d: ReportData) -> str:
-    t, b = d.tuned_model, d.base_model
+    t, b = (d.tuned_model, d.base_model) if _named(d) else ("The tuned model", "the base model")
     iv = f"[{d.lower:.3f}, {d.upper:.3f}]"
     if d.decision == "better":
         return f"{t} is better than {b}: humans prefer it on more than half of the pairs (interval {iv})."
@@ -351,7 +355,8 @@ def _examples(d: ReportData) -> str:
     return ("<h2>Labelled pairs where judges and humans disagreed most</h2>"
             "<table><tr><th>pair</th><th>prompt</th><th>base</th><th>tuned</th><th>human</th>"
             f"<th>judges P(tuned)</th></tr>{rows}</table>"
-            '<p class="note">human = mean of the recorded votes on the pair (1 tuned, ½ tie, 0 base).</p>')
+            '<p class="note">human = the human verdict on the pair (the mean when several annotators labelled '
+            "it); judges P(tuned) = the judges' mean vote.</p>")
 
 
 def render_report(data: ReportData) -> str:
@@ -363,14 +368,14 @@ def render_report(data: ReportData) -> str:
     kv = (f'<div class="kv"><div><b>{_f(d.estimate)}</b><span>estimate of P(tuned preferred)</span></div>'
           f"<div><b>[{_f(d.lower)}, {_f(d.upper)}]</b><span>{100 * (1 - d.alpha):g}% confidence sequence</span></div>"
           f"<div><b>{d.labels}</b><span>human labels{_e(budget)}</span></div>"
-          f"<div><b>{d.n_pairs}</b><span>pairs · {d.votes} judge votes</span></div></div>")
+          f"<div><b>{d.n_pairs}</b><span>pairs · {d.votes} judged</span></div></div>")
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in d.notes)
     margin = f", equivalence margin ±{d.margin:g}" if d.margin > 0 else ""
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title><style>{_CSS}</style></head><body>
-<h1>{_e(d.tuned_model)} vs {_e(d.base_model)}</h1>
-<div class="sub">{_e(d.name)}{(" · run " + _e(d.run_id)) if d.run_id else ""} · method {_e(d.method)} ·
+<h1>{_e(f"{d.tuned_model} vs {d.base_model}" if _named(d) else d.name)}</h1>
+<div class="sub">{_e(d.name) + " · " if _named(d) else ""}{("run " + _e(d.run_id) + " · ") if d.run_id else ""}method {_e(d.method)} ·
  α = {d.alpha:g}{margin} · {_e(when)}</div>
 <div class="verdict"><div class="big">{_badge(d.decision)} {_e(verdict_sentence(d))}</div>
 <div class="guarantee">{_e(guarantee_sentence(d))}</div></div>
@@ -443,11 +448,14 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
                                 criteria: Sequence[CriterionVerdict] | Mapping[str, Any] | None = None,
                                 alpha_split: str | None = None, baseline: Baseline | None = None,
                                 judge_extras: Mapping[str, Mapping[str, float]] | None = None,
-                                n_examples: int = 5, notes: Sequence[str] = ()) -> ReportData:
+                                n_examples: int = 5, notes: Sequence[str] = (),
+                                auto_baseline: bool = True) -> ReportData:
     """ReportData from a ``sampler.engine.Comparison`` (the overall criterion) plus optional context.
 
     ``pairs``: per pool index, dicts with ``id``, ``prompt``, ``base``, ``tuned`` (for the example table).
     ``criteria``: either CriterionVerdicts or ``{criterion: Comparison}`` (each summarised by its status).
+    ``auto_baseline``: without ``baseline``, estimate the uniform-sampling baseline from this run's own labels
+    (``uniform_baseline`` on the labelled pairs resampled to the pool size; needs >= 5 labels).
     """
     st = comparison.status()
     cfg = comparison.config
@@ -481,7 +489,13 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
                 pair_id=str(p.get("id", i)), prompt=str(p.get("prompt", "")), base=str(p.get("base", "")),
                 tuned=str(p.get("tuned", "")), human=labels[i],
                 judge=None if comb is None or math.isnan(comb[i]) else float(comb[i])))
-    n_votes = int(np.sum(~np.isnan(votes))) if n_j else 0
+    if baseline is None and auto_baseline and len(labels) >= 5 and st.n_items <= 5000:
+        try:  # ~0.1-3 s; skipped on pools above 5,000 pairs (pass ``baseline`` from a replay instead)
+            baseline = uniform_baseline(list(labels.values()), alpha=st.alpha, margin=cfg.margin, budget=cfg.budget,
+                                        runs=10 if st.n_items <= 1000 else 4, n_items=st.n_items)
+        except Exception:  # noqa: BLE001 - the baseline is context, never a reason to fail the report
+            baseline = None
+    n_votes = int(np.sum(np.any(~np.isnan(votes), axis=1))) if n_j else 0
     return ReportData(
         run_id=run_id, name=name, base_model=base_model, tuned_model=tuned_model, decision=st.decision.value,
         estimate=st.estimate, lower=st.lower, upper=st.upper, alpha=st.alpha, margin=cfg.margin,
@@ -508,7 +522,7 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
     n = n_items or len(pool)
     note = Baseline.model_fields["note"].default
     if n > len(pool):
-        note += f" (pool of {n} filled by resampling the {len(pool)} labelled pairs: an estimate)"
+        note += f"; pool of {n} filled by resampling the {len(pool)} labelled pairs, so an estimate"
     used, decided = [], 0
     for _ in range(runs):
         items = pool if n == len(pool) else [pool[k] for k in rng.integers(0, len(pool), n)]
