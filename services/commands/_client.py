@@ -39,7 +39,7 @@ def _detail(r: httpx.Response) -> str:
 
 class Client:
     def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 60.0):
-        self.server = (server or os.environ.get("TIEBREAK_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self.server = (server or os.environ.get("TIEBREAK_URL") or os.environ.get("TIEBREAK_SERVER") or DEFAULT_SERVER).rstrip("/")
         self.token = token if token is not None else os.environ.get("TIEBREAK_ADMIN_TOKEN", "")
         self.http = httpx.Client(base_url=self.server, timeout=timeout,
                                  headers={"Authorization": f"Bearer {self.token}"} if self.token else {})

@@ -14,9 +14,9 @@ EPILOG = ("Examples:  tiebreak report 3f2a9c1b7d6e4f00  |  tiebreak report RUN_I
 
 def report(
     run_id: str = typer.Argument(..., help="the run id (from POST /v1/runs or `tiebreak compare`)"),
-    server: str | None = typer.Option(None, "--server", envvar="TIEBREAK_SERVER",
+    server: str | None = typer.Option(None, "--server", envvar=["TIEBREAK_URL", "TIEBREAK_SERVER"],
                                       help="service URL (default http://127.0.0.1:8000)"),
-    token: str | None = typer.Option(None, "--token", envvar="TIEBREAK_ADMIN_TOKEN", help="admin token"),
+    token: str | None = typer.Option(None, "--token", envvar=["TIEBREAK_ADMIN_TOKEN", "TIEBREAK_TOKEN"], help="admin token"),
     out: Path | None = typer.Option(None, "--out", "-o", help="file to write (default tiebreak-report-RUN_ID.html)"),
     open_: bool = typer.Option(False, "--open", help="open the report in a browser"),
     exit_code: bool = typer.Option(False, "--exit-code", help="exit with the run's decision code (0/3/1)"),

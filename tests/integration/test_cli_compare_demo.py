@@ -1,0 +1,101 @@
+"""`tiebreak compare` / `demo` / `report` end to end on the real service (embedded Redis, uvicorn in-process, no
+judges so no model is loaded): exit codes 0 decided, 1 error, 2 bad input, 3 undecided at budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+
+pytestmark = pytest.mark.integration
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pairs(tmp_path: Path, n: int, votes: list[list[str]]) -> Path:
+    p = tmp_path / "pairs.jsonl"
+    with p.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"p{i}", "prompt": f"question <{i}> & more", "base": f"base answer {i}",
+                                "tuned": f"tuned answer {i}", "human_votes": votes[i % len(votes)]}) + "\n")
+    return p
+
+
+def _compare(tmp_path: Path, *args: str):
+    return runner.invoke(app, ["compare", "--judges", "none", "--label", "votes", "--pipeline", "local",
+                               "--data-dir", str(tmp_path / "redis"), "--seed", "1", *args])
+
+
+def test_compare_decides_better_exit_0_and_writes_report(tmp_path):
+    pairs = _pairs(tmp_path, 30, [["B"], ["B"], ["B", "tie", "B"]])
+    out = tmp_path / "r.html"
+    res = _compare(tmp_path, "--pairs", str(pairs), "-o", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output.strip().splitlines()[-1])
+    assert summary["decision"] == "better" and 1 <= summary["labels"] < 30
+    html = out.read_text()
+    assert "<svg" in html and "at most 5% of the time" in html and not re.search(r"https?://", html)
+
+
+def test_compare_undecided_at_budget_exit_3(tmp_path):
+    pairs = _pairs(tmp_path, 40, [["A"], ["B"], ["tie"]])
+    res = _compare(tmp_path, "--pairs", str(pairs), "--budget", "3", "-o", str(tmp_path / "r.html"), "--json")
+    assert res.exit_code == 3, res.output
+    assert json.loads(res.output.strip().splitlines()[-1])["decision"] == "undecided"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pairs", "/nonexistent/pairs.jsonl"], "no such file"),
+    (["--base", "no-such-model", "--tuned", "gemma-3-270m-base", "--prompts", "README.md", "--label", "none"],
+     "unknown model"),
+    (["--base", "gemma-3-270m-base"], "give --base MODEL --tuned MODEL --prompts FILE"),
+    (["--label", "carrier-pigeon", "--pairs", "x.jsonl"], "--label must be one of"),
+])
+def test_compare_bad_input_exit_2(tmp_path, args, message):
+    res = _compare(tmp_path, *args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+
+
+def test_compare_bad_judge_exit_2(tmp_path):
+    pairs = _pairs(tmp_path, 3, [["B"]])
+    res = runner.invoke(app, ["compare", "--pairs", str(pairs), "--judges", "gpt-17", "--label", "votes"])
+    assert res.exit_code == 2 and "unknown judge" in res.output
+
+
+def test_unreachable_server_exit_1(tmp_path):
+    pairs = _pairs(tmp_path, 3, [["B"]])
+    res = runner.invoke(app, ["compare", "--pairs", str(pairs), "--judges", "none", "--label", "votes",
+                              "--server", "http://127.0.0.1:9", "--token", "x"])
+    assert res.exit_code == 1 and "cannot reach" in res.output
+    res = runner.invoke(app, ["report", "abc", "--server", "http://127.0.0.1:9", "--token", "x"])
+    assert res.exit_code == 1 and "cannot reach" in res.output
+
+
+def test_demo_bad_input_exit_2():
+    assert runner.invoke(app, ["demo", "--pairs", "0"]).exit_code == 2
+    assert runner.invoke(app, ["demo", "--judges", "nope"]).exit_code == 2
+
+
+def test_demo_labels_only_end_to_end(tmp_path):
+    """The real `tiebreak demo` entry point (subprocess) on real recorded Vicuna-80 pairs, labels only."""
+    out = tmp_path / "demo.html"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--judges", "none", "--pairs", "20", "--pipeline", "local",
+         "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["decision"] in ("better", "worse", "equivalent", "undecided")
+    assert summary["n_pairs"] == 20 and summary["labels"] >= 1
+    assert Path(summary["report"]) == out.resolve() and "Vicuna-80" in out.read_text()
