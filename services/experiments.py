@@ -39,6 +39,7 @@ experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) ch
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -83,6 +84,10 @@ class ComparisonView:
     alpha: float = 0.05
     against: str = "base"          # the reference side: "base" or a checkpoint name
 
+    def to_dict(self) -> dict:
+        return {"run_id": self.run_id, "decision": self.decision, "estimate": self.estimate, "lower": self.lower,
+                "upper": self.upper, "labels": self.labels, "alpha": self.alpha, "against": self.against}
+
     @classmethod
     def from_status(cls, run_id: str, st: dict, against: str) -> ComparisonView:
         iv = st.get("interval") or [0.0, 1.0]
@@ -110,7 +115,7 @@ class CheckpointVerdict:
 
     def to_dict(self) -> dict:
         return {"checkpoint": self.checkpoint, "index": self.index, "alpha": self.alpha,
-                "vs_base": asdict(self.vs_base), "vs_best": asdict(self.reference),
+                "vs_base": self.vs_base.to_dict(), "vs_best": self.reference.to_dict(),
                 "compared_to": self.reference.against, "decision": self.decision,
                 "labels": self.vs_base.labels + (self.vs_best.labels if self.vs_best else 0)}
 
@@ -125,7 +130,8 @@ class Signal:
     labels: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"stop": self.stop, "reason": self.reason, "best_checkpoint": self.best_checkpoint,
+                "checkpoints": self.checkpoints, "message": self.message, "labels": self.labels}
 
     def key(self) -> tuple:
         return (self.stop, self.reason, self.best_checkpoint)
@@ -148,9 +154,9 @@ class SignalRule:
 
     def evaluate(self, checkpoints: Sequence[CheckpointVerdict], labels: int | None = None) -> Signal:
         cks = sorted(checkpoints, key=lambda c: c.index)
-        if labels is None:
-            labels = sum(c.to_dict()["labels"] for c in cks)
         rows = [c.to_dict() for c in cks]
+        if labels is None:
+            labels = sum(r["labels"] for r in rows)
         best_i = -1
         for i, c in enumerate(cks):
             if c.decision == "better":
@@ -203,15 +209,14 @@ class MemoryKV:
         self._lock = threading.Lock()
 
     def get_json(self, key: str) -> Any | None:
-        import copy
         with self._lock:
             v = self._d.get(key)
-            return copy.deepcopy(v)
+        return None if v is None else json.loads(v)
 
     def put_json(self, key: str, value: Any) -> None:
-        import copy
+        v = json.dumps(value)   # the same round trip as Redis: JSON-able values only
         with self._lock:
-            self._d[key] = copy.deepcopy(value)
+            self._d[key] = v
 
     def keys(self, prefix: str) -> list[str]:
         with self._lock:
