@@ -328,8 +328,8 @@ class ExperimentService:
         judges = body.get("judges", [])
         if judges is None:
             judges = []
-        if not isinstance(judges, list) or not all(isinstance(j, str) and j for j in judges):
-            raise ExperimentError("judges", "must be a list of judge preset names ([] = labels only)")
+        if not isinstance(judges, list) or not all((isinstance(j, str) and j) or isinstance(j, dict) for j in judges):
+            raise ExperimentError("judges", "must be a list of judge presets or MODEL specs ([] = labels only)")
         alpha = body.get("alpha", 0.05)
         if not isinstance(alpha, int | float) or not 0 < alpha < 1:
             raise ExperimentError("alpha", f"must lie in (0, 1) (got {alpha!r})")

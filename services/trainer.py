@@ -223,14 +223,16 @@ class _LightningCallback:
     """Lightning ``Callback``: submit each saved checkpoint, poll on batch end, ``trainer.should_stop``.
 
     Checkpoints: ``on_save_checkpoint`` fires while ModelCheckpoint writes; the file path is only known after,
-    so submission happens on the next ``on_train_batch_end``/``on_validation_end`` from
-    ``trainer.checkpoint_callback.last_model_path`` (or ``checkpoint_dir_fn(trainer)`` when given)."""
+    so submission happens on the next ``on_train_batch_end``/``on_validation_end`` with the file ModelCheckpoint
+    saved last (or ``checkpoint_path_fn(trainer)`` when given); the checkpoint is named after the file."""
 
     def __init__(self, client: TiebreakClient, *, model_spec: Callable[[str], dict] | None = None,
-                 outputs_fn: Callable[[str], dict[str, str]] | None = None) -> None:
+                 outputs_fn: Callable[[str], dict[str, str]] | None = None,
+                 checkpoint_path_fn: Callable[[Any], str] | None = None) -> None:
         self.client = client
         self.model_spec = model_spec
         self.outputs_fn = outputs_fn
+        self.checkpoint_path_fn = checkpoint_path_fn
         self._pending_save = False
         self._submitted: set[str] = set()
         self.stopped_at: int | None = None
@@ -242,12 +244,18 @@ class _LightningCallback:
         if not self._pending_save or not trainer.is_global_zero:
             return
         cb = getattr(trainer, "checkpoint_callback", None)
-        path = getattr(cb, "last_model_path", None) or getattr(cb, "best_model_path", None)
-        if not path or path in self._submitted or not os.path.exists(path):
+        path = (self.checkpoint_path_fn(trainer) if self.checkpoint_path_fn else
+                getattr(cb, "_last_checkpoint_saved", None) or getattr(cb, "last_model_path", None)
+                or getattr(cb, "best_model_path", None))
+        if not path or not os.path.exists(path):
             return
-        self._pending_save = False
-        self._submitted.add(path)
         name = Path(path).stem
+        if name == "last":   # ModelCheckpoint(save_last=True) reuses one file name
+            name = f"last-step={trainer.global_step}"
+        self._pending_save = False
+        if name in self._submitted:
+            return
+        self._submitted.add(name)
         self.client.submit_async(name, _body_for(path, self.model_spec, self.outputs_fn))
 
     def _poll(self, trainer) -> None:

@@ -40,7 +40,8 @@ class ExperimentCreate(_Strict):
     prompts: list[PromptIn] = Field(min_length=1, max_length=100_000)
     base: dict[str, Any] = Field(description='MODEL spec ({"backend": "gguf"|"openai"|"vllm", ...}) or '
                                              '{"outputs": {prompt_id: text}}')
-    judges: list[str] = Field(default_factory=list, description="judge presets; [] = labels only")
+    judges: list[str | dict[str, Any]] = Field(default_factory=list, max_length=20,
+                                               description="judge presets or MODEL specs; [] = labels only")
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="family-wise error of all better/worse verdicts")
     margin: float = Field(0.0, ge=0.0, lt=0.5, description="equivalence margin of every comparison")
     patience: int = Field(2, ge=1, le=1000, description="stop after this many non-improving checkpoints")
