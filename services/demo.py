@@ -326,7 +326,8 @@ def run_demo(*, n_pairs: int = 40, judges: list[str] | None = None, alpha: float
                   f"on {len(items)} Vicuna-80 questions? judges: {', '.join(judges) or 'none'}; "
                   f"α = {alpha:g}, margin ±{margin:g}")
     svc.start()
-    console.print(f"service: {svc.url} (embedded Redis under {data_dir}, Ray local)")
+    console.print(f"service: {svc.url} (embedded Redis under {data_dir}, "
+                  f"{'local Ray' if pipeline == 'ray' else 'judges in-process'})", soft_wrap=True)
     client = Client(svc.url, svc.token)
     annot: SimulatedAnnotator | None = None
     try:
@@ -340,8 +341,10 @@ def run_demo(*, n_pairs: int = 40, judges: list[str] | None = None, alpha: float
         state = LiveState(started=t_start, truth=truth, judging_started=time.time())
         if human:
             url = f"{svc.url}/annotate?run={run_id}#token={token}"
-            console.print(f"\n[bold]Label in your browser:[/bold] {url}\n(pairs are blind: no model names; "
-                          "left/right randomised)\n")
+            console.print("\n[bold]Label in your browser[/bold] (blind pairs: no model names, left/right "
+                          "randomised; keys 1 / 2 / 0):")
+            console.print(url, soft_wrap=True, markup=False, highlight=False)
+            console.print()
             if open_browser:
                 try:
                     import webbrowser
