@@ -287,6 +287,17 @@ def compare(
         run_id = client.create_run(body)
         console.print(f"run {run_id} created on {client.server}")
         if mode == "none":
+            if svc is not None:
+                # this process hosts the service: finish generation and judging before it goes away
+                deadline = time.time() + timeout
+                while (st := client.status(run_id))["status"] in ("generating", "judging"):
+                    if time.time() > deadline:
+                        raise ApiError(f"generation/judging not finished after {timeout:.0f} s", EXIT_ERROR)
+                    time.sleep(0.5)
+                if st["status"] == "failed":
+                    raise ApiError(f"run failed: {st.get('error')}", EXIT_ERROR)
+                console.print(f"ready for labels: tiebreak serve --data-dir {svc.data_dir}, then open "
+                              f"/annotate?run={run_id}#token=TOKEN (POST /v1/annotators)", soft_wrap=True)
             typer.echo(run_id)
             code = EXIT_OK
             return
