@@ -99,3 +99,19 @@ def test_demo_labels_only_end_to_end(tmp_path):
     assert summary["decision"] in ("better", "worse", "equivalent", "undecided")
     assert summary["n_pairs"] == 20 and summary["labels"] >= 1
     assert Path(summary["report"]) == out.resolve() and "Vicuna-80" in out.read_text()
+
+
+@pytest.mark.slow
+def test_demo_with_a_real_judge_on_ray(tmp_path):
+    """`make run` in miniature: local Ray, the Gemma-270M GGUF judge voting live, simulated annotator, report."""
+    out = tmp_path / "demo.html"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--judges", "gemma-3-270m-base", "--pairs", "6",
+         "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None
+    html = out.read_text()
+    assert "gemma-3-270m-base" in html and "Judge agreement and bias" in html
