@@ -290,6 +290,22 @@ def _check_model(field_name: str, spec: Any) -> dict:
     return spec
 
 
+def _check_judge(field_name: str, j: Any) -> None:
+    """A judge is PRESET[:pairwise|pointwise], a .gguf path, or a MODEL spec (as for POST /v1/runs)."""
+    if isinstance(j, dict):
+        _check_model(field_name, j)
+        return
+    model, _, mode = j.partition(":")
+    if mode not in ("", "pairwise", "pointwise"):
+        raise ExperimentError(field_name, f"mode {mode!r} must be pairwise or pointwise")
+    if model.endswith(".gguf"):
+        return
+    from judges.models import PRESETS
+    if model not in PRESETS:
+        raise ExperimentError(field_name, f"unknown judge {model!r}; presets: {', '.join(sorted(PRESETS))} "
+                                          "(or a .gguf path, or a MODEL spec)")
+
+
 class ExperimentService:
     """Experiments over a RunBackend, persisted in a KV store. Thread-safe for one process."""
 
@@ -330,6 +346,8 @@ class ExperimentService:
             judges = []
         if not isinstance(judges, list) or not all((isinstance(j, str) and j) or isinstance(j, dict) for j in judges):
             raise ExperimentError("judges", "must be a list of judge presets or MODEL specs ([] = labels only)")
+        for i, j in enumerate(judges):
+            _check_judge(f"judges[{i}]", j)
         alpha = body.get("alpha", 0.05)
         if not isinstance(alpha, int | float) or not 0 < alpha < 1:
             raise ExperimentError("alpha", f"must lie in (0, 1) (got {alpha!r})")

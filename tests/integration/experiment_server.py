@@ -24,9 +24,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(data_dir) -> Iterator[tuple[str, object]]:
-    """The app of services.app.create_app (embedded Redis under data_dir, no judge pipeline) with the
-    experiments router, on a free port. Yields (base_url, app)."""
+def serve_app(data_dir, pipeline: str = "off") -> Iterator[tuple[str, object]]:
+    """The app of services.app.create_app (embedded Redis under data_dir; judge pipeline off unless
+    pipeline="local"/"ray") with the experiments router, on a free port. Yields (base_url, app)."""
     from services.app import ROUTERS, create_app
     from services.settings import Settings
     from services.store import RedisStore
@@ -34,7 +34,7 @@ def serve_app(data_dir) -> Iterator[tuple[str, object]]:
     routers = list(dict.fromkeys([*ROUTERS, "services.api.experiments"]))
     routers = [r for r in routers if _importable(r)]
     store = RedisStore.open(data_dir=data_dir)
-    app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off", webhook_backoff_s=0.05),
+    app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline=pipeline, webhook_backoff_s=0.05),
                      routers=routers)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -123,3 +123,31 @@ def test_model_spec_checkpoint_generates_with_a_real_gguf(tmp_path):
         assert any(not s.startswith("base:") for s in sides)      # the generated output
         sig = c.get(f"/v1/experiments/{exp}/signal").json()
         assert [ck["decision"] for ck in sig["checkpoints"]] == ["running", "failed"]
+
+
+def test_judged_checkpoints_reuse_the_vote_cache(tmp_path):
+    """judges: a real GGUF judge (Gemma-270M, local pipeline) votes on the checkpoint's run; a later checkpoint
+    whose outputs did not change is judged entirely from the vote cache (no new cache entries)."""
+    with serve_app(tmp_path / "redis", pipeline="local") as (url, app), \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as c:
+        exp = c.post("/v1/experiments", json={"name": "judged", "prompts": PROMPTS[:3], "judges": ["gemma-3-270m-base"],
+                                              "base": {"outputs": outs("base")}}).json()["experiment"]
+        cache = app.state.store.r
+
+        def judged(run_id: str) -> dict:
+            t0 = time.time()
+            while time.time() - t0 < 180:
+                st = c.get(f"/v1/runs/{run_id}").json()
+                if st["status"] == "ready" or st["error"]:
+                    return st
+                time.sleep(0.2)
+            raise AssertionError(f"run {run_id} not judged: {st}")
+
+        r1 = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c1", "outputs": outs("c1")}).json()
+        st1 = judged(r1["vs_base"])
+        assert st1["votes"] == 3 and st1["judges"] == ["gemma-3-270m-base"] and st1["error"] is None
+        n_cached = cache.hlen("tb:votecache")
+        assert n_cached > 0
+        r2 = c.post(f"/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c2", "outputs": outs("c1")}).json()
+        st2 = judged(r2["vs_base"])
+        assert st2["votes"] == 3 and cache.hlen("tb:votecache") == n_cached   # every vote from the cache

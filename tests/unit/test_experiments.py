@@ -259,6 +259,10 @@ def test_model_checkpoint_generates_in_background():
     ({"name": "n", "prompts": [{"id": "a", "text": "x"}], "base": {"outputs": {"a": "x"}}, "alpha": 1.5}, "alpha"),
     ({"name": "n", "prompts": [{"id": "a", "text": "x"}], "base": {"outputs": {"a": "x"}}, "patience": 0}, "patience"),
     ({"name": "n", "prompts": [{"id": "a", "text": "x"}], "base": {"outputs": {"a": "x"}}, "judges": "gpt"}, "judges"),
+    ({"name": "n", "prompts": [{"id": "a", "text": "x"}], "base": {"outputs": {"a": "x"}}, "judges": ["gpt-9"]},
+     "judges[0]"),
+    ({"name": "n", "prompts": [{"id": "a", "text": "x"}], "base": {"outputs": {"a": "x"}},
+      "judges": ["qwen2.5-coder-0.5b:sideways"]}, "judges[0]"),
 ])
 def test_create_validation_names_field(body, field):
     svc = ExperimentService(LocalRuns(), notifier=lambda u, p: None)
