@@ -113,14 +113,18 @@ def verdict_sentence(d: ReportData) -> str:
 
 
 def guarantee_sentence(d: ReportData) -> str:
-    conf = 100 * (1 - d.alpha)
     return (f"Guarantee: the interval covers the true preference rate on these {d.n_pairs} pairs at every moment "
-            f"with probability at least {conf:g}%, so a “better”, “worse” or “equivalent” verdict is wrong "
-            f"at most {100 * d.alpha:g}% of the time, however early the run stopped — whatever the judges got "
+            f"with probability at least {_conf(d.alpha)}%, so a “better”, “worse” or “equivalent” verdict is wrong "
+            f"at most {100 * d.alpha:.3g}% of the time, however early the run stopped — whatever the judges got "
             f"wrong; the judges only change how many labels it takes.")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _conf(alpha: float) -> str:
+    """Confidence level in percent, short: 95, 98.33, 99.5."""
+    return f"{100 * (1 - alpha):.4g}"
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -188,7 +192,7 @@ def trajectory_svg(d: ReportData, width: int = 760, height: int = 300) -> str:
                          f'stroke-dasharray="2 3" opacity="0.6"/>')
     parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{y(0.5):.1f}" y2="{y(0.5):.1f}" stroke="#24292f" '
                  f'stroke-dasharray="6 4"/>')
-    parts.append(f'<text x="{ml + pw - 4}" y="{y(0.5) - 5:.1f}" text-anchor="end" class="tick">½ = no difference'
+    parts.append(f'<text x="{ml + 4}" y="{y(0.5) - 5:.1f}" text-anchor="start" class="tick">½ = no difference'
                  '</text>')
     if rows:
         # step-shaped band: the interval holds until the next label arrives
@@ -366,7 +370,7 @@ def render_report(data: ReportData) -> str:
     title = f"tiebreak · {d.name}"
     budget = f" of a budget of {d.budget}" if d.budget else ""
     kv = (f'<div class="kv"><div><b>{_f(d.estimate)}</b><span>estimate of P(tuned preferred)</span></div>'
-          f"<div><b>[{_f(d.lower)}, {_f(d.upper)}]</b><span>{100 * (1 - d.alpha):g}% confidence sequence</span></div>"
+          f"<div><b>[{_f(d.lower)}, {_f(d.upper)}]</b><span>{_conf(d.alpha)}% confidence sequence</span></div>"
           f"<div><b>{d.labels}</b><span>human labels{_e(budget)}</span></div>"
           f"<div><b>{d.n_pairs}</b><span>pairs · {d.votes} judged</span></div></div>")
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in d.notes)
@@ -376,7 +380,7 @@ def render_report(data: ReportData) -> str:
 <title>{_e(title)}</title><style>{_CSS}</style></head><body>
 <h1>{_e(f"{d.tuned_model} vs {d.base_model}" if _named(d) else d.name)}</h1>
 <div class="sub">{_e(d.name) + " · " if _named(d) else ""}{("run " + _e(d.run_id) + " · ") if d.run_id else ""}method {_e(d.method)} ·
- α = {d.alpha:g}{margin} · {_e(when)}</div>
+ α = {d.alpha:.4g}{margin} · {_e(when)}</div>
 <div class="verdict"><div class="big">{_badge(d.decision)} {_e(verdict_sentence(d))}</div>
 <div class="guarantee">{_e(guarantee_sentence(d))}</div></div>
 {kv}
