@@ -169,7 +169,11 @@ class _HFCallback:
     """``transformers.TrainerCallback``: submit on save, poll on step end, stop every rank when signalled."""
 
     def __init__(self, client: TiebreakClient, *, model_spec: Callable[[str], dict] | None = None,
-                 outputs_fn: Callable[[str], dict[str, str]] | None = None, wait_for_submit: bool = False) -> None:
+                 outputs_fn: Callable[[str], dict[str, str]] | None = None, wait_for_submit: bool = False,
+                 sync_every: int = 1) -> None:
+        if sync_every < 1:
+            raise ValueError("sync_every must be >= 1")
+        self.sync_every = sync_every   # steps between checks (each check is one broadcast across ranks)
         self.client = client
         self.model_spec = model_spec
         self.outputs_fn = outputs_fn
@@ -187,6 +191,8 @@ class _HFCallback:
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.sync_every:   # the same on every rank: all skip or all broadcast
+            return control
         stop = self.client.should_stop() if state.is_world_process_zero else False
         stop = _broadcast_torch(stop)
         if stop:
