@@ -143,7 +143,7 @@ def test_betting_capital_is_the_product_formula():
 
 
 def _with_replacement_miscoverage(theta_values, probs, n, runs, alpha, rng):
-    grid = candidate_grid(100, (0.5,))
+    grid = candidate_grid(20, (0.5,))
     misses = 0
     theta = float(np.dot(theta_values, probs))
     for _ in range(runs):
