@@ -95,7 +95,7 @@ def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float,
     # "vote": a label is one random vote of the pair, and the engine's label_noise mode targets the mean-vote
     # theta; "panel": a label is the mean of the pair's recorded votes (labels_per_pair = 3), noise-free.
     runs = LocalRuns(voter=voter, seed=seed, method=method, label_noise=annotator_kind == "vote")
-    svc = ExperimentService(runs, notifier=lambda url, payload: None)
+    svc = ExperimentService(runs, notifier=lambda url, payload: None, validate_judges=False)
     judges = [] if method == "classical" else ["gpt-4(a_first)", "gpt-4(b_first)"]
     exp = svc.create_experiment({"name": "guanaco ladder", "prompts": prompts, "judges": judges,
                                  "base": {"outputs": outputs[BASE]}, "alpha": alpha, "margin": margin,

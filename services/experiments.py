@@ -310,8 +310,10 @@ class ExperimentService:
     """Experiments over a RunBackend, persisted in a KV store. Thread-safe for one process."""
 
     def __init__(self, runs: RunBackend, kv: KV | None = None, generator: Generator | None = None,
-                 notifier: Notifier | None = None, async_generation: bool = False) -> None:
+                 notifier: Notifier | None = None, async_generation: bool = False,
+                 validate_judges: bool = True) -> None:
         self.runs = runs
+        self.validate_judges = validate_judges     # False: judge names are labels of supplied votes (replay)
         self.async_generation = async_generation   # model-spec checkpoints: generate in a thread
         self.kv = kv if kv is not None else MemoryKV()
         self.generator = generator or backend_generator
@@ -346,7 +348,7 @@ class ExperimentService:
             judges = []
         if not isinstance(judges, list) or not all((isinstance(j, str) and j) or isinstance(j, dict) for j in judges):
             raise ExperimentError("judges", "must be a list of judge presets or MODEL specs ([] = labels only)")
-        for i, j in enumerate(judges):
+        for i, j in enumerate(judges if self.validate_judges else []):
             _check_judge(f"judges[{i}]", j)
         alpha = body.get("alpha", 0.05)
         if not isinstance(alpha, int | float) or not 0 < alpha < 1:
