@@ -96,12 +96,35 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
         return JSONResponse({"detail": f"store unavailable ({type(exc).__name__}); nothing was changed, retry"},
                             status_code=503, headers={"Retry-After": "1"})
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
+    app.add_middleware(MeasureMiddleware, metrics=metrics)
+
+
+class MeasureMiddleware:
+    """Request count and latency per route template. A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` (``@app.middleware("http")``) wraps every response in a stream and task group,
+    which cost ~0.3 ms per request on the label hot path."""
+
+    def __init__(self, app: Any, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(path).observe(time.perf_counter() - t0)
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        return response
+        status = [500]
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            m = self.metrics
+            m.latency.labels(path).observe(time.perf_counter() - t0)
+            m.requests.labels(path, scope["method"], str(status[0])).inc()

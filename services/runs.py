@@ -9,6 +9,13 @@ Bonferroni (``sampler.decision.split_alpha``) over 1 + len(criteria) comparisons
 the draws; pairs a criterion comparison draws are handed out too. With ``labels_per_pair`` = k > 1 a pair is
 handed to k different annotators and the sampler gets the mean of their verdicts once all k are in.
 
+Writes (group commit): the label hot path (``next``, ``labels``) changes memory under the run's lock, queues
+its write and releases the lock; one writer thread turns everything queued into one MULTI/EXEC transaction
+(FIFO, so the ops log keeps the order of memory), and the caller answers only once its write is durable. So
+the run's lock is not held across a Redis round trip and concurrent calls share round trips. If a write
+fails, every queued write of that run fails too (they were computed from the lost state) and the in-memory
+copy is dropped: the next call reloads the stored truth. A label is never answered before it is stored.
+
 Leases: ``next`` hands the annotator a lease on one pair for ``lease_ttl_s`` seconds. While live, the pair is
 not handed to anyone else (beyond k). An expired lease just stops counting: the pair is still drawn-and-
 pending in the sampler, so the next ``next`` call hands that same pair out first.
@@ -19,11 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import secrets
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +61,15 @@ class Lease:
 
 
 @dataclass
+class Pending:
+    """A change made in memory whose write is queued: ``finish(result)`` once ``fut`` (None: nothing to wait
+    for) is resolved gives the answer. ``RunService.wait`` does this synchronously; the async routes await."""
+
+    fut: Future | None
+    finish: Callable[[Any], Any]
+
+
+@dataclass
 class RunRuntime:
     rid: str
     meta: dict
@@ -67,6 +85,8 @@ class RunRuntime:
     ops: list = field(default_factory=list)        # sampler operations not yet written (see _commit)
     ops_total: int = 0                             # operations in Redis (tb:run:{rid}:ops)
     ops_at_snapshot: int = 0                       # operations already contained in the stored snapshots
+    tail: Future | None = None                     # the run's last queued write (see RunService._enqueue)
+    broken: BaseException | None = None            # a write failed: this copy is stale, never written again
 
     @property
     def criteria(self) -> list[str]:
@@ -115,6 +135,8 @@ class RunService:
         self.pipeline: Any = None            # set by the app: services.pipeline.Pipeline
         self._runs: dict[str, RunRuntime] = {}
         self._lock = threading.Lock()
+        self._wq: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------- creation
     def create_run(self, spec: dict) -> str:
@@ -207,6 +229,7 @@ class RunService:
     def add_pairs(self, rid: str, pairs: list[dict]) -> dict:
         rt = self.runtime(rid)
         with rt.lock:
+            self._flush(rt)
             if rt.meta.get("generate") and rt.meta["status"] == "generating":
                 raise Conflict("this run is still generating outputs; add pairs when its status is 'ready'",
                                "pairs")
@@ -241,10 +264,28 @@ class RunService:
                 rt = self._load(rid)
         return rt
 
+    def try_lock(self, rid: str) -> RunRuntime | None:
+        """The loaded run ``rid`` with its lock acquired, if that needs no waiting (the caller releases
+        ``rt.lock``); None when the run is not in memory yet or another thread holds it. Lets the async
+        routes do a label round trip on the event loop and fall back to a worker thread otherwise."""
+        rt = self._runs.get(rid)
+        if rt is not None and rt.lock.acquire(blocking=False):
+            return rt
+        return None
+
     def forget(self, rid: str) -> None:
-        """Drop the in-memory copy (after a failed write): the next call reloads the stored truth."""
+        """Drop the in-memory copy (after a failed change): what it already queued is stored first, nothing
+        is queued from it again, and the next call reloads the stored truth."""
+        rt = self._runs.get(rid)
+        if rt is not None:
+            try:
+                self._flush(rt)
+            except Exception:  # noqa: BLE001 - a failed write already dropped it
+                pass
+            rt.broken = rt.broken or RuntimeError(f"run {rid} was reloaded; retry")
         with self._lock:
-            self._runs.pop(rid, None)
+            if self._runs.get(rid) is rt:
+                self._runs.pop(rid, None)
 
     def _load(self, rid: str) -> RunRuntime:
         meta = self.store.get_meta(rid)
@@ -322,6 +363,7 @@ class RunService:
             rt.n_voted = self.store.n_votes(rt.rid)
             if rt.n_voted < hi:
                 return False
+        self._flush(rt)
         mats = self._vote_matrices(rt, lo, hi)
         crits = rt.criteria
         alpha_each = split_alpha(meta["alpha"], 1 + len(crits)) if crits else meta["alpha"]
@@ -362,6 +404,7 @@ class RunService:
     def set_status(self, rid: str, status: str, error: str | None = None, progress: dict | None = None) -> None:
         rt = self.runtime(rid)
         with rt.lock:
+            self._flush(rt)
             rt.meta["status"] = status
             if error is not None:
                 rt.meta["error"] = error
@@ -373,6 +416,7 @@ class RunService:
         """Called by the pipeline when generation finished: store the pairs (status goes to judging/ready)."""
         rt = self.runtime(rid)
         with rt.lock:
+            self._flush(rt)
             have = set(rt.pair_index)
             new = [p for p in pairs if p["id"] not in have]
             if new:
@@ -390,6 +434,7 @@ class RunService:
         """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch)."""
         rt = self.runtime(rid)
         with rt.lock:
+            self._flush(rt)
             self.store.set_votes(rid, votes)
             rt.n_voted = self.store.n_votes(rid)
             rt.meta["progress"]["judged"] = rt.n_voted
@@ -413,65 +458,83 @@ class RunService:
         """Lease the next pair for ``annotator``; None when nothing is to be labelled now."""
         rt = self.runtime(rid)
         with rt.lock:
-            if not rt.comps or rt.comps[OVERALL].decision.final:
-                return None
-            now = _now()
-            live = self._live_leases(rt, now)
-            for le in live:
-                if le.annotator == annotator:   # a retried `next` gets the same lease back
-                    return self._lease_view(rt, le)
-            leased: dict[int, int] = {}
-            for le in live:
-                leased[le.idx] = leased.get(le.idx, 0) + 1
-            k = rt.required
+            p = self.next_pair_locked(rt, annotator)
+        return self.wait(p)
 
-            def eligible(idx: int) -> bool:
-                anns = rt.labels.get(idx, {})
-                return annotator not in anns and len(anns) + leased.get(idx, 0) < k
+    def next_pair_locked(self, rt: RunRuntime, annotator: str) -> Pending:
+        """``next_pair`` with ``rt.lock`` held by the caller; the write is queued (see ``wait``)."""
+        if not rt.comps or rt.comps[OVERALL].decision.final:
+            return Pending(None, lambda _: None)
+        now = _now()
+        live = self._live_leases(rt, now)
+        for le in live:
+            if le.annotator == annotator:   # a retried `next` gets the same lease back
+                tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
+                return Pending(tail, lambda _, le=le: self._lease_view(rt, le))
+        leased: dict[int, int] = {}
+        for le in live:
+            leased[le.idx] = leased.get(le.idx, 0) + 1
+        k = rt.required
 
-            chosen = None
+        def eligible(idx: int) -> bool:
+            anns = rt.labels.get(idx, {})
+            return annotator not in anns and len(anns) + leased.get(idx, 0) < k
+
+        chosen = None
+        for comp in rt.comps.values():
+            if comp.decision.final and comp is not rt.comps[OVERALL]:
+                continue
+            for idx in comp.pending_items():
+                if eligible(idx):
+                    chosen = idx
+                    break
+            if chosen is not None:
+                break
+        drew = False
+        if chosen is None:
             for comp in rt.comps.values():
-                if comp.decision.final and comp is not rt.comps[OVERALL]:
+                if comp.decision.final:
                     continue
-                for idx in comp.pending_items():
-                    if eligible(idx):
-                        chosen = idx
+                for _ in range(8):
+                    new = self._next_items(rt, comp, 1)
+                    if not new:
+                        break
+                    drew = True
+                    # labels given before the draw (several annotators, webhooks) are fed now
+                    self._feed(rt, new[0])
+                    if new[0] in comp.labels:
+                        continue
+                    if eligible(new[0]):
+                        chosen = new[0]
                         break
                 if chosen is not None:
                     break
-            drew = False
-            if chosen is None:
-                for comp in rt.comps.values():
-                    if comp.decision.final:
-                        continue
-                    for _ in range(8):
-                        new = self._next_items(rt, comp, 1)
-                        if not new:
-                            break
-                        drew = True
-                        # labels given before the draw (several annotators, webhooks) are fed now
-                        self._feed(rt, new[0])
-                        if new[0] in comp.labels:
-                            continue
-                        if eligible(new[0]):
-                            chosen = new[0]
-                            break
-                    if chosen is not None:
-                        break
-            if chosen is None:
-                if drew:
-                    self._commit(rt)
-                    self._after_change(rt)
-                return None
-            le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
-            self._commit(rt, lease=(le.lease_id, le.to_dict()))
-            rt.leases[le.lease_id] = le
-            if self.metrics:
-                self.metrics.leases.inc()
-            return self._lease_view(rt, le)
+        if chosen is None:
+            if not drew:
+                return Pending(None, lambda _: None)
+            event = self._decided_event(rt)
+            fut = self._enqueue(rt, meta=rt.meta if event else None)
+            return Pending(fut, lambda _: self._send_event(event))
+        le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
+        # the pair's texts come back from the same transaction that stores the lease (one round trip)
+        fut = self._enqueue(rt, lease=(le.lease_id, le.to_dict()), get_pair=le.idx)
+        rt.leases[le.lease_id] = le
+        if self.metrics:
+            self.metrics.leases.inc()
+        view = self._lease_view(rt, le, {"id": rt.pair_ids[le.idx], "prompt": "", "base": "", "tuned": "",
+                                         "tuned_left": True})
 
-    def _lease_view(self, rt: RunRuntime, le: Lease) -> dict:
-        pair = self.store.get_pair(rt.rid, le.idx)
+        def finish(pair: dict | None) -> dict:
+            assert pair is not None
+            left, right = (pair["tuned"], pair["base"]) if pair["tuned_left"] else (pair["base"], pair["tuned"])
+            view.update(prompt=pair["prompt"], left=left, right=right)
+            return view
+
+        return Pending(fut, finish)
+
+    def _lease_view(self, rt: RunRuntime, le: Lease, pair: dict | None = None) -> dict:
+        if pair is None:
+            pair = self.store.get_pair(rt.rid, le.idx)
         assert pair is not None
         left, right = (pair["tuned"], pair["base"]) if pair["tuned_left"] else (pair["base"], pair["tuned"])
         return {"pair_id": pair["id"], "lease_id": le.lease_id, "lease_expires_at": le.expires,
@@ -498,47 +561,62 @@ class RunService:
         """Store one annotator's verdict. Idempotent per (pair_id, annotator)."""
         rt = self.runtime(rid)
         with rt.lock:
-            pid, ann = label["pair_id"], label["annotator"]
-            if pid not in rt.pair_index:
-                raise NotFound(f"pair_id {pid!r} is not a pair of run {rid}; use the pair_id that "
-                               "GET /v1/runs/{id}/next returned", "pair_id")
-            idx, tuned_left = rt.pair_index[pid]
-            lid = label.get("lease_id")
-            if lid is not None:
-                le = rt.leases.get(lid)
-                if le is not None and le.idx != idx:
-                    raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
-                                   "pair_id and lease_id from the same `next` response", "lease_id")
-            crit = label.get("criteria") or {}
-            for c, v in crit.items():
-                if c not in rt.criteria:
-                    raise BadInput(f"criterion {c!r} is not one of this run's criteria {rt.criteria}",
-                                   f"criteria.{c}")
-                if v not in VERDICTS:
-                    raise BadInput(f"verdict {v!r} must be one of {', '.join(VERDICTS)}", f"criteria.{c}")
-            existing = rt.labels.get(idx, {}).get(ann)
-            if existing is not None:
-                return self._label_result(rt, pid, duplicate=True)
-            rec = {"verdict": label["verdict"], "y": label_from_verdict(label["verdict"], tuned_left),
-                   "criteria": {c: label_from_verdict(v, tuned_left) for c, v in crit.items()},
-                   "raw_criteria": crit, "at": _now(), "source": label.get("source", "api")}
-            release = [l_id for l_id, le in rt.leases.items() if le.idx == idx and le.annotator == ann]
-            try:
-                rt.labels.setdefault(idx, {})[ann] = rec
-                if idx < rt.meta["n_active"]:
-                    self._feed(rt, idx)
-                self._commit(rt, label=(idx, ann, rec), release=release)
-            except Exception:
-                self.forget(rid)   # the stored state is the truth; memory is rebuilt from it
-                raise
-            for l_id in release:
-                rt.leases.pop(l_id, None)
-            rt.n_annotations += 1
-            rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
-            if self.metrics:
-                self.metrics.labels.inc()
-            self._after_change(rt)
-            return self._label_result(rt, pid, duplicate=False)
+            p = self.submit_label_locked(rt, label)
+        return self.wait(p)
+
+    def submit_label_locked(self, rt: RunRuntime, label: dict) -> Pending:
+        """``submit_label`` with ``rt.lock`` held by the caller; the write is queued (see ``wait``)."""
+        rid = rt.rid
+        pid, ann = label["pair_id"], label["annotator"]
+        if pid not in rt.pair_index:
+            raise NotFound(f"pair_id {pid!r} is not a pair of run {rid}; use the pair_id that "
+                           "GET /v1/runs/{id}/next returned", "pair_id")
+        idx, tuned_left = rt.pair_index[pid]
+        lid = label.get("lease_id")
+        if lid is not None:
+            le = rt.leases.get(lid)
+            if le is not None and le.idx != idx:
+                raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
+                               "pair_id and lease_id from the same `next` response", "lease_id")
+        crit = label.get("criteria") or {}
+        for c, v in crit.items():
+            if c not in rt.criteria:
+                raise BadInput(f"criterion {c!r} is not one of this run's criteria {rt.criteria}",
+                               f"criteria.{c}")
+            if v not in VERDICTS:
+                raise BadInput(f"verdict {v!r} must be one of {', '.join(VERDICTS)}", f"criteria.{c}")
+        existing = rt.labels.get(idx, {}).get(ann)
+        if existing is not None:
+            # answered once the first copy (possibly still queued) is stored
+            res = self._label_result(rt, pid, duplicate=True)
+            tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
+            return Pending(tail, lambda _: res)
+        rec = {"verdict": label["verdict"], "y": label_from_verdict(label["verdict"], tuned_left),
+               "criteria": {c: label_from_verdict(v, tuned_left) for c, v in crit.items()},
+               "raw_criteria": crit, "at": _now(), "source": label.get("source", "api")}
+        release = [l_id for l_id, le in rt.leases.items() if le.idx == idx and le.annotator == ann]
+        try:
+            rt.labels.setdefault(idx, {})[ann] = rec
+            if idx < rt.meta["n_active"]:
+                self._feed(rt, idx)
+            event = self._decided_event(rt)
+            fut = self._enqueue(rt, label=(idx, ann, rec), release=release, meta=rt.meta if event else None)
+        except Exception:
+            self.forget(rid)   # the stored state is the truth; memory is rebuilt from it
+            raise
+        for l_id in release:
+            rt.leases.pop(l_id, None)
+        rt.n_annotations += 1
+        rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
+        if self.metrics:
+            self.metrics.labels.inc()
+        res = self._label_result(rt, pid, duplicate=False)
+
+        def finish(_: Any) -> dict:
+            self._send_event(event)
+            return res
+
+        return Pending(fut, finish)
 
     def _label_result(self, rt: RunRuntime, pid: str, duplicate: bool) -> dict:
         st = rt.comps[OVERALL].status() if rt.comps else None
@@ -551,12 +629,15 @@ class RunService:
         rt.ops.append(["next", name, k])
         return comp.next_items(k)
 
-    def _commit(self, rt: RunRuntime, **kw: Any) -> None:
-        """Write the sampler's new operations (an append-only log) with the label/lease in one transaction.
+    def _enqueue(self, rt: RunRuntime, **kw: Any) -> Future:
+        """Queue the sampler's new operations (an append-only log) with the label/lease as one write (call
+        under ``rt.lock``); the returned future resolves once it is stored (see the module docstring).
 
         The sampler is deterministic given its state (its rng included), so snapshot + replay of the logged
         operations rebuilds it exactly; a snapshot of every comparison is written once the log since the
         last one grows past max(200, labels / 2) operations (amortised O(1) per label)."""
+        if rt.broken is not None:
+            raise rt.broken
         ops = [json.dumps(o) for o in rt.ops]
         n_labels = max((len(c.labels) for c in rt.comps.values()), default=0)
         states = None
@@ -564,22 +645,81 @@ class RunService:
         if rt.comps and total - rt.ops_at_snapshot > max(200, n_labels // 2):
             states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()}
             states["_ops_at"] = str(total)
-        try:
-            self.store.commit(rt.rid, states=states, ops=ops, **kw)
-        except Exception:
-            self.forget(rt.rid)
-            raise
+        meta = kw.pop("meta", None)
+        fut: Future = Future()
+        self._start_writer()
+        self._wq.put((rt, {"states": states, "ops": ops, "meta": json.dumps(meta) if meta else None, **kw}, fut))
+        rt.tail = fut
         rt.ops.clear()
         rt.ops_total = total
         if states is not None:
             rt.ops_at_snapshot = total
+        return fut
 
-    def _after_change(self, rt: RunRuntime) -> None:
+    def _commit(self, rt: RunRuntime, **kw: Any) -> Any:
+        """Queue a write and wait until it is stored (under ``rt.lock``: for the rarer, synchronous paths)."""
+        return self._enqueue(rt, **kw).result()
+
+    def _flush(self, rt: RunRuntime) -> None:
+        """Wait until the run's queued writes are stored (under ``rt.lock``, before writing directly)."""
+        if rt.tail is not None:
+            rt.tail.result()
+
+    @staticmethod
+    def wait(p: Pending) -> Any:
+        return p.finish(p.fut.result() if p.fut is not None else None)
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            with self._lock:
+                if self._writer is None:
+                    t = threading.Thread(target=self._write_loop, name="tiebreak-writer", daemon=True)
+                    t.start()
+                    self._writer = t
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = [self._wq.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(self._wq.get_nowait())
+                except queue.Empty:
+                    break
+            live = []
+            for item in batch:
+                rt, _, fut = item
+                if rt.broken is not None:
+                    fut.set_exception(rt.broken)
+                else:
+                    live.append(item)
+            if not live:
+                continue
+            try:
+                results = self.store.commit_many([(rt.rid, kw) for rt, kw, _ in live])
+            except BaseException as e:  # noqa: BLE001 - every waiter gets the error; the writer goes on
+                log.error("write of %d queued change(s) failed: %s", len(live), e)
+                for rt, _, fut in live:
+                    rt.broken = e
+                    with self._lock:
+                        if self._runs.get(rt.rid) is rt:
+                            del self._runs[rt.rid]
+                    fut.set_exception(e)
+                continue
+            for (_, _, fut), res in zip(live, results, strict=True):
+                fut.set_result(res)
+
+    def _decided_event(self, rt: RunRuntime) -> tuple[dict, str | None] | None:
+        """The run.decided webhook payload when the overall verdict just became final (flag set in meta; the
+        caller writes meta with the change and sends the event once stored)."""
         ov = rt.comps.get(OVERALL)
         if ov is not None and ov.decision.final and not rt.meta.get("decided_notified"):
             rt.meta["decided_notified"] = True
-            self.store.set_meta(rt.rid, rt.meta)
-            self.notify("run.decided", self._status(rt), rt.meta.get("webhook_url"))
+            return self._status(rt), rt.meta.get("webhook_url")
+        return None
+
+    def _send_event(self, event: tuple[dict, str | None] | None) -> None:
+        if event is not None:
+            self.notify("run.decided", *event)
 
     # ---------------------------------------------------------------------------------------- views
     def status(self, rid: str) -> dict:

@@ -186,24 +186,42 @@ class RedisStore:
         return list(self.r.lrange(self.k(rid, "ops"), 0, -1))
 
     def commit(self, rid: str, *, states: dict[str, str] | None = None, label: tuple[int, str, dict] | None = None,
-               lease: tuple[str, dict] | None = None, release: Iterable[str] = (), ops: list[str] | None = None
-               ) -> None:
-        """One atomic transaction: a label, the sampler operations it caused (and a snapshot now and then),
-        leases taken and released."""
+               lease: tuple[str, dict] | None = None, release: Iterable[str] = (), ops: list[str] | None = None,
+               get_pair: int | None = None, meta: str | None = None) -> dict | None:
+        """One atomic transaction (one round trip): a label, the sampler operations it caused (and a snapshot
+        now and then), leases taken and released, the run's meta (JSON); with ``get_pair`` it also reads that
+        pair (returned)."""
+        return self.commit_many([(rid, {"states": states, "label": label, "lease": lease, "release": release,
+                                        "ops": ops, "get_pair": get_pair, "meta": meta})])[0]
+
+    def commit_many(self, writes: list[tuple[str, dict]]) -> list[dict | None]:
+        """Several ``commit`` writes (in order) in one MULTI/EXEC transaction: all are stored or none."""
         p = self.r.pipeline(transaction=True)
-        if ops:
-            p.rpush(self.k(rid, "ops"), *ops)
-        if label is not None:
-            idx, ann, rec = label
-            p.hset(self.k(rid, "labels"), f"{idx}|{ann}", json.dumps(rec))
-        if states:
-            p.hset(self.k(rid, "state"), mapping=states)
-        if lease is not None:
-            p.hset(self.k(rid, "leases"), lease[0], json.dumps(lease[1]))
-        rel = list(release)
-        if rel:
-            p.hdel(self.k(rid, "leases"), *rel)
-        p.execute()
+        reads: list[int | None] = []
+        n = 0
+        for rid, w in writes:
+            reads.append(None)
+            if w.get("get_pair") is not None:
+                p.hget(self.k(rid, "pairs"), str(w["get_pair"]))
+                reads[-1] = n
+            if w.get("ops"):
+                p.rpush(self.k(rid, "ops"), *w["ops"])
+            if w.get("label") is not None:
+                idx, ann, rec = w["label"]
+                p.hset(self.k(rid, "labels"), f"{idx}|{ann}", json.dumps(rec))
+            if w.get("states"):
+                p.hset(self.k(rid, "state"), mapping=w["states"])
+            if w.get("lease") is not None:
+                lid, d = w["lease"]
+                p.hset(self.k(rid, "leases"), lid, json.dumps(d))
+            rel = list(w.get("release") or ())
+            if rel:
+                p.hdel(self.k(rid, "leases"), *rel)
+            if w.get("meta"):
+                p.set(self.k(rid, "meta"), w["meta"])
+            n = len(p.command_stack)
+        res = p.execute() if len(p.command_stack) else []
+        return [json.loads(res[i]) if i is not None and res[i] else None for i in reads]
 
     # ------------------------------------------------------------------------------------ annotators
     def add_annotator(self, token: str, rec: dict) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Principal, admin, get_runs, run_access
 from services.api.models import (
@@ -20,7 +25,7 @@ from services.api.models import (
     RunStatus,
     RunSummary,
 )
-from services.runs import RunService
+from services.runs import Pending, RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
@@ -52,29 +57,56 @@ def get_run(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
     return runs.status(run_id)
 
 
+# The label round trip (`next` + `labels`) is the hot path: async routes that make the (sub-millisecond) change
+# on the event loop when the run's lock is free, then await its queued write (RunService group commit) without
+# blocking the loop; a run not in memory yet or busy goes to a worker thread. Responses are encoded here (the
+# same JSON as the response_model, which stays for the OpenAPI schema) instead of validated again by pydantic.
+
+async def _call(runs: RunService, run_id: str, locked: Callable[..., Pending], sync: Callable[..., Any],
+                arg: Any) -> Any:
+    rt = runs.try_lock(run_id)
+    if rt is None:      # not loaded yet (a load can take seconds) or busy: do not block the event loop
+        return await run_in_threadpool(sync, run_id, arg)
+    try:
+        p = locked(rt, arg)
+    finally:
+        rt.lock.release()
+    return p.finish(await asyncio.wrap_future(p.fut) if p.fut is not None else None)
+
+
+def _json(d: dict) -> Response:
+    return Response(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode(),
+                    media_type="application/json")
+
+
+def _utc_iso(ts: float) -> str:
+    """As pydantic serialises an aware UTC datetime: 2026-01-02T03:04:05.123456Z."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
 @router.get("/{run_id}/next", response_model=NextPair,
             responses={204: {"description": "nothing to label now (decided, or every pair leased/labelled)"},
                        404: {"model": ErrorOut}})
-def next_pair(run_id: str = RunId,
-              annotator: str | None = Query(None, min_length=1, max_length=200, pattern=r"^[^|]+$",
-                                            description="who labels; defaults to the annotator token's name"),
-              who: Principal = Depends(run_access), runs: RunService = Depends(get_runs)):
+async def next_pair(run_id: str = RunId,
+                    annotator: str | None = Query(None, min_length=1, max_length=200, pattern=r"^[^|]+$",
+                                                  description="who labels; defaults to the annotator token's name"),
+                    who: Principal = Depends(run_access), runs: RunService = Depends(get_runs)) -> Response:
     """Lease one blind pair: prompt and two responses in random order, no model names, no judge votes."""
     name = _annotator(who, annotator)
-    got = runs.next_pair(run_id, name)
+    got = await _call(runs, run_id, runs.next_pair_locked, runs.next_pair, name)
     if got is None:
         return Response(status_code=204)
-    got["lease_expires_at"] = datetime.fromtimestamp(got["lease_expires_at"], tz=UTC)
-    return got
+    got["lease_expires_at"] = _utc_iso(got["lease_expires_at"])
+    return _json(got)
 
 
 @router.post("/{run_id}/labels", response_model=LabelOut, responses={404: {"model": ErrorOut}})
-def post_label(body: LabelIn, run_id: str = RunId, who: Principal = Depends(run_access),
-               runs: RunService = Depends(get_runs)) -> dict:
+async def post_label(body: LabelIn, run_id: str = RunId, who: Principal = Depends(run_access),
+                     runs: RunService = Depends(get_runs)) -> Response:
     """One verdict on one pair. Idempotent per (pair_id, annotator): a repeat is accepted and counted once."""
     d = body.model_dump()
     d["annotator"] = _annotator(who, body.annotator)
-    return runs.submit_label(run_id, d)
+    return _json(await _call(runs, run_id, runs.submit_label_locked, runs.submit_label, d))
 
 
 @router.get("/{run_id}/report", response_class=HTMLResponse, responses={404: {"model": ErrorOut}},
