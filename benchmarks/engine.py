@@ -39,8 +39,8 @@ class Row:
 
 
 def run_method(pools, method: str, runs: int, seed: int = 0, symmetrize: bool = False, prior_pools=None,
-               label: str | None = None, command: str = "") -> Row:
-    cfg = ComparisonConfig(method=method, grid_resolution=20)
+               label: str | None = None, command: str = "", **config) -> Row:
+    cfg = ComparisonConfig(method=method, grid_resolution=20, **config)
     start = time.perf_counter()
     total, decided, wrong = 0.0, 0, 0
     for i, op in enumerate(pools):
@@ -132,6 +132,12 @@ def main() -> None:
     for method in ("classical", "ppi", "active"):
         print(f"arena {method} ...", flush=True)
         rows.append(run_method(arena, method, runs, command=f"{cmd} --method {method}"))
+    for design, cs in (("with-replacement", "asymptotic"), ("with-replacement", "betting"),
+                       ("without-replacement", "asymptotic")):
+        print(f"arena classical {design} {cs} ...", flush=True)
+        rows.append(run_method(arena, "classical", runs, label=f"classical, {design}, {cs} CS",
+                               command=f"{cmd} --method classical --design {design} --cs {cs}",
+                               design=design, confidence_sequence=cs))
     for method in ("ppi", "active"):
         print(f"arena {method} + prior ...", flush=True)
         rows.append(run_method(arena, method, runs, prior_pools=arena_all, label=f"{method} + judge prior from the "
@@ -154,6 +160,14 @@ def main() -> None:
                                       ("PandaLM, 10 pairs", pandalm, null_runs["pandalm"], "pandalm_testset"),
                                       ("HH-RLHF harmless, whole file", hh, null_runs["hh"], "hh_rlhf_harmless_test")):
         methods = ("classical",) if name.startswith("HH") else ("classical", "active")
+        if "Arena" in name:
+            print(f"  {name} asymptotic", flush=True)
+            null_rows.append(run_method(pools, "classical", n_runs, symmetrize=True, design="with-replacement",
+                                        confidence_sequence="asymptotic",
+                                        label=f"{name}, classical, with-replacement, asymptotic CS",
+                                        command=f"tiebreak replay ../shared/data/{file}.jsonl --all-pairs "
+                                                f"--min-items 200 --symmetrize --runs {n_runs} --method classical "
+                                                f"--design with-replacement --cs asymptotic --json"))
         sel = "--all-pairs --min-items 200" if "Arena" in name else ("" if name.startswith("HH") else "--all-pairs")
         for method in methods:
             print(f"  {name} {method}", flush=True)
@@ -170,7 +184,7 @@ def main() -> None:
             other_rows.append(run_method(pools, method, runs, label=f"{name}, {method}"))
 
     c, p, a = rows[0].total_mean_labels, rows[1].total_mean_labels, rows[2].total_mean_labels
-    ap_ = rows[4].total_mean_labels
+    ap_ = rows[-1].total_mean_labels
     text = [
         BEGIN,
         "## Statistical engine (issue 2)",

@@ -74,6 +74,8 @@ class BettingConfidenceSequence:
     exact JSON round-trip.
     """
 
+    kind = "betting"
+
     def __init__(self, alpha: float, grid: np.ndarray, bets: BetSchedule = BetSchedule()) -> None:
         if not 0 < alpha < 1:
             raise ValueError("alpha must lie in (0, 1)")
@@ -142,6 +144,7 @@ class BettingConfidenceSequence:
 
     def to_dict(self) -> dict:
         return {
+            "kind": self.kind,
             "alpha": self.alpha,
             "grid": self.grid.tolist(),
             "bets": {"lambdas": list(self.bets.lambdas), "growth": self.bets.growth, "clip": self.bets.clip},
@@ -160,6 +163,70 @@ class BettingConfidenceSequence:
         cs.excluded_below = np.asarray(d["excluded_below"], dtype=bool)
         cs.excluded_above = np.asarray(d["excluded_above"], dtype=bool)
         return cs
+
+
+class AsymptoticConfidenceSequence:
+    """Running-intersection Gaussian-mixture asymptotic CS for the mean of observations z_t that all have
+    conditional mean theta (Waudby-Smith et al. 2024, Thm 2.5 for martingale differences):
+
+        C_t = mean(z_1..z_t) +- asymptotic_cs_radius(t, sigma_hat_t, alpha),  t >= 5,
+        sigma_hat_t^2 = (1/4 + sum_s (z_s - mean)^2) / t   (one pseudo-observation of the largest variance).
+
+    Valid as t grows (asymptotic time-uniform coverage), not at every small t: use the betting CS where the
+    guarantee must hold exactly. Needs no candidate grid and no bounds.
+    """
+
+    kind = "asymptotic"
+
+    prior_var = 0.25
+    min_t = 5
+
+    def __init__(self, alpha: float, t_opt: int = 100) -> None:
+        if not 0 < alpha < 1:
+            raise ValueError("alpha must lie in (0, 1)")
+        self.alpha = float(alpha)
+        self.t_opt = int(t_opt)
+        self.t = 0
+        self.mean = 0.0
+        self.m2 = 0.0          # Welford sum of squared deviations
+        self.lower = 0.0
+        self.upper = 1.0
+
+    def update(self, z: float) -> None:
+        self.t += 1
+        delta = z - self.mean
+        self.mean += delta / self.t
+        self.m2 += delta * (z - self.mean)
+        if self.t >= self.min_t:
+            # one pseudo-observation at the largest variance of a [0, 1] variable keeps sigma_hat away from 0
+            # when the first labels happen to agree (else the CS collapses at t = 2 and decides wrongly)
+            sigma = math.sqrt((self.prior_var + self.m2) / self.t)
+            r = float(asymptotic_cs_radius(self.t, sigma, self.alpha, t_opt=self.t_opt))
+            self.lower = max(self.lower, self.mean - r)
+            self.upper = min(self.upper, self.mean + r)
+
+    def exclude_outside(self, lower: float, upper: float) -> None:
+        self.lower = max(self.lower, lower)
+        self.upper = min(self.upper, upper)
+
+    def interval(self) -> Interval:
+        return Interval(self.lower, self.upper)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "alpha": self.alpha, "t_opt": self.t_opt, "t": self.t, "mean": self.mean,
+                "m2": self.m2, "lower": self.lower, "upper": self.upper}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AsymptoticConfidenceSequence:
+        cs = cls(d["alpha"], d["t_opt"])
+        cs.t, cs.mean, cs.m2, cs.lower, cs.upper = d["t"], d["mean"], d["m2"], d["lower"], d["upper"]
+        return cs
+
+
+def confidence_sequence_from_dict(d: dict) -> BettingConfidenceSequence | AsymptoticConfidenceSequence:
+    if d.get("kind") == "asymptotic":
+        return AsymptoticConfidenceSequence.from_dict(d)
+    return BettingConfidenceSequence.from_dict(d)
 
 
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:

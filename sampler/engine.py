@@ -40,11 +40,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sampler.calibration import JudgeCalibration, fit_calibration, judge_features
-from sampler.confseq import BetSchedule, BettingConfidenceSequence, candidate_grid
+from sampler.confseq import (
+    AsymptoticConfidenceSequence,
+    BetSchedule,
+    BettingConfidenceSequence,
+    candidate_grid,
+    confidence_sequence_from_dict,
+)
 from sampler.decision import Decision, DecisionRule
 from sampler.policy import Draw, WithoutReplacementSampler
 
 METHODS = ("classical", "ppi", "active")
+DESIGNS = ("without-replacement", "with-replacement")
+CONFIDENCE_SEQUENCES = ("betting", "asymptotic")
 STATE_VERSION = 1
 
 
@@ -58,6 +66,8 @@ class ComparisonConfig:
     min_labels_to_calibrate: int = 20    # before this, g = 0 and sampling is uniform
     calibration_penalty: float = 20.0    # ridge penalty (pseudo-labels of shrinkage towards the label mean)
     grid_resolution: int = 400           # candidate-theta grid for the reported interval
+    design: str = "without-replacement"  # or "with-replacement" (reference design; labels reused free)
+    confidence_sequence: str = "betting"  # or "asymptotic" (Gaussian-mixture, asymptotically valid only)
     label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
     noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
     bets: BetSchedule = field(default_factory=BetSchedule)
@@ -67,6 +77,11 @@ class ComparisonConfig:
             raise ValueError(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
         if not 0 < self.alpha < 1:
             raise ValueError("alpha must lie in (0, 1)")
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {', '.join(DESIGNS)} (got {self.design!r})")
+        if self.confidence_sequence not in CONFIDENCE_SEQUENCES:
+            raise ValueError(f"confidence_sequence must be one of {', '.join(CONFIDENCE_SEQUENCES)} "
+                             f"(got {self.confidence_sequence!r})")
         DecisionRule(self.margin, self.budget)  # validates margin and budget
 
     def to_dict(self) -> dict:
@@ -170,12 +185,18 @@ class Comparison:
                              f"{self.features.shape[1]} (2 per judge)")
         self.calibration = self.prior or JudgeCalibration.constant(0.0, self.features.shape[1], spread=0.25)
         self._apply_calibration()
-        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma)
+        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
+                                                 with_replacement=self.with_replacement)
         if self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0:
             self.sampler.set_scores(self.spread)
         cfg = self.config
         extra = (0.5, 0.5 - cfg.margin, 0.5 + cfg.margin)
-        self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
+        self.cs: BettingConfidenceSequence | AsymptoticConfidenceSequence
+        if cfg.confidence_sequence == "asymptotic":
+            self.cs = AsymptoticConfidenceSequence(self.cs_alpha)
+        else:
+            self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
+        self.labelled_processed: set[int] = set()
         self._est_num = 0.0
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
@@ -185,6 +206,10 @@ class Comparison:
     @property
     def alpha(self) -> float:
         return self.config.alpha / 2**self.pool_version
+
+    @property
+    def with_replacement(self) -> bool:
+        return self.config.design == "with-replacement"
 
     @property
     def cs_alpha(self) -> float:
@@ -215,7 +240,8 @@ class Comparison:
             self.g = np.zeros(n)
             self.spread = np.full(n, 0.5)
         done = np.zeros(n, dtype=bool)
-        done[[d.item for d in self.draws[: self.processed]]] = True
+        if not self.with_replacement:  # with replacement R is always the whole pool
+            done[[d.item for d in self.draws[: self.processed]]] = True
         rest = self.g[~done]
         self.g_remaining_sum = float(rest.sum())
         self.g_max = float(rest.max()) if rest.size else 0.0
@@ -237,14 +263,17 @@ class Comparison:
         out: list[int] = []
         budget = self.config.budget
         while len(out) < k and not self._decision.final and self.sampler.remaining > 0:
-            outstanding = len(self.labels) + len(self.pending_items())
+            pending = self._pending_set()
+            outstanding = len(self.labels) + len(pending - self.labels.keys())
             if budget is not None and outstanding >= budget:
                 break
+            if self.with_replacement and outstanding >= self.n_items and pending:
+                break  # every pair is labelled or waiting: wait for the labels instead of drawing in circles
             draw = self.sampler.draw(self.rng)
             self.draws.append(draw)
             if draw.item in self.labels:
                 self._process_ready()
-            else:
+            elif draw.item not in pending:
                 out.append(draw.item)
         return out
 
@@ -296,24 +325,40 @@ class Comparison:
         y = self.labels[draw.item]
         g_bar = self.g_remaining_sum / rem
         x = prediction_powered_observation(y, float(self.g[draw.item]), self.g_remaining_sum, rem, draw.prob)
-        lo = g_bar - self.g_max * draw.max_weight
-        hi = g_bar + (1.0 - self.g_min) * draw.max_weight
-        null_mean = (n * self.cs.grid - self.label_sum) / rem
-        slack = self._noise(self.processed) / rem
-        scale = (n / rem) ** self.config.bets.growth
-        self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
-                       null_mean_minus=null_mean - slack)
-        # Point estimate: precision-weighted mean of the unbiased Z_t = (S_{t-1} + |R_t| Ytilde_t) / N.
-        z = (self.label_sum + rem * x) / n
+        # Z_t: unbiased for theta given the past (without replacement it adds the labels already seen)
+        z = x if self.with_replacement else (self.label_sum + rem * x) / n
+        if isinstance(self.cs, AsymptoticConfidenceSequence):
+            self.cs.update(z)
+        else:
+            lo = g_bar - self.g_max * draw.max_weight
+            hi = g_bar + (1.0 - self.g_min) * draw.max_weight
+            if self.with_replacement:  # c_t(m) = m; the vote noise of the distinct labelled pairs shifts it
+                null_mean = self.cs.grid.copy()
+                slack = self._noise(len(self.labelled_processed)) / n
+                scale = 1.0
+            else:
+                null_mean = (n * self.cs.grid - self.label_sum) / rem
+                slack = self._noise(self.processed) / rem
+                scale = (n / rem) ** self.config.bets.growth
+            self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
+                           null_mean_minus=null_mean - slack)
+        # Point estimate: precision-weighted mean of the Z_t (weights (N/|R_t|)^2 are predictable).
         w = (n / rem) ** 2
         self._est_num += w * z
         self._est_den += w
-        self.label_sum += y
-        self.g_remaining_sum -= self.g[draw.item]
         self.processed += 1
-        if self.processed == n:
-            theta, slack = self.label_sum / n, self._noise(n) / n
-            self.cs.exclude_outside(theta - slack, theta + slack)
+        if self.with_replacement:
+            self.labelled_processed.add(draw.item)
+            if len(self.labelled_processed) == n:  # every pair labelled: theta is known
+                theta = sum(self.labels[i] for i in range(n)) / n
+                slack = self._noise(n) / n
+                self.cs.exclude_outside(theta - slack, theta + slack)
+        else:
+            self.label_sum += y
+            self.g_remaining_sum -= self.g[draw.item]
+            if self.processed == n:
+                theta, slack = self.label_sum / n, self._noise(n) / n
+                self.cs.exclude_outside(theta - slack, theta + slack)
         if self.uses_judges and _refit_due(self.processed, self.config.min_labels_to_calibrate):
             self._refit()
         self._update_decision()
@@ -335,7 +380,7 @@ class Comparison:
         est = self._est_num / self._est_den if self._est_den else 0.5
         est = min(max(est, iv.lower), iv.upper)
         rule = DecisionRule(self.config.margin, self.config.budget)
-        exhausted = self.processed == self.n_items
+        exhausted = (len(self.labelled_processed) if self.with_replacement else self.processed) == self.n_items
         self._decision = rule.decide(iv.lower, iv.upper, len(self.labels), exhausted)
         self._estimate = float(est)
         if self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
@@ -416,10 +461,14 @@ class Comparison:
         self.g_remaining_sum, self.g_max, self.g_min = d["g_remaining_sum"], d["g_max"], d["g_min"]
         drawn = np.zeros(self.n_items, dtype=bool)
         drawn[[dr.item for dr in self.draws]] = True
-        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma, drawn=drawn)
+        self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
+                                                 drawn=None if self.with_replacement else drawn,
+                                                 with_replacement=self.with_replacement)
         if self.gamma < 1.0 and self.calibration.n_labels > 0 and self.uses_judges:
             self.sampler.set_scores(self.spread)
-        self.cs = BettingConfidenceSequence.from_dict(d["cs"])
+        self.cs = confidence_sequence_from_dict(d["cs"])
+        if self.with_replacement:
+            self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
         self.trajectory = [list(r) for r in d["trajectory"]]
         self._update_decision()

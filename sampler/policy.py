@@ -9,7 +9,7 @@ the importance weight 1 / (|R_t| q_t(i)) <= 1/gamma whatever the scores: bad unc
 scale the observation range by 1/gamma. gamma = 1 is uniform sampling without replacement.
 
 Batch selection for several annotators is sequential drawing: each draw removes the pair from R, so no pair is
-handed out twice.
+handed out twice. With replacement (the reference design) R is always the whole pool.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ class WithoutReplacementSampler:
     """Mixture of uniform and score-proportional sampling over the not-yet-drawn pairs; O(log N) per draw."""
 
     def __init__(self, n_items: int, scores: np.ndarray | None, uniform_floor: float,
-                 drawn: np.ndarray | None = None) -> None:
+                 drawn: np.ndarray | None = None, with_replacement: bool = False) -> None:
         if not 0 < uniform_floor <= 1:
             raise ValueError("uniform_floor (gamma) must lie in (0, 1]")
         self.gamma = float(uniform_floor)
         self.n_items = int(n_items)
+        self.with_replacement = bool(with_replacement)  # then R is always the whole pool
         alive = np.ones(self.n_items) if drawn is None else (~np.asarray(drawn, dtype=bool)).astype(float)
         self._count = FenwickTree(alive)
         self._scores: FenwickTree | None = None
@@ -86,7 +87,8 @@ class WithoutReplacementSampler:
         use_scores = self._scores is not None and self._scores.total() > 0 and rng.random() >= self.gamma
         item = self._scores.sample(rng) if use_scores else self._count.sample(rng)  # type: ignore[union-attr]
         prob = self.probability(item)
-        self.remove(item)
+        if not self.with_replacement:
+            self.remove(item)
         return Draw(int(item), prob, rem, max_weight)
 
     def remove(self, item: int) -> None:

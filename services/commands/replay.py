@@ -32,6 +32,9 @@ def replay(
     symmetrize: bool = typer.Option(False, "--symmetrize", help="add every item with A/B swapped (theta = 1/2)"),
     judges: str | None = typer.Option(None, "--judges", help="comma-separated judge names (default: all in file)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON object per pair, then a summary line"),
+    design: str = typer.Option("without-replacement", "--design",
+                               help="without-replacement | with-replacement (reference design)"),
+    cs: str = typer.Option("betting", "--cs", help="betting | asymptotic (asymptotically valid only)"),
     prior: str = typer.Option("none", "--prior",
                               help="none | other-pairs: start from a judge calibration learnt on the file's "
                                    "OTHER model pairs (never the replayed one), refined online"),
@@ -50,7 +53,8 @@ def replay(
     if runs < 1:
         bad("--runs must be >= 1")
     try:
-        config = ComparisonConfig(alpha=alpha, margin=margin, budget=budget, method=method, grid_resolution=20)
+        config = ComparisonConfig(alpha=alpha, margin=margin, budget=budget, method=method, grid_resolution=20,
+                                  design=design, confidence_sequence=cs)
     except ValueError as exc:
         bad(str(exc))
     try:

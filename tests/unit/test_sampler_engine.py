@@ -59,10 +59,14 @@ def _drive(cmp, y, batch=1, rng=None):
     return cmp.status()
 
 
-@pytest.mark.parametrize("method", ["classical", "ppi", "active"])
-def test_state_round_trips_exactly_and_resumes_identically(method):
+@pytest.mark.parametrize("method, design, cs", [
+    ("classical", "without-replacement", "betting"), ("ppi", "without-replacement", "betting"),
+    ("active", "without-replacement", "betting"), ("active", "with-replacement", "betting"),
+    ("ppi", "without-replacement", "asymptotic"), ("classical", "with-replacement", "asymptotic")])
+def test_state_round_trips_exactly_and_resumes_identically(method, design, cs):
     y, votes = _pool(150, 0.1)
-    a = Comparison(votes, config=ComparisonConfig(method=method), rng=np.random.default_rng(7))
+    cfg = ComparisonConfig(method=method, design=design, confidence_sequence=cs)
+    a = Comparison(votes, config=cfg, rng=np.random.default_rng(7))
     for _ in range(40):
         for i in a.next_items(2):
             a.record_label(i, y[i])
@@ -196,8 +200,9 @@ def test_noise_bound_holds_time_uniformly_by_simulation():
     assert fails / 400 <= alpha
 
 
-@pytest.mark.parametrize("method", ["classical", "ppi", "active"])
-def test_false_decisions_at_most_alpha_on_a_symmetric_null(method):
+@pytest.mark.parametrize("method, design", [("classical", "without-replacement"), ("ppi", "without-replacement"),
+                                            ("active", "without-replacement"), ("active", "with-replacement")])
+def test_false_decisions_at_most_alpha_on_a_symmetric_null(method, design):
     """theta = 1/2 exactly (every pair duplicated with A/B swapped): under optional stopping -- stop at the
     first decision -- the fraction of runs ending better/worse is <= alpha (here alpha = 0.2 so that a
     broken guarantee shows up within 200 runs)."""
@@ -207,7 +212,8 @@ def test_false_decisions_at_most_alpha_on_a_symmetric_null(method):
     votes = np.clip(0.5 + 0.5 * (y[:, None] - 0.5) + rng.normal(0, 0.2, (n, 2)), 0, 1)
     pool = ReplayPool(tuple(np.array([v]) for v in y), votes).symmetrized()
     assert pool.theta == 0.5
-    summary = replay(pool, ComparisonConfig(method=method, alpha=0.2, grid_resolution=20), runs=200, seed=1)
+    cfg = ComparisonConfig(method=method, alpha=0.2, grid_resolution=20, design=design)
+    summary = replay(pool, cfg, runs=200, seed=1)
     rate = summary.wrong(symmetrized=True) / 200
     assert rate <= 0.2 + 2 * math.sqrt(0.2 * 0.8 / 200)
 
@@ -254,3 +260,19 @@ def test_offered_labels_are_used_free_when_drawn():
         c.record_label(items[0], y[items[0]])
     assert c.processed == 40 and 5 in {d.item for d in c.draws}
     assert 5 not in asked and len(asked) == 39
+
+
+def test_with_replacement_reuses_labels_and_pins_theta_when_all_are_known():
+    y = np.array([1.0, 0.0] * 10)  # theta = 1/2 exactly
+    c = Comparison(None, n_items=20, config=ComparisonConfig(method="classical", design="with-replacement"),
+                   rng=np.random.default_rng(14))
+    asked = []
+    while not c.decision.final:
+        items = c.next_items(1)
+        if not items:
+            break
+        asked += items
+        c.record_label(items[0], y[items[0]])
+    assert sorted(asked) == list(range(20))  # each pair asked once, repeats are free
+    assert len(c.draws) > 20 and c.status().labels == 20
+    assert c.decision.value == "undecided" and c.status().lower <= 0.5 <= c.status().upper
