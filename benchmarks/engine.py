@@ -43,7 +43,7 @@ def run_method(pools, method: str, runs: int, seed: int = 0, symmetrize: bool = 
     cfg = ComparisonConfig(method=method, grid_resolution=20, **config)
     start = time.perf_counter()
     total, decided, wrong = 0.0, 0, 0
-    for i, op in enumerate(pools):
+    for op in pools:
         pool = op.pool.symmetrized() if symmetrize else op.pool
         prior = None
         if prior_pools is not None:  # same rule as `tiebreak replay --prior other-pairs`
@@ -115,7 +115,6 @@ def main() -> None:
     arena_all = select_pools(arena_items, all_pairs=True, min_items=1)
     assert len(arena) == 47 and all(abs(p.pool.theta - 0.5) >= 0.03 for p in arena)
     cmd = "tiebreak replay ../shared/data/chatbot_arena_ppr.jsonl --all-pairs --min-items 200 --runs 20 --json"
-    sections = []
 
     print("engine speed at N = 1,000,000 ...", flush=True)
     sp = engine_speed(labels=300 if args.quick else 2_000)

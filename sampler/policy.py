@@ -44,7 +44,8 @@ class WithoutReplacementSampler:
         alive = np.ones(self.n_items) if drawn is None else (~np.asarray(drawn, dtype=bool)).astype(float)
         self._count = FenwickTree(alive)
         self._scores: FenwickTree | None = None
-        self._raw_scores = None
+        self._raw_scores: np.ndarray | None = None
+        self._score_min = 0.0
         self.set_scores(scores)
 
     @property

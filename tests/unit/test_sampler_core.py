@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.linear_model import Ridge
 
 from sampler.calibration import JudgeCalibration, fit_calibration, judge_features, ridge_fit
-from sampler.confseq import BettingConfidenceSequence, BetSchedule, asymptotic_cs_radius, candidate_grid
+from sampler.confseq import BetSchedule, BettingConfidenceSequence, asymptotic_cs_radius, candidate_grid
 from sampler.decision import Decision, DecisionRule, spend_alpha, split_alpha
 from sampler.estimators import naive_judge_mean, ppi_mean
 from sampler.fenwick import FenwickTree
