@@ -154,6 +154,7 @@ def main() -> None:
         cpu1 = (cpu_s(pid), redis_cpu_s(rcli), sum(os.times()[:2]))
         cmds = {k.removeprefix("cmdstat_"): v["calls"] for k, v in rcli.info("commandstats").items()}
         st = httpx.get(f"{s.url}/v1/runs/{rid}", headers=H).json()
+        server = _server_share(httpx.get(f"{s.url}/metrics").text)
         rt = np.array(lat_rt) * 1000
         rq = np.array(lat_req) * 1000
         out = {"pairs": a.pairs, "clients": a.clients, "client": a.client, "seconds": round(el, 1), "round_trips": len(rt),
@@ -162,6 +163,7 @@ def main() -> None:
                                  "p99": round(float(np.percentile(rt, 99)), 2)},
                "request_ms": {"p50": round(float(np.percentile(rq, 50)), 2),
                               "p99": round(float(np.percentile(rq, 99)), 2)},
+               "server_requests_over_ms": server,
                "cpu_ms_per_round_trip": {w: round((b - a_) * 1000 / max(len(rt), 1), 2) for w, a_, b in
                                          zip(("api", "redis", "bench_clients"), cpu0, cpu1, strict=True)},
                "redis_calls_per_round_trip": {k: round(v / max(len(rt), 1), 2) for k, v in sorted(cmds.items())},
@@ -172,6 +174,18 @@ def main() -> None:
                "cpus": os.cpu_count()}
         print(json.dumps(out))
     shutdown_embedded_redis(d)
+
+
+def _server_share(text: str) -> dict[str, float]:
+    """Share of next/labels requests the server itself took longer than 10 / 25 / 50 ms for (from its
+    latency histogram): tells server time from time spent waiting for a CPU on the shared machine."""
+    le: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("tiebreak_http_request_seconds_bucket") and ("/next" in line or "/labels" in line):
+            b = line.split('le="')[1].split('"')[0]
+            le[float(b)] = le.get(float(b), 0.0) + float(line.rsplit(" ", 1)[1])
+    total = le.get(float("inf"), 0.0) or 1.0
+    return {f">{int(t * 1000)}": round(1 - le.get(t, 0.0) / total, 4) for t in (0.01, 0.025, 0.05)}
 
 
 def _redis(d: str):

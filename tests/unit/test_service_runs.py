@@ -201,3 +201,72 @@ def test_draw_batch_priority_and_no_duplicates(store):
     assert len(set(ids)) == 10 and prios == sorted(prios, reverse=True) and prios[0] == 1.0
     again = svc.draw_batch(rid, 10)
     assert [p["id"] for p, _, _ in again] == ids       # undrawn labels: the same pending pairs, same order
+
+
+def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
+    """Group commit: a write that fails fails every change queued after it for that run (they were made on
+    the lost state), the in-memory copy is dropped, and the next call resumes from what Redis holds."""
+    import threading
+
+    import redis
+
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(200), seed=11))
+    for k in range(30):
+        v = svc.next_pair(rid, "a")
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 2 else "right"})
+    stored = svc.status(rid)
+    v = svc.next_pair(rid, "a")
+    real = store.commit_many
+    go = threading.Event()
+
+    def failing(writes):
+        go.wait(10)
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(store, "commit_many", failing)
+    rt = svc.runtime(rid)
+    with rt.lock:                    # a second change queued behind a write that will fail
+        p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
+        p2 = svc.next_pair_locked(rt, "b")
+    go.set()
+    with pytest.raises(redis.ConnectionError):
+        svc.wait(p1)
+    with pytest.raises(redis.ConnectionError):
+        svc.wait(p2)
+    monkeypatch.setattr(store, "commit_many", real)
+    assert svc.runtime(rid) is not rt                      # reloaded from Redis
+    assert svc.status(rid)["labels"] == stored["labels"]   # the failed label was not counted
+    again = svc.next_pair(rid, "a")                        # the lease taken before the failure is still held
+    assert again["pair_id"] == v["pair_id"] and again["lease_id"] == v["lease_id"]
+    out = svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
+    assert out["labels"] == stored["labels"] + 1 and not out["duplicate"]
+    svc2 = RunService(store)
+    assert svc2.status(rid) == svc.status(rid)             # and a restart agrees
+
+
+def test_concurrent_round_trips_share_writes_and_restart_exactly(store):
+    """Many threads labelling one run: writes are grouped, every label is stored once, and a restart rebuilds
+    the same sampler."""
+    import threading
+
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(2000), seed=12))
+
+    def work(a: str) -> None:
+        for _ in range(60):
+            v = svc.next_pair(rid, a)
+            svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": a, "verdict": "tie"})
+
+    ths = [threading.Thread(target=work, args=(f"a{k}",)) for k in range(6)]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    st = svc.status(rid)
+    assert st["annotations"] == 360 and st["labels"] == 360
+    assert len(store.load_labels(rid)) == 360
+    svc2 = RunService(store)
+    assert svc2.status(rid) == st
+    c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
+    assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
