@@ -59,6 +59,18 @@ def _drive(cmp, y, batch=1, rng=None):
     return cmp.status()
 
 
+def _label_one_at_a_time(cmp, y) -> list[int]:
+    """Answer one request at a time until the run is final; returns the pairs humans were asked about."""
+    asked: list[int] = []
+    while not cmp.decision.final:
+        items = cmp.next_items(1)
+        if not items:
+            break
+        asked += items
+        cmp.record_label(items[0], y[items[0]])
+    return asked
+
+
 @pytest.mark.parametrize("method, design, cs", [
     ("classical", "without-replacement", "betting"), ("ppi", "without-replacement", "betting"),
     ("active", "without-replacement", "betting"), ("active", "with-replacement", "betting"),
@@ -157,13 +169,7 @@ def test_adding_pairs_starts_a_new_pool_version_and_reuses_labels_free():
     c.add_items(votes[50:])
     assert c.pool_version == 1 and c.alpha == pytest.approx(0.025) and c.n_items == 100
     labelled_before = set(c.labels)
-    handed_after: list[int] = []
-    while not c.decision.final:
-        items = c.next_items(1)
-        if not items:
-            break
-        handed_after += items
-        c.record_label(items[0], y[items[0]])
+    handed_after = _label_one_at_a_time(c, y)
     assert not labelled_before & set(handed_after)  # old labels are consumed free, never asked again
     assert c.status().labels == len(labelled_before) + len(handed_after)
     with pytest.raises(ValueError, match="vote column per judge"):
@@ -251,13 +257,7 @@ def test_offered_labels_are_used_free_when_drawn():
     y = np.array([1.0, 0.0] * 20)  # theta = 1/2 exactly: the run goes on until the pool is exhausted
     c = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(13))
     assert c.offer_label(5, y[5]) is True and c.offer_label(5, 0.0) is False
-    asked = []
-    while not c.decision.final:
-        items = c.next_items(1)
-        if not items:
-            break
-        asked += items
-        c.record_label(items[0], y[items[0]])
+    asked = _label_one_at_a_time(c, y)
     assert c.processed == 40 and 5 in {d.item for d in c.draws}
     assert 5 not in asked and len(asked) == 39
 
@@ -266,13 +266,7 @@ def test_with_replacement_reuses_labels_and_pins_theta_when_all_are_known():
     y = np.array([1.0, 0.0] * 10)  # theta = 1/2 exactly
     c = Comparison(None, n_items=20, config=ComparisonConfig(method="classical", design="with-replacement"),
                    rng=np.random.default_rng(14))
-    asked = []
-    while not c.decision.final:
-        items = c.next_items(1)
-        if not items:
-            break
-        asked += items
-        c.record_label(items[0], y[items[0]])
+    asked = _label_one_at_a_time(c, y)
     assert sorted(asked) == list(range(20))  # each pair asked once, repeats are free
     assert len(c.draws) > 20 and c.status().labels == 20
     assert c.decision.value == "undecided" and c.status().lower <= 0.5 <= c.status().upper
