@@ -311,7 +311,7 @@ class DemoResult:
     status: dict
 
 
-def run_demo(*, n_pairs: int = 40, judges: list[str] | None = None, alpha: float = 0.05, margin: float = 0.05,
+def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float = 0.05, margin: float = 0.05,
              budget: int | None = None, seed: int = 0, human: bool = False, data_dir: Path | None = None,
              out: Path | None = None, port: int = 0, label_delay: float = 0.2, data_file: Path | None = None,
              pipeline: str = "ray", live: bool = True, timeout_s: float = 3600.0, console: Any = None,
@@ -415,10 +415,11 @@ def run_demo(*, n_pairs: int = 40, judges: list[str] | None = None, alpha: float
                     return
                 if time.time() > deadline:
                     raise TimeoutError(f"no decision after {timeout_s:.0f} s")
-                time.sleep(0.25)
+                # judging: votes arrive every few seconds, poll gently (the judge needs the CPU); labelling: 4 Hz
+                time.sleep(1.0 if st["status"] in ("judging", "generating") else 0.25)
 
         if use_live:
-            with Live(render_live(state), console=console, refresh_per_second=4, transient=False) as lv:
+            with Live(render_live(state), console=console, refresh_per_second=2, transient=False) as lv:
                 loop(lv)
                 lv.update(render_live(state))
         else:

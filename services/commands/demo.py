@@ -17,7 +17,7 @@ EPILOG = ("Examples:  tiebreak demo  |  tiebreak demo --human  |  tiebreak demo 
 
 
 def demo(
-    pairs: int = typer.Option(40, "--pairs", help="pool size: N of the 80 Vicuna questions, evenly spread"),
+    pairs: int = typer.Option(32, "--pairs", help="pool size: N of the 80 Vicuna questions, evenly spread"),
     judges: str = typer.Option("qwen2.5-coder-0.5b:pointwise", "--judges",
                                help="comma-separated judges (preset[:pairwise|pointwise] or .gguf path); "
                                     "'none' = labels only"),
