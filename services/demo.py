@@ -251,7 +251,7 @@ def render_live(s: LiveState) -> Any:
     est = st.get("estimate")
     conf = 100 * (1 - float(st.get("alpha", 0.05)))
     t.add_row("estimate", f"{est:.3f}  P(a human prefers the tuned answer)" if est is not None else "—")
-    t.add_row(f"{conf:g}% interval", f"[{lo:.3f}, {hi:.3f}]   {interval_bar(lo, hi, est, margin=st.get('margin', 0))}")
+    t.add_row(f"{conf:g}% interval", f"({lo:.3f}, {hi:.3f})   {interval_bar(lo, hi, est, margin=st.get('margin', 0))}")
     dec = st.get("decision", "running")
     color = {"better": "green", "worse": "red", "equivalent": "blue", "undecided": "yellow"}.get(dec, "white")
     t.add_row("decision", Text(dec.upper() if dec != "running" else "running…", style=f"bold {color}"))
@@ -392,7 +392,7 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                     est = st.get("estimate")
                     console.print(f"[{time.time() - t_start:5.0f}s] {state.phase}: votes {st['votes']}/"
                                   f"{st['n_pairs']}, labels {st['labels']}, estimate "
-                                  f"{'—' if est is None else f'{est:.3f}'}, interval [{lo:.3f}, {hi:.3f}], "
+                                  f"{'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
                                   f"decision {st['decision']}")
                 last_print[0], last_print[1] = st["labels"], state.phase
 

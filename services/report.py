@@ -99,16 +99,16 @@ def _named(d: ReportData) -> bool:
 
 def verdict_sentence(d: ReportData) -> str:
     t, b = (d.tuned_model, d.base_model) if _named(d) else ("The tuned model", "the base model")
-    iv = f"[{d.lower:.3f}, {d.upper:.3f}]"
+    iv = f"({d.lower:.3f}, {d.upper:.3f})"
     if d.decision == "better":
-        return f"{t} is better than {b}: humans prefer it on more than half of the pairs (interval {iv})."
+        return f"{t} is better than {b}: humans prefer it on more than half of the pairs; the rate lies in {iv}."
     if d.decision == "worse":
-        return f"{t} is worse than {b}: humans prefer it on less than half of the pairs (interval {iv})."
+        return f"{t} is worse than {b}: humans prefer it on less than half of the pairs; the rate lies in {iv}."
     if d.decision == "equivalent":
         return (f"{t} and {b} are equivalent within ±{d.margin:g}: the preference rate lies inside "
-                f"({0.5 - d.margin:.3f}, {0.5 + d.margin:.3f}) (interval {iv}).")
+                f"({0.5 - d.margin:.3f}, {0.5 + d.margin:.3f}): it lies in {iv}.")
     if d.decision == "undecided":
-        return f"Undecided: the label budget ran out with the interval {iv} still containing ½."
+        return f"Undecided: the labels ran out with the interval {iv} still containing ½."
     return f"Still running: the interval {iv} contains ½."
 
 
@@ -321,7 +321,7 @@ def _criteria_table(d: ReportData) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{_e(c.criterion)}</td><td>{_badge(c.decision)}</td><td class=n>{_f(c.estimate)}</td>"
-        f"<td class=n>[{_f(c.lower)}, {_f(c.upper)}]</td><td class=n>{c.labels}</td>"
+        f"<td class=n>({_f(c.lower)}, {_f(c.upper)})</td><td class=n>{c.labels}</td>"
         f"<td class=n>{_f(c.alpha, 4)}</td></tr>" for c in d.criteria)
     split = f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
     return ("<h2>Per-criterion verdicts</h2><table><tr><th>criterion</th><th>verdict</th><th>estimate</th>"
@@ -370,7 +370,7 @@ def render_report(data: ReportData) -> str:
     title = f"tiebreak · {d.name}"
     budget = f" of a budget of {d.budget}" if d.budget else ""
     kv = (f'<div class="kv"><div><b>{_f(d.estimate)}</b><span>estimate of P(tuned preferred)</span></div>'
-          f"<div><b>[{_f(d.lower)}, {_f(d.upper)}]</b><span>{_conf(d.alpha)}% confidence sequence</span></div>"
+          f"<div><b>({_f(d.lower)}, {_f(d.upper)})</b><span>{_conf(d.alpha)}% confidence sequence</span></div>"
           f"<div><b>{d.labels}</b><span>human labels{_e(budget)}</span></div>"
           f"<div><b>{d.n_pairs}</b><span>pairs · {d.votes} judged</span></div></div>")
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in d.notes)
@@ -386,8 +386,8 @@ def render_report(data: ReportData) -> str:
 {kv}
 <h2>Interval against labels</h2>
 {trajectory_svg(d)}
-<p class="note">The shaded band is the anytime-valid confidence sequence for the share of pairs on which a human
-prefers the tuned model; the line is the prediction-powered estimate. The run stops the first time the band
+<p class="note">The shaded band is the anytime-valid confidence sequence (open interval: the rate lies strictly
+inside it) for the share of pairs on which a human prefers the tuned model; the line is the prediction-powered estimate. The run stops the first time the band
 leaves ½ (better / worse){" or fits inside the margin (equivalent)" if d.margin > 0 else ""}.</p>
 {_criteria_table(d)}
 <h2>Labels used against uniform sampling</h2>

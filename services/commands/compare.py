@@ -172,7 +172,7 @@ def _terminal_labeller(client: Any, run_id: str, token: str, annotator: str, sto
         r = client.label(run_id, {"lease_id": pair["lease_id"], "pair_id": pair["pair_id"], "verdict": verdict},
                          token=token)
         lo, hi = client.status(run_id)["interval"]
-        con.print(f"[dim]labels {r['labels']}, interval [{lo:.3f}, {hi:.3f}], decision {r['decision']}[/dim]")
+        con.print(f"[dim]labels {r['labels']}, interval ({lo:.3f}, {hi:.3f}), decision {r['decision']}[/dim]")
 
 
 def compare(
@@ -332,7 +332,7 @@ def compare(
                 lo, hi = st["interval"]
                 est = st.get("estimate")
                 console.print(f"{st['status']}: votes {st['votes']}/{st['n_pairs']}, labels {st['labels']}, "
-                              f"estimate {'—' if est is None else f'{est:.3f}'}, interval [{lo:.3f}, {hi:.3f}], "
+                              f"estimate {'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
                               f"decision {st['decision']}")
                 last = key
             if st["decision"] != "running":
@@ -349,7 +349,7 @@ def compare(
         path.write_text(client.report_html(run_id))
         lo, hi = st["interval"]
         console.print(f"{st['decision'].upper()} after {st['labels']} labels: estimate {st.get('estimate')}, "
-                      f"interval [{lo:.3f}, {hi:.3f}]")
+                      f"interval ({lo:.3f}, {hi:.3f})")
         console.print(f"report: {path.resolve()}")
         if json_out:
             typer.echo(json.dumps({"run_id": run_id, "decision": st["decision"], "labels": st["labels"],

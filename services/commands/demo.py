@@ -75,7 +75,7 @@ def demo(
     lo, hi = res.interval
     judged = f", judging {res.judging_seconds:.0f} s" if res.judging_seconds is not None else ""
     console.print(f"\n[bold]{res.decision.upper()}[/bold] after {res.labels} human labels on {res.n_pairs} pairs: "
-                  f"estimate {res.estimate:.3f}, {100 * (1 - alpha):g}% interval [{lo:.3f}, {hi:.3f}] "
+                  f"estimate {res.estimate:.3f}, {100 * (1 - alpha):g}% interval ({lo:.3f}, {hi:.3f}) "
                   f"(recorded crowd θ on this pool: {res.truth:.3f}); {res.seconds:.0f} s in all{judged}.")
     console.print(f"report: {res.report_path}")
     if json_out:

@@ -1,8 +1,9 @@
 """Derive vicuna80_guanaco7b_vs_gpt4.jsonl from shared/data/vicuna80_qlora_prd.jsonl (artidoro/qlora 7f4e95a + bcdnlp/PRD 35fb99e, MIT). Run from the repo root: python services/demo_data/derive.py"""
 import json
+
 src = '../shared/data/vicuna80_qlora_prd.jsonl'
 out = 'services/demo_data/vicuna80_guanaco7b_vs_gpt4.jsonl'
-rows = [json.loads(l) for l in open(src)]
+rows = [json.loads(line) for line in open(src)]
 items = [r for r in rows if {r['model_a'], r['model_b']} == {'guanaco-7b', 'gpt4'}]
 items.sort(key=lambda r: r['meta']['question_id'])
 with open(out, 'w') as f:

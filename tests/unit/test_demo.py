@@ -48,4 +48,4 @@ def test_live_view_renders():
     con = Console(width=120, record=True)
     con.print(render_live(st))
     text = con.export_text()
-    assert "2/4 pairs judged" in text and "[0.200, 0.900]" in text and "100%" in text
+    assert "2/4 pairs judged" in text and "(0.200, 0.900)" in text and "100%" in text
