@@ -32,6 +32,7 @@ Also: the Gaussian-mixture asymptotic confidence sequence (Waudby-Smith, Arbour,
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass
 
@@ -146,22 +147,22 @@ class BettingConfidenceSequence:
         return {
             "kind": self.kind,
             "alpha": self.alpha,
-            "grid": self.grid.tolist(),
+            "grid": pack(self.grid),
             "bets": {"lambdas": list(self.bets.lambdas), "growth": self.bets.growth, "clip": self.bets.clip},
-            "log_k_plus": self.log_k_plus.tolist(),
-            "log_k_minus": self.log_k_minus.tolist(),
-            "excluded_below": self.excluded_below.tolist(),
-            "excluded_above": self.excluded_above.tolist(),
+            "log_k_plus": pack(self.log_k_plus),
+            "log_k_minus": pack(self.log_k_minus),
+            "excluded_below": pack(self.excluded_below, "u1"),
+            "excluded_above": pack(self.excluded_above, "u1"),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> BettingConfidenceSequence:
         b = d["bets"]
-        cs = cls(d["alpha"], np.asarray(d["grid"]), BetSchedule(tuple(b["lambdas"]), b["growth"], b["clip"]))
-        cs.log_k_plus = np.asarray(d["log_k_plus"], dtype=float).reshape(cs.log_k_plus.shape)
-        cs.log_k_minus = np.asarray(d["log_k_minus"], dtype=float).reshape(cs.log_k_minus.shape)
-        cs.excluded_below = np.asarray(d["excluded_below"], dtype=bool)
-        cs.excluded_above = np.asarray(d["excluded_above"], dtype=bool)
+        cs = cls(d["alpha"], unpack(d["grid"]), BetSchedule(tuple(b["lambdas"]), b["growth"], b["clip"]))
+        cs.log_k_plus = unpack(d["log_k_plus"]).reshape(cs.log_k_plus.shape)
+        cs.log_k_minus = unpack(d["log_k_minus"]).reshape(cs.log_k_minus.shape)
+        cs.excluded_below = unpack(d["excluded_below"], "u1").astype(bool)
+        cs.excluded_above = unpack(d["excluded_above"], "u1").astype(bool)
         return cs
 
 
@@ -227,6 +228,18 @@ def confidence_sequence_from_dict(d: dict) -> BettingConfidenceSequence | Asympt
     if d.get("kind") == "asymptotic":
         return AsymptoticConfidenceSequence.from_dict(d)
     return BettingConfidenceSequence.from_dict(d)
+
+
+def pack(values, dtype: str = "<f8") -> str:
+    """Exact, compact JSON for a numeric array: base64 of its little-endian bytes."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def unpack(value, dtype: str = "<f8") -> np.ndarray:
+    """Inverse of pack; also accepts a plain JSON list (states written before packing)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype=dtype).copy()
+    return np.asarray(value, dtype=dtype)
 
 
 def _logsumexp_rows(a: np.ndarray) -> np.ndarray:

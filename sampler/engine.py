@@ -46,6 +46,8 @@ from sampler.confseq import (
     BettingConfidenceSequence,
     candidate_grid,
     confidence_sequence_from_dict,
+    pack,
+    unpack,
 )
 from sampler.decision import Decision, DecisionRule
 from sampler.policy import Draw, WithoutReplacementSampler
@@ -53,7 +55,7 @@ from sampler.policy import Draw, WithoutReplacementSampler
 METHODS = ("classical", "ppi", "active")
 DESIGNS = ("without-replacement", "with-replacement")
 CONFIDENCE_SEQUENCES = ("betting", "asymptotic")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: arrays packed as base64 of little-endian binary (exact, ~3x smaller than JSON floats)
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ class Comparison:
         budget = self.config.budget
         while len(out) < k and not self._decision.final and self.sampler.remaining > 0:
             pending = self._pending_set()
-            outstanding = len(self.labels) + len(pending - self.labels.keys())
+            outstanding = len(self.labels) + sum(1 for i in pending if i not in self.labels)
             if budget is not None and outstanding >= budget:
                 break
             if self.with_replacement and outstanding >= self.n_items and pending:
@@ -415,8 +417,11 @@ class Comparison:
             "n_judges": int(self.votes.shape[1]),
             "n_items": int(self.n_items),
             "pool_version": self.pool_version,
-            "labels": [[int(i), y] for i, y in self.labels.items()],
-            "draws": [[d.item, d.prob, d.remaining, d.max_weight] for d in self.draws],
+            "labels": {"items": pack(list(self.labels.keys()), "<i8"), "values": pack(list(self.labels.values()))},
+            "draws": {"items": pack([d.item for d in self.draws], "<i8"),
+                      "probs": pack([d.prob for d in self.draws]),
+                      "remaining": pack([d.remaining for d in self.draws], "<i8"),
+                      "max_weights": pack([d.max_weight for d in self.draws])},
             "processed": self.processed,
             "label_sum": self.label_sum,
             "calibration": asdict(self.calibration),
@@ -426,7 +431,7 @@ class Comparison:
             "g_min": self.g_min,
             "cs": self.cs.to_dict(),
             "estimate": [self._est_num, self._est_den],
-            "trajectory": self.trajectory,
+            "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
         }
 
@@ -435,7 +440,7 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, d: dict, judge_votes: np.ndarray | None = None) -> Comparison:
-        if d.get("version") != STATE_VERSION:
+        if d.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported comparison state version {d.get('version')!r}")
         votes = judge_votes if judge_votes is not None else d["votes"]
         if votes is None:
@@ -449,10 +454,20 @@ class Comparison:
         self.config = ComparisonConfig.from_dict(d["config"])
         self.prior = _calibration_from_dict(d["prior"]) if d.get("prior") else None
         self.rng = rng
-        self.labels = {int(i): float(y) for i, y in d["labels"]}
+        if isinstance(d["labels"], dict):
+            label_items = unpack(d["labels"]["items"], "<i8").astype(int).tolist()
+            self.labels = dict(zip(label_items, unpack(d["labels"]["values"]).tolist(), strict=True))
+        else:  # version 1
+            self.labels = {int(i): float(y) for i, y in d["labels"]}
         self.pool_version = d["pool_version"]
         self._set_pool(votes)
-        self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in d["draws"]]
+        if isinstance(d["draws"], dict):
+            dd = d["draws"]
+            self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in zip(
+                unpack(dd["items"], "<i8").tolist(), unpack(dd["probs"]).tolist(),
+                unpack(dd["remaining"], "<i8").tolist(), unpack(dd["max_weights"]).tolist(), strict=True)]
+        else:  # version 1
+            self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in d["draws"]]
         self.processed = d["processed"]
         self.label_sum = d["label_sum"]
         self.calibration = _calibration_from_dict(d["calibration"])
@@ -470,7 +485,7 @@ class Comparison:
         if self.with_replacement:
             self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
-        self.trajectory = [list(r) for r in d["trajectory"]]
+        self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
         self._update_decision()
         return self
 
