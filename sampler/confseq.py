@@ -64,8 +64,12 @@ def candidate_grid(resolution: int = 400, extra: tuple[float, ...] = ()) -> np.n
 
 @dataclass(frozen=True)
 class Interval:
+    """theta lies in (lower, upper) -- open: the bounds are excluded candidates (betting CS) -- or, with
+    closed=True, in [lower, upper] (asymptotic CS: the bounds themselves are plausible)."""
+
     lower: float
     upper: float
+    closed: bool = False
 
 
 class BettingConfidenceSequence:
@@ -211,7 +215,7 @@ class AsymptoticConfidenceSequence:
         self.upper = min(self.upper, upper)
 
     def interval(self) -> Interval:
-        return Interval(self.lower, self.upper)
+        return Interval(self.lower, self.upper, closed=True)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "alpha": self.alpha, "t_opt": self.t_opt, "t": self.t, "mean": self.mean,

@@ -46,12 +46,16 @@ class DecisionRule:
         if self.budget is not None and self.budget < 1:
             raise ValueError("budget must be a positive number of labels")
 
-    def decide(self, lower: float, upper: float, labels: int, exhausted: bool = False) -> Decision:
-        if lower >= 0.5:
+    def decide(self, lower: float, upper: float, labels: int, exhausted: bool = False,
+               closed: bool = False) -> Decision:
+        """closed=False: theta in the open (lower, upper); closed=True: theta in [lower, upper], so a bound
+        equal to 1/2 (or 1/2 +- margin) does not exclude it."""
+        beyond = (lambda a, b: a > b) if closed else (lambda a, b: a >= b)
+        if beyond(lower, 0.5):
             return Decision.BETTER
-        if upper <= 0.5:
+        if beyond(0.5, upper):
             return Decision.WORSE
-        if self.margin > 0 and lower >= 0.5 - self.margin and upper <= 0.5 + self.margin:
+        if self.margin > 0 and beyond(lower, 0.5 - self.margin) and beyond(0.5 + self.margin, upper):
             return Decision.EQUIVALENT
         if exhausted or (self.budget is not None and labels >= self.budget):
             return Decision.UNDECIDED

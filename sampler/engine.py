@@ -383,7 +383,7 @@ class Comparison:
         est = min(max(est, iv.lower), iv.upper)
         rule = DecisionRule(self.config.margin, self.config.budget)
         exhausted = (len(self.labelled_processed) if self.with_replacement else self.processed) == self.n_items
-        self._decision = rule.decide(iv.lower, iv.upper, len(self.labels), exhausted)
+        self._decision = rule.decide(iv.lower, iv.upper, len(self.labels), exhausted, closed=iv.closed)
         self._estimate = float(est)
         if self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
             self.trajectory.append([len(self.labels), est, iv.lower, iv.upper])

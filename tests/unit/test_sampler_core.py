@@ -93,6 +93,10 @@ def test_decision_rule():
     assert rule.decide(0.40, 0.54, 10) is Decision.RUNNING
     assert rule.decide(0.40, 0.54, 100) is Decision.UNDECIDED
     assert DecisionRule().decide(0.49, 0.51, 5, exhausted=True) is Decision.UNDECIDED
+    # a closed interval [1/2, 1/2] (theta known to be exactly 1/2) is no verdict; an open one would be
+    assert DecisionRule().decide(0.5, 0.5, 5, exhausted=True, closed=True) is Decision.UNDECIDED
+    assert rule.decide(0.45, 0.55, 10, closed=True) is Decision.RUNNING
+    assert rule.decide(0.46, 0.54, 10, closed=True) is Decision.EQUIVALENT
     with pytest.raises(ValueError):
         DecisionRule(margin=0.6)
 

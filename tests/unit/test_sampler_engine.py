@@ -262,10 +262,11 @@ def test_offered_labels_are_used_free_when_drawn():
     assert 5 not in asked and len(asked) == 39
 
 
-def test_with_replacement_reuses_labels_and_pins_theta_when_all_are_known():
+@pytest.mark.parametrize("cs", ["betting", "asymptotic"])
+def test_with_replacement_reuses_labels_and_pins_theta_when_all_are_known(cs):
     y = np.array([1.0, 0.0] * 10)  # theta = 1/2 exactly
-    c = Comparison(None, n_items=20, config=ComparisonConfig(method="classical", design="with-replacement"),
-                   rng=np.random.default_rng(14))
+    cfg = ComparisonConfig(method="classical", design="with-replacement", confidence_sequence=cs)
+    c = Comparison(None, n_items=20, config=cfg, rng=np.random.default_rng(14))
     asked = _label_one_at_a_time(c, y)
     assert sorted(asked) == list(range(20))  # each pair asked once, repeats are free
     assert len(c.draws) > 20 and c.status().labels == 20
