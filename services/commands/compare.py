@@ -208,6 +208,7 @@ def compare(
         EXIT_BAD_INPUT,
         EXIT_ERROR,
         EXIT_OK,
+        EXIT_UNDECIDED,
         ApiError,
         Client,
         decision_exit_code,
@@ -356,6 +357,9 @@ def compare(
                                    "estimate": st.get("estimate"), "interval": st["interval"],
                                    "report": str(path.resolve())}))
         code = decision_exit_code(st["decision"])
+        if st["decision"] == "running":   # the user stopped labelling first: no decision, like a spent budget
+            console.print("stopped before a decision: the interval above still holds")
+            code = EXIT_UNDECIDED
     except ApiError as e:
         typer.echo(f"error: {e.msg}", err=True)
         code = e.exit_code
