@@ -30,6 +30,9 @@ def test_plain_worker_and_ray_actors_agree():
         if started:
             ray.shutdown()
     assert secs > 0 and len(votes) == 3
-    for a, b in zip(local, votes, strict=True):
+    for (_, base, tuned), a, b in zip(PAIRS, local, votes, strict=True):
         assert b[0]["judge"] == a[0]["judge"]
-        assert b[0]["p_tuned_better"] == pytest.approx(a[0]["p_tuned_better"], abs=0.05)
+        assert b[0]["length_diff"] == len(tuned) - len(base)  # results come back in pair order
+        # same model, other process and thread count: equal up to llama.cpp numerics (amplified by the
+        # pointwise logit difference)
+        assert b[0]["p_tuned_better"] == pytest.approx(a[0]["p_tuned_better"], abs=0.15)
