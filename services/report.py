@@ -161,7 +161,7 @@ def trajectory_svg(d: ReportData, width: int = 760, height: int = 300) -> str:
     rows = [r for r in d.trajectory if len(r) >= 4]
     ml, mr, mt, mb = 52, 16, 14, 40
     pw, ph = width - ml - mr, height - mt - mb
-    xmax = max([r[0] for r in rows] + [1.0])
+    xmax = max([r[0] for r in rows] + [1.0]) * 1.04   # room for the final interval to show
     if d.baseline is not None and d.baseline.labels > xmax:
         xmax = d.baseline.labels
     xmax = max(xmax, 1.0)
@@ -199,7 +199,7 @@ def trajectory_svg(d: ReportData, width: int = 760, height: int = 300) -> str:
         upper_pts, lower_pts = [], []
         for i, r in enumerate(rows):
             x0 = x(r[0])
-            x1 = x(rows[i + 1][0]) if i + 1 < len(rows) else x0 + max(2.0, pw * 0.004)
+            x1 = x(rows[i + 1][0]) if i + 1 < len(rows) else min(x0 + max(6.0, pw * 0.025), ml + pw)
             upper_pts += [(x0, y(r[3])), (x1, y(r[3]))]
             lower_pts += [(x0, y(r[2])), (x1, y(r[2]))]
         poly = " ".join(f"{a:.1f},{b:.1f}" for a, b in upper_pts + lower_pts[::-1])
