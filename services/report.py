@@ -292,22 +292,26 @@ footer{margin:28px 0;font-size:12px;color:#57606a}
 def _judge_table(d: ReportData) -> str:
     if not d.judges:
         return '<p class="note">No judge votes in this run (labels only: the classical sequential test).</p>'
+    order = any(j.position_bias is not None or j.swap_inconsistency is not None for j in d.judges)
     head = ("<tr><th>judge</th><th>labelled pairs</th><th>agreement (decisive)</th><th>agreement (3-way)</th>"
-            "<th>bias</th><th>correlation</th><th>judges-only estimate</th><th>position bias</th>"
-            "<th>order flip</th></tr>")
+            "<th>bias</th><th>correlation</th><th>judges-only estimate</th>"
+            + ("<th>position bias</th><th>order flip</th>" if order else "") + "</tr>")
     rows = []
     for j in d.judges:
+        extra = (f"<td class=n>{_pct(j.position_bias)}</td><td class=n>{_f(j.swap_inconsistency, 2)}</td>"
+                 if order else "")
         rows.append(f"<tr><td>{_e(j.name)}</td><td class=n>{j.n}</td><td class=n>{_pct(j.decisive_agreement)}</td>"
                     f"<td class=n>{_pct(j.three_way_agreement)}</td><td class=n>{_signed(j.bias)}</td>"
-                    f"<td class=n>{_f(j.correlation, 2)}</td><td class=n>{_f(j.mean_vote)}</td>"
-                    f"<td class=n>{_pct(j.position_bias)}</td><td class=n>{_f(j.swap_inconsistency, 2)}</td></tr>")
+                    f"<td class=n>{_f(j.correlation, 2)}</td><td class=n>{_f(j.mean_vote)}</td>{extra}</tr>")
+    order_note = ("<b>position bias</b> = how often the judge picks the response shown first; <b>order flip</b> = "
+                  "mean change of its vote when the two responses swap places. " if order else "")
     return (f"<table>{head}{''.join(rows)}</table>"
-            '<p class="note">On the pairs humans labelled. <b>bias</b> = mean judge vote − mean human label '
-            "(positive: the judge favours the tuned model). The <b>judges-only estimate</b> is what the judges "
-            "alone would report over every pair; it carries that bias, which is why the human labels correct it "
-            "(prediction-powered inference) rather than the judges deciding. <b>position bias</b> = how often "
-            "the judge picks the response shown first; <b>order flip</b> = mean change of its vote when the two "
-            "responses swap places.</p>")
+            '<p class="note">On the pairs humans labelled. <b>agreement</b>: the judge\'s side (vote above or below '
+            "½) matches the human's, over pairs where the human was not tied; 3-way counts votes within 0.4–0.6 "
+            "as ties. <b>bias</b> = mean judge vote − mean human label (positive: the judge favours the tuned "
+            "model). The <b>judges-only estimate</b> is what the judges alone would report over every pair; it "
+            "carries that bias, which is why the human labels correct it (prediction-powered inference) rather "
+            f"than the judges deciding. {order_note}</p>")
 
 
 def _signed(x: float | None) -> str:
