@@ -42,6 +42,7 @@ ROUTERS = [
 def create_app(store: RedisStore | None = None, settings: Settings | None = None, *,
                pipeline: Any = None, routers: list[str] | None = None) -> FastAPI:
     settings = settings or Settings()
+    own_store = store is None                 # a store handed in is closed by whoever opened it
     store = store or RedisStore.open(settings.redis_url, settings.data_dir)
     metrics = Metrics()
     webhooks = WebhookSender(settings.webhook_retries, settings.webhook_backoff_s, metrics=metrics,
@@ -59,7 +60,12 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         if pipeline is not None:
             pipeline.resume_all()       # runs whose generation/judging was interrupted by a restart
         yield
+        experiments = getattr(app.state, "experiments", None)
+        if experiments is not None and hasattr(experiments, "stop_watcher"):
+            experiments.stop_watcher()        # before the store it reads goes away
         webhooks.close()
+        if own_store:
+            store.close()                     # stops the embedded redis-server it started
 
     app = FastAPI(title="tiebreak", version="0.1.0", lifespan=lifespan,
                   description="Is the fine-tuned model better than the base model? Judges vote on every pair, "

@@ -586,9 +586,19 @@ class ExperimentService:
         def loop() -> None:
             while not stop.wait(interval):
                 self.refresh_all()
-        threading.Thread(target=loop, name="tiebreak-experiment-signals", daemon=True).start()
+        th = threading.Thread(target=loop, name="tiebreak-experiment-signals", daemon=True)
+        th.start()
         self._watcher = stop
+        self._watcher_thread = th
         return stop
+
+    def stop_watcher(self, timeout: float = 10.0) -> None:
+        """Stop the thread of ``start_watcher`` (if any) and wait for its current refresh to finish."""
+        stop, th = getattr(self, "_watcher", None), getattr(self, "_watcher_thread", None)
+        if stop is not None:
+            stop.set()
+        if th is not None:
+            th.join(timeout)
 
     def run_ids(self, exp_id: str) -> list[str]:
         rec = self.get(exp_id)

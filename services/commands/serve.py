@@ -45,4 +45,7 @@ def serve(
         typer.echo(f"TIEBREAK_ADMIN_TOKEN not set; admin token for this process: {settings.admin_token}", err=True)
     app = create_app(store=store, settings=settings)
     typer.echo(f"tiebreak serving on http://{host}:{port} (docs: /docs, store: {store.url()})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    finally:
+        store.close()                         # SIGTERM/Ctrl-C: stop the embedded redis-server this process started

@@ -50,6 +50,7 @@ def serve_app(data_dir, pipeline: str = "off") -> Iterator[tuple[str, object]]:
     finally:
         server.should_exit = True
         th.join(10)
+        store.close()       # stops the embedded redis-server (saved: a later open of data_dir reads it back)
 
 
 def _importable(mod: str) -> bool:

@@ -81,17 +81,19 @@ def test_experiment_lifecycle_over_http(tmp_path):
         assert httpx.get(f"{url}/v1/experiments/{exp}/signal").status_code == 401
         assert httpx.get(f"{url}/v1/experiments/{exp}/signal",
                          headers={"Authorization": "Bearer wrong"}).status_code == 401
-        store = app.state.store
 
-    # a restarted service (same Redis) answers the same signal
+    # a restarted service (the embedded Redis stopped with the first one, reopened from its data dir) answers the
+    # same signal
     from starlette.testclient import TestClient
 
     from services.app import create_app
     from services.settings import Settings
-    app2 = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"),
-                      routers=["services.api.health", "services.api.runs", "services.api.experiments"])
-    with TestClient(app2) as tc:
-        sig2 = tc.get(f"/v1/experiments/{exp}/signal", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    from services.store import RedisStore
+    with RedisStore.open(data_dir=tmp_path / "redis") as store:
+        app2 = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"),
+                          routers=["services.api.health", "services.api.runs", "services.api.experiments"])
+        with TestClient(app2) as tc:
+            sig2 = tc.get(f"/v1/experiments/{exp}/signal", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert (sig2["stop"], sig2["reason"], sig2["best_checkpoint"]) == (True, "regression", "c1")
 
 

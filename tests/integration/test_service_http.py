@@ -208,8 +208,9 @@ def test_webhook_run_decided_with_retries(server):
 
 
 def test_kill9_api_then_restart_loses_nothing(tmp_path):
-    s = ServeProcess(tmp_path, admin_token=ADMIN).start()
+    s = ServeProcess(tmp_path, admin_token=ADMIN)
     try:
+        s.start()
         rid = _run(s, n=2000, criteria=["accuracy"])
         A = _annotator(s, "k", [rid])
         rng = np.random.default_rng(0)
@@ -230,8 +231,8 @@ def test_kill9_api_then_restart_loses_nothing(tmp_path):
             r = c.post(f"/v1/runs/{rid}/labels", json={"pair_id": held["pair_id"], "verdict": "left"})
             assert r.json()["labels"] == 41
     finally:
-        s.stop()
-        shutdown_embedded_redis(tmp_path)
+        s.stop()                         # also stops the embedded redis-server the killed process left running
+    shutdown_embedded_redis(tmp_path)    # (a no-op by now)
 
 
 def test_redis_restart_with_aof_loses_nothing(tmp_path):
@@ -242,9 +243,10 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path):
     base = (Path(__file__).resolve().parents[2] / "deploy" / "redis.conf").read_text()
     conf.write_text(base + f"\nport {port}\ndir {tmp_path}\ndaemonize no\nbind 127.0.0.1\n")
     red = subprocess.Popen([redis_server_binary(), str(conf)], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
-    s = ServeProcess(tmp_path, admin_token=ADMIN, redis_url=f"redis://127.0.0.1:{port}/0").start()
+    s = ServeProcess(tmp_path, admin_token=ADMIN, redis_url=f"redis://127.0.0.1:{port}/0")
     try:
+        time.sleep(0.5)
+        s.start()
         rid = _run(s, n=500)
         A = _annotator(s, "r", [rid])
         with httpx.Client(base_url=s.url, headers=A) as c:
@@ -264,6 +266,8 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path):
         for k in ("labels", "annotations", "interval", "estimate", "decision", "n_pairs"):
             assert after[k] == before[k], k
     finally:
-        s.stop()
-        red.kill()
-        red.wait(5)
+        try:
+            s.stop()
+        finally:
+            red.kill()
+            red.wait(5)

@@ -49,8 +49,9 @@ def _wait(pred, timeout):
     return False
 
 
-def test_generate_then_judge_and_survive_a_judge_crash(tmp_path, ray_local):
+def test_generate_then_judge_and_survive_a_judge_crash(tmp_path, ray_local, request):
     store = RedisStore.open(data_dir=tmp_path)
+    request.addfinalizer(store.close)
     svc = RunService(store)
     pipe = Pipeline(svc, mode="ray", batch_size=1, n_threads=1)
     svc.pipeline = pipe
@@ -80,9 +81,10 @@ def test_generate_then_judge_and_survive_a_judge_crash(tmp_path, ray_local):
         outputs[f"base:{v['pair_id']}"], outputs[f"tuned:{v['pair_id']}"]}
 
 
-def test_restart_resumes_unfinished_judging(tmp_path, ray_local):
+def test_restart_resumes_unfinished_judging(tmp_path, ray_local, request):
     """A run stored with pairs but no votes (the API died mid-judging) is finished by a new process."""
     store = RedisStore.open(data_dir=tmp_path)
+    request.addfinalizer(store.close)
     svc = RunService(store)            # no pipeline: simulates the process that died
     pairs = [{"id": f"p{i}", "prompt": f"Say {i}", "base": "ok", "tuned": f"{i}"} for i in range(3)]
     rid = svc.create_run({"name": "resume", "pairs": pairs, "judges": [JUDGE]})
@@ -127,6 +129,7 @@ svc.pipeline.wait(rid, 300)
 st = svc.status(rid)
 assert st['status'] == 'ready' and st['votes'] == 4, st
 print('OK', st['judges'])
+store.close()
 """
         p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=420,
                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))

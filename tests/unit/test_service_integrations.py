@@ -20,8 +20,11 @@ H = {"Authorization": f"Bearer {ADMIN}"}
 def client(tmp_path_factory):
     store = RedisStore.open(data_dir=tmp_path_factory.mktemp("ig"))
     app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"))
-    with TestClient(app) as c:
-        yield c
+    try:
+        with TestClient(app) as c:
+            yield c
+    finally:
+        store.close()
 
 
 def _run(c, n=60, criteria=None):

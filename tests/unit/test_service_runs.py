@@ -16,6 +16,7 @@ from services.store import RedisStore
 def store(tmp_path_factory):
     s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
     yield s
+    s.close()
 
 
 def _pairs(n, p_tuned=0.8, votes=True, seed=0, prefix="p"):

@@ -1,0 +1,71 @@
+"""Session-wide checks. Keep this file small: fixtures belong next to the tests that use them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import psutil
+import pytest
+
+# This session's processes (the tests, `tiebreak serve` subprocesses, Ray workers) get their own TMPDIR, so every
+# embedded redis-server they start has its socket, and so its command line, under it: that tells this run's
+# redis-servers from anyone else's on the machine (redis-server rewrites its environment: no marker there).
+_state: dict[str, str] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    root = tempfile.gettempdir()
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", root)     # tmp_path stays where pytest keeps it
+    os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")   # and Ray's dir (socket paths!)
+    d = tempfile.mkdtemp(prefix="tbt-", dir=root)
+    _state.update(dir=d, old=os.environ.get("TMPDIR", ""))
+    os.environ["TMPDIR"] = d
+    tempfile.tempdir = d
+
+
+def _redis_servers_under(d: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "redis-server" in cmd and d + "/" in cmd and p.info["status"] != psutil.STATUS_ZOMBIE:
+            out.append(p)
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run (exit status 1) if a redis-server started by it is still running once every fixture has been
+    torn down; the leftovers are listed, then stopped."""
+    d = _state.get("dir")
+    if not d:
+        return
+    t0 = time.time()
+    left = _redis_servers_under(d)
+    while left and time.time() - t0 < 10:        # a server shut down by the last teardown may still be exiting
+        time.sleep(0.2)
+        left = _redis_servers_under(d)
+    if left:
+        lines = []
+        for p in left:
+            try:
+                lines.append(f"  pid {p.pid}: {' '.join(p.cmdline())}")
+                p.kill()
+            except psutil.Error:
+                pass
+        msg = (f"LEAK: {len(left)} redis-server process(es) started by this test session were still running at "
+               "its end (now killed): a test or fixture does not stop what it started\n" + "\n".join(lines))
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_sep("=", "redis-server leak", red=True, bold=True)
+            tr.write_line(msg)
+        else:
+            print(msg)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if _state["old"]:
+        os.environ["TMPDIR"] = _state["old"]
+    else:
+        os.environ.pop("TMPDIR", None)
+    tempfile.tempdir = None
+    shutil.rmtree(d, ignore_errors=True)
