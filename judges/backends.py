@@ -290,7 +290,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         sp = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0)
-        outs = self.llm.chat([as_messages(p) for p in prompts], sp, lora_request=self._lora(use_lora))
+        outs = self.llm.chat([as_messages(p) for p in prompts], sp, lora_request=self._lora(use_lora), use_tqdm=False)
         return [o.outputs[0].text for o in outs]
 
     def choice_logprobs(self, prompt: PromptLike, choices: Sequence[str], *, use_lora: bool | None = None
@@ -302,7 +302,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
-        outs = self.llm.chat([as_messages(p) for p in prompts], sp, lora_request=self._lora(use_lora))
+        outs = self.llm.chat([as_messages(p) for p in prompts], sp, lora_request=self._lora(use_lora), use_tqdm=False)
         res = []
         for o in outs:
             c = o.outputs[0]
@@ -311,6 +311,13 @@ class VLLMBackend:
                 top = [(lp.decoded_token or "", float(lp.logprob)) for lp in c.logprobs[0].values()]
             res.append(scores_from_top(top, c.text, choices))
         return res
+
+    def close(self) -> None:
+        """Stop the engine's worker processes (best effort: vLLM's ``LLM`` has no public shutdown)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
 
 
 # --------------------------------------------------------------------------- factory
