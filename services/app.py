@@ -40,9 +40,11 @@ ROUTERS = [
 
 
 def create_app(store: RedisStore | None = None, settings: Settings | None = None, *,
-               pipeline: Any = None, routers: list[str] | None = None) -> FastAPI:
+               pipeline: Any = None, routers: list[str] | None = None, close_store: bool | None = None) -> FastAPI:
+    """``close_store``: close the store (stopping an embedded redis-server it started) at shutdown; default: only
+    a store this function opened (one handed in is closed by whoever opened it)."""
     settings = settings or Settings()
-    own_store = store is None                 # a store handed in is closed by whoever opened it
+    own_store = store is None if close_store is None else close_store
     store = store or RedisStore.open(settings.redis_url, settings.data_dir)
     metrics = Metrics()
     webhooks = WebhookSender(settings.webhook_retries, settings.webhook_backoff_s, metrics=metrics,

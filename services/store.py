@@ -64,7 +64,7 @@ def stop_embedded(client: Any, timeout: float = 15.0) -> None:
     if not pid:
         return
     try:
-        client.shutdown(save=True, now=True, force=True)
+        client.shutdown(save=True)        # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE)
     except redis.RedisError as e:
         log.warning("redis SHUTDOWN failed (%s); terminating pid %s", e, pid)
         _signal(pid, signal.SIGTERM)

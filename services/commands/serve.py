@@ -43,9 +43,11 @@ def serve(
         raise typer.Exit(1) from e
     if settings.generated_admin_token:
         typer.echo(f"TIEBREAK_ADMIN_TOKEN not set; admin token for this process: {settings.admin_token}", err=True)
-    app = create_app(store=store, settings=settings)
+    # the store is closed in the app's shutdown: uvicorn re-raises SIGTERM/SIGINT after it, so neither a
+    # `finally` here nor atexit handlers would run
+    app = create_app(store=store, settings=settings, close_store=True)
     typer.echo(f"tiebreak serving on http://{host}:{port} (docs: /docs, store: {store.url()})", err=True)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     finally:
-        store.close()                         # SIGTERM/Ctrl-C: stop the embedded redis-server this process started
+        store.close()                         # e.g. the port was taken (a no-op after a normal shutdown)
