@@ -162,11 +162,7 @@ class Comparison:
             if n_items is None:
                 raise ValueError("give judge_votes (pairs x judges) or n_items")
             judge_votes = np.empty((n_items, 0))
-        votes = np.asarray(judge_votes, dtype=float)
-        if votes.ndim != 2:
-            raise ValueError("judge_votes must be 2-D: one row per pair, one column per judge")
-        if np.any((votes < 0) | (votes > 1)):
-            raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
+        votes = _checked_votes(judge_votes)
         if n_items is not None and n_items != votes.shape[0]:
             raise ValueError("n_items disagrees with the number of rows of judge_votes")
         self.rng = rng if rng is not None else np.random.default_rng()
@@ -284,10 +280,7 @@ class Comparison:
 
         Returns False (and changes nothing) when the pair already has a label: labels are idempotent.
         """
-        if not 0 <= item < self.n_items:
-            raise ValueError(f"pair index {item} is outside the pool (0..{self.n_items - 1})")
-        if not 0.0 <= y <= 1.0:
-            raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
+        self._check_label(item, y)
         if item in self.labels:
             return False
         if item not in self._pending_set():
@@ -295,6 +288,12 @@ class Comparison:
         self.labels[item] = float(y)
         self._process_ready()
         return True
+
+    def _check_label(self, item: int, y: float) -> None:
+        if not 0 <= item < self.n_items:
+            raise ValueError(f"pair index {item} is outside the pool (0..{self.n_items - 1})")
+        if not 0.0 <= y <= 1.0:
+            raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
 
     def offer_label(self, item: int, y: float) -> bool:
         """Store a verdict for any pair, drawn or not (annotation tools, per-criterion labels).
@@ -304,12 +303,9 @@ class Comparison:
         what), and predictions may depend on any label known before the draw (design-based argument: labels
         are fixed numbers, only the draws are random). Returns False when the pair already had a label.
         """
-        if not 0 <= item < self.n_items:
-            raise ValueError(f"pair index {item} is outside the pool (0..{self.n_items - 1})")
+        self._check_label(item, y)
         if item in self._pending_set():
             return self.record_label(item, y)
-        if not 0.0 <= y <= 1.0:
-            raise ValueError("label must lie in [0, 1] (1 tuned better, 0.5 tie, 0 base better)")
         if item in self.labels:
             return False
         self.labels[item] = float(y)
@@ -367,8 +363,8 @@ class Comparison:
 
     def _refit(self) -> None:
         items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
-        processed = set(items.tolist())
-        known = [i for i in self.labels if i not in processed and i not in self._pending_set()]
+        not_yet = set(items.tolist()) | self._pending_set()
+        known = [i for i in self.labels if i not in not_yet]
         # labels from earlier pool versions are past too; labels of pending draws are not (out of order)
         items = np.concatenate([items, np.asarray(known, dtype=int)])
         ys = np.asarray([self.labels[i] for i in items])
@@ -397,11 +393,9 @@ class Comparison:
     # ----------------------------------------------------------------------------------------- pool growth
     def add_items(self, judge_votes: np.ndarray) -> None:
         """Append pairs. Before any draw the pool just grows; afterwards a new pool version starts."""
-        new = np.asarray(judge_votes, dtype=float)
-        if new.ndim != 2 or new.shape[1] != self.votes.shape[1]:
+        new = _checked_votes(judge_votes)
+        if new.shape[1] != self.votes.shape[1]:
             raise ValueError(f"new pairs need one vote column per judge ({self.votes.shape[1]})")
-        if np.any((new < 0) | (new > 1)):
-            raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
         if self.draws:
             self.pool_version += 1
         self._set_pool(np.vstack([self.votes, new]))
@@ -492,6 +486,15 @@ class Comparison:
     @classmethod
     def from_json(cls, s: str, judge_votes: np.ndarray | None = None) -> Comparison:
         return cls.from_dict(json.loads(s), judge_votes)
+
+
+def _checked_votes(judge_votes) -> np.ndarray:
+    votes = np.asarray(judge_votes, dtype=float)
+    if votes.ndim != 2:
+        raise ValueError("judge_votes must be 2-D: one row per pair, one column per judge")
+    if np.any((votes < 0) | (votes > 1)):
+        raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
+    return votes
 
 
 def _calibration_from_dict(c: dict) -> JudgeCalibration:
