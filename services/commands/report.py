@@ -5,6 +5,7 @@ to it so that the page's links work offline."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,6 +15,22 @@ EPILOG = ("Examples:  tiebreak report 3f2a9c1b7d6e4f00  |  tiebreak report RUN_I
           "-o report.html --open  |  tiebreak report --experiment exp_0123abcd -o reports/exp.html.  "
           "Exit codes: 0 written, 1 error (server unreachable), 2 bad input (unknown run or experiment, token "
           "rejected); with --exit-code: 0 decided, 3 undecided, 1 still running.")
+
+
+def write_experiment_report(client: Any, experiment: str, path: Path) -> Path:
+    """Write the experiment's page to ``path`` and every run's report beside it, where the page's links
+    (``links=files``) point. ``client``: services.commands._client.Client (raises its ApiError)."""
+    from services.experiment_report import file_run_href
+
+    html = client.get(f"/v1/experiments/{experiment}/report", params={"links": "files"}).text
+    rec = client.get(f"/v1/experiments/{experiment}").json()
+    pages = {r["run_id"]: client.report_html(r["run_id"])
+             for ck in rec.get("checkpoints", []) for r in ck.get("runs", {}).values()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for rid, page in pages.items():
+        (path.parent / file_run_href(rid)).write_text(page)
+    path.write_text(html)
+    return path
 
 
 def report(
@@ -38,30 +55,21 @@ def report(
         raise typer.Exit(2)
     client = Client(server, token)
     decision = None
-    run_pages: dict[str, str] = {}
+    path = out or Path(f"tiebreak-experiment-{experiment}.html" if experiment else f"tiebreak-report-{run_id}.html")
     try:
         if experiment is not None:
-            html = client.get(f"/v1/experiments/{experiment}/report", params={"links": "files"}).text
-            rec = client.get(f"/v1/experiments/{experiment}").json()
-            for ck in rec.get("checkpoints", []):
-                for r in ck.get("runs", {}).values():
-                    run_pages[r["run_id"]] = client.report_html(r["run_id"])
+            write_experiment_report(client, experiment, path)
         else:
             assert run_id is not None
             html = client.report_html(run_id)
             decision = client.status(run_id)["decision"] if exit_code else None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(html)
     except ApiError as e:
         typer.echo(f"error: {e.msg}", err=True)
         raise typer.Exit(e.exit_code) from None
     finally:
         client.close()
-    path = out or Path(f"tiebreak-experiment-{experiment}.html" if experiment else f"tiebreak-report-{run_id}.html")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html)
-    from services.experiment_report import file_run_href
-
-    for rid, page in run_pages.items():   # where the page's links point (links=files)
-        (path.parent / file_run_href(rid)).write_text(page)
     typer.echo(str(path.resolve()))
     if open_:
         import webbrowser
