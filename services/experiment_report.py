@@ -268,6 +268,8 @@ body{max-width:900px}
 .stop{border-color:#c0362c;background:#fff5f4}.go{border-color:#1a7f37;background:#f4fbf6}
 svg text.best{font-size:12px}
 td a{color:#1f5fbf}td.n{white-space:nowrap}
+table.cks th,table.cks td{padding:4px 4px;font-size:12px}
+td.runs{font-size:11px;word-break:break-all;max-width:84px}
 .legend{font-size:12px;color:#57606a;margin:4px 0 0}
 .dot{display:inline-block;width:9px;height:9px;border-radius:50%;background:#57606a;vertical-align:middle}
 .dia{display:inline-block;width:8px;height:8px;background:#57606a;transform:rotate(45deg);vertical-align:middle}
@@ -309,8 +311,8 @@ def _table(d: ExperimentReportData) -> str:
             f"{'' if c.status == 'ready' else ' (' + _e(c.status) + ')'}</td>"
             f"<td class=n>{c.alpha:.4f}</td>{_cmp_cells(c.vs_base, False)}"
             f"{_cmp_cells(c.vs_best, True)}<td class=n>{c.labels}</td><td class=n>{total}</td>"
-            f"<td>{_run_links(c)}</td></tr>")
-    return ("<table><tr><th rowspan=2>k</th><th rowspan=2>checkpoint</th><th rowspan=2>α<sub>k</sub></th>"
+            f"<td class=runs>{_run_links(c)}</td></tr>")
+    return ("<table class=cks><tr><th rowspan=2>k</th><th rowspan=2>checkpoint</th><th rowspan=2>α<sub>k</sub></th>"
             "<th colspan=3>vs base</th><th colspan=4>vs the best so far</th><th colspan=2>labels</th>"
             "<th rowspan=2>run reports</th></tr>"
             "<tr><th>decision</th><th>θ̂ (interval)</th><th>labels</th><th>best</th><th>decision</th>"
