@@ -151,8 +151,12 @@ def get_report(exp: str, links: Literal["api", "files"] = Query(
                            "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)"),
         svc: ExperimentService = Depends(experiment_service)):
     """The experiment as one self-contained HTML page: every checkpoint vs the base and the best so far."""
-    from services.experiment_report import (api_run_href, experiment_report_data, file_run_href,
-                                            render_experiment_report)
+    from services.experiment_report import (
+        api_run_href,
+        experiment_report_data,
+        file_run_href,
+        render_experiment_report,
+    )
     try:
         data = experiment_report_data(svc, exp, run_href=api_run_href if links == "api" else file_run_href)
     except ExperimentError as e:
