@@ -337,7 +337,8 @@ def fired_sentence(d: ExperimentReportData) -> str:
 def best_sentence(d: ExperimentReportData) -> str:
     if d.best_checkpoint is None:
         return "No checkpoint has been shown better than the base (and than every earlier best) yet."
-    chain, by_name = [], {c.checkpoint: c for c in d.checkpoints}
+    chain: list[str] = []
+    by_name = {c.checkpoint: c for c in d.checkpoints}
     name: str | None = d.best_checkpoint
     while name is not None and name in by_name and len(chain) < len(by_name):
         c = by_name[name]

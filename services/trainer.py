@@ -106,8 +106,8 @@ def checkpoint_metrics(row: dict | None, signal: dict) -> dict[str, float]:
              "tiebreak/upper": float(base["upper"]), "tiebreak/theta_vs_best": float(best["estimate"]),
              "tiebreak/lower_vs_best": float(best["lower"]), "tiebreak/upper_vs_best": float(best["upper"]),
              "tiebreak/labels": float(row.get("labels", 0)),
-             "tiebreak/decision": DECISION_CODES.get(row.get("decision"), DECISION_CODES["running"]),
-             "tiebreak/decision_vs_base": DECISION_CODES.get(base.get("decision"), DECISION_CODES["running"]),
+             "tiebreak/decision": DECISION_CODES.get(str(row.get("decision")), DECISION_CODES["running"]),
+             "tiebreak/decision_vs_base": DECISION_CODES.get(str(base.get("decision")), DECISION_CODES["running"]),
              "tiebreak/alpha": float(row.get("alpha", 0.0)),
              "tiebreak/checkpoint_step": float(checkpoint_step(row["checkpoint"], int(row.get("index", 0))))}
     m["tiebreak/stop"] = 1.0 if signal.get("stop") else 0.0
