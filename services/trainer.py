@@ -2,7 +2,8 @@
 
     from services.trainer import TiebreakClient, TiebreakTrainerCallback
     client = TiebreakClient("http://tiebreak:8000", experiment="exp_…", token=os.environ["TIEBREAK_TOKEN"])
-    trainer = transformers.Trainer(..., callbacks=[TiebreakTrainerCallback(client)])
+    cb = TiebreakTrainerCallback(client)
+    trainer = cb.attach(transformers.Trainer(..., callbacks=[cb]))   # attach: the verdicts go through Trainer.log
 
 * ``on_save`` (HF) / ``on_save_checkpoint`` + ``on_validation_end`` (Lightning): the main process submits the
   checkpoint just written (``POST /v1/experiments/{exp}/checkpoints``) from a background thread, so training never
