@@ -147,3 +147,34 @@ def test_signal_news_reports_each_change_once():
     assert [c for c, _ in got] == ["c-5", "c-10"] and all(m["tiebreak/stop"] == 1 for _, m in got)
     assert n.news({**sig, "stop": False, "reason": None}) == [(None, {"tiebreak/stop": 0.0, "tiebreak/stop_reason": 0.0,
                                                                       "tiebreak/labels_total": 9.0})]
+
+
+def test_hf_callback_logs_news_through_trainer_log_or_log_history():
+    from types import SimpleNamespace
+
+    from services.trainer import _HFCallback
+
+    sig = {"stop": True, "reason": "regression", "labels": 6, "best_checkpoint": None,
+           "checkpoints": [_row("checkpoint-5", "worse", 6, 0.0, 0.3)]}
+    calls: list[str] = []
+
+    def callback(trainer=None):
+        c = TiebreakClient("http://tb", "exp_1", min_interval=0, transport=_server([sig], calls))
+        cb = _HFCallback(c)
+        if trainer is not None:
+            cb.attach(trainer)
+        return cb
+
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True, log_history=[])
+    cb = callback()
+    control = cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+    assert control.should_training_stop and cb.stopped_at == 7
+    assert len(state.log_history) == 1 and state.log_history[0]["step"] == 7
+    assert state.log_history[0]["tiebreak/decision"] == -1 and state.log_history[0]["tiebreak/stop"] == 1
+    logged: list[dict] = []
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True, log_history=[])
+    cb = callback(SimpleNamespace(log=logged.append))
+    cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+    cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))   # the same signal: no news
+    assert state.log_history == [] and len(logged) == 1 and logged[0]["tiebreak/upper"] == 0.3
+    assert cb.logged == [{"step": 7, "checkpoint": "checkpoint-5", **logged[0]}]
