@@ -12,10 +12,12 @@ that waits for each verdict); after each checkpoint the signal is printed.
 
     python -m benchmarks.ladder [--runs R] [--seed S] [--alpha A] [--margin M] [--patience P]
                                 [--budget-per-checkpoint N] [--method classical|ppi|active]
-                                [--annotator vote|panel] [--json]
+                                [--annotator vote|panel] [--json] [--report PATH]
 
 ``--annotator panel`` answers with the mean of the pair's recorded votes instead (3 crowd workers per pair,
 ``labels_per_pair=3`` in the service): no vote noise, so the same comparisons can actually decide.
+``--report PATH`` writes the experiment report (services/experiment_report.py, the page
+``GET /v1/experiments/{exp}/report`` serves) of the first run to PATH.
 """
 
 from __future__ import annotations
@@ -106,7 +108,21 @@ def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float,
         runs.annotate(annotator, res["runs"])
         sig = svc.signal(exp)
         steps.append({"checkpoint": m, "signal": sig})
-    return {"experiment": exp, "steps": steps}
+    return {"experiment": exp, "steps": steps, "service": svc}
+
+
+def write_report(out: dict, path: Path, a: argparse.Namespace) -> Path:
+    """The experiment report of one replay (``replay_once``'s result) as a self-contained HTML file."""
+    from services.experiment_report import experiment_report_data, render_experiment_report
+
+    data = experiment_report_data(out["service"], out["experiment"], run_href=None, notes=[
+        f"Replay of recorded labels (benchmarks/ladder.py): base {BASE}, checkpoints {', '.join(LADDER)} on the "
+        f"{len(out['service'].get(out['experiment'])['prompts'])} Vicuna-80 questions; seed {a.seed}, annotator "
+        f"{a.annotator}, method {a.method or 'active'} with the recorded GPT-4 verdicts as judges."])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_experiment_report(data))
+    print(f"report: {path.resolve()}")
+    return path
 
 
 def _fmt_cmp(c: dict) -> str:
@@ -128,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="vote: one recorded vote drawn per request; panel: the mean of the pair's recorded votes")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", action="store_true", help="one JSON summary line at the end")
+    ap.add_argument("--report", type=Path, default=None, metavar="PATH",
+                    help="write the first run's experiment report (self-contained HTML) to PATH")
     a = ap.parse_args(argv)
     if a.runs < 1:
         print("error: --runs must be >= 1", file=sys.stderr)
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 th = theta(items, ref, c["checkpoint"])
                 if (v["decision"] == "better" and th <= 0.5) or (v["decision"] == "worse" and th >= 0.5):
                     wrong += 1
+        if r == 0 and a.report is not None:
+            write_report(out, a.report, a)
         if r == 0:
             print(f"\nrun 1 (seed {a.seed}):")
             for s in out["steps"]:

@@ -2,7 +2,8 @@
 
     from services.trainer import TiebreakClient, TiebreakTrainerCallback
     client = TiebreakClient("http://tiebreak:8000", experiment="exp_…", token=os.environ["TIEBREAK_TOKEN"])
-    trainer = transformers.Trainer(..., callbacks=[TiebreakTrainerCallback(client)])
+    cb = TiebreakTrainerCallback(client)
+    trainer = cb.attach(transformers.Trainer(..., callbacks=[cb]))   # attach: the verdicts go through Trainer.log
 
 * ``on_save`` (HF) / ``on_save_checkpoint`` + ``on_validation_end`` (Lightning): the main process submits the
   checkpoint just written (``POST /v1/experiments/{exp}/checkpoints``) from a background thread, so training never
@@ -12,6 +13,29 @@
   rank (``torch.distributed.broadcast_object_list`` for HF when a process group is initialised,
   ``trainer.strategy.broadcast`` for Lightning) and sets ``control.should_training_stop`` / ``trainer.should_stop``.
 * A server that cannot be reached never stops or crashes training: the error is logged and the last signal kept.
+* The verdicts go to the trainer's own loggers (TensorBoard, W&B, MLflow, ... whatever the user configured;
+  tiebreak imports none of them): whenever a checkpoint's comparison has news (more labels, a new interval, a
+  decision) the main process logs ``checkpoint_metrics`` of it — HF through ``Trainer.log`` (needs
+  ``callback.attach(trainer)``; without it the row only goes to ``state.log_history``), Lightning through
+  ``logger.log_metrics`` of every ``trainer.loggers``. Keys (``METRIC_KEYS``):
+
+      tiebreak/theta_vs_base   estimate of θ = P(checkpoint preferred to the base)
+      tiebreak/lower, /upper   its anytime-valid interval
+      tiebreak/theta_vs_best, /lower_vs_best, /upper_vs_best   the same against the best checkpoint so far
+                               (= vs base while no checkpoint beat the base)
+      tiebreak/labels          human labels of this checkpoint's comparisons
+      tiebreak/decision        its verdict against the best so far, coded ``DECISION_CODES``:
+                               1 better, 0 equivalent, -1 worse, 2 running, 3 undecided
+      tiebreak/decision_vs_base  the same coding, against the base
+      tiebreak/alpha           the α this checkpoint got (α-spending)
+      tiebreak/checkpoint_step the training step in the checkpoint's name (its index if none): which
+                               checkpoint the row describes (rows are logged at the current step)
+      tiebreak/stop            1 when the stop signal says stop, else 0
+      tiebreak/stop_reason     ``REASON_CODES``: 0 none, 1 target, 2 regression, 3 plateau, 4 budget
+      tiebreak/labels_total    human labels of the whole experiment
+
+  The HF ``TensorBoardCallback`` and ``WandbCallback`` prefix every key with ``train/``
+  (``train/tiebreak/theta_vs_base``); Lightning loggers keep the keys as they are.
 
 How a checkpoint is described to the server: ``model_spec(path)`` (default: a LoRA adapter folder — one with
 ``adapter_config.json`` — becomes ``{"backend": "vllm", "model": <its base_model_name_or_path>, "lora": path}``,
@@ -25,6 +49,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +78,81 @@ def default_model_spec(path: str | os.PathLike) -> dict:
 
 class TiebreakError(RuntimeError):
     pass
+
+
+# ------------------------------------------------------------------------------------ logged scalars
+DECISION_CODES = {"better": 1.0, "equivalent": 0.0, "worse": -1.0, "running": 2.0, "undecided": 3.0}
+REASON_CODES = {None: 0.0, "target": 1.0, "regression": 2.0, "plateau": 3.0, "budget": 4.0}
+METRIC_KEYS = ("tiebreak/theta_vs_base", "tiebreak/lower", "tiebreak/upper", "tiebreak/theta_vs_best",
+               "tiebreak/lower_vs_best", "tiebreak/upper_vs_best", "tiebreak/labels", "tiebreak/decision",
+               "tiebreak/decision_vs_base", "tiebreak/alpha", "tiebreak/checkpoint_step", "tiebreak/stop",
+               "tiebreak/stop_reason", "tiebreak/labels_total")
+
+
+def checkpoint_step(name: str, default: int) -> int:
+    """The training step in a checkpoint's name (its last number: ``checkpoint-500`` -> 500,
+    ``epoch=0-step=40`` -> 40), else ``default``."""
+    m = re.search(r"(\d+)(?!.*\d)", name)
+    return int(m.group(1)) if m else default
+
+
+def checkpoint_metrics(row: dict | None, signal: dict) -> dict[str, float]:
+    """The ``tiebreak/*`` scalars of one checkpoint row of GET /v1/experiments/{exp}/signal (``row`` None: only
+    the signal's own scalars). Decisions and the stop reason are numbers (``DECISION_CODES``, ``REASON_CODES``)
+    so that every logger takes them."""
+    m: dict[str, float] = {}
+    if row is not None:
+        base, best = row["vs_base"], row.get("vs_best") or row["vs_base"]
+        m = {"tiebreak/theta_vs_base": float(base["estimate"]), "tiebreak/lower": float(base["lower"]),
+             "tiebreak/upper": float(base["upper"]), "tiebreak/theta_vs_best": float(best["estimate"]),
+             "tiebreak/lower_vs_best": float(best["lower"]), "tiebreak/upper_vs_best": float(best["upper"]),
+             "tiebreak/labels": float(row.get("labels", 0)),
+             "tiebreak/decision": DECISION_CODES.get(str(row.get("decision")), DECISION_CODES["running"]),
+             "tiebreak/decision_vs_base": DECISION_CODES.get(str(base.get("decision")), DECISION_CODES["running"]),
+             "tiebreak/alpha": float(row.get("alpha", 0.0)),
+             "tiebreak/checkpoint_step": float(checkpoint_step(row["checkpoint"], int(row.get("index", 0))))}
+    m["tiebreak/stop"] = 1.0 if signal.get("stop") else 0.0
+    m["tiebreak/stop_reason"] = REASON_CODES.get(signal.get("reason"), 0.0)
+    m["tiebreak/labels_total"] = float(signal.get("labels", 0))
+    return m
+
+
+class SignalNews:
+    """Which rows of successive signals are news: a checkpoint whose comparisons have labels or a decision and
+    changed (decision, labels or interval) since it was last reported, and the stop signal when it changed."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple] = {}
+        self._stop: tuple | None = (False, None)
+        self._last: dict | None = None
+
+    @staticmethod
+    def _key(row: dict) -> tuple:
+        cmps = [row["vs_base"], row.get("vs_best") or row["vs_base"]]
+        return (row.get("decision"), row.get("labels"), *((c.get("decision"), c.get("lower"), c.get("upper"))
+                                                          for c in cmps))
+
+    def news(self, signal: dict | None) -> list[tuple[str | None, dict[str, float]]]:
+        """[(checkpoint or None, checkpoint_metrics)] for every piece of news in ``signal`` since the last call."""
+        if not signal or signal is self._last:   # the client keeps the same dict until its next poll
+            return []
+        self._last = signal
+        out: list[tuple[str | None, dict[str, float]]] = []
+        for row in signal.get("checkpoints", []):
+            if not row.get("vs_base", {}).get("run_id"):
+                continue   # outputs still being generated: no comparison yet
+            if row.get("labels", 0) == 0 and row.get("decision") not in ("better", "worse", "equivalent", "undecided"):
+                continue
+            key = self._key(row)
+            if self._seen.get(row["checkpoint"]) != key:
+                self._seen[row["checkpoint"]] = key
+                out.append((row["checkpoint"], checkpoint_metrics(row, signal)))
+        stop = (bool(signal.get("stop")), signal.get("reason"))
+        if stop != self._stop:
+            self._stop = stop
+            if not out:
+                out.append((None, checkpoint_metrics(None, signal)))
+        return out
 
 
 class TiebreakClient:
@@ -180,6 +280,29 @@ class _HFCallback:
         self.wait_for_submit = wait_for_submit
         self.stopped_at: int | None = None
         self.reason: str | None = None
+        self.trainer: Any = None
+        self.news = SignalNews()
+        self.logged: list[dict] = []      # every row logged: {"step", "checkpoint", **tiebreak/* scalars}
+        self._warned_unattached = False
+
+    def attach(self, trainer: Any) -> Any:
+        """Log the tiebreak scalars through ``trainer.log`` (so every reporting callback — TensorBoard, W&B,
+        MLflow, ... — receives them). A callback only gets args/state/control from the HF Trainer, never the
+        trainer itself, hence this call: ``cb.attach(Trainer(..., callbacks=[cb]))``. Returns the trainer."""
+        self.trainer = trainer
+        return trainer
+
+    def _log_news(self, state) -> None:
+        for ck, metrics in self.news.news(self.client.last_signal):
+            self.logged.append({"step": state.global_step, "checkpoint": ck, **metrics})
+            if self.trainer is not None:
+                self.trainer.log(dict(metrics))
+                continue
+            state.log_history.append({**metrics, "step": state.global_step})
+            if not self._warned_unattached:
+                self._warned_unattached = True
+                log.warning("tiebreak: call callback.attach(trainer) to send the tiebreak/* scalars to the "
+                            "trainer's loggers; until then they only go to state.log_history")
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -194,6 +317,8 @@ class _HFCallback:
         if state.global_step % self.sync_every:   # the same on every rank: all skip or all broadcast
             return control
         stop = self.client.should_stop() if state.is_world_process_zero else False
+        if state.is_world_process_zero:
+            self._log_news(state)
         stop = _broadcast_torch(stop)
         if stop:
             control.should_training_stop = True
@@ -242,6 +367,8 @@ class _LightningCallback:
         self._pending_save = False
         self._submitted: set[str] = set()
         self.stopped_at: int | None = None
+        self.news = SignalNews()
+        self.logged: list[dict] = []      # every row logged: {"step", "checkpoint", **tiebreak/* scalars}
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._pending_save = True
@@ -267,11 +394,20 @@ class _LightningCallback:
     def _poll(self, trainer) -> None:
         self._submit_saved(trainer)
         stop = self.client.should_stop() if trainer.is_global_zero else False
+        if trainer.is_global_zero:
+            self._log_news(trainer)
         stop = bool(trainer.strategy.broadcast(stop, src=0))
         if stop:
             trainer.should_stop = True
             if self.stopped_at is None:
                 self.stopped_at = trainer.global_step
+
+    def _log_news(self, trainer) -> None:
+        """Through every logger the user configured (``trainer.loggers``); none configured: kept in ``logged``."""
+        for ck, metrics in self.news.news(self.client.last_signal):
+            self.logged.append({"step": trainer.global_step, "checkpoint": ck, **metrics})
+            for lg in trainer.loggers:
+                lg.log_metrics(dict(metrics), step=trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self._poll(trainer)

@@ -5,6 +5,7 @@
                                                 target_margin?, budget?, webhook?} -> {experiment}
     POST /v1/experiments/{exp}/checkpoints     {checkpoint, model: MODEL | outputs:{id: text}} -> {runs:[run_id]}
     GET  /v1/experiments/{exp}/signal          {stop, reason, best_checkpoint, checkpoints:[...]}
+    GET  /v1/experiments/{exp}/report          self-contained HTML report (services/experiment_report.py)
     GET  /v1/experiments/{exp}                 the experiment (config, checkpoints and their runs)
 
 Admin token only. The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
@@ -14,10 +15,10 @@ Statistics and the signal rule: services/experiments.py.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.api.deps import admin
@@ -142,6 +143,25 @@ def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
         return svc.signal(exp)
     except ExperimentError as e:
         return _error(e)
+
+
+@router.get("/{exp}/report", response_class=HTMLResponse)
+def get_report(exp: str, links: Literal["api", "files"] = Query(
+        "api", description="run-report links: 'api' = ../../runs/{id}/report (this service), 'files' = "
+                           "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)"),
+        svc: ExperimentService = Depends(experiment_service)):
+    """The experiment as one self-contained HTML page: every checkpoint vs the base and the best so far."""
+    from services.experiment_report import (
+        api_run_href,
+        experiment_report_data,
+        file_run_href,
+        render_experiment_report,
+    )
+    try:
+        data = experiment_report_data(svc, exp, run_href=api_run_href if links == "api" else file_run_href)
+    except ExperimentError as e:
+        return _error(e)
+    return HTMLResponse(render_experiment_report(data))
 
 
 @router.get("/{exp}")

@@ -5,8 +5,11 @@ Watches a training output folder and submits every new checkpoint to an experime
 submitted as base model + adapter) and ``*.gguf`` files, in step order, once each is complete (a folder with
 ``trainer_state.json``, which the HF Trainer writes last; otherwise a folder with a model file or a ``.gguf``
 file whose size did not change between two scans). Checkpoints the
-experiment already has are skipped, so restarting the watcher is safe. Prints the stop signal whenever it
-changes; exits 0 when it says stop (or after one scan with ``--once``).
+experiment already has are skipped, so restarting the watcher is safe. Prints one line per checkpoint decision
+(``decision CHECKPOINT: ...`` once its verdict against the best so far is final), the stop signal whenever it
+changes, and the path of the experiment report, which it rewrites (with every run's report beside it) whenever
+a decision, the checkpoint set or the signal changes; exits 0 when the signal says stop (or after one scan with
+``--once``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,22 @@ def find_checkpoints(root: Path, seen: dict[str, tuple[int, int]]) -> list[Path]
     return sorted(out, key=_step)
 
 
+FINAL = ("better", "worse", "equivalent", "undecided")
+
+
+def decision_line(row: dict) -> str:
+    """One line for a checkpoint's verdict (a row of GET /v1/experiments/{exp}/signal)."""
+    def cmp(c: dict) -> str:
+        return f"θ̂ {c['estimate']:.3f} in ({c['lower']:.3f}, {c['upper']:.3f}), {c['labels']} labels"
+
+    base, best = row["vs_base"], row.get("vs_best") or row["vs_base"]
+    ref = "the base" if best.get("against", "base") == "base" else best["against"]
+    line = f"decision {row['checkpoint']}: {row['decision']} vs {ref} ({cmp(best)})"
+    if best is not base and best.get("run_id") != base.get("run_id"):
+        line += f"; vs the base: {base['decision']} ({cmp(base)})"
+    return line + f"; α {row['alpha']:.4g}"
+
+
 def watch(
     directory: Path = typer.Argument(..., help="training output folder (holds checkpoint-* folders or .gguf files)"),
     experiment: str = typer.Option(..., "--experiment", help="experiment id (POST /v1/experiments returned it)"),
@@ -63,6 +82,8 @@ def watch(
                                      help="admin token (default: env TIEBREAK_TOKEN or TIEBREAK_ADMIN_TOKEN)"),
     interval: float = typer.Option(10.0, "--interval", help="seconds between scans"),
     once: bool = typer.Option(False, "--once", help="scan once, submit, print the signal and exit"),
+    report: Path | None = typer.Option(None, "--report", help="experiment report to keep up to date "
+                                       "(default tiebreak-experiment-EXP.html in the current folder)"),
 ) -> None:
     """Submit new checkpoints of a training run to a tiebreak experiment and print its stop signal."""
     import httpx
@@ -98,6 +119,29 @@ def watch(
         return r.json()
 
     done = {c["checkpoint"] for c in get(base).get("checkpoints", [])}
+    report_path = report or Path(f"tiebreak-experiment-{experiment}.html")
+    printed: dict[str, str] = {}          # checkpoint -> the decision line already printed
+    report_key = None
+
+    def write_report(key: tuple) -> None:
+        nonlocal report_key
+        if key == report_key:
+            return
+        from services.commands._client import ApiError, Client
+        from services.commands.report import write_experiment_report
+
+        c = Client(server, token)
+        try:
+            write_experiment_report(c, experiment, report_path)
+        except (ApiError, OSError) as e:
+            typer.echo(f"warning: could not write the report {report_path}: {getattr(e, 'msg', e)}", err=True)
+            return
+        finally:
+            c.close()
+        if report_key is None:
+            typer.echo(f"report: {report_path.resolve()}")
+        report_key = key
+
     seen: dict[str, tuple[int, int]] = {}
     if once:  # files and folders without trainer_state.json need two size readings
         find_checkpoints(directory, seen)
@@ -121,7 +165,14 @@ def watch(
                 continue
             typer.echo(f"submitted {p.name}: runs {', '.join(r.json().get('runs', []))}")
         sig = get(f"{base}/signal")
-        key = (sig.get("stop"), sig.get("reason"), sig.get("best_checkpoint"), len(sig.get("checkpoints", [])))
+        rows = sig.get("checkpoints", [])
+        for row in rows:
+            final = row.get("decision") in FINAL and row.get("vs_base", {}).get("run_id")
+            if final and printed.get(row["checkpoint"]) != row["decision"]:
+                printed[row["checkpoint"]] = row["decision"]
+                typer.echo(decision_line(row))
+        key = (sig.get("stop"), sig.get("reason"), sig.get("best_checkpoint"), len(rows))
+        write_report((key, tuple(sorted(printed.items()))))
         if key != last_key:
             last_key = key
             typer.echo(f"signal: stop={str(sig.get('stop')).lower()} reason={sig.get('reason')} "

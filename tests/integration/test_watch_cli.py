@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from experiment_server import ADMIN, serve_app
+from experiment_server import ADMIN, label_runs, serve_app
 
 from services.api.experiments import _RunServiceBackend
 from services.experiments import ExperimentService, RedisKV
@@ -29,10 +29,11 @@ def files_generator(spec: dict, prompts: list[dict]) -> dict[str, str]:
     return {p["id"]: f"{text.strip()} {p['id']}" for p in prompts}
 
 
-def tb(*args: str) -> subprocess.CompletedProcess:
+def tb(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in ``cwd`` (watch writes its report into the current folder by default)."""
     env = {**os.environ, "TIEBREAK_TOKEN": ADMIN}
     return subprocess.run([sys.executable, "-m", "services.cli", "watch", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=120, cwd=cwd)
 
 
 def test_watch_submits_new_checkpoints_in_step_order(tmp_path):
@@ -52,9 +53,12 @@ def test_watch_submits_new_checkpoints_in_step_order(tmp_path):
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
             exp = c.post("/v1/experiments", json={"name": "w", "prompts": PROMPTS,
                                                   "base": {"outputs": {"a": "base a", "b": "base b"}}}).json()["experiment"]
-            r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--interval", "0.2")
+            r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--interval", "0.2", cwd=tmp_path)
             assert r.returncode == 0, r.stderr
             assert "submitted checkpoint-5" in r.stdout and "signal: stop=false" in r.stdout
+            report = tmp_path / f"tiebreak-experiment-{exp}.html"     # the default report, in the current folder
+            assert f"report: {report}" in r.stdout and "checkpoint-10" in report.read_text()
+            assert "decision " not in r.stdout                        # nothing labelled, nothing decided
             rec = c.get(f"/v1/experiments/{exp}").json()
             names = [ck["checkpoint"] for ck in rec["checkpoints"]]
             assert names == ["checkpoint-5", "checkpoint-10", "model-step20.gguf"]
@@ -66,16 +70,31 @@ def test_watch_submits_new_checkpoints_in_step_order(tmp_path):
             # a second scan: only the folder that became complete is submitted
             (out / "checkpoint-15" / "config.json").write_text(json.dumps({"step": 15}))
             (out / "checkpoint-15" / "trainer_state.json").write_text("{}")
-            r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--interval", "0.2")
+            r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--interval", "0.2", cwd=tmp_path)
             assert r.returncode == 0, r.stderr
             assert r.stdout.count("submitted") == 1 and "submitted checkpoint-15" in r.stdout
             assert len(c.get(f"/v1/experiments/{exp}").json()["checkpoints"]) == 4
+            # humans ("h", who holds the lease taken above) prefer the base everywhere: every checkpoint's comparison ends "worse", one line each
+            rec = c.get(f"/v1/experiments/{exp}").json()
+            label_runs(c, [r["run_id"] for ck in rec["checkpoints"] for r in ck["runs"].values()],
+                       lambda left, right: "left" if left.startswith("base") else "right", annotator="h")
+            rep = tmp_path / "reports" / "exp.html"
+            r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--interval", "0.2",
+                   "--report", str(rep), cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("decision ")]
+            assert [ln.split(":")[0] for ln in lines] == [f"decision {n}" for n in
+                                                          ("checkpoint-5", "checkpoint-10", "model-step20.gguf",
+                                                           "checkpoint-15")]
+            assert all(": worse vs the base (θ̂ 0.000" in ln for ln in lines), lines
+            assert f"report: {rep.resolve()}" in r.stdout and "signal: stop=true reason=regression" in r.stdout
+            assert "Stop training (regression)" in rep.read_text()
         # bad input: one error line, exit 2
-        r = tb(str(tmp_path / "missing"), "--experiment", exp, "--server", url, "--once")
+        r = tb(str(tmp_path / "missing"), "--experiment", exp, "--server", url, "--once", cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
-        r = tb(str(out), "--experiment", "exp_nope", "--server", url, "--once")
+        r = tb(str(out), "--experiment", "exp_nope", "--server", url, "--once", cwd=tmp_path)
         assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
-        r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--token", "wrong")
+        r = tb(str(out), "--experiment", exp, "--server", url, "--once", "--token", "wrong", cwd=tmp_path)
         assert r.returncode == 2 and "token" in r.stderr
-        r = tb(str(out), "--experiment", exp, "--server", url, "--interval", "0")
+        r = tb(str(out), "--experiment", exp, "--server", url, "--interval", "0", cwd=tmp_path)
         assert r.returncode == 2 and "--interval" in r.stderr

@@ -104,3 +104,77 @@ def test_decision_reaches_every_rank(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[(0, True), (1, True)]"
+
+
+# ------------------------------------------------------------------------------ logged scalars (news)
+def _row(name: str, decision: str, labels: int, lo: float, hi: float, run_id: str = "r", best: dict | None = None):
+    base = {"run_id": run_id, "decision": decision, "estimate": (lo + hi) / 2, "lower": lo, "upper": hi,
+            "labels": labels, "alpha": 0.03, "against": "base"}
+    return {"checkpoint": name, "index": 1, "alpha": 0.03, "decision": (best or base)["decision"],
+            "labels": labels + (best["labels"] if best else 0), "vs_base": base, "vs_best": best or base}
+
+
+def test_checkpoint_metrics_keys_and_codes():
+    from services.trainer import DECISION_CODES, METRIC_KEYS, REASON_CODES, checkpoint_metrics
+
+    best = {"run_id": "r2", "decision": "worse", "estimate": 0.2, "lower": 0.1, "upper": 0.4, "labels": 7,
+            "alpha": 0.015, "against": "checkpoint-5"}
+    m = checkpoint_metrics(_row("checkpoint-10", "better", 5, 0.55, 0.9, best=best),
+                           {"stop": True, "reason": "regression", "labels": 40})
+    assert set(m) == set(METRIC_KEYS) and all(isinstance(v, float) for v in m.values())
+    assert m["tiebreak/theta_vs_base"] == pytest.approx(0.725) and (m["tiebreak/lower"], m["tiebreak/upper"]) == (0.55, 0.9)
+    assert m["tiebreak/theta_vs_best"] == 0.2 and m["tiebreak/upper_vs_best"] == 0.4
+    assert m["tiebreak/decision"] == DECISION_CODES["worse"] == -1 and m["tiebreak/decision_vs_base"] == 1
+    assert m["tiebreak/labels"] == 12 and m["tiebreak/labels_total"] == 40 and m["tiebreak/checkpoint_step"] == 10
+    assert m["tiebreak/stop"] == 1 and m["tiebreak/stop_reason"] == REASON_CODES["regression"] == 2
+    assert len(set(DECISION_CODES.values())) == len(DECISION_CODES)   # every decision has its own code
+
+
+def test_signal_news_reports_each_change_once():
+    from services.trainer import SignalNews
+
+    n = SignalNews()
+    sig = {"stop": False, "reason": None, "labels": 0,
+           "checkpoints": [_row("c-5", "running", 0, 0.0, 1.0), _row("c-10", "generating", 0, 0, 1, run_id="")]}
+    assert n.news(sig) == []                                     # no labels, nothing decided: no news
+    sig = {**sig, "labels": 3, "checkpoints": [_row("c-5", "running", 3, 0.1, 0.9)]}
+    got = n.news(sig)
+    assert [c for c, _ in got] == ["c-5"] and got[0][1]["tiebreak/labels"] == 3
+    assert n.news(sig) == [] and n.news(dict(sig)) == []          # same content again: no news
+    sig = {"stop": True, "reason": "plateau", "labels": 9,
+           "checkpoints": [_row("c-5", "worse", 6, 0.05, 0.45), _row("c-10", "worse", 3, 0.0, 0.3)]}
+    got = n.news(sig)
+    assert [c for c, _ in got] == ["c-5", "c-10"] and all(m["tiebreak/stop"] == 1 for _, m in got)
+    assert n.news({**sig, "stop": False, "reason": None}) == [(None, {"tiebreak/stop": 0.0, "tiebreak/stop_reason": 0.0,
+                                                                      "tiebreak/labels_total": 9.0})]
+
+
+def test_hf_callback_logs_news_through_trainer_log_or_log_history():
+    from types import SimpleNamespace
+
+    from services.trainer import _HFCallback
+
+    sig = {"stop": True, "reason": "regression", "labels": 6, "best_checkpoint": None,
+           "checkpoints": [_row("checkpoint-5", "worse", 6, 0.0, 0.3)]}
+    calls: list[str] = []
+
+    def callback(trainer=None):
+        c = TiebreakClient("http://tb", "exp_1", min_interval=0, transport=_server([sig], calls))
+        cb = _HFCallback(c)
+        if trainer is not None:
+            cb.attach(trainer)
+        return cb
+
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True, log_history=[])
+    cb = callback()
+    control = cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+    assert control.should_training_stop and cb.stopped_at == 7
+    assert len(state.log_history) == 1 and state.log_history[0]["step"] == 7
+    assert state.log_history[0]["tiebreak/decision"] == -1 and state.log_history[0]["tiebreak/stop"] == 1
+    logged: list[dict] = []
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True, log_history=[])
+    cb = callback(SimpleNamespace(log=logged.append))
+    cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+    cb.on_step_end(None, state, SimpleNamespace(should_training_stop=False))   # the same signal: no news
+    assert state.log_history == [] and len(logged) == 1 and logged[0]["tiebreak/upper"] == 0.3
+    assert cb.logged == [{"step": 7, "checkpoint": "checkpoint-5", **logged[0]}]
