@@ -51,6 +51,12 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     if weak:
         raise WeakAdminToken(f"{weak}: refusing to start. Set a long random one, e.g. "
                              "export TIEBREAK_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if settings.webhook_url:
+        from services.outbound import OutboundPolicy
+
+        why = OutboundPolicy.from_settings(settings).problem(settings.webhook_url)
+        if why:
+            raise ValueError(f"TIEBREAK_WEBHOOK_URL {why}")
     own_store = store is None if close_store is None else close_store
     store = store or RedisStore.open(settings.redis_url, settings.data_dir)
     metrics = Metrics()

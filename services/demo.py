@@ -97,8 +97,9 @@ class EmbeddedService:
                 # quiet local Ray: no dashboard, actor output (llama.cpp logs) not copied to this terminal
                 ray.init(num_cpus=self.ray_cpus or min(2, os.cpu_count() or 2), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+        # a private server on 127.0.0.1 for one local user: its judges/models may be local servers too
         settings = Settings(admin_token=self.token, data_dir=str(self.data_dir), pipeline=self.pipeline,
-                            redis_url=None, ray_address=None, batch_size=2)
+                            redis_url=None, ray_address=None, batch_size=2, outbound_allow_loopback=True)
         store = RedisStore.open(None, self.data_dir)
         self.app = create_app(store=store, settings=settings)
         cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", access_log=False)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.api.deps import admin, experiment_access
 from services.experiments import ExperimentError, ExperimentService, RedisKV
+from services.outbound import check_request
 
 MAX_TEXT = 200_000
 
@@ -122,7 +123,10 @@ router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
 @router.post("", status_code=201, dependencies=[Depends(admin)])
-def create_experiment(body: ExperimentCreate, svc: ExperimentService = Depends(experiment_service)):
+def create_experiment(body: ExperimentCreate, request: Request,
+                      svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, urls=[("webhook", body.webhook)],
+                  specs=[("base", body.base), *((f"judges.{i}", j) for i, j in enumerate(body.judges))])
     try:
         return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
     except ExperimentError as e:
@@ -130,7 +134,9 @@ def create_experiment(body: ExperimentCreate, svc: ExperimentService = Depends(e
 
 
 @router.post("/{exp}/checkpoints", status_code=201, dependencies=[Depends(experiment_access)])
-def add_checkpoint(exp: str, body: CheckpointIn, svc: ExperimentService = Depends(experiment_service)):
+def add_checkpoint(exp: str, body: CheckpointIn, request: Request,
+                   svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, specs=[("model", body.model)])
     try:
         return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
     except ExperimentError as e:

@@ -25,6 +25,7 @@ from services.api.models import (
     RunStatus,
     RunSummary,
 )
+from services.outbound import check_request
 from services.runs import Pending, RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
@@ -34,8 +35,13 @@ RunId = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", desc
 
 
 @router.post("", response_model=RunCreated, status_code=201, dependencies=[Depends(admin)])
-def create_run(body: RunCreate, runs: RunService = Depends(get_runs)) -> RunCreated:
-    """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate."""
+def create_run(body: RunCreate, request: Request, runs: RunService = Depends(get_runs)) -> RunCreated:
+    """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate.
+    URLs (`webhook_url`, OpenAI-compatible `base_url`s) must pass the server's outbound policy (422 otherwise)."""
+    specs = [(f"judges.{i}", j) for i, j in enumerate(body.judges or [])]
+    if body.generate is not None:
+        specs += [("generate.base", body.generate.base), ("generate.tuned", body.generate.tuned)]
+    check_request(request.app.state.settings, urls=[("webhook_url", body.webhook_url)], specs=specs)
     return RunCreated(run_id=runs.create_run(body.model_dump()))
 
 

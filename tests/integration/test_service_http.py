@@ -33,7 +33,8 @@ def _verdict(v, tuned_wins=True):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    with ServeProcess(d, admin_token=ADMIN) as s:
+    # the webhook receiver of these tests listens on 127.0.0.1: loopback is refused unless the server allows it
+    with ServeProcess(d, admin_token=ADMIN, env={"TIEBREAK_OUTBOUND_ALLOW_LOOPBACK": "1"}) as s:
         yield s
 
 
