@@ -345,7 +345,8 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                           for it in items],
                 "judges": judges, "alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
         run_id = client.create_run(body)
-        token = client.create_annotator("recorded-crowd", [run_id])
+        crowd = f"recorded-crowd-{run_id[:8]}"     # annotator names are unique per server (one name, one person)
+        token = client.create_annotator(crowd, [run_id])
         by_id = {it["id"]: it for it in items}
         state = LiveState(started=t_start, truth=truth, judging_started=time.time())
         if human:
@@ -362,7 +363,7 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 except Exception:  # noqa: BLE001 - printing the URL is enough
                     pass
         else:
-            annot = SimulatedAnnotator(client, run_id, token, by_id, seed=seed, delay_s=label_delay)
+            annot = SimulatedAnnotator(client, run_id, token, by_id, seed=seed, delay_s=label_delay, name=crowd)
         annot_thread: threading.Thread | None = None
         use_live = live and console.is_terminal
         last_print = [-1, ""]

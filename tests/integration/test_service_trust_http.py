@@ -133,12 +133,12 @@ def test_scoped_tokens_listing_revocation_unique_names(server):
     u = server.url
     integ = _token(server, "/v1/tokens", {"kind": "integration", "name": "label-studio", "runs": [rid]})
     metrics = _token(server, "/v1/tokens", {"kind": "metrics", "name": "prometheus"})
-    I, M = _bearer(integ["token"]), _bearer(metrics["token"])
+    integ_h, metrics_h = _bearer(integ["token"]), _bearer(metrics["token"])
     # an integration token: the webhooks of its runs only
     for path in (f"/v1/runs/{rid}", f"/v1/runs/{rid}/next?annotator=x", f"/v1/integrations/label-studio/{rid}/tasks",
                  "/v1/runs", "/metrics"):
-        assert httpx.get(u + path, headers=I).status_code == 403, path
-    assert httpx.post(u + "/v1/annotators", json={"name": "zz", "runs": [rid]}, headers=I).status_code == 403
+        assert httpx.get(u + path, headers=integ_h).status_code == 403, path
+    assert httpx.post(u + "/v1/annotators", json={"name": "zz", "runs": [rid]}, headers=integ_h).status_code == 403
     tasks = httpx.get(f"{u}/v1/integrations/label-studio/{rid}/tasks?k=2", headers=H).json()["tasks"]
 
     def ls(run, pair, user):
@@ -147,18 +147,18 @@ def test_scoped_tokens_listing_revocation_unique_names(server):
                                "result": [{"from_name": "verdict", "type": "choices", "value": {"choices": ["left"]}}]}}
 
     hook = f"{u}/v1/integrations/label-studio/webhook"
-    r = httpx.post(hook, json=ls(rid, tasks[0]["data"]["pair_id"], 7), headers=I)
+    r = httpx.post(hook, json=ls(rid, tasks[0]["data"]["pair_id"], 7), headers=integ_h)
     assert r.status_code == 200 and r.json()["accepted"], r.text
-    assert httpx.post(hook, json=ls(other, "p1", 7), headers=I).status_code == 403
+    assert httpx.post(hook, json=ls(other, "p1", 7), headers=integ_h).status_code == 403
     # a metrics token: /metrics only
-    assert httpx.get(u + "/metrics", headers=M).status_code == 200
-    assert httpx.get(u + f"/v1/runs/{rid}", headers=M).status_code == 403
+    assert httpx.get(u + "/metrics", headers=metrics_h).status_code == 200
+    assert httpx.get(u + f"/v1/runs/{rid}", headers=metrics_h).status_code == 403
     # listing never shows tokens; revocation works at once on this replica
     listed = httpx.get(u + "/v1/tokens", headers=H).json()
     assert {integ["token_id"], metrics["token_id"]} <= {t["id"] for t in listed}
     assert integ["token"] not in json.dumps(listed)
     assert httpx.delete(f"{u}/v1/tokens/{metrics['token_id']}", headers=H).status_code == 204
-    assert httpx.get(u + "/metrics", headers=M).status_code == 401
+    assert httpx.get(u + "/metrics", headers=metrics_h).status_code == 401
     # unique annotator names: one name is one person
     a = _token(server, "/v1/annotators", {"name": "carol", "runs": [rid]})
     r = httpx.post(u + "/v1/annotators", json={"name": "carol", "runs": [other]}, headers=H)
@@ -237,9 +237,10 @@ def test_malformed_integration_payloads_are_422_and_never_fail_other_writes(serv
         assert _error_shape(r)
     # a lone surrogate in completed_by is refused at the boundary while other writes go on
     pair = httpx.get(f"{u}/v1/integrations/label-studio/{rid}/tasks?k=1", headers=H).json()["tasks"][0]["data"]
-    surrogate = ('{"action": "ANNOTATION_CREATED", "task": {"id": 1, "data": {"run_id": "%s", "pair_id": "%s"}}, '
-                 '"annotation": {"completed_by": "\\ud800", "result": %s}}' % (rid, pair["pair_id"],
-                                                                              json.dumps(good_result)))
+    ok = {"action": "ANNOTATION_CREATED", "task": {"id": 1, "data": {"run_id": rid, "pair_id": pair["pair_id"]}},
+          "annotation": {"completed_by": "u1", "result": good_result}}
+    surrogate = json.dumps(ok).replace('"u1"', '"\\ud800"')          # JSON text with a lone surrogate escape
+    assert "\\ud800" in surrogate
     other = _run(server, n=300)
     A = _bearer(_token(server, "/v1/annotators", {"name": "steady", "runs": [other]})["token"])
     codes: list[int] = []
@@ -260,7 +261,6 @@ def test_malformed_integration_payloads_are_422_and_never_fail_other_writes(serv
     assert codes == [200] * 40
     assert httpx.get(f"{u}/v1/runs/{other}", headers=H).json()["annotations"] == 40
     # the same pair with a real user is still accepted afterwards
-    ok = json.loads(surrogate.replace("\\ud800", "u1"))
     assert httpx.post(ls_hook, json=ok, headers=H).json()["accepted"] is True
 
 
