@@ -130,7 +130,8 @@ class GuardMiddleware:
                 await _error(send, 401, ["header", "Authorization"], why, "unauthorized",
                              [(b"www-authenticate", b"Bearer")])
                 return
-            scope = {**scope, "tiebreak.principal": p}
+            # in place: the outer MeasureMiddleware reads the matched route from this same scope dict
+            scope["tiebreak.principal"] = p
             ctype = headers.get(b"content-type", b"")
             if ctype.startswith(b"application/x-www-form-urlencoded"):
                 scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [

@@ -285,4 +285,8 @@ def test_annotate_page_headers_and_metrics_closed(server):
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "'unsafe-inline'" not in csp
     assert r.headers["x-frame-options"] == "DENY"
     assert httpx.get(server.url + "/metrics").status_code == 401
-    assert httpx.get(server.url + "/metrics", headers=H).status_code == 200
+    m = httpx.get(server.url + "/metrics", headers=H)
+    assert m.status_code == 200
+    # requests that went through the auth/body guard are still counted under their route
+    assert 'method="POST",route="/v1/runs",status="201"' in m.text
+    assert 'route="unmatched",status="201"' not in m.text
