@@ -17,8 +17,20 @@ fails, every queued write of that run fails too (they were computed from the los
 copy is dropped: the next call reloads the stored truth. A label is never answered before it is stored.
 
 Leases: ``next`` hands the annotator a lease on one pair for ``lease_ttl_s`` seconds. While live, the pair is
-not handed to anyone else (beyond k). An expired lease just stops counting: the pair is still drawn-and-
-pending in the sampler, so the next ``next`` call hands that same pair out first.
+not handed to anyone else (beyond k). An expired lease stops counting: the pair is still drawn-and-pending in
+the sampler, so the next ``next`` call hands that same pair out first.
+
+Label intake (who may label what): a label through the API must come from the holder of a lease on that pair
+(``lease_id`` or, without it, the lease that annotator holds on the pair). A label from an annotation tool
+(Label Studio, Argilla) must be for a pair the sampler drew (the tools' exports hand out drawn pairs only)
+that still needs a label and is not leased to enough others. Anything else is refused (409/403) and changes
+nothing: no label is stored, nothing reaches the sampler, the budget is not touched.
+
+Expired leases (decided): a lease that expired is still honoured while the pair was not handed to anyone else
+and for at most one more ``lease_ttl_s`` (the *grace*), because the label is as valid as any other (the draw
+never depends on who labels) and refusing a late but honest label only wastes work. Once the pair is leased to
+another annotator, or labelled k times, or the grace is over, the old lease is gone (deleted from Redis with
+the next write of the run) and a label with it gets 409.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ import numpy as np
 
 from sampler.decision import split_alpha
 from sampler.engine import Comparison, ComparisonConfig, label_from_verdict
-from services.errors import BadInput, Conflict, NotFound
+from services.errors import BadInput, Conflict, Forbidden, NotFound
 from services.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -321,8 +333,9 @@ class RunService:
             rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
         now = _now()
         expired = []
+        grace = float(meta["lease_ttl_s"])
         for lid, d in self.store.load_leases(rid).items():
-            if d["expires"] > now:
+            if d["expires"] + grace > now:     # expired leases are honoured during their grace
                 rt.leases[lid] = Lease(lid, int(d["idx"]), d["annotator"], float(d["expires"]))
             else:
                 expired.append(lid)
@@ -448,11 +461,24 @@ class RunService:
         return list(zip(todo, self.store.get_pairs(rid, todo), strict=True))
 
     # ------------------------------------------------------------------------------------ annotation
-    def _live_leases(self, rt: RunRuntime, now: float) -> list[Lease]:
-        dead = [lid for lid, le in rt.leases.items() if le.expires <= now]
+    @staticmethod
+    def _live_leases(rt: RunRuntime, now: float) -> list[Lease]:
+        """Leases that have not expired (expired ones stay in ``rt.leases`` during their grace, see the module
+        docstring, but no longer keep the pair from others)."""
+        return [le for le in rt.leases.values() if le.expires > now]
+
+    @staticmethod
+    def _grace_s(rt: RunRuntime) -> float:
+        return float(rt.meta["lease_ttl_s"])
+
+    def _sweep_leases(self, rt: RunRuntime, now: float) -> list[str]:
+        """Drop expired leases past their grace from memory; returns their ids (to delete from Redis with the
+        caller's next write)."""
+        grace = self._grace_s(rt)
+        dead = [lid for lid, le in rt.leases.items() if le.expires + grace <= now]
         for lid in dead:
             del rt.leases[lid]
-        return list(rt.leases.values())
+        return dead
 
     def next_pair(self, rid: str, annotator: str) -> dict | None:
         """Lease the next pair for ``annotator``; None when nothing is to be labelled now."""
@@ -466,6 +492,7 @@ class RunService:
         if not rt.comps or rt.comps[OVERALL].decision.final:
             return Pending(None, lambda _: None)
         now = _now()
+        dead = self._sweep_leases(rt, now)
         live = self._live_leases(rt, now)
         for le in live:
             if le.annotator == annotator:   # a retried `next` gets the same lease back
@@ -511,13 +538,19 @@ class RunService:
                     break
         if chosen is None:
             if not drew:
+                if dead:
+                    self._enqueue(rt, release=dead)
                 return Pending(None, lambda _: None)
             event = self._decided_event(rt)
-            fut = self._enqueue(rt, meta=rt.meta if event else None)
+            fut = self._enqueue(rt, meta=rt.meta if event else None, release=dead)
             return Pending(fut, lambda _: self._send_event(event))
         le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
+        # expired leases on this pair are superseded: the pair is someone else's now
+        superseded = [lid for lid, old in rt.leases.items() if old.idx == chosen and old.expires <= now]
         # the pair's texts come back from the same transaction that stores the lease (one round trip)
-        fut = self._enqueue(rt, lease=(le.lease_id, le.to_dict()), get_pair=le.idx)
+        fut = self._enqueue(rt, lease=(le.lease_id, le.to_dict()), get_pair=le.idx, release=dead + superseded)
+        for lid in superseded:
+            del rt.leases[lid]
         rt.leases[le.lease_id] = le
         if self.metrics:
             self.metrics.leases.inc()
@@ -572,12 +605,6 @@ class RunService:
             raise NotFound(f"pair_id {pid!r} is not a pair of run {rid}; use the pair_id that "
                            "GET /v1/runs/{id}/next returned", "pair_id")
         idx, tuned_left = rt.pair_index[pid]
-        lid = label.get("lease_id")
-        if lid is not None:
-            le = rt.leases.get(lid)
-            if le is not None and le.idx != idx:
-                raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
-                               "pair_id and lease_id from the same `next` response", "lease_id")
         crit = label.get("criteria") or {}
         for c, v in crit.items():
             if c not in rt.criteria:
@@ -591,10 +618,16 @@ class RunService:
             res = self._label_result(rt, pid, duplicate=True)
             tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
             return Pending(tail, lambda _: res)
+        now = _now()
+        self._check_may_label(rt, idx, ann, label, now)
         rec = {"verdict": label["verdict"], "y": label_from_verdict(label["verdict"], tuned_left),
                "criteria": {c: label_from_verdict(v, tuned_left) for c, v in crit.items()},
                "raw_criteria": crit, "at": _now(), "source": label.get("source", "api")}
-        release = [l_id for l_id, le in rt.leases.items() if le.idx == idx and le.annotator == ann]
+        n_after = len(rt.labels.get(idx, {})) + 1
+        # this annotator's leases on the pair; once the pair has its k labels, everyone's
+        release = [l_id for l_id, le in rt.leases.items()
+                   if le.idx == idx and (le.annotator == ann or n_after >= rt.required)]
+        release += self._sweep_leases(rt, now)
         try:
             rt.labels.setdefault(idx, {})[ann] = rec
             if idx < rt.meta["n_active"]:
@@ -617,6 +650,44 @@ class RunService:
             return res
 
         return Pending(fut, finish)
+
+    def _check_may_label(self, rt: RunRuntime, idx: int, ann: str, label: dict, now: float) -> None:
+        """Refuse (changing nothing) a new label that does not come from a lease holder or, for an annotation
+        tool, for a pair the sampler drew that still needs it (module docstring, "Label intake")."""
+        pid = rt.pair_ids[idx]
+        others = len(rt.labels.get(idx, {}))
+        if others >= rt.required:
+            raise Conflict(f"pair {pid!r} already has its {rt.required} label(s); this label was not stored. "
+                           "Ask GET /v1/runs/{id}/next for another pair", "pair_id")
+        source = label.get("source", "api")
+        if source != "api":
+            drawn = any(idx in comp.pending_items() for comp in rt.comps.values())
+            if not drawn:
+                raise Conflict(f"pair {pid!r} was not handed out for labelling (import the tasks/records that "
+                               "tiebreak exported; it exports the pairs the sampler drew)", "pair_id")
+            held = sum(1 for le in self._live_leases(rt, now) if le.idx == idx and le.annotator != ann)
+            if others + held >= rt.required:
+                raise Conflict(f"pair {pid!r} is leased to another annotator; this label was not stored",
+                               "pair_id")
+            return
+        lid = label.get("lease_id")
+        grace = self._grace_s(rt)
+        if lid is not None:
+            le = rt.leases.get(lid)
+            if le is None or le.expires + grace <= now:
+                raise Conflict(f"lease_id {lid!r} is not a live lease of run {rt.rid} (unknown, expired past its "
+                               "grace, or the pair was handed to someone else); this label was not stored. "
+                               "Ask GET /v1/runs/{id}/next for a pair", "lease_id")
+            if le.idx != idx:
+                raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
+                               "pair_id and lease_id from the same `next` response", "lease_id")
+            if le.annotator != ann:
+                raise Forbidden(f"lease_id {lid!r} is held by another annotator, not {ann!r}", "lease_id")
+            return
+        if not any(le.idx == idx and le.annotator == ann and le.expires + grace > now for le in rt.leases.values()):
+            raise Conflict(f"annotator {ann!r} holds no lease on pair {pid!r}; labels are accepted for pairs "
+                           "handed out by GET /v1/runs/{id}/next (send its lease_id); this label was not stored",
+                           "lease_id")
 
     def _label_result(self, rt: RunRuntime, pid: str, duplicate: bool) -> dict:
         st = rt.comps[OVERALL].status() if rt.comps else None

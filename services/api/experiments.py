@@ -8,7 +8,8 @@
     GET  /v1/experiments/{exp}/report          self-contained HTML report (services/experiment_report.py)
     GET  /v1/experiments/{exp}                 the experiment (config, checkpoints and their runs)
 
-Admin token only. The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
+Admin token; a trainer token (POST /v1/tokens, kind 'trainer') may call the /{exp} routes of its experiment.
+The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
 Statistics and the signal rule: services/experiments.py.
 """
 
@@ -21,8 +22,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.api.deps import admin
+from services.api.deps import admin, experiment_access
+from services.api.models import Utf8Str
 from services.experiments import ExperimentError, ExperimentService, RedisKV
+from services.outbound import check_request
 
 MAX_TEXT = 200_000
 
@@ -32,7 +35,7 @@ class _Strict(BaseModel):
 
 
 class PromptIn(_Strict):
-    id: str = Field(min_length=1, max_length=256)
+    id: Utf8Str = Field(min_length=1, max_length=256)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
 
 
@@ -56,7 +59,7 @@ class ExperimentCreate(_Strict):
 
 
 class CheckpointIn(_Strict):
-    checkpoint: str = Field(min_length=1, max_length=500)
+    checkpoint: Utf8Str = Field(min_length=1, max_length=500)
     model: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
 
@@ -118,26 +121,31 @@ def experiment_service(request: Request) -> ExperimentService:
     return svc
 
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[Depends(admin)])
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
-@router.post("", status_code=201)
-def create_experiment(body: ExperimentCreate, svc: ExperimentService = Depends(experiment_service)):
+@router.post("", status_code=201, dependencies=[Depends(admin)])
+def create_experiment(body: ExperimentCreate, request: Request,
+                      svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, urls=[("webhook", body.webhook)],
+                  specs=[("base", body.base), *((f"judges.{i}", j) for i, j in enumerate(body.judges))])
     try:
         return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
     except ExperimentError as e:
         return _error(e)
 
 
-@router.post("/{exp}/checkpoints", status_code=201)
-def add_checkpoint(exp: str, body: CheckpointIn, svc: ExperimentService = Depends(experiment_service)):
+@router.post("/{exp}/checkpoints", status_code=201, dependencies=[Depends(experiment_access)])
+def add_checkpoint(exp: str, body: CheckpointIn, request: Request,
+                   svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, specs=[("model", body.model)])
     try:
         return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
     except ExperimentError as e:
         return _error(e)
 
 
-@router.get("/{exp}/signal")
+@router.get("/{exp}/signal", dependencies=[Depends(experiment_access)])
 def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
     try:
         return svc.signal(exp)
@@ -145,7 +153,7 @@ def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
         return _error(e)
 
 
-@router.get("/{exp}/report", response_class=HTMLResponse)
+@router.get("/{exp}/report", response_class=HTMLResponse, dependencies=[Depends(experiment_access)])
 def get_report(exp: str, links: Literal["api", "files"] = Query(
         "api", description="run-report links: 'api' = ../../runs/{id}/report (this service), 'files' = "
                            "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)"),
@@ -164,7 +172,7 @@ def get_report(exp: str, links: Literal["api", "files"] = Query(
     return HTMLResponse(render_experiment_report(data))
 
 
-@router.get("/{exp}")
+@router.get("/{exp}", dependencies=[Depends(experiment_access)])
 def get_experiment(exp: str, svc: ExperimentService = Depends(experiment_service)):
     try:
         rec = svc.get(exp)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -89,18 +87,29 @@ def test_labels_idempotent_per_pair_and_annotator(store):
     assert len(store.load_labels(rid)) == 1
 
 
-def test_live_lease_excludes_and_expired_lease_puts_pair_back(store):
-    svc = RunService(store, lease_ttl_s=0.3)
+def test_live_lease_excludes_and_expired_lease_puts_pair_back(store, monkeypatch):
+    """An expired lease puts its pair back first; a late label on it is honoured while nobody else took the pair
+    (within one more TTL of grace), and refused with 409 once the pair went to someone else."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr("services.runs._now", lambda: clock[0])
+    svc = RunService(store, lease_ttl_s=60)
     rid = svc.create_run(_spec(_pairs(50, votes=False), judges=[], seed=4))
     a = svc.next_pair(rid, "a")
     b = svc.next_pair(rid, "b")
     assert a["pair_id"] != b["pair_id"]
-    time.sleep(0.4)
-    c = svc.next_pair(rid, "c")   # a's lease expired: the same pair goes to the next annotator first
+    clock[0] += 61
+    c = svc.next_pair(rid, "c")   # both leases expired: one of their pairs goes to the next annotator first
     assert c["pair_id"] in (a["pair_id"], b["pair_id"])
-    # the late label of the annotator whose lease expired is still accepted and counted
-    r = svc.submit_label(rid, {"pair_id": a["pair_id"], "annotator": "a", "verdict": "tie", "lease_id": a["lease_id"]})
+    taken, kept = (a, b) if c["pair_id"] == a["pair_id"] else (b, a)
+    name = {a["lease_id"]: "a", b["lease_id"]: "b"}
+    with pytest.raises(Conflict):     # superseded: the pair is c's now
+        svc.submit_label(rid, {"pair_id": taken["pair_id"], "annotator": name[taken["lease_id"]], "verdict": "tie",
+                               "lease_id": taken["lease_id"]})
+    # the other expired lease was not reissued: its late label is honoured and counted
+    r = svc.submit_label(rid, {"pair_id": kept["pair_id"], "annotator": name[kept["lease_id"]], "verdict": "tie",
+                               "lease_id": kept["lease_id"]})
     assert r["accepted"] and not r["duplicate"]
+    assert svc.status(rid)["annotations"] == 1
 
 
 def test_several_annotators_per_pair_mean(store):
