@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.errors import BadInput, Conflict, NotFound
-from services.runs import OVERALL, RunService
+from services.runs import OVERALL, OwnershipLost, RunService
 from services.store import RedisStore
 
 
@@ -153,10 +153,13 @@ def test_restart_resumes_exactly(store):
     # the next draw after a restart is the one the old process would have made (same rng state)
     state = store.load_states(rid)
     n_ops = len(store.load_ops(rid))
-    v1 = svc.next_pair(rid, "c")
-    store.save_states(rid, state)                  # rewind the stored sampler to before that draw
+    with pytest.raises(OwnershipLost):             # the old process lost the run to svc2: it cannot write
+        svc.next_pair(rid, "c")
+    v1 = svc2.next_pair(rid, "c")
+    svc2.close()
+    store.r.hset(store.k(rid, "state"), mapping=state)   # rewind the stored sampler to before that draw
     store.r.ltrim(store.k(rid, "ops"), 0, n_ops - 1)
-    store.commit(rid, release=[v1["lease_id"]])
+    store.r.hdel(store.k(rid, "leases"), v1["lease_id"])
     svc3 = RunService(store)
     assert svc3.next_pair(rid, "c")["pair_id"] == v1["pair_id"]
 
@@ -229,14 +232,14 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
         svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 2 else "right"})
     stored = svc.status(rid)
     v = svc.next_pair(rid, "a")
-    real = store.commit_many
+    real = store.apply
     go = threading.Event()
 
-    def failing(writes):
+    def failing(groups):
         go.wait(10)
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(store, "commit_many", failing)
+    monkeypatch.setattr(store, "apply", failing)
     rt = svc.runtime(rid)
     with rt.lock:                    # a second change queued behind a write that will fail
         p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
@@ -246,7 +249,7 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
         svc.wait(p1)
     with pytest.raises(redis.ConnectionError):
         svc.wait(p2)
-    monkeypatch.setattr(store, "commit_many", real)
+    monkeypatch.setattr(store, "apply", real)
     assert svc.runtime(rid) is not rt                      # reloaded from Redis
     assert svc.status(rid)["labels"] == stored["labels"]   # the failed label was not counted
     again = svc.next_pair(rid, "a")                        # the lease taken before the failure is still held
