@@ -530,7 +530,11 @@ class RunService:
         except httpx.ConnectError:
             # the owner is gone (nothing was sent): take the run over once its lease expires
             log.warning("owner of run %s at %s is unreachable; taking over when its lease expires", rid, e.url)
-            rt = self.runtime(rid, wait_s=self.owner_ttl_s * 1.5)
+            try:
+                rt = self.runtime(rid, wait_s=self.owner_ttl_s * 1.5)
+            except NotOwner as again:
+                raise Unavailable(f"the replica that owns run {rid} ({e.url}) does not answer but still renews "
+                                  "its lease; retry") from again
             return getattr(self, "_local_" + method)(rt, *args)
         except httpx.HTTPError as err:
             raise Unavailable(f"the replica that owns run {rid} did not answer ({type(err).__name__}); "
