@@ -57,7 +57,8 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         from services.pipeline import Pipeline
 
         pipeline = Pipeline(runs, mode=settings.pipeline, ray_address=settings.ray_address,
-                            batch_size=settings.batch_size, metrics=metrics)
+                            batch_size=settings.batch_size, metrics=metrics,
+                            max_concurrent=settings.max_pipelines)
     runs.pipeline = pipeline
 
     @asynccontextmanager

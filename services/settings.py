@@ -16,6 +16,7 @@ class Settings:
     pipeline: str = "ray"                  # "ray" | "local" | "off"
     ray_address: str | None = field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
     batch_size: int = 4
+    max_pipelines: int = field(default_factory=lambda: int(os.environ.get("TIEBREAK_MAX_PIPELINES") or 2))
     webhook_url: str | None = field(default_factory=lambda: os.environ.get("TIEBREAK_WEBHOOK_URL") or None)
     webhook_retries: int = 5
     webhook_backoff_s: float = 0.5
