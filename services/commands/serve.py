@@ -39,7 +39,7 @@ def serve(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     settings = Settings(redis_url=redis_url, data_dir=str(data_dir) if data_dir else None, pipeline=pipeline,
                         ray_address=ray_address, lease_ttl_s=lease_ttl)
-    if advertise_url is None:
+    if not advertise_url:
         import socket
 
         advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
