@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.api.deps import admin, experiment_access
+from services.api.models import Utf8Str
 from services.experiments import ExperimentError, ExperimentService, RedisKV
 from services.outbound import check_request
 
@@ -33,7 +34,7 @@ class _Strict(BaseModel):
 
 
 class PromptIn(_Strict):
-    id: str = Field(min_length=1, max_length=256)
+    id: Utf8Str = Field(min_length=1, max_length=256)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
 
 
@@ -57,7 +58,7 @@ class ExperimentCreate(_Strict):
 
 
 class CheckpointIn(_Strict):
-    checkpoint: str = Field(min_length=1, max_length=500)
+    checkpoint: Utf8Str = Field(min_length=1, max_length=500)
     model: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
 

@@ -177,6 +177,11 @@ def test_trainer_token_is_limited_to_its_experiment(server):
     exp2 = httpx.post(u + "/v1/experiments", json=body, headers=H).json()["experiment"]
     T = _bearer(_token(server, "/v1/tokens", {"kind": "trainer", "name": "trainer", "experiment": exp})["token"])
     assert httpx.get(f"{u}/v1/experiments/{exp}/signal", headers=T).status_code == 200
+    r = httpx.post(f"{u}/v1/experiments/{exp}/checkpoints", json={"checkpoint": "c1", "outputs": {"q1": "hey"}},
+                   headers=T)
+    assert r.status_code == 201, r.text
+    assert httpx.post(f"{u}/v1/experiments/{exp2}/checkpoints", json={"checkpoint": "c1", "outputs": {"q1": "x"}},
+                      headers=T).status_code == 403
     assert httpx.get(f"{u}/v1/experiments/{exp2}/signal", headers=T).status_code == 403
     assert httpx.post(u + "/v1/experiments", json=body, headers=T).status_code == 403
     assert httpx.get(u + "/v1/runs", headers=T).status_code == 403
