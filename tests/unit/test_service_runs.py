@@ -142,6 +142,10 @@ def test_restart_resumes_exactly(store):
     before = svc.status(rid)
     svc2 = RunService(store)            # a fresh process: everything comes from Redis
     after = svc2.status(rid)
+    # the estimate of method active weighs by draw probabilities, which a reload can reproduce only to the last
+    # bit (the Fenwick tree is rebuilt in another summation order): seen once in ~20 runs, 0.5268564639770192
+    # vs ...191. Everything else is exact.
+    assert after.pop("estimate") == pytest.approx(before.pop("estimate"), rel=1e-12)
     assert after == before
     assert 0 < svc2.runtime(rid).ops_at_snapshot < svc2.runtime(rid).ops_total
     c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
