@@ -308,3 +308,39 @@ def test_add_pairs_is_all_or_nothing(store, monkeypatch):
     assert fresh.status(rid)["n_pairs"] in (10, 12_010)
     assert store.n_pairs(rid) in (10, 12_010) and len(store.load_index(rid)) == store.n_pairs(rid)
     fresh.close()
+
+
+def test_two_replicas_adding_checkpoints_to_one_experiment_lose_none(store):
+    """Two replicas (two ExperimentService on one Redis) add checkpoints to one experiment at once: the
+    read-modify-write of the record runs under the experiment's Redis lock, so none is lost. The run backend
+    is slowed down to widen the window between the read and the write."""
+    from services.experiments import ExperimentService, LocalRuns, RedisKV
+
+    class SlowRuns(LocalRuns):
+        def create_run(self, spec: dict) -> str:
+            time.sleep(0.03)
+            return super().create_run(spec)
+
+    prompts = [{"id": str(i), "text": f"q{i}"} for i in range(4)]
+    runs = SlowRuns(seed=0)            # the runs themselves are reachable from both (forwarding, above)
+    services = [ExperimentService(runs, kv=RedisKV(store.r)) for _ in range(2)]
+    exp = services[0].create_experiment({"name": "e", "prompts": prompts,
+                                         "base": {"outputs": {p["id"]: "b" for p in prompts}}})
+    errors = []
+
+    def add(k: int) -> None:
+        for i in range(6):
+            try:
+                services[k].add_checkpoint(exp, {"checkpoint": f"r{k}-c{i}",
+                                                 "outputs": {p["id"]: f"t{k}{i}" for p in prompts}})
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(2)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not errors
+    rec = services[1].get(exp)
+    assert sorted(c["checkpoint"] for c in rec["checkpoints"]) == sorted(f"r{k}-c{i}" for k in range(2)
+                                                                         for i in range(6))
+    assert sorted(c["index"] for c in rec["checkpoints"]) == list(range(1, 13))     # alpha spent once each
