@@ -344,3 +344,22 @@ def test_two_replicas_adding_checkpoints_to_one_experiment_lose_none(store):
     assert sorted(c["checkpoint"] for c in rec["checkpoints"]) == sorted(f"r{k}-c{i}" for k in range(2)
                                                                          for i in range(6))
     assert sorted(c["index"] for c in rec["checkpoints"]) == list(range(1, 13))     # alpha spent once each
+
+
+def test_run_decided_is_in_the_outbox_with_the_decision(store):
+    """The decision and its run.decided outbox entry are one write: once the deciding label is answered the
+    entry is in Redis (nothing delivers it here), with the run's final status and a delivery id."""
+    svc = RunService(store, webhook_url="http://127.0.0.1:9/hook")
+    rid = svc.create_run({"name": "t", "pairs": _pairs(100), "seed": 8})
+    for _ in range(100):
+        if _label(svc, rid, "a")["decision"] != "running":
+            break
+    st = svc.status(rid)
+    assert st["decision"] == "better" and store.get_meta(rid)["decided_notified"]
+    entries = {k: json.loads(v) for k, v in store.r.hgetall("tb:outbox").items()}
+    assert len(entries) == 1
+    (did, e), = entries.items()
+    assert e["event"] == "run.decided" and e["url"] == "http://127.0.0.1:9/hook" and e["attempts"] == 0
+    assert e["body"]["data"]["run_id"] == rid and e["body"]["data"]["decision"] == "better"
+    assert store.r.zscore("tb:outbox:due", did) == 0
+    svc.close()
