@@ -363,3 +363,42 @@ def test_run_decided_is_in_the_outbox_with_the_decision(store):
     assert e["body"]["data"]["run_id"] == rid and e["body"]["data"]["decision"] == "better"
     assert store.r.zscore("tb:outbox:due", did) == 0
     svc.close()
+
+
+def test_one_bad_write_never_fails_the_other_runs_writes_in_its_batch(store, monkeypatch):
+    """A write Redis cannot take (an annotator name with a lone surrogate cannot be encoded) shares a
+    group-commit batch with another run's label: the batch is retried write by write, so only the bad one
+    fails (its run reloads) and the other run's label is stored and answered."""
+    svc = RunService(store)
+    ra = svc.create_run({"name": "a", "pairs": _pairs(20), "seed": 9})
+    rb = svc.create_run({"name": "b", "pairs": _pairs(20), "seed": 10})
+    bad, good = "x\ud800", "ok"
+    va, vb = svc.next_pair(ra, bad), svc.next_pair(rb, good)
+    real = store.apply
+    gate, batches = threading.Event(), []
+
+    def gated(groups):
+        batches.append(len(groups))
+        if len(batches) == 1:
+            gate.wait(10)                  # hold the writer on a first write while the two queue up behind it
+        return real(groups)
+
+    monkeypatch.setattr(store, "apply", gated)
+    rt_b = svc.runtime(rb)
+    with rt_b.lock:
+        first = svc.next_pair_locked(rt_b, "someone")           # the write the writer is held on
+    rt_a, rt_b = svc.runtime(ra), svc.runtime(rb)
+    time.sleep(0.2)
+    with rt_a.lock, rt_b.lock:
+        pa = svc.submit_label_locked(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
+                                            "lease_id": va["lease_id"]})
+        pb = svc.submit_label_locked(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
+                                            "lease_id": vb["lease_id"]})
+    gate.set()
+    svc.wait(first)
+    assert svc.wait(pb)["labels"] == 1
+    with pytest.raises(UnicodeEncodeError):
+        svc.wait(pa)
+    assert batches[1] == 2                                       # both were in one batch
+    assert svc.status(rb)["labels"] == 1 and svc.status(ra)["labels"] == 0
+    svc.close()
