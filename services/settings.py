@@ -24,10 +24,15 @@ class Settings:
     pipeline: str = "ray"                  # "ray" | "local" | "off"
     ray_address: str | None = field(default_factory=lambda: os.environ.get("RAY_ADDRESS") or None)
     batch_size: int = 4
+    max_pipelines: int = field(default_factory=lambda: int(os.environ.get("TIEBREAK_MAX_PIPELINES") or 2))
     webhook_url: str | None = field(default_factory=lambda: os.environ.get("TIEBREAK_WEBHOOK_URL") or None)
     webhook_retries: int = 5
     webhook_backoff_s: float = 0.5
     public_url: str | None = None          # for links in exported tasks (Label Studio / Argilla)
+    # several replicas on one Redis (services/runs.py, docs/deploy.md): where the others reach this one, and
+    # how long a run's ownership lease lasts without renewal (a killed replica's runs move after this)
+    advertise_url: str | None = field(default_factory=lambda: os.environ.get("TIEBREAK_ADVERTISE_URL") or None)
+    owner_ttl_s: float = field(default_factory=lambda: float(os.environ.get("TIEBREAK_OWNER_TTL_S") or 10.0))
     # request bodies above this get 413 before they are read (a 10,000-pair run with ~1 KB texts is ~30 MB);
     # bigger runs: POST /v1/runs/{id}/pairs in batches
     max_body_bytes: int = field(default_factory=lambda: int(float(os.environ.get("TIEBREAK_MAX_BODY_MB") or 32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.errors import BadInput, Conflict, NotFound
-from services.runs import OVERALL, RunService
+from services.runs import OVERALL, OwnershipLost, RunService
 from services.store import RedisStore
 
 
@@ -142,19 +142,28 @@ def test_restart_resumes_exactly(store):
     before = svc.status(rid)
     svc2 = RunService(store)            # a fresh process: everything comes from Redis
     after = svc2.status(rid)
+    # the estimate of method active weighs by draw probabilities, which a reload can reproduce only to the last
+    # bit (the Fenwick tree is rebuilt in another summation order): seen once in ~20 runs, 0.5268564639770192
+    # vs ...191. Everything else is exact.
+    assert after.pop("estimate") == pytest.approx(before.pop("estimate"), rel=1e-12)
     assert after == before
     assert 0 < svc2.runtime(rid).ops_at_snapshot < svc2.runtime(rid).ops_total
     c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
     assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
-    assert c1.trajectory == c2.trajectory
+    t1, t2 = np.array(c1.trajectory, dtype=float), np.array(c2.trajectory, dtype=float)
+    assert t1.shape == t2.shape and np.array_equal(t1[:, 0], t2[:, 0])
+    assert np.allclose(t1, t2, rtol=1e-12, atol=0)           # the estimate column: to the last bit (above)
     assert svc2.next_pair(rid, "b")["lease_id"] == held["lease_id"]
     # the next draw after a restart is the one the old process would have made (same rng state)
     state = store.load_states(rid)
     n_ops = len(store.load_ops(rid))
-    v1 = svc.next_pair(rid, "c")
-    store.save_states(rid, state)                  # rewind the stored sampler to before that draw
+    with pytest.raises(OwnershipLost):             # the old process lost the run to svc2: it cannot write
+        svc.next_pair(rid, "c")
+    v1 = svc2.next_pair(rid, "c")
+    svc2.close()
+    store.r.hset(store.k(rid, "state"), mapping=state)   # rewind the stored sampler to before that draw
     store.r.ltrim(store.k(rid, "ops"), 0, n_ops - 1)
-    store.commit(rid, release=[v1["lease_id"]])
+    store.r.hdel(store.k(rid, "leases"), v1["lease_id"])
     svc3 = RunService(store)
     assert svc3.next_pair(rid, "c")["pair_id"] == v1["pair_id"]
 
@@ -222,19 +231,19 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
 
     svc = RunService(store)
     rid = svc.create_run(_spec(_pairs(200), seed=11))
-    for k in range(30):
+    for k in range(30):     # tuned better every other pair: the run stays undecided (a random one could decide)
         v = svc.next_pair(rid, "a")
-        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 2 else "right"})
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": _verdict(v, k % 2 == 0)})
     stored = svc.status(rid)
     v = svc.next_pair(rid, "a")
-    real = store.commit_many
+    real = store.apply
     go = threading.Event()
 
-    def failing(writes):
+    def failing(groups):
         go.wait(10)
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(store, "commit_many", failing)
+    monkeypatch.setattr(store, "apply", failing)
     rt = svc.runtime(rid)
     with rt.lock:                    # a second change queued behind a write that will fail
         p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
@@ -244,7 +253,7 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
         svc.wait(p1)
     with pytest.raises(redis.ConnectionError):
         svc.wait(p2)
-    monkeypatch.setattr(store, "commit_many", real)
+    monkeypatch.setattr(store, "apply", real)
     assert svc.runtime(rid) is not rt                      # reloaded from Redis
     assert svc.status(rid)["labels"] == stored["labels"]   # the failed label was not counted
     again = svc.next_pair(rid, "a")                        # the lease taken before the failure is still held
