@@ -95,7 +95,7 @@ def main() -> None:
 
         pid = s.proc.pid
         rss0 = rss_mb(pid)
-        mem0 = httpx.get(f"{s.url}/metrics").status_code and _redis_used(d)
+        mem0 = httpx.get(f"{s.url}/metrics", headers=H).status_code and _redis_used(d)
         rng = np.random.default_rng(0)
         text = "x" * 200
         pairs = [{"id": f"p{i}", "prompt": f"prompt {i} {text}", "base": f"base {i} {text}", "tuned": f"tuned {i} {text}",
@@ -154,7 +154,7 @@ def main() -> None:
         cpu1 = (cpu_s(pid), redis_cpu_s(rcli), sum(os.times()[:2]))
         cmds = {k.removeprefix("cmdstat_"): v["calls"] for k, v in rcli.info("commandstats").items()}
         st = httpx.get(f"{s.url}/v1/runs/{rid}", headers=H).json()
-        server = _server_share(httpx.get(f"{s.url}/metrics").text)
+        server = _server_share(httpx.get(f"{s.url}/metrics", headers=H).text)
         rt = np.array(lat_rt) * 1000
         rq = np.array(lat_req) * 1000
         out = {"pairs": a.pairs, "clients": a.clients, "client": a.client, "seconds": round(el, 1), "round_trips": len(rt),
