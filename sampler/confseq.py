@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_BETS: tuple[float, ...] = (0.3, 0.6, 0.9, 1.3, 1.8)
+ROUNDING_TOLERANCE = 1e-9  # relative; far above float64 drift of O(N) running sums, far below any real evidence
 
 
 @dataclass(frozen=True)
@@ -110,17 +111,20 @@ class BettingConfidenceSequence:
         c_minus = c_plus if null_mean_minus is None else np.asarray(null_mean_minus, dtype=float)
         clip = self.bets.clip
         lam = self._lambdas * scale
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cap_plus = np.where(c_plus > lo, clip / (c_plus - lo), np.inf)
-            cap_minus = np.where(c_minus < hi, clip / (hi - c_minus), np.inf)
-        lam_plus = np.minimum(lam[None, :], cap_plus[:, None])
-        lam_minus = np.minimum(lam[None, :], cap_minus[:, None])
-        self.log_k_plus += np.log1p(lam_plus * (x - c_plus)[:, None])
-        self.log_k_minus += np.log1p(-lam_minus * (x - c_minus)[:, None])
+        # Rounding tolerance: lo, hi and c are running float sums; at the pool's last draw c(theta) equals a
+        # bound exactly in exact arithmetic, and one ulp of drift must not exclude theta.
+        tol_plus = ROUNDING_TOLERANCE * (1.0 + np.abs(c_plus))
+        tol_minus = ROUNDING_TOLERANCE * (1.0 + np.abs(c_minus))
+        # bets capped at clip / (c - lo): every factor >= 1 - clip > 0 (denominator kept >= tol, so a c on
+        # the bound up to rounding bets at most clip / tol, and x - c is then rounding-sized too)
+        lam_plus = np.minimum(lam[None, :], (clip / np.maximum(c_plus - lo, tol_plus))[:, None])
+        lam_minus = np.minimum(lam[None, :], (clip / np.maximum(hi - c_minus, tol_minus))[:, None])
+        self.log_k_plus += np.log1p(np.maximum(lam_plus * (x - c_plus)[:, None], -clip))
+        self.log_k_minus += np.log1p(np.maximum(-lam_minus * (x - c_minus)[:, None], -clip))
         self.excluded_below |= ((_logsumexp_rows(self.log_k_plus) >= self._threshold)
-                                | (c_plus < mean_lo) | (c_plus < lo))
+                                | (c_plus < mean_lo - tol_plus) | (c_plus < lo - tol_plus))
         self.excluded_above |= ((_logsumexp_rows(self.log_k_minus) >= self._threshold)
-                                | (c_minus > mean_hi) | (c_minus > hi))
+                                | (c_minus > mean_hi + tol_minus) | (c_minus > hi + tol_minus))
 
     def exclude_outside(self, lower: float, upper: float) -> None:
         """Deterministic knowledge (e.g. the whole pool is labelled): theta lies in [lower, upper]."""

@@ -27,8 +27,11 @@ for all t with probability >= 1 - alpha_noise (noise_bound). K+ is run with the 
 the CS gets alpha - alpha_noise (confseq.BettingConfidenceSequence.update). When the pool is exhausted theta
 is then known only to +- B_N / N, not exactly.
 
-Adding pairs after labels exist starts a new pool version e (alpha_e = alpha / 2^e); labels already collected
-are reused for free when their pair is drawn again.
+Adding pairs after labels exist starts a new pool version e. Every version's verdict counts, so alpha is spent
+across versions: version 0 gets (1 - r) alpha and version e >= 1 half of what is left, alpha_e = r alpha / 2^e
+(r = pool_growth_alpha_share, 0.05), so sum_e alpha_e = alpha: the probability that *any* verdict the run ever
+gives (including one before pairs were added, reopened afterwards) is wrong stays <= alpha (union bound).
+Labels already collected are reused for free when their pair is drawn again.
 """
 
 from __future__ import annotations
@@ -65,13 +68,15 @@ class ComparisonConfig:
     budget: int | None = None
     method: str = "active"
     uniform_floor: float = 0.5           # gamma: q >= gamma / |R|
-    min_labels_to_calibrate: int = 20    # before this, g = 0 and sampling is uniform
-    calibration_penalty: float = 20.0    # ridge penalty (pseudo-labels of shrinkage towards the label mean)
+    min_labels_to_calibrate: int = 5     # before this, g = 0 and sampling is uniform
+    calibration_penalty: float | None = None  # ridge penalty; None: chosen by leave-one-out on past labels
     grid_resolution: int = 400           # candidate-theta grid for the reported interval
     design: str = "without-replacement"  # or "with-replacement" (reference design; labels reused free)
     confidence_sequence: str = "betting"  # or "asymptotic" (Gaussian-mixture, asymptotically valid only)
     label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
     noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
+    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each)
+    variance_adaptive_bets: bool = True   # scale the bets by (label variance / observation variance), predictable
     bets: BetSchedule = field(default_factory=BetSchedule)
 
     def __post_init__(self) -> None:
@@ -85,6 +90,8 @@ class ComparisonConfig:
             raise ValueError(f"confidence_sequence must be one of {', '.join(CONFIDENCE_SEQUENCES)} "
                              f"(got {self.confidence_sequence!r})")
         DecisionRule(self.margin, self.budget)  # validates margin and budget
+        if not 0 < self.pool_growth_alpha_share < 1:
+            raise ValueError("pool_growth_alpha_share must lie in (0, 1)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -107,7 +114,9 @@ class ComparisonStatus:
     estimate: float
     lower: float
     upper: float
-    alpha: float             # alpha of the current pool version
+    alpha: float             # bound on P(this verdict is wrong): the run's alpha while the pool is as given
+                             # (its CS runs at 0.95 alpha, 0.05 alpha is kept for growth), after growth
+                             # the current version's share (half the remaining alpha)
     decision: Decision
     method: str
     pool_version: int
@@ -127,27 +136,41 @@ def prediction_powered_observation(y: float, g_item: float, g_remaining_sum: flo
 def noise_bound(t: int, alpha: float, rho: float = 25.0) -> float:
     """Time-uniform bound on |sum_{s<=t} eps_s| for independent mean-zero eps_s, each in a range of width 1.
 
-    Such eps are 1/2-sub-Gaussian (Hoeffding's lemma), so with V_t = t/4 the two-sided normal-mixture
-    boundary (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric,
-    nonasymptotic confidence sequences", Ann. Statist., Prop. 6 / eq. (14)) holds for all t at once:
-        B_t = sqrt( 2 (V_t + rho) log( sqrt((V_t + rho) / rho) * 2 / alpha ) ),
-        P(exists t: |sum eps| > B_t) <= alpha.
+    Such eps are 1/2-sub-Gaussian (Hoeffding's lemma), so with V_t = t/4 and S_t = sum eps,
+    exp(lam S_t - lam^2 V_t / 2) is a supermartingale for every real lam. Mixing lam over N(0, 1/rho) -- a
+    distribution on the whole real line, so the mixture is already two-sided -- gives the supermartingale
+        M_t = sqrt(rho / (V_t + rho)) exp( S_t^2 / (2 (V_t + rho)) ),
+    and Ville's inequality P(exists t: M_t >= 1/alpha) <= alpha is exactly (Robbins 1970; Howard, Ramdas,
+    McAuliffe & Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence sequences", Ann. Statist.,
+    eq. (14), two-sided normal mixture)
+        B_t = sqrt( 2 (V_t + rho) log( sqrt((V_t + rho) / rho) / alpha ) ),
+        P(exists t: |S_t| >= B_t) <= alpha.
+    (An earlier version used 2/alpha, as if a one-sided boundary were being doubled: 11 % wider than needed.)
     rho sets where it is tightest (V_t ~ rho); the engine uses rho = N/8 (tightest half-way through the pool).
     """
     if t <= 0:
         return 0.0
     v = t / 4.0 + rho
-    return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) * 2.0 / alpha))
+    return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) / alpha))
 
 
-def _refit_due(n: int, min_labels: int) -> bool:
-    """Refit at min_labels, then at every 10% growth (geometric: O(log n) refits, each O(N))."""
+ACTIVE_MIN_GAIN = 0.9  # active sampling only if its predicted residual variance is <= 0.9 x uniform's
+REFIT_GROWTH = 0.1     # refit whenever the processed labels have grown by 10 % ...
+REFIT_MIN_STEP = 1     # ... or by this many labels, whichever is more
+
+
+def _refit_due(n: int, min_labels: int, min_step: int = REFIT_MIN_STEP) -> bool:
+    """Refit at r_0 = min_labels, then at r_{k+1} = max(r_k + min_step, ceil(1.1 r_k)), for ever.
+
+    Geometric: O(log n) refits over a run, each O(N), so the amortised cost per label is O(N log n / n).
+    (The previous schedule tested (n - min) % int(0.1 n) == 0, which stopped firing after 200 labels.)
+    """
     if n < min_labels:
         return False
-    if n == min_labels:
-        return True
-    step = max(10, int(n * 0.1))
-    return (n - min_labels) % step == 0
+    r = min_labels
+    while r < n:
+        r = max(r + min_step, math.ceil(r * (1 + REFIT_GROWTH)))
+    return r == n
 
 
 class Comparison:
@@ -185,8 +208,7 @@ class Comparison:
         self._apply_calibration()
         self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
                                                  with_replacement=self.with_replacement)
-        if self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
         cfg = self.config
         extra = (0.5, 0.5 - cfg.margin, 0.5 + cfg.margin)
         self.cs: BettingConfidenceSequence | AsymptoticConfidenceSequence
@@ -196,6 +218,7 @@ class Comparison:
             self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
         self.labelled_processed: set[int] = set()
         self._est_num = 0.0
+        self._moments = [0.0, 0.0, 0.0, 0.0, 0.0]  # processed, mean and M2 of the labels, mean and M2 of x
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
         self._decision = Decision.RUNNING
@@ -203,7 +226,17 @@ class Comparison:
 
     @property
     def alpha(self) -> float:
-        return self.config.alpha / 2**self.pool_version
+        """alpha of the current pool version: (1 - r) alpha for version 0, r alpha / 2^e for version e >= 1."""
+        r = self.config.pool_growth_alpha_share
+        if self.pool_version == 0:
+            return self.config.alpha * (1 - r)
+        return self.config.alpha * r / 2**self.pool_version
+
+    @property
+    def reported_alpha(self) -> float:
+        """What a user is promised: the run's alpha until pairs are added (every verdict the run can give,
+        now or after growth, shares it), afterwards the current version's alpha."""
+        return self.config.alpha if self.pool_version == 0 else self.alpha
 
     @property
     def with_replacement(self) -> bool:
@@ -250,7 +283,9 @@ class Comparison:
         return {d.item for d in self.draws[self.processed:]}
 
     def pending_items(self) -> list[int]:
-        return [d.item for d in self.draws[self.processed:] if d.item not in self.labels]
+        """Pairs handed out and still waiting for a label, each once (with replacement a pair can be drawn
+        again while it waits)."""
+        return list(dict.fromkeys(d.item for d in self.draws[self.processed:] if d.item not in self.labels))
 
     @property
     def decision(self) -> Decision:
@@ -313,10 +348,11 @@ class Comparison:
 
     # ---------------------------------------------------------------------------------------- statistics
     def _process_ready(self) -> None:
-        while self.processed < len(self.draws) and self.draws[self.processed].item in self.labels:
+        # A verdict freezes the evidence: labels that arrive after it are stored but not processed, so the
+        # reported interval does not depend on whether late labels came before or after the verdict.
+        while (not self._decision.final and self.processed < len(self.draws)
+               and self.draws[self.processed].item in self.labels):
             self._process(self.draws[self.processed])
-            if self._decision.final:
-                break
 
     def _process(self, draw: Draw) -> None:
         n, rem = self.n_items, draw.remaining
@@ -338,8 +374,10 @@ class Comparison:
                 null_mean = (n * self.cs.grid - self.label_sum) / rem
                 slack = self._noise(self.processed) / rem
                 scale = (n / rem) ** self.config.bets.growth
+            scale *= self._bet_variance_factor()
             self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
                            null_mean_minus=null_mean - slack)
+        self._update_moments(y, x)
         # Point estimate: precision-weighted mean of the Z_t (weights (N/|R_t|)^2 are predictable).
         w = (n / rem) ** 2
         self._est_num += w * z
@@ -361,33 +399,77 @@ class Comparison:
             self._refit()
         self._update_decision()
 
+    def _bet_variance_factor(self) -> float:
+        """Variance-adaptive bets: the bet grid was tuned for labels-only observations; a Kelly-type bet is
+        ~ effect / variance (Waudby-Smith & Ramdas 2024, Sec. 5: predictable plug-in bets), so when the
+        prediction-powered observations are less variable than the labels the bets grow by the ratio
+            f_t = (1/4 + M2_y) / (1/4 + M2_x),   clipped to [1/2, 4],
+        of the running sums of squared deviations of the labels and of the observations over the draws
+        processed *before* t (one pseudo-observation of variance 1/4 each). Predictable, so every factor of
+        the capital process keeps conditional mean 1; the caps clip / (c - lo) still apply. For classical
+        x = y and f = 1 exactly.
+        """
+        if not self.config.variance_adaptive_bets:
+            return 1.0
+        m2_y, m2_x = self._moments[2], self._moments[4]
+        return float(min(4.0, max(0.5, (0.25 + m2_y) / (0.25 + m2_x))))
+
+    def _update_moments(self, y: float, x: float) -> None:
+        m = self._moments
+        m[0] += 1.0
+        for k, v in ((1, y), (3, x)):  # Welford
+            delta = v - m[k]
+            m[k] += delta / m[0]
+            m[k + 1] += delta * (v - m[k])
+
     def _refit(self) -> None:
+        # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
+        # only, whichever pairs happen to be pending or labelled early, so g_{t+1} is predictable by construction.
+        # (Adding other known labels made the fit depend on which pair was pending, i.e. on the next draw.)
         items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
-        not_yet = set(items.tolist()) | self._pending_set()
-        known = [i for i in self.labels if i not in not_yet]
-        # labels from earlier pool versions are past too; labels of pending draws are not (out of order)
-        items = np.concatenate([items, np.asarray(known, dtype=int)])
         ys = np.asarray([self.labels[i] for i in items])
         self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
         self._apply_calibration()
-        if self.gamma < 1.0:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
 
-    def _update_decision(self) -> None:
+    def _set_sampler_scores(self) -> None:
+        """Active sampling only where the calibration predicts it pays (else uniform, i.e. the ppi design).
+
+        With q = gamma/|R| + (1 - gamma) s / sum s and s_i the predicted residual sd, the variance of the
+        Horvitz-Thompson residual term relative to uniform sampling is about
+            ratio = mean_i( s_i^2 / (gamma + (1 - gamma) s_i / mean(s)) ) / mean(s^2)
+        (Neyman allocation with a floor; Zrnic & Candes 2024). Active sampling also widens the observation's
+        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN.
+        A function of the calibration alone (whole pool, not the remaining pairs), hence predictable and
+        reproduced exactly on reload.
+        """
+        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0):
+            self.sampler.set_scores(None)
+            self.active_in_use = False
+            return
+        sd = self.spread
+        ratio = float(np.mean(sd**2 / (self.gamma + (1 - self.gamma) * sd / sd.mean())) / np.mean(sd**2))
+        self.active_in_use = ratio <= ACTIVE_MIN_GAIN
+        self.sampler.set_scores(self.spread if self.active_in_use else None)
+
+    def _update_decision(self, record: bool = True) -> None:
         iv = self.cs.interval()
         est = self._est_num / self._est_den if self._est_den else 0.5
         est = min(max(est, iv.lower), iv.upper)
         rule = DecisionRule(self.config.margin, self.config.budget)
         exhausted = (len(self.labelled_processed) if self.with_replacement else self.processed) == self.n_items
-        self._decision = rule.decide(iv.lower, iv.upper, len(self.labels), exhausted, closed=iv.closed)
+        # The budget ends a run only once every drawn pair is processed: otherwise labels that arrived out of
+        # order (received, not yet processed) would count against the budget before they count as evidence.
+        labels_for_budget = len(self.labels) if self.processed == len(self.draws) else 0
+        self._decision = rule.decide(iv.lower, iv.upper, labels_for_budget, exhausted, closed=iv.closed)
         self._estimate = float(est)
-        if self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
+        if record and self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
             self.trajectory.append([len(self.labels), est, iv.lower, iv.upper])
 
     def status(self) -> ComparisonStatus:
         iv = self.cs.interval()
         return ComparisonStatus(self.n_items, len(self.labels), self.processed, len(self.pending_items()),
-                                self._estimate, iv.lower, iv.upper, self.alpha, self._decision,
+                                self._estimate, iv.lower, iv.upper, self.reported_alpha, self._decision,
                                 self.config.method, self.pool_version)
 
     # ----------------------------------------------------------------------------------------- pool growth
@@ -423,8 +505,10 @@ class Comparison:
             "g_remaining_sum": self.g_remaining_sum,
             "g_max": self.g_max,
             "g_min": self.g_min,
+            "score_min": self.sampler.score_min,
             "cs": self.cs.to_dict(),
             "estimate": [self._est_num, self._est_den],
+            "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
         }
@@ -473,14 +557,17 @@ class Comparison:
         self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
                                                  drawn=None if self.with_replacement else drawn,
                                                  with_replacement=self.with_replacement)
-        if self.gamma < 1.0 and self.calibration.n_labels > 0 and self.uses_judges:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
+        if self.active_in_use:
+            if "score_min" in d:  # the bound computed at the last refit, not over today's live pairs
+                self.sampler.score_min = d["score_min"]
         self.cs = confidence_sequence_from_dict(d["cs"])
         if self.with_replacement:
             self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
+        self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
-        self._update_decision()
+        self._update_decision(record=False)  # the trajectory is restored as saved
         return self
 
     @classmethod
