@@ -36,6 +36,7 @@ ROUTERS = [
     "services.api.annotate",
     "services.api.integrations",
     "services.api.experiments",
+    "services.api.internal",
 ]
 
 
@@ -48,8 +49,10 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     store = store or RedisStore.open(settings.redis_url, settings.data_dir)
     metrics = Metrics()
     webhooks = WebhookSender(settings.webhook_retries, settings.webhook_backoff_s, metrics=metrics,
-                             default_url=settings.webhook_url)
-    runs = RunService(store, notify=webhooks.send, metrics=metrics, lease_ttl_s=settings.lease_ttl_s)
+                             default_url=settings.webhook_url, store=store)
+    # run.decided events go through the Redis outbox (written with the decision); no in-process notify
+    runs = RunService(store, metrics=metrics, lease_ttl_s=settings.lease_ttl_s, webhook_url=settings.webhook_url,
+                      url=settings.advertise_url or "", token=settings.admin_token, owner_ttl_s=settings.owner_ttl_s)
     if pipeline is None and settings.pipeline in ("ray", "local"):
         from services.pipeline import Pipeline
 
@@ -65,6 +68,7 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         experiments = getattr(app.state, "experiments", None)
         if experiments is not None and hasattr(experiments, "stop_watcher"):
             experiments.stop_watcher()        # before the store it reads goes away
+        runs.close()                          # release every run: other replicas take them over at once
         webhooks.close()
         if own_store:
             store.close()                     # stops the embedded redis-server it started

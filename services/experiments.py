@@ -202,6 +202,8 @@ class KV(Protocol):
 
     def keys(self, prefix: str) -> list[str]: ...
 
+    def lock(self, key: str) -> Any: ...
+
 
 class MemoryKV:
     def __init__(self) -> None:
@@ -222,13 +224,32 @@ class MemoryKV:
         with self._lock:
             return [k for k in self._d if k.startswith(prefix)]
 
+    def lock(self, key: str) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()      # one process: ExperimentService's own lock is enough
+
+
+class LockLost(RuntimeError):
+    """A write under ``RedisKV.lock`` found the lock held by someone else (it expired): nothing was written."""
+
 
 class RedisKV:
-    """JSON values in any redis-py client (the service's store passes its client)."""
+    """JSON values in any redis-py client (the service's store passes its client).
+
+    Several API replicas share it: every read-modify-write of an experiment runs under ``lock(key)``, a lock
+    in Redis (``{key}:lock``, SET NX PX with a random token, ``LOCK_TTL_S``), and a ``put_json`` made while
+    holding it is one Lua script that writes only if the lock still holds our token (a fencing check: a holder
+    paused past the TTL cannot overwrite a newer record; it gets LockLost)."""
+
+    LOCK_TTL_S = 120.0
+    _PUT_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 end return 0"
+    _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
     def __init__(self, client: Any, prefix: str = "tb:") -> None:
         self.r = client
         self.prefix = prefix
+        self._held = threading.local()
 
     def get_json(self, key: str) -> Any | None:
         import json
@@ -237,11 +258,44 @@ class RedisKV:
 
     def put_json(self, key: str, value: Any) -> None:
         import json
-        self.r.set(self.prefix + key, json.dumps(value))
+        token = getattr(self._held, "tokens", {}).get(key)
+        if token is None:
+            self.r.set(self.prefix + key, json.dumps(value))
+        elif not self.r.eval(self._PUT_IF, 2, self.prefix + key + ":lock", self.prefix + key, token,
+                             json.dumps(value)):
+            raise LockLost(f"the lock on {key} expired while this replica held it; nothing was written")
+
+    def lock(self, key: str) -> Any:
+        import contextlib
+        import secrets
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            tokens = getattr(self._held, "tokens", None)
+            if tokens is None:
+                tokens = self._held.tokens = {}
+            if key in tokens:            # re-entrant within a thread
+                yield
+                return
+            token = secrets.token_hex(16)
+            name = self.prefix + key + ":lock"
+            deadline = time.monotonic() + self.LOCK_TTL_S + 10
+            while not self.r.set(name, token, nx=True, px=int(self.LOCK_TTL_S * 1000)):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not lock {key}")
+                time.sleep(0.02)
+            tokens[key] = token
+            try:
+                yield
+            finally:
+                tokens.pop(key, None)
+                self.r.eval(self._UNLOCK, 1, name, token)
+        return held()
 
     def keys(self, prefix: str) -> list[str]:
         n = len(self.prefix)
-        return [(k.decode() if isinstance(k, bytes) else k)[n:] for k in self.r.scan_iter(self.prefix + prefix + "*")]
+        return [k[n:] for k in (x.decode() if isinstance(x, bytes) else x
+                                for x in self.r.scan_iter(self.prefix + prefix + "*")) if not k.endswith(":lock")]
 
 
 Generator = Callable[[dict, list[dict]], dict[str, str]]   # (model spec, prompts [{id, text}]) -> {id: text}
@@ -319,6 +373,15 @@ class ExperimentService:
         self.generator = generator or backend_generator
         self.notifier = notifier or post_webhook
         self._lock = threading.RLock()
+
+    def _guard(self, exp_id: str) -> Any:
+        """Serialise read-modify-writes of one experiment: in this process and across replicas (KV lock)."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._lock)
+        stack.enter_context(self.kv.lock(f"exp:{exp_id}"))
+        return stack
 
     # -------------------------------------------------------------------------------------- experiments
     def create_experiment(self, body: dict) -> str:
@@ -424,7 +487,7 @@ class ExperimentService:
         name = name.strip()
         if ("model" in body) == ("outputs" in body):
             raise ExperimentError("model", "give exactly one of model (a model spec) or outputs {prompt_id: text}")
-        with self._lock:
+        with self._guard(exp_id):
             rec = self.get(exp_id)
             if any(c["checkpoint"] == name for c in rec["checkpoints"]):
                 raise ExperimentError("checkpoint", f"{name!r} was already submitted to {exp_id}", status=409)
@@ -499,7 +562,7 @@ class ExperimentService:
                     outs[side] = self._outputs(rec, side)
         except Exception as e:  # noqa: BLE001 - reported in the checkpoint's status
             error = str(e)
-        with self._lock:
+        with self._guard(exp_id):
             rec = self.get(exp_id)
             ck = next(c for c in rec["checkpoints"] if c["checkpoint"] == name)
             if error is None:
@@ -540,7 +603,7 @@ class ExperimentService:
         return self.rule(rec).evaluate(self.verdicts(rec))
 
     def signal(self, exp_id: str) -> dict:
-        with self._lock:
+        with self._guard(exp_id):
             rec = self.get(exp_id)
             sig = self._signal(rec)
             self._maybe_notify(exp_id, rec, sig)

@@ -204,8 +204,12 @@ class Pipeline:
                 self.submit(r["run_id"])
 
     def _run_safe(self, rid: str) -> None:
+        from services.runs import NotOwner, OwnershipLost
+
         try:
             self.run(rid)
+        except (NotOwner, OwnershipLost) as e:   # another replica owns the run now: its pipeline goes on
+            log.info("pipeline of run %s stops here: %s", rid, e)
         except Exception as e:  # a failed pipeline marks the run failed, with the reason
             log.exception("pipeline of run %s failed", rid)
             self.service.set_status(rid, "failed", error=f"{type(e).__name__}: {e}")

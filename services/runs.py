@@ -17,8 +17,20 @@ fails, every queued write of that run fails too (they were computed from the los
 copy is dropped: the next call reloads the stored truth. A label is never answered before it is stored.
 
 Leases: ``next`` hands the annotator a lease on one pair for ``lease_ttl_s`` seconds. While live, the pair is
-not handed to anyone else (beyond k). An expired lease just stops counting: the pair is still drawn-and-
-pending in the sampler, so the next ``next`` call hands that same pair out first.
+not handed to anyone else (beyond k). An expired lease stops counting: the pair is still drawn-and-pending in
+the sampler, so the next ``next`` call hands that same pair out first.
+
+Label intake (who may label what): a label through the API must come from the holder of a lease on that pair
+(``lease_id`` or, without it, the lease that annotator holds on the pair). A label from an annotation tool
+(Label Studio, Argilla) must be for a pair the sampler drew (the tools' exports hand out drawn pairs only)
+that still needs a label and is not leased to enough others. Anything else is refused (409/403) and changes
+nothing: no label is stored, nothing reaches the sampler, the budget is not touched.
+
+Expired leases (decided): a lease that expired is still honoured while the pair was not handed to anyone else
+and for at most one more ``lease_ttl_s`` (the *grace*), because the label is as valid as any other (the draw
+never depends on who labels) and refusing a late but honest label only wastes work. Once the pair is leased to
+another annotator, or labelled k times, or the grace is over, the old lease is gone (deleted from Redis with
+the next write of the run) and a label with it gets 409.
 """
 
 from __future__ import annotations
@@ -40,8 +52,9 @@ import numpy as np
 
 from sampler.decision import split_alpha
 from sampler.engine import Comparison, ComparisonConfig, label_from_verdict
-from services.errors import BadInput, Conflict, NotFound
+from services.errors import BadInput, Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from services.store import RedisStore
+from services.webhooks import outbox_entry
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,11 @@ class RunRuntime:
     ops_at_snapshot: int = 0                       # operations already contained in the stored snapshots
     tail: Future | None = None                     # the run's last queued write (see RunService._enqueue)
     broken: BaseException | None = None            # a write failed: this copy is stale, never written again
+    seq: int = 0                                   # the run's write sequence number for the next write
+    owner: str = ""                                # our ownership lease value ("{fence} {replica} {url}")
+    owned_until: float = 0.0                       # monotonic time until which the lease surely holds
+    last_used: float = field(default_factory=time.monotonic)
+    outbox: list = field(default_factory=list)      # webhook outbox entries for the next write
 
     @property
     def criteria(self) -> list[str]:
@@ -123,20 +141,89 @@ def offer_label(comp: Comparison, idx: int, y: float) -> bool:
     return True
 
 
+class NotOwner(Exception):
+    """The run is owned by another live replica (``value`` = its ownership lease "{fence} {replica} {url}")."""
+
+    def __init__(self, rid: str, value: str):
+        super().__init__(f"run {rid} is owned by {value}")
+        self.rid = rid
+        self.value = value
+
+    @property
+    def url(self) -> str:
+        return self.value.split(" ", 2)[2] if self.value.count(" ") >= 2 else ""
+
+
+class RemoteError(ServiceError):
+    """The owner replica answered a forwarded call with an error: passed on with its status and detail."""
+
+    def __init__(self, status: int, response: Any):
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        super().__init__(str(detail))
+        self.status_code = status
+        self._detail = detail if isinstance(detail, list) else [{"loc": [], "msg": str(detail),
+                                                                  "type": "RemoteError"}]
+
+    def detail(self) -> list[dict]:
+        return self._detail
+
+
+class OwnershipLost(Unavailable):
+    """A write was refused because this replica no longer owns the run (or its copy is stale): nothing of it
+    was stored; the caller retries (the run is served by its owner, or reloaded here)."""
+
+
+# Routed methods (RunService.route): run on the replica that owns the run; others forward them over HTTP.
+ROUTED = ("next_pair", "submit_label", "status", "report_data", "report_html", "draw_batch", "add_pairs",
+          "run_meta")
+
+
 class RunService:
-    """Create runs, hand out pairs, take labels, report status. Thread-safe (a lock per run)."""
+    """Create runs, hand out pairs, take labels, report status. Thread-safe (a lock per run).
+
+    **One owner per run** (several API replicas on one Redis). A replica serves a run only while it holds the
+    run's ownership lease in Redis (``tb:run:{rid}:owner``, SET with PX ``owner_ttl_s``, renewed every third
+    of it by a background thread; value "{fence} {replica id} {advertised url}", the fence INCR'd on every new
+    owner). Every write of the run is one script that checks that value and the run's write sequence number
+    (``RedisStore.apply``): a replica that lost the lease (paused, partitioned) can never write again, a copy
+    that missed a write can never write, and a write re-sent by redis-py's retry is applied once. The copy is
+    then dropped and the call answered 503 (retry).
+
+    Every method that touches a run goes through ``route``: here (``_local_{method}``) if we own the run (taking the lease when
+    nobody holds it, loading the run from Redis), else forwarded over HTTP to the owner's advertised URL
+    (``POST /v1/internal/runs/{rid}/{method}``, admin token). When the owner does not answer the connection
+    (killed), we wait for its lease to expire (at most ``owner_ttl_s``) and take the run over from Redis. A
+    lease held by an earlier incarnation of this very address (same URL, other replica id: we restarted) is
+    taken over at once. Runs idle for ``idle_evict_s`` are written, released and dropped from memory (and at
+    most ``max_runs`` are kept, least recently used first).
+    """
 
     def __init__(self, store: RedisStore, *, notify: Callable[[str, dict, str | None], None] | None = None,
-                 metrics: Any = None, lease_ttl_s: float = 600.0):
+                 metrics: Any = None, lease_ttl_s: float = 600.0, url: str = "", token: str = "",
+                 owner_ttl_s: float = 10.0, webhook_url: str | None = None, idle_evict_s: float = 1800.0,
+                 max_runs: int = 1000):
         self.store = store
-        self.notify = notify or (lambda event, payload, url: None)
+        self.notify = notify
         self.metrics = metrics
         self.default_lease_ttl_s = lease_ttl_s
+        self.webhook_url = webhook_url       # default run.decided receiver (the outbox delivers, see webhooks.py)
         self.pipeline: Any = None            # set by the app: services.pipeline.Pipeline
+        self.replica = uuid.uuid4().hex[:12]
+        self.url = url.rstrip("/")           # where other replicas reach this one ("" = in-process only)
+        self.token = token                   # the admin token, sent with forwarded calls
+        self.owner_ttl_s = owner_ttl_s
+        self.idle_evict_s = idle_evict_s
+        self.max_runs = max_runs
         self._runs: dict[str, RunRuntime] = {}
         self._lock = threading.Lock()
         self._wq: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._http: Any = None
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------- creation
     def create_run(self, spec: dict) -> str:
@@ -167,8 +254,8 @@ class RunService:
             elif judges:
                 meta["judge_names"] = self._judge_names(judges)
                 meta["status"] = "judging"
-            self.store.create_run(rid, meta, now)
-            self._store_pairs(rid, meta, 0, pairs)
+            self.store.stage_pairs(rid, *self._pair_rows(meta, pairs))
+            self.store.create_run(rid, meta, now)      # the commit point: before it the run does not exist
         else:
             gen = spec["generate"]
             meta["generate"] = gen
@@ -176,7 +263,7 @@ class RunService:
             meta["judge_names"] = self._judge_names(judges) if judges else []
             meta["progress"] = {"generated": 0, "to_generate": len(gen["prompts"]), "judged": 0}
             self.store.create_run(rid, meta, now)
-        rt = self._load(rid)
+        rt = self.runtime(rid)
         with rt.lock:
             self._maybe_activate(rt)
         if rt.meta["status"] in ("generating", "judging"):
@@ -204,7 +291,8 @@ class RunService:
                                f"pairs.{i}.id")
             seen.add(pid)
 
-    def _store_pairs(self, rid: str, meta: dict, start: int, pairs: list[dict]) -> None:
+    def _pair_rows(self, meta: dict, pairs: list[dict]) -> tuple[list[dict], list[dict | None]]:
+        """The stored rows of new pairs (blind order drawn here) and their votes per criterion."""
         names = meta["judge_names"]
         rows = []
         votes: list[dict | None] = []
@@ -224,26 +312,32 @@ class RunService:
                 votes.append(None)  # the judge pipeline will vote
             else:
                 votes.append({OVERALL: [None] * len(names)})  # supplied-votes run: this pair has none
-        self.store.add_pairs(rid, start, rows, votes)
+        return rows, votes
+
+    def _store_pairs(self, rt: RunRuntime, pairs: list[dict]) -> None:
+        """Append pairs to a run and its meta in one write (all of them or none) and index them in memory."""
+        start = len(rt.pair_ids)
+        rows, votes = self._pair_rows(rt.meta, pairs)
+        self._commit(rt, cmds=self.store.pair_cmds(rt.rid, start, rows, votes), meta=rt.meta)
+        for i, row in enumerate(rows):
+            rt.pair_index[row["id"]] = (start + i, bool(row["tuned_left"]))
+            rt.pair_ids.append(row["id"])
 
     def add_pairs(self, rid: str, pairs: list[dict]) -> dict:
-        rt = self.runtime(rid)
+        return self.route("add_pairs", rid, pairs)
+
+    def _local_add_pairs(self, rt: RunRuntime, pairs: list[dict]) -> dict:
+        rid = rt.rid
         with rt.lock:
             self._flush(rt)
             if rt.meta.get("generate") and rt.meta["status"] == "generating":
                 raise Conflict("this run is still generating outputs; add pairs when its status is 'ready'",
                                "pairs")
             self._check_pair_ids(pairs, rt.pair_index)
-            start = len(rt.pair_ids)
             meta = rt.meta
             if meta["judges"] and any(p.get("judge_votes") is None for p in pairs):
                 meta["status"] = "judging"
-                self.store.set_meta(rid, meta)
-            self._store_pairs(rid, meta, start, pairs)
-            idx_map = self.store.load_index(rid)
-            for p in pairs:
-                rt.pair_index[p["id"]] = idx_map[p["id"]]
-                rt.pair_ids.append(p["id"])
+            self._store_pairs(rt, pairs)
             self._maybe_activate(rt)
             if meta["status"] == "judging":
                 self._start_pipeline(rid)
@@ -254,22 +348,74 @@ class RunService:
             self.pipeline.submit(rid)
 
     # --------------------------------------------------------------------------------- rehydration
-    def runtime(self, rid: str) -> RunRuntime:
+    def runtime(self, rid: str, *, wait_s: float = 0.0) -> RunRuntime:
+        """The run, owned and in memory here: loaded from Redis after taking its ownership lease when nobody
+        holds it. Raises NotOwner when another live replica holds it (after waiting up to ``wait_s`` for the
+        lease to be free), NotFound when there is no such run."""
         rt = self._runs.get(rid)
-        if rt is not None:
+        if rt is not None and self._still_owned(rt):
+            rt.last_used = time.monotonic()
             return rt
-        with self._lock:
-            rt = self._runs.get(rid)
-            if rt is None:
-                rt = self._load(rid)
+        deadline = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                rt = self._runs.get(rid)
+                if rt is not None and self._still_owned(rt):
+                    return rt
+                if not self.store.run_exists(rid):
+                    raise NotFound(f"run {rid!r} does not exist", "run_id")
+                value = self._acquire(rid)
+                if value is not None:
+                    rt = self._load(rid, value)
+                    self._start_keeper()
+                    break
+            if time.monotonic() >= deadline:
+                raise NotOwner(rid, self.store.owner_of(rid) or "")
+            time.sleep(min(0.2, self.owner_ttl_s / 10))
+        if rt.meta["status"] in ("generating", "judging"):
+            self._start_pipeline(rid)        # taken over (or restarted) mid-pipeline: carry on here
+        self._evict_lru()
         return rt
+
+    def _acquire(self, rid: str) -> str | None:
+        """Our ownership lease value when we hold the run's lease now (taken if free, or if held by an earlier
+        incarnation of our own address), else None."""
+        ttl_ms = int(self.owner_ttl_s * 1000)
+        mine = f" {self.replica} {self.url}"
+        v = self.store.acquire_owner(rid, self.replica, self.url, ttl_ms)
+        if not v.endswith(mine):
+            _, other, url = (v.split(" ", 2) + ["", ""])[:3]
+            if url != self.url or other == self.replica:
+                return None
+            v = self.store.acquire_owner(rid, self.replica, self.url, ttl_ms, replace=v)
+            if not v.endswith(mine):
+                return None
+        return v
+
+    def _still_owned(self, rt: RunRuntime) -> bool:
+        """True while our lease surely holds (renewed less than ~owner_ttl_s ago); re-checked in Redis when
+        the keeper thread is late. A copy whose lease is gone is dropped."""
+        if rt.broken is not None:
+            return False
+        if rt.owned_until > time.monotonic():
+            return True
+        t0 = time.monotonic()
+        held = self.store.renew_owner({rt.rid: rt.owner}, int(self.owner_ttl_s * 1000)).get(rt.rid, False)
+        if held:
+            rt.owned_until = t0 + 0.8 * self.owner_ttl_s
+            return True
+        self._drop(rt, OwnershipLost(f"run {rt.rid} is now served by another replica; retry"))
+        return False
 
     def try_lock(self, rid: str) -> RunRuntime | None:
         """The loaded run ``rid`` with its lock acquired, if that needs no waiting (the caller releases
-        ``rt.lock``); None when the run is not in memory yet or another thread holds it. Lets the async
-        routes do a label round trip on the event loop and fall back to a worker thread otherwise."""
+        ``rt.lock``); None when the run is not in memory yet (or not surely ours) or another thread holds
+        it. Lets the async routes do a label round trip on the event loop and fall back to a worker thread
+        (which loads, takes over or forwards the run: ``route``) otherwise."""
         rt = self._runs.get(rid)
-        if rt is not None and rt.lock.acquire(blocking=False):
+        if rt is not None and rt.broken is None and rt.owned_until > time.monotonic() \
+                and rt.lock.acquire(blocking=False):
+            rt.last_used = time.monotonic()
             return rt
         return None
 
@@ -287,7 +433,136 @@ class RunService:
             if self._runs.get(rid) is rt:
                 self._runs.pop(rid, None)
 
-    def _load(self, rid: str) -> RunRuntime:
+    def _drop(self, rt: RunRuntime, why: BaseException) -> None:
+        rt.broken = rt.broken or why
+        with self._lock:
+            if self._runs.get(rt.rid) is rt:
+                del self._runs[rt.rid]
+
+    def release(self, rid: str) -> None:
+        """Write what the run has queued, give up its ownership lease and drop it from memory (idle eviction,
+        shutdown): the next call, here or on another replica, loads it from Redis."""
+        rt = self._runs.get(rid)
+        if rt is None:
+            return
+        with rt.lock:
+            try:
+                self._flush(rt)
+            except Exception:  # noqa: BLE001 - a failed write already dropped it
+                pass
+            self._drop(rt, OwnershipLost(f"run {rid} was released by this replica; retry"))
+            self.store.release_owner(rid, rt.owner)
+
+    def close(self) -> None:
+        """Release every run (graceful shutdown: other replicas take them over at once)."""
+        self._stop.set()
+        for rid in list(self._runs):
+            try:
+                self.release(rid)
+            except Exception as e:  # noqa: BLE001 - shutting down: report, go on
+                log.warning("releasing run %s: %s", rid, e)
+        if self._http is not None:
+            self._http.close()
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None:
+            t = threading.Thread(target=self._keep_loop, name="tiebreak-owner-keeper", daemon=True)
+            self._keeper = t
+            t.start()
+
+    def _keep_loop(self) -> None:
+        """Renew the ownership lease of every run in memory every owner_ttl_s / 3; drop the runs whose lease
+        is gone; release runs idle for idle_evict_s."""
+        while not self._stop.wait(self.owner_ttl_s / 3):
+            if getattr(self.store, "_closed", False):
+                return
+            try:
+                self.renew_all()
+                now = time.monotonic()
+                for rid, rt in list(self._runs.items()):
+                    if now - rt.last_used > self.idle_evict_s:
+                        self.release(rid)
+            except Exception as e:  # noqa: BLE001 - Redis down: the leases lapse, writes are refused
+                log.warning("renewing run ownership: %s", e)
+
+    def renew_all(self) -> None:
+        runs = {rid: rt for rid, rt in list(self._runs.items()) if rt.broken is None}
+        t0 = time.monotonic()
+        held = self.store.renew_owner({rid: rt.owner for rid, rt in runs.items()}, int(self.owner_ttl_s * 1000))
+        for rid, ok in held.items():
+            rt = runs[rid]
+            if ok:
+                rt.owned_until = t0 + 0.8 * self.owner_ttl_s
+            else:
+                log.warning("lost the ownership of run %s (another replica took it over)", rid)
+                self._drop(rt, OwnershipLost(f"run {rid} is now served by another replica; retry"))
+
+    def _evict_lru(self) -> None:
+        if len(self._runs) <= self.max_runs:
+            return
+        by_age = sorted(self._runs.values(), key=lambda r: r.last_used)
+        for rt in by_age[:len(self._runs) - self.max_runs]:
+            self.release(rt.rid)
+
+    # ------------------------------------------------------------------------------------- routing
+    def route(self, method: str, rid: str, *args: Any, forwarded: bool = False) -> Any:
+        """``method`` of run ``rid``: run here on the owned run (``_local_{method}(rt, *args)``), or forwarded to
+        the replica that owns it. ``forwarded``: this call came from another replica (never forward again:
+        take the run if we can, else 503)."""
+        try:
+            rt = self.runtime(rid)
+        except NotOwner as e:
+            if forwarded or not e.url:
+                if not forwarded:      # in-process owner without an address: wait for its lease
+                    return getattr(self, "_local_" + method)(self.runtime(rid, wait_s=self.owner_ttl_s * 1.5), *args)
+                raise Unavailable(f"run {rid} is owned by another replica ({e.value}); retry") from e
+            return self._forward(e, method, rid, args)
+        return getattr(self, "_local_" + method)(rt, *args)
+
+    def _forward(self, e: NotOwner, method: str, rid: str, args: tuple) -> Any:
+        import httpx
+
+        if self._http is None:
+            self._http = httpx.Client(timeout=httpx.Timeout(120.0, connect=2.0))
+        try:
+            r = self._http.post(f"{e.url}/v1/internal/runs/{rid}/{method}", json={"args": list(args)},
+                                headers={"Authorization": f"Bearer {self.token}"})
+        except httpx.ConnectError:
+            # the owner is gone (nothing was sent): take the run over once its lease expires
+            log.warning("owner of run %s at %s is unreachable; taking over when its lease expires", rid, e.url)
+            try:
+                rt = self.runtime(rid, wait_s=self.owner_ttl_s * 1.5)
+            except NotOwner as again:
+                raise Unavailable(f"the replica that owns run {rid} ({e.url}) does not answer but still renews "
+                                  "its lease; retry") from again
+            return getattr(self, "_local_" + method)(rt, *args)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"the replica that owns run {rid} did not answer ({type(err).__name__}); "
+                              "retry (a label is idempotent, a retried `next` returns the same lease)") from err
+        if r.status_code >= 400:
+            raise RemoteError(r.status_code, r)
+        return r.json()["result"]
+
+    def local_call(self, method: str, rid: str, args: list) -> Any:
+        """A call forwarded by another replica (the internal route)."""
+        if method not in ROUTED:
+            raise NotFound(f"unknown method {method!r}", "method")
+        import inspect
+
+        try:
+            inspect.signature(getattr(self, "_local_" + method)).bind(None, *args)
+        except TypeError as e:
+            raise BadInput(f"arguments of {method}: {e}", "args") from e
+        return self.route(method, rid, *args, forwarded=True)
+
+    def run_meta(self, rid: str) -> dict:
+        return self.route("run_meta", rid)
+
+    def _local_run_meta(self, rt: RunRuntime) -> dict:
+        with rt.lock:
+            return json.loads(json.dumps(rt.meta))
+
+    def _load(self, rid: str, owner: str) -> RunRuntime:
         meta = self.store.get_meta(rid)
         if meta is None:
             raise NotFound(f"run {rid!r} does not exist", "run_id")
@@ -296,6 +571,9 @@ class RunService:
         for pid, (i, _) in index.items():
             pair_ids[i] = pid
         rt = RunRuntime(rid, meta, index, pair_ids)
+        rt.owner = owner
+        rt.owned_until = time.monotonic() + 0.8 * self.owner_ttl_s
+        rt.seq = self.store.load_seq(rid)
         rt.n_voted = self.store.n_votes(rid)
         n = meta["n_active"]
         if n:
@@ -321,14 +599,15 @@ class RunService:
             rt.per_annotator[ann] = rt.per_annotator.get(ann, 0) + 1
         now = _now()
         expired = []
+        grace = float(meta["lease_ttl_s"])
         for lid, d in self.store.load_leases(rid).items():
-            if d["expires"] > now:
+            if d["expires"] + grace > now:     # expired leases are honoured during their grace
                 rt.leases[lid] = Lease(lid, int(d["idx"]), d["annotator"], float(d["expires"]))
             else:
                 expired.append(lid)
-        if expired:
-            self.store.commit(rid, release=expired)
         self._runs[rid] = rt
+        if expired:
+            self._enqueue(rt, release=expired)
         return rt
 
     def _vote_matrices(self, rt: RunRuntime, lo: int, hi: int) -> dict[str, np.ndarray | None]:
@@ -363,7 +642,6 @@ class RunService:
             rt.n_voted = self.store.n_votes(rt.rid)
             if rt.n_voted < hi:
                 return False
-        self._flush(rt)
         mats = self._vote_matrices(rt, lo, hi)
         crits = rt.criteria
         alpha_each = split_alpha(meta["alpha"], 1 + len(crits)) if crits else meta["alpha"]
@@ -387,58 +665,45 @@ class RunService:
         if meta["status"] in ("judging", "generating"):
             meta["status"] = "ready"
         # a snapshot that includes every operation so far (add_items is not a logged operation)
-        total = rt.ops_total + len(rt.ops)
-        states = {k: c.to_json(include_votes=False) for k, c in rt.comps.items()}
-        states["_ops_at"] = str(total)
-        p = self.store.r.pipeline(transaction=True)
-        if rt.ops:
-            p.rpush(self.store.k(rt.rid, "ops"), *[json.dumps(o) for o in rt.ops])
-        p.hset(self.store.k(rt.rid, "state"), mapping=states)
-        p.set(self.store.k(rt.rid, "meta"), json.dumps(meta))
-        p.execute()
-        rt.ops.clear()
-        rt.ops_total = rt.ops_at_snapshot = total
+        self._commit(rt, meta=meta, snapshot=True)
         return True
 
     # ------------------------------------------------------------------------------------- pipeline
+    # The pipeline's calls run only on the run's owner (the replica that started the pipeline, or took the run
+    # over and resumed it): a pipeline whose replica lost the run gets NotOwner and stops.
     def set_status(self, rid: str, status: str, error: str | None = None, progress: dict | None = None) -> None:
         rt = self.runtime(rid)
         with rt.lock:
-            self._flush(rt)
             rt.meta["status"] = status
             if error is not None:
                 rt.meta["error"] = error
             if progress:
                 rt.meta["progress"].update(progress)
-            self.store.set_meta(rid, rt.meta)
+            self._commit(rt, meta=rt.meta)
 
     def add_generated_pairs(self, rid: str, pairs: list[dict]) -> None:
         """Called by the pipeline when generation finished: store the pairs (status goes to judging/ready)."""
         rt = self.runtime(rid)
         with rt.lock:
-            self._flush(rt)
             have = set(rt.pair_index)
             new = [p for p in pairs if p["id"] not in have]
-            if new:
-                start = len(rt.pair_ids)
-                self._store_pairs(rid, rt.meta, start, new)
-                idx_map = self.store.load_index(rid)
-                for p in new:
-                    rt.pair_index[p["id"]] = idx_map[p["id"]]
-                    rt.pair_ids.append(p["id"])
             rt.meta["status"] = "judging" if rt.meta["judges"] else "ready"
-            self.store.set_meta(rid, rt.meta)
+            if new:
+                self._store_pairs(rt, new)
+            else:
+                self._commit(rt, meta=rt.meta)
             self._maybe_activate(rt)
 
     def add_votes(self, rid: str, votes: dict[int, dict]) -> None:
         """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch)."""
         rt = self.runtime(rid)
         with rt.lock:
-            self._flush(rt)
-            self.store.set_votes(rid, votes)
+            if votes:
+                self._commit(rt, cmds=[["HSET", self.store.k(rid, "votes"),
+                                        *[x for i, v in votes.items() for x in (str(i), json.dumps(v))]]])
             rt.n_voted = self.store.n_votes(rid)
             rt.meta["progress"]["judged"] = rt.n_voted
-            self.store.set_meta(rid, rt.meta)
+            self._commit(rt, meta=rt.meta)
             self._maybe_activate(rt)
 
     def unvoted_pairs(self, rid: str) -> list[tuple[int, dict]]:
@@ -448,15 +713,30 @@ class RunService:
         return list(zip(todo, self.store.get_pairs(rid, todo), strict=True))
 
     # ------------------------------------------------------------------------------------ annotation
-    def _live_leases(self, rt: RunRuntime, now: float) -> list[Lease]:
-        dead = [lid for lid, le in rt.leases.items() if le.expires <= now]
+    @staticmethod
+    def _live_leases(rt: RunRuntime, now: float) -> list[Lease]:
+        """Leases that have not expired (expired ones stay in ``rt.leases`` during their grace, see the module
+        docstring, but no longer keep the pair from others)."""
+        return [le for le in rt.leases.values() if le.expires > now]
+
+    @staticmethod
+    def _grace_s(rt: RunRuntime) -> float:
+        return float(rt.meta["lease_ttl_s"])
+
+    def _sweep_leases(self, rt: RunRuntime, now: float) -> list[str]:
+        """Drop expired leases past their grace from memory; returns their ids (to delete from Redis with the
+        caller's next write)."""
+        grace = self._grace_s(rt)
+        dead = [lid for lid, le in rt.leases.items() if le.expires + grace <= now]
         for lid in dead:
             del rt.leases[lid]
-        return list(rt.leases.values())
+        return dead
 
     def next_pair(self, rid: str, annotator: str) -> dict | None:
         """Lease the next pair for ``annotator``; None when nothing is to be labelled now."""
-        rt = self.runtime(rid)
+        return self.route("next_pair", rid, annotator)
+
+    def _local_next_pair(self, rt: RunRuntime, annotator: str) -> dict | None:
         with rt.lock:
             p = self.next_pair_locked(rt, annotator)
         return self.wait(p)
@@ -466,6 +746,7 @@ class RunService:
         if not rt.comps or rt.comps[OVERALL].decision.final:
             return Pending(None, lambda _: None)
         now = _now()
+        dead = self._sweep_leases(rt, now)
         live = self._live_leases(rt, now)
         for le in live:
             if le.annotator == annotator:   # a retried `next` gets the same lease back
@@ -511,13 +792,19 @@ class RunService:
                     break
         if chosen is None:
             if not drew:
+                if dead:
+                    self._enqueue(rt, release=dead)
                 return Pending(None, lambda _: None)
             event = self._decided_event(rt)
-            fut = self._enqueue(rt, meta=rt.meta if event else None)
+            fut = self._enqueue(rt, meta=rt.meta if event else None, release=dead)
             return Pending(fut, lambda _: self._send_event(event))
         le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
+        # expired leases on this pair are superseded: the pair is someone else's now
+        superseded = [lid for lid, old in rt.leases.items() if old.idx == chosen and old.expires <= now]
         # the pair's texts come back from the same transaction that stores the lease (one round trip)
-        fut = self._enqueue(rt, lease=(le.lease_id, le.to_dict()), get_pair=le.idx)
+        fut = self._enqueue(rt, lease=(le.lease_id, le.to_dict()), get_pair=le.idx, release=dead + superseded)
+        for lid in superseded:
+            del rt.leases[lid]
         rt.leases[le.lease_id] = le
         if self.metrics:
             self.metrics.leases.inc()
@@ -559,7 +846,9 @@ class RunService:
 
     def submit_label(self, rid: str, label: dict) -> dict:
         """Store one annotator's verdict. Idempotent per (pair_id, annotator)."""
-        rt = self.runtime(rid)
+        return self.route("submit_label", rid, label)
+
+    def _local_submit_label(self, rt: RunRuntime, label: dict) -> dict:
         with rt.lock:
             p = self.submit_label_locked(rt, label)
         return self.wait(p)
@@ -572,12 +861,6 @@ class RunService:
             raise NotFound(f"pair_id {pid!r} is not a pair of run {rid}; use the pair_id that "
                            "GET /v1/runs/{id}/next returned", "pair_id")
         idx, tuned_left = rt.pair_index[pid]
-        lid = label.get("lease_id")
-        if lid is not None:
-            le = rt.leases.get(lid)
-            if le is not None and le.idx != idx:
-                raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
-                               "pair_id and lease_id from the same `next` response", "lease_id")
         crit = label.get("criteria") or {}
         for c, v in crit.items():
             if c not in rt.criteria:
@@ -591,10 +874,16 @@ class RunService:
             res = self._label_result(rt, pid, duplicate=True)
             tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
             return Pending(tail, lambda _: res)
+        now = _now()
+        self._check_may_label(rt, idx, ann, label, now)
         rec = {"verdict": label["verdict"], "y": label_from_verdict(label["verdict"], tuned_left),
                "criteria": {c: label_from_verdict(v, tuned_left) for c, v in crit.items()},
                "raw_criteria": crit, "at": _now(), "source": label.get("source", "api")}
-        release = [l_id for l_id, le in rt.leases.items() if le.idx == idx and le.annotator == ann]
+        n_after = len(rt.labels.get(idx, {})) + 1
+        # this annotator's leases on the pair; once the pair has its k labels, everyone's
+        release = [l_id for l_id, le in rt.leases.items()
+                   if le.idx == idx and (le.annotator == ann or n_after >= rt.required)]
+        release += self._sweep_leases(rt, now)
         try:
             rt.labels.setdefault(idx, {})[ann] = rec
             if idx < rt.meta["n_active"]:
@@ -618,6 +907,44 @@ class RunService:
 
         return Pending(fut, finish)
 
+    def _check_may_label(self, rt: RunRuntime, idx: int, ann: str, label: dict, now: float) -> None:
+        """Refuse (changing nothing) a new label that does not come from a lease holder or, for an annotation
+        tool, for a pair the sampler drew that still needs it (module docstring, "Label intake")."""
+        pid = rt.pair_ids[idx]
+        others = len(rt.labels.get(idx, {}))
+        if others >= rt.required:
+            raise Conflict(f"pair {pid!r} already has its {rt.required} label(s); this label was not stored. "
+                           "Ask GET /v1/runs/{id}/next for another pair", "pair_id")
+        source = label.get("source", "api")
+        if source != "api":
+            drawn = any(idx in comp.pending_items() for comp in rt.comps.values())
+            if not drawn:
+                raise Conflict(f"pair {pid!r} was not handed out for labelling (import the tasks/records that "
+                               "tiebreak exported; it exports the pairs the sampler drew)", "pair_id")
+            held = sum(1 for le in self._live_leases(rt, now) if le.idx == idx and le.annotator != ann)
+            if others + held >= rt.required:
+                raise Conflict(f"pair {pid!r} is leased to another annotator; this label was not stored",
+                               "pair_id")
+            return
+        lid = label.get("lease_id")
+        grace = self._grace_s(rt)
+        if lid is not None:
+            le = rt.leases.get(lid)
+            if le is None or le.expires + grace <= now:
+                raise Conflict(f"lease_id {lid!r} is not a live lease of run {rt.rid} (unknown, expired past its "
+                               "grace, or the pair was handed to someone else); this label was not stored. "
+                               "Ask GET /v1/runs/{id}/next for a pair", "lease_id")
+            if le.idx != idx:
+                raise BadInput(f"lease_id {lid!r} leases pair {rt.pair_ids[le.idx]!r}, not {pid!r}; send the "
+                               "pair_id and lease_id from the same `next` response", "lease_id")
+            if le.annotator != ann:
+                raise Forbidden(f"lease_id {lid!r} is held by another annotator, not {ann!r}", "lease_id")
+            return
+        if not any(le.idx == idx and le.annotator == ann and le.expires + grace > now for le in rt.leases.values()):
+            raise Conflict(f"annotator {ann!r} holds no lease on pair {pid!r}; labels are accepted for pairs "
+                           "handed out by GET /v1/runs/{id}/next (send its lease_id); this label was not stored",
+                           "lease_id")
+
     def _label_result(self, rt: RunRuntime, pid: str, duplicate: bool) -> dict:
         st = rt.comps[OVERALL].status() if rt.comps else None
         return {"accepted": True, "duplicate": duplicate, "pair_id": pid,
@@ -629,26 +956,32 @@ class RunService:
         rt.ops.append(["next", name, k])
         return comp.next_items(k)
 
-    def _enqueue(self, rt: RunRuntime, **kw: Any) -> Future:
+    def _enqueue(self, rt: RunRuntime, *, snapshot: bool = False, get_pair: int | None = None,
+                 **kw: Any) -> Future:
         """Queue the sampler's new operations (an append-only log) with the label/lease as one write (call
         under ``rt.lock``); the returned future resolves once it is stored (see the module docstring).
 
         The sampler is deterministic given its state (its rng included), so snapshot + replay of the logged
         operations rebuilds it exactly; a snapshot of every comparison is written once the log since the
-        last one grows past max(200, labels / 2) operations (amortised O(1) per label)."""
+        last one grows past max(200, labels / 2) operations (amortised O(1) per label), or when ``snapshot``.
+        The write carries the run's next sequence number and our ownership value (``RedisStore.apply``)."""
         if rt.broken is not None:
             raise rt.broken
         ops = [json.dumps(o) for o in rt.ops]
         n_labels = max((len(c.labels) for c in rt.comps.values()), default=0)
         states = None
         total = rt.ops_total + len(ops)
-        if rt.comps and total - rt.ops_at_snapshot > max(200, n_labels // 2):
+        if rt.comps and (snapshot or total - rt.ops_at_snapshot > max(200, n_labels // 2)):
             states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()}
             states["_ops_at"] = str(total)
         meta = kw.pop("meta", None)
+        outbox, rt.outbox = rt.outbox, []
+        cmds = self.store.run_cmds(rt.rid, {"states": states, "ops": ops, "meta": json.dumps(meta) if meta else None,
+                                            "outbox": outbox, **kw})
         fut: Future = Future()
         self._start_writer()
-        self._wq.put((rt, {"states": states, "ops": ops, "meta": json.dumps(meta) if meta else None, **kw}, fut))
+        self._wq.put((rt, (rt.rid, rt.owner, rt.seq, cmds, get_pair), fut))
+        rt.seq += 1
         rt.tail = fut
         rt.ops.clear()
         rt.ops_total = total
@@ -695,18 +1028,29 @@ class RunService:
             if not live:
                 continue
             try:
-                results = self.store.commit_many([(rt.rid, kw) for rt, kw, _ in live])
-            except BaseException as e:  # noqa: BLE001 - every waiter gets the error; the writer goes on
-                log.error("write of %d queued change(s) failed: %s", len(live), e)
-                for rt, _, fut in live:
-                    rt.broken = e
-                    with self._lock:
-                        if self._runs.get(rt.rid) is rt:
-                            del self._runs[rt.rid]
-                    fut.set_exception(e)
-                continue
-            for (_, _, fut), res in zip(live, results, strict=True):
-                fut.set_result(res)
+                results = self.store.apply([g for _, g, _ in live])
+            except Exception as e:  # noqa: BLE001 - one bad write must not fail the others: one by one
+                log.warning("write of %d queued change(s) failed (%s: %s); writing them one by one",
+                            len(live), type(e).__name__, e)
+                results = []
+                for _, g, _ in live:
+                    try:   # idempotent: a write of the batch that was stored after all is answered "dup"
+                        results.append(self.store.apply([g])[0])
+                    except Exception as e1:  # noqa: BLE001 - this write's waiter gets the error
+                        results.append(e1)
+            for (rt, _, fut), res in zip(live, results, strict=True):
+                if isinstance(res, Exception):
+                    log.error("write to run %s failed: %s: %s", rt.rid, type(res).__name__, res)
+                    self._drop(rt, res)
+                    fut.set_exception(res)
+                elif res[0] in ("ok", "dup"):
+                    fut.set_result(res[1])
+                else:
+                    err = OwnershipLost(f"run {rt.rid} is now served by another replica ({res[0]} write, "
+                                        "nothing stored); retry")
+                    log.warning("write to run %s refused: %s", rt.rid, res[0])
+                    self._drop(rt, err)
+                    fut.set_exception(rt.broken or err)
 
     def _decided_event(self, rt: RunRuntime) -> tuple[dict, str | None] | None:
         """The run.decided webhook payload when the overall verdict just became final (flag set in meta; the
@@ -714,16 +1058,21 @@ class RunService:
         ov = rt.comps.get(OVERALL)
         if ov is not None and ov.decision.final and not rt.meta.get("decided_notified"):
             rt.meta["decided_notified"] = True
-            return self._status(rt), rt.meta.get("webhook_url")
+            st, url = self._status(rt), rt.meta.get("webhook_url") or self.webhook_url
+            if url:   # at-least-once: the outbox entry is written with the decision (services/webhooks.py)
+                rt.outbox.append(outbox_entry("run.decided", st, url))
+            return st, rt.meta.get("webhook_url")
         return None
 
     def _send_event(self, event: tuple[dict, str | None] | None) -> None:
-        if event is not None:
+        if event is not None and self.notify is not None:
             self.notify("run.decided", *event)
 
     # ---------------------------------------------------------------------------------------- views
     def status(self, rid: str) -> dict:
-        rt = self.runtime(rid)
+        return self.route("status", rid)
+
+    def _local_status(self, rt: RunRuntime) -> dict:
         with rt.lock:
             return self._status(rt)
 
@@ -749,8 +1098,18 @@ class RunService:
                 out["criteria"][name] = d
         return out
 
+    def report_html(self, rid: str) -> str:
+        return self.route("report_html", rid)
+
+    def _local_report_html(self, rt: RunRuntime) -> str:
+        from services.report_page import render_owned
+
+        return render_owned(self, rt)
+
     def report_data(self, rid: str) -> dict:
-        rt = self.runtime(rid)
+        return self.route("report_data", rid)
+
+    def _local_report_data(self, rt: RunRuntime) -> dict:
         with rt.lock:
             st = self._status(rt)
             ov = rt.comps.get(OVERALL)
@@ -772,7 +1131,10 @@ class RunService:
     def draw_batch(self, rid: str, k: int) -> list[tuple[dict, float, dict | None]]:
         """Up to k pairs to label in priority order (pending draws first, then new draws), without leases —
         for annotation tools that keep their own queue. Returns (pair, priority in (0, 1], votes)."""
-        rt = self.runtime(rid)
+        return self.route("draw_batch", rid, k)
+
+    def _local_draw_batch(self, rt: RunRuntime, k: int) -> list:
+        rid = rt.rid
         with rt.lock:
             if not rt.comps or rt.comps[OVERALL].decision.final:
                 return []

@@ -20,6 +20,10 @@ class Settings:
     webhook_retries: int = 5
     webhook_backoff_s: float = 0.5
     public_url: str | None = None          # for links in exported tasks (Label Studio / Argilla)
+    # several replicas on one Redis (services/runs.py, docs/deploy.md): where the others reach this one, and
+    # how long a run's ownership lease lasts without renewal (a killed replica's runs move after this)
+    advertise_url: str | None = field(default_factory=lambda: os.environ.get("TIEBREAK_ADVERTISE_URL") or None)
+    owner_ttl_s: float = field(default_factory=lambda: float(os.environ.get("TIEBREAK_OWNER_TTL_S") or 10.0))
 
     def __post_init__(self) -> None:
         if not self.admin_token:

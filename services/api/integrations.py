@@ -24,7 +24,7 @@ Payload = Body(..., description="the tool's webhook JSON, as documented by the t
 def label_studio_tasks(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
                        runs: RunService = Depends(get_runs)) -> dict[str, Any]:
     """Tasks to import into Label Studio, with ``predictions[].score`` = the sampler's priority."""
-    meta = runs.runtime(run_id).meta
+    meta = runs.run_meta(run_id)
     return {"label_config": ig.label_config(meta.get("criteria") or []),
             "tasks": ig.ls_tasks(run_id, runs.draw_batch(run_id, k))}
 
@@ -42,7 +42,7 @@ def label_studio_webhook(payload: dict[str, Any] = Payload, runs: RunService = D
 def argilla_records(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
                     suggestions: bool = Query(False, description="attach the judges' consensus as suggestions"),
                     runs: RunService = Depends(get_runs)) -> dict[str, Any]:
-    meta = runs.runtime(run_id).meta
+    meta = runs.run_meta(run_id)
     return {"settings": ig.argilla_settings(meta.get("criteria") or []),
             "records": ig.argilla_records(run_id, runs.draw_batch(run_id, k), meta["judge_names"], suggestions)}
 

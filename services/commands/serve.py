@@ -21,6 +21,10 @@ def serve(
     pipeline: str = typer.Option("ray", "--pipeline", help="ray | local (in-process, no Ray) | off"),
     lease_ttl: float = typer.Option(600.0, "--lease-ttl", help="seconds an annotator holds a pair"),
     log_level: str = typer.Option("warning", "--log-level"),
+    advertise_url: str | None = typer.Option(
+        None, "--advertise-url", envvar="TIEBREAK_ADVERTISE_URL",
+        help="URL other replicas reach this one at (several replicas on one Redis forward a run's calls to "
+             "its owner); default http://HOST:PORT, with the host name when HOST is 0.0.0.0"),
 ) -> None:
     """Run the API (OpenAPI at /docs; annotation page at /annotate?run=RUN_ID#token=TOKEN)."""
     import uvicorn
@@ -35,6 +39,11 @@ def serve(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     settings = Settings(redis_url=redis_url, data_dir=str(data_dir) if data_dir else None, pipeline=pipeline,
                         ray_address=ray_address, lease_ttl_s=lease_ttl)
+    if advertise_url is None:
+        import socket
+
+        advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
+    settings.advertise_url = advertise_url
     try:
         store = RedisStore.open(settings.redis_url, settings.data_dir)
         store.ping()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.errors import BadInput, Conflict, NotFound
-from services.runs import OVERALL, RunService
+from services.runs import OVERALL, OwnershipLost, RunService
 from services.store import RedisStore
 
 
@@ -89,18 +89,29 @@ def test_labels_idempotent_per_pair_and_annotator(store):
     assert len(store.load_labels(rid)) == 1
 
 
-def test_live_lease_excludes_and_expired_lease_puts_pair_back(store):
-    svc = RunService(store, lease_ttl_s=0.3)
+def test_live_lease_excludes_and_expired_lease_puts_pair_back(store, monkeypatch):
+    """An expired lease puts its pair back first; a late label on it is honoured while nobody else took the pair
+    (within one more TTL of grace), and refused with 409 once the pair went to someone else."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr("services.runs._now", lambda: clock[0])
+    svc = RunService(store, lease_ttl_s=60)
     rid = svc.create_run(_spec(_pairs(50, votes=False), judges=[], seed=4))
     a = svc.next_pair(rid, "a")
     b = svc.next_pair(rid, "b")
     assert a["pair_id"] != b["pair_id"]
-    time.sleep(0.4)
-    c = svc.next_pair(rid, "c")   # a's lease expired: the same pair goes to the next annotator first
+    clock[0] += 61
+    c = svc.next_pair(rid, "c")   # both leases expired: one of their pairs goes to the next annotator first
     assert c["pair_id"] in (a["pair_id"], b["pair_id"])
-    # the late label of the annotator whose lease expired is still accepted and counted
-    r = svc.submit_label(rid, {"pair_id": a["pair_id"], "annotator": "a", "verdict": "tie", "lease_id": a["lease_id"]})
+    taken, kept = (a, b) if c["pair_id"] == a["pair_id"] else (b, a)
+    name = {a["lease_id"]: "a", b["lease_id"]: "b"}
+    with pytest.raises(Conflict):     # superseded: the pair is c's now
+        svc.submit_label(rid, {"pair_id": taken["pair_id"], "annotator": name[taken["lease_id"]], "verdict": "tie",
+                               "lease_id": taken["lease_id"]})
+    # the other expired lease was not reissued: its late label is honoured and counted
+    r = svc.submit_label(rid, {"pair_id": kept["pair_id"], "annotator": name[kept["lease_id"]], "verdict": "tie",
+                               "lease_id": kept["lease_id"]})
     assert r["accepted"] and not r["duplicate"]
+    assert svc.status(rid)["annotations"] == 1
 
 
 def test_several_annotators_per_pair_mean(store):
@@ -142,10 +153,13 @@ def test_restart_resumes_exactly(store):
     # the next draw after a restart is the one the old process would have made (same rng state)
     state = store.load_states(rid)
     n_ops = len(store.load_ops(rid))
-    v1 = svc.next_pair(rid, "c")
-    store.save_states(rid, state)                  # rewind the stored sampler to before that draw
+    with pytest.raises(OwnershipLost):             # the old process lost the run to svc2: it cannot write
+        svc.next_pair(rid, "c")
+    v1 = svc2.next_pair(rid, "c")
+    svc2.close()
+    store.r.hset(store.k(rid, "state"), mapping=state)   # rewind the stored sampler to before that draw
     store.r.ltrim(store.k(rid, "ops"), 0, n_ops - 1)
-    store.commit(rid, release=[v1["lease_id"]])
+    store.r.hdel(store.k(rid, "leases"), v1["lease_id"])
     svc3 = RunService(store)
     assert svc3.next_pair(rid, "c")["pair_id"] == v1["pair_id"]
 
@@ -218,14 +232,14 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
         svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 2 else "right"})
     stored = svc.status(rid)
     v = svc.next_pair(rid, "a")
-    real = store.commit_many
+    real = store.apply
     go = threading.Event()
 
-    def failing(writes):
+    def failing(groups):
         go.wait(10)
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(store, "commit_many", failing)
+    monkeypatch.setattr(store, "apply", failing)
     rt = svc.runtime(rid)
     with rt.lock:                    # a second change queued behind a write that will fail
         p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
@@ -235,7 +249,7 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
         svc.wait(p1)
     with pytest.raises(redis.ConnectionError):
         svc.wait(p2)
-    monkeypatch.setattr(store, "commit_many", real)
+    monkeypatch.setattr(store, "apply", real)
     assert svc.runtime(rid) is not rt                      # reloaded from Redis
     assert svc.status(rid)["labels"] == stored["labels"]   # the failed label was not counted
     again = svc.next_pair(rid, "a")                        # the lease taken before the failure is still held

