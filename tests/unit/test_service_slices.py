@@ -83,3 +83,21 @@ def test_small_slice_is_warned_up_front_and_criteria_split_alpha(store):
     assert len(st["slice_warnings"]) == 1 and "'tiny' has 4 pairs" in st["slice_warnings"][0]
     assert st["alpha_split"].startswith("bonferroni over 6 questions")
     assert st["criteria"]["tone"]["slices"]["big"]["alpha"] == pytest.approx(0.05 / 6 * 0.9)
+
+
+def test_report_has_the_slice_table_and_forest_plot(store):
+    svc = RunService(store)
+    rid = svc.create_run({"name": "s", "pairs": _pairs(240), "seed": 4})
+    _label_until_done(svc, rid, lambda i: i >= 60 and i % 4 != 0)
+    html = svc.report_html(rid)
+    assert "Per-slice verdicts" in html and 'aria-label="slice intervals against one half"' in html
+    forest = html.split('aria-label="slice intervals against one half"')[1].split("</svg>")[0]
+    assert "edge-case (60)" in forest and "billing (180)" in forest and forest.count("<circle") == 3
+    assert "bonferroni over 3 questions" in html
+
+
+def test_report_without_slices_has_no_slice_section(store):
+    svc = RunService(store)
+    rid = svc.create_run({"name": "s", "pairs": _pairs(50, tag=lambda i: None), "seed": 4})
+    assert svc.status(rid)["slices"] == {} and svc.status(rid)["alpha_split"] is None
+    assert "Per-slice verdicts" not in svc.report_html(rid)
