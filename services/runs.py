@@ -313,7 +313,7 @@ class RunService:
             n = sizes[s]
             need = best_case_labels(n, each)
             if need >= n:
-                warnings.append(f"slice {s!r} has {n} pairs: even if every label agrees, only labelling all "
+                warnings.append(f"slice {s!r} has {n} pair{'s' if n != 1 else ''}: even if every label agrees, only labelling all "
                                 f"{n} can decide it (its verdict then describes exactly those pairs)")
             elif budget is not None and need > budget:
                 warnings.append(f"slice {s!r} needs at least {need} labels to be decided; the budget is {budget}")

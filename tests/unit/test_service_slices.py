@@ -31,7 +31,7 @@ def _label_until_done(svc, rid, tuned_wins, annotator="a", limit=5000):
         if v is None:
             break
         seen.append(v)
-        i = int(v["pair_id"][1:])
+        i = int(v["pair_id"].lstrip("p"))
         tuned_left = v["left"].startswith("tuned")
         verdict = "left" if tuned_left == tuned_wins(i) else "right"
         svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": annotator, "verdict": verdict,
@@ -101,3 +101,29 @@ def test_report_without_slices_has_no_slice_section(store):
     rid = svc.create_run({"name": "s", "pairs": _pairs(50, tag=lambda i: None), "seed": 4})
     assert svc.status(rid)["slices"] == {} and svc.status(rid)["alpha_split"] is None
     assert "Per-slice verdicts" not in svc.report_html(rid)
+
+
+def test_experiment_checkpoints_give_per_slice_verdicts(store):
+    from services.api.experiments import _RunServiceBackend
+    from services.experiments import ExperimentService
+
+    rs = RunService(store)
+    svc = ExperimentService(_RunServiceBackend(rs))
+    n = 200
+    prompts = [{"id": str(i), "text": f"q{i}", "slices": ["edge-case"] if i < 50 else ["billing"]}
+               for i in range(n)]
+    exp = svc.create_experiment({"name": "e", "prompts": prompts, "judges": [],
+                                 "base": {"outputs": {str(i): f"base {i}" for i in range(n)}}})
+    rid = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {str(i): f"tuned {i}" for i in range(n)}})["vs_base"]
+    assert set(rs.status(rid)["slices"]) == {"edge-case", "billing"}
+    _label_until_done(rs, rid, lambda i: i >= 50)     # base wins every edge case, tuned everything else
+    sig = svc.signal(exp)
+    view = sig["checkpoints"][0]["vs_base"]
+    assert view["decision"] == "better"
+    assert view["slices"]["edge-case"]["decision"] == "worse"
+    assert view["slices"]["billing"]["decision"] == "better"
+    from services.experiments import ExperimentError
+
+    with pytest.raises(ExperimentError):
+        svc.create_experiment({"name": "e", "prompts": [{"id": "1", "text": "q", "slices": [""]}], "judges": [],
+                               "base": {"outputs": {"1": "b"}}})
