@@ -20,7 +20,7 @@ import numpy as np
 
 from services.testing import ServeProcess, shutdown_embedded_redis
 
-ADMIN = "bench-admin"
+ADMIN = "bench-admin-token-0123"
 
 
 def rss_mb(pid: int) -> float:

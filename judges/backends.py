@@ -9,6 +9,7 @@ top tokens); when no choice appears in the top list the generated text is parsed
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import time
@@ -174,6 +175,65 @@ class GGUFBackend:
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
+DEFAULT_KEY_HOSTS = "OPENAI_API_KEY=api.openai.com"
+
+
+def key_hosts() -> dict[str, set[str]]:
+    """Which environment variable holding an API key may be sent to which hosts:
+    ``TIEBREAK_API_KEY_HOSTS="OPENAI_API_KEY=api.openai.com;MY_KEY=vllm.internal,judge.internal"`` (default:
+    OPENAI_API_KEY to api.openai.com only). A key is never sent anywhere else, whatever a request says."""
+    raw = os.environ.get("TIEBREAK_API_KEY_HOSTS", DEFAULT_KEY_HOSTS)
+    out: dict[str, set[str]] = {}
+    for part in raw.split(";"):
+        name, _, hosts = part.partition("=")
+        if name.strip():
+            out[name.strip()] = {h.strip().lower() for h in hosts.split(",") if h.strip()}
+    return out
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "").lower()
+
+
+def api_key_problem(spec: dict) -> str | None:
+    """Why an OpenAI spec's ``api_key_env`` may not be used with its ``base_url`` (None if it may)."""
+    env = spec.get("api_key_env")
+    if env is None:
+        return None
+    if not isinstance(env, str):
+        return "api_key_env must be the name of an environment variable"
+    hosts = key_hosts().get(env)
+    host = _host(str(spec.get("base_url") or ""))
+    if hosts is None:
+        return (f"api_key_env {env!r} is not bound to any host; the server sends an environment key only to the "
+                "hosts TIEBREAK_API_KEY_HOSTS binds it to (e.g. TIEBREAK_API_KEY_HOSTS='"
+                f"{env}={host or 'host'}')")
+    if host not in hosts:
+        return (f"api_key_env {env!r} may only be sent to {sorted(hosts)} (TIEBREAK_API_KEY_HOSTS), not to "
+                f"{host!r}")
+    return None
+
+
+def env_api_key(base_url: str, api_key_env: str | None) -> str | None:
+    """The environment key to send to ``base_url``: ``api_key_env`` if it is bound to that host (else
+    ValueError), or without one the first bound variable whose hosts include it (OPENAI_API_KEY for
+    api.openai.com by default). No key for any other host: a request cannot make the server send its
+    secrets to a URL of the request's choosing."""
+    host = _host(base_url)
+    bindings = key_hosts()
+    if api_key_env is not None:
+        why = api_key_problem({"api_key_env": api_key_env, "base_url": base_url})
+        if why:
+            raise ValueError(why)
+        return os.environ.get(api_key_env)
+    for name, hosts in bindings.items():
+        if host in hosts and os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
 class OpenAIBackend:
     """OpenAI-compatible chat completions over HTTP (vLLM serve, llama.cpp server, TGI, hosted APIs).
 
@@ -184,9 +244,8 @@ class OpenAIBackend:
     RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 max_retries: int = 4, backoff: float = 0.5, concurrency: int = 4, name: str | None = None):
-        import os
-
+                 max_retries: int = 4, backoff: float = 0.5, concurrency: int = 4, name: str | None = None,
+                 api_key_env: str | None = None):
         import httpx
 
         if not base_url:
@@ -199,7 +258,7 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.backoff = backoff
         self.concurrency = max(1, concurrency)
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+        key = api_key or env_api_key(self.base_url, api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers,
                                     limits=httpx.Limits(max_connections=self.concurrency * 2))
@@ -361,9 +420,10 @@ def make_backend(spec: dict) -> Backend:
     if kind == "openai":
         for f in ("base_url", "model"):
             if not spec.get(f):
-                raise ValueError(f"openai spec needs field {f!r} (fields: base_url, model, api_key?, timeout?, "
+                raise ValueError(f"openai spec needs field {f!r} (fields: base_url, model, api_key?, api_key_env?, timeout?, "
                                  "max_retries?, concurrency?)")
         return OpenAIBackend(spec["base_url"], spec["model"], api_key=spec.get("api_key"),
+                             api_key_env=spec.get("api_key_env"),
                              timeout=float(spec.get("timeout", 60.0)), max_retries=int(spec.get("max_retries", 4)),
                              concurrency=int(spec.get("concurrency", 4)), name=spec.get("name"))
     if not spec.get("model"):

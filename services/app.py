@@ -19,12 +19,15 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.api.deps import GuardMiddleware
 from services.errors import ServiceError
 from services.metrics import Metrics
 from services.runs import RunService
 from services.settings import Settings
 from services.store import RedisStore
+from services.tokens import TokenRegistry, admin_token_problem
 from services.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,16 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     """``close_store``: close the store (stopping an embedded redis-server it started) at shutdown; default: only
     a store this function opened (one handed in is closed by whoever opened it)."""
     settings = settings or Settings()
+    weak = admin_token_problem(settings.admin_token)
+    if weak:
+        raise WeakAdminToken(f"{weak}: refusing to start. Set a long random one, e.g. "
+                             "export TIEBREAK_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if settings.webhook_url:
+        from services.outbound import OutboundPolicy
+
+        why = OutboundPolicy.from_settings(settings).problem(settings.webhook_url)
+        if why:
+            raise ValueError(f"TIEBREAK_WEBHOOK_URL {why}")
     own_store = store is None if close_store is None else close_store
     store = store or RedisStore.open(settings.redis_url, settings.data_dir)
     metrics = Metrics()
@@ -57,7 +70,8 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         from services.pipeline import Pipeline
 
         pipeline = Pipeline(runs, mode=settings.pipeline, ray_address=settings.ray_address,
-                            batch_size=settings.batch_size, metrics=metrics)
+                            batch_size=settings.batch_size, metrics=metrics,
+                            max_concurrent=settings.max_pipelines)
     runs.pipeline = pipeline
 
     @asynccontextmanager
@@ -84,13 +98,26 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     app.state.metrics = metrics
     app.state.webhooks = webhooks
     app.state.pipeline = pipeline
+    app.state.tokens = TokenRegistry(store, settings.admin_token)
     for name in routers if routers is not None else ROUTERS:
         app.include_router(importlib.import_module(name).router)
     _install_handlers(app, metrics)
     return app
 
 
+class WeakAdminToken(ValueError):
+    """The admin token is a placeholder or too short (``tiebreak serve`` exits with this message)."""
+
+
 def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # every error body has the documented shape {"detail": [{"loc", "msg", "type"}]}
+        detail = exc.detail
+        if not isinstance(detail, list):
+            detail = [{"loc": [], "msg": str(detail), "type": _phrase(exc.status_code)}]
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=exc.status_code)
@@ -108,7 +135,17 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
         return JSONResponse({"detail": f"store unavailable ({type(exc).__name__}); nothing was changed, retry"},
                             status_code=503, headers={"Retry-After": "1"})
 
+    app.add_middleware(GuardMiddleware, tokens=app.state.tokens, max_body_bytes=app.state.settings.max_body_bytes)
     app.add_middleware(MeasureMiddleware, metrics=metrics)
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_")
+    except ValueError:
+        return "error"
 
 
 class MeasureMiddleware:

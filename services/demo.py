@@ -97,8 +97,9 @@ class EmbeddedService:
                 # quiet local Ray: no dashboard, actor output (llama.cpp logs) not copied to this terminal
                 ray.init(num_cpus=self.ray_cpus or min(2, os.cpu_count() or 2), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
+        # a private server on 127.0.0.1 for one local user: its judges/models may be local servers too
         settings = Settings(admin_token=self.token, data_dir=str(self.data_dir), pipeline=self.pipeline,
-                            redis_url=None, ray_address=None, batch_size=2)
+                            redis_url=None, ray_address=None, batch_size=2, outbound_allow_loopback=True)
         store = RedisStore.open(None, self.data_dir)
         self.app = create_app(store=store, settings=settings)
         cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", access_log=False)
@@ -344,7 +345,8 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                           for it in items],
                 "judges": judges, "alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
         run_id = client.create_run(body)
-        token = client.create_annotator("recorded-crowd", [run_id])
+        crowd = f"recorded-crowd-{run_id[:8]}"     # annotator names are unique per server (one name, one person)
+        token = client.create_annotator(crowd, [run_id])
         by_id = {it["id"]: it for it in items}
         state = LiveState(started=t_start, truth=truth, judging_started=time.time())
         if human:
@@ -361,7 +363,7 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 except Exception:  # noqa: BLE001 - printing the URL is enough
                     pass
         else:
-            annot = SimulatedAnnotator(client, run_id, token, by_id, seed=seed, delay_s=label_delay)
+            annot = SimulatedAnnotator(client, run_id, token, by_id, seed=seed, delay_s=label_delay, name=crowd)
         annot_thread: threading.Thread | None = None
         use_live = live and console.is_terminal
         last_print = [-1, ""]

@@ -23,7 +23,11 @@ first verdict stands: it may already be inside the confidence sequence).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
+from xml.sax.saxutils import quoteattr
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from services.errors import BadInput
 
@@ -31,9 +35,11 @@ VERDICTS = ("left", "right", "tie")
 
 
 def label_config(criteria: list[str]) -> str:
+    """Label Studio's labeling config (XML). Criteria names are validated at run creation
+    (services/api/models.py, CRITERION_PATTERN) and escaped here anyway: a name never becomes markup."""
     crit = "".join(
-        f'\n  <Header value="{c}"/>\n  <Choices name="criterion_{c}" toName="prompt" choice="single">'
-        '\n    <Choice value="left"/><Choice value="right"/><Choice value="tie"/>\n  </Choices>'
+        f'\n  <Header value={quoteattr(c)}/>\n  <Choices name={quoteattr("criterion_" + c)} toName="prompt" '
+        'choice="single">\n    <Choice value="left"/><Choice value="right"/><Choice value="tie"/>\n  </Choices>'
         for c in criteria)
     return ('<View>\n  <Text name="prompt" value="$prompt"/>\n  <Header value="Left"/>\n'
             '  <Text name="left" value="$left"/>\n  <Header value="Right"/>\n  <Text name="right" value="$right"/>\n'
@@ -56,52 +62,136 @@ def ls_tasks(run_id: str, batch: list[tuple[dict, float, dict | None]]) -> list[
     return out
 
 
-def _choice(result: list[dict], name: str) -> str | None:
-    for r in result or []:
-        if r.get("from_name") == name:
-            ch = (r.get("value") or {}).get("choices") or []
-            if ch:
-                v = str(ch[0]).strip().lower()
-                if v not in VERDICTS:
-                    raise BadInput(f"choice {ch[0]!r} of {name!r} must be one of {', '.join(VERDICTS)}",
-                                   "annotation.result")
-                return v
-    return None
+def _utf8(v: str) -> str:
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (contains a lone surrogate)") from None
+    return v
 
 
-def parse_ls_webhook(payload: dict) -> tuple[str, dict] | None:
+Text = Annotated[str, AfterValidator(_utf8), Field(min_length=1, max_length=256)]
+Ident = Annotated[Text | int, Field(union_mode="left_to_right")]
+
+
+class _Loose(BaseModel):
+    """The tools send more fields than tiebreak reads: extra fields are allowed and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class LSChoices(_Loose):
+    choices: list[Annotated[str, AfterValidator(_utf8), Field(max_length=64)]] = Field(default_factory=list,
+                                                                                      max_length=10)
+
+
+class LSResult(_Loose):
+    from_name: Annotated[str, AfterValidator(_utf8), Field(max_length=200)] = ""
+    value: LSChoices = Field(default_factory=LSChoices)
+
+
+class LSUser(_Loose):
+    id: Ident | None = None
+    email: Text | None = None
+
+
+class LSAnnotation(_Loose):
+    result: list[LSResult] = Field(default_factory=list, max_length=100)
+    completed_by: Ident | LSUser | None = None
+    was_cancelled: bool = False
+
+
+class LSTaskData(_Loose):
+    run_id: Text
+    pair_id: Text
+
+
+class LSTask(_Loose):
+    data: LSTaskData
+
+
+class LSWebhook(_Loose):
+    """``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` (labelstud.io/guide/webhook_reference)."""
+
+    action: str
+    annotation: LSAnnotation
+    task: LSTask
+
+
+class ArgillaUser(_Loose):
+    id: Ident | None = None
+    username: Text | None = None
+
+
+class ArgillaRecordMeta(_Loose):
+    run_id: Text
+    pair_id: Text | None = None
+
+
+class ArgillaRecord(_Loose):
+    id: Ident | None = None
+    external_id: Text | None = None
+    metadata: ArgillaRecordMeta
+
+
+class ArgillaResponse(_Loose):
+    status: str = "submitted"
+    values: dict[Annotated[str, AfterValidator(_utf8), Field(max_length=200)],
+                 dict[str, Any] | str | None] = Field(default_factory=dict, max_length=100)
+    record: ArgillaRecord
+    user: ArgillaUser | None = None
+    user_id: Ident | None = None
+
+
+class ArgillaWebhook(_Loose):
+    """``response.created`` (Standard Webhooks envelope; docs.argilla.io webhooks_internals)."""
+
+    type: str
+    data: ArgillaResponse
+
+
+def _validated(model: type[BaseModel], payload: Any) -> Any:
+    """``model`` of ``payload``, or a 422 in the documented error shape (locations under ``body``)."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as e:
+        raise RequestValidationError([{"loc": ("body", *err["loc"]), "msg": err["msg"], "type": err["type"]}
+                                      for err in e.errors()]) from None
+
+
+def _verdict(v: Any, name: str, field: str) -> str | None:
+    if v is None:
+        return None
+    out = str(v).strip().lower()
+    if out not in VERDICTS:
+        raise BadInput(f"{name} = {v!r} must be one of {', '.join(VERDICTS)}", field)
+    return out
+
+
+def parse_ls_webhook(payload: Any) -> tuple[str, dict] | None:
     """(run_id, label) from a Label Studio annotation webhook; None for other actions / skipped tasks."""
-    action = payload.get("action")
-    if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+    if not isinstance(payload, dict):
+        raise BadInput("expected a JSON object (a Label Studio webhook)", "body")
+    if payload.get("action") not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         return None
-    ann = payload.get("annotation")
-    task = payload.get("task")
-    if not isinstance(ann, dict) or not isinstance(task, dict):
-        raise BadInput("a Label Studio annotation webhook carries 'annotation' and 'task' objects", "annotation")
-    if ann.get("was_cancelled"):
+    hook = _validated(LSWebhook, payload)
+    ann = hook.annotation
+    if ann.was_cancelled:
         return None
-    data = task.get("data") or {}
-    run_id, pair_id = data.get("run_id"), data.get("pair_id")
-    if not run_id or not pair_id:
-        raise BadInput("task.data needs run_id and pair_id (import the tasks tiebreak exported)", "task.data")
-    verdict = _choice(ann.get("result") or [], "verdict")
+    choices = {r.from_name: r.value.choices[0] for r in ann.result if r.value.choices}
+    verdict = _verdict(choices.get("verdict"), "verdict", "annotation.result")
     if verdict is None:
         raise BadInput("annotation.result has no 'verdict' choice (use tiebreak's labeling config)",
                        "annotation.result")
-    criteria = {}
-    for r in ann.get("result") or []:
-        fn = str(r.get("from_name", ""))
-        if fn.startswith("criterion_"):
-            v = _choice([r], fn)
-            if v:
-                criteria[fn[len("criterion_"):]] = v
-    who = ann.get("completed_by")
-    if isinstance(who, dict):
-        who = who.get("id", who.get("email"))
+    criteria = {k[len("criterion_"):]: _verdict(v, k, "annotation.result") for k, v in choices.items()
+                if k.startswith("criterion_")}
+    who = ann.completed_by
+    if isinstance(who, LSUser):
+        who = who.id if who.id is not None else who.email
     if who is None:
         raise BadInput("annotation.completed_by is missing", "annotation.completed_by")
-    return str(run_id), {"pair_id": str(pair_id), "annotator": f"ls:{who}", "verdict": verdict,
-                         "criteria": criteria or None, "lease_id": None, "source": "label-studio"}
+    return hook.task.data.run_id, {"pair_id": hook.task.data.pair_id, "annotator": f"ls:{who}", "verdict": verdict,
+                                   "criteria": criteria or None, "lease_id": None, "source": "label-studio"}
 
 
 def argilla_records(run_id: str, batch: list[tuple[dict, float, dict | None]], judge_names: list[str],
@@ -131,40 +221,33 @@ def argilla_settings(criteria: list[str]) -> dict:
     return {"fields": [{"name": n, "type": "text"} for n in ("prompt", "left", "right")], "questions": qs}
 
 
-def parse_argilla_webhook(payload: dict) -> tuple[str, dict] | None:
+def parse_argilla_webhook(payload: Any) -> tuple[str, dict] | None:
+    if not isinstance(payload, dict):
+        raise BadInput("expected a JSON object (an Argilla webhook)", "body")
     if payload.get("type") != "response.created":
         return None
-    data = payload.get("data")
-    if not isinstance(data, dict):
-        raise BadInput("an Argilla webhook carries the response in 'data'", "data")
-    if data.get("status", "submitted") != "submitted":
+    hook = _validated(ArgillaWebhook, payload)
+    data = hook.data
+    if data.status != "submitted":
         return None
-    rec = data.get("record") or {}
-    meta = rec.get("metadata") or {}
-    run_id = meta.get("run_id")
-    pair_id = meta.get("pair_id") or rec.get("external_id") or rec.get("id")
-    if not run_id or not pair_id:
+    rec = data.record
+    pair_id = rec.metadata.pair_id or rec.external_id or (str(rec.id) if rec.id is not None else None)
+    if not pair_id:
         raise BadInput("data.record.metadata needs run_id and pair_id (log the records tiebreak exported)",
                        "data.record.metadata")
-    values = data.get("values") or {}
 
     def val(name: str) -> str | None:
-        v = values.get(name)
+        v = data.values.get(name)
         v = v.get("value") if isinstance(v, dict) else v
-        if v is None:
-            return None
-        v = str(v).strip().lower()
-        if v not in VERDICTS:
-            raise BadInput(f"{name} = {v!r} must be one of {', '.join(VERDICTS)}", f"data.values.{name}")
-        return v
+        return _verdict(v, name, f"data.values.{name}")
 
     verdict = val("verdict")
     if verdict is None:
         raise BadInput("the response has no 'verdict' value", "data.values.verdict")
-    criteria = {k[len("criterion_"):]: v for k in values if k.startswith("criterion_") and (v := val(k))}
-    user = data.get("user") or {}
-    who = user.get("id") or user.get("username") or data.get("user_id")
-    if not who:
+    criteria = {k[len("criterion_"):]: v for k in data.values if k.startswith("criterion_") and (v := val(k))}
+    user = data.user or ArgillaUser()
+    who = user.id if user.id is not None else (user.username or data.user_id)
+    if who is None or who == "":
         raise BadInput("the response names no user", "data.user")
-    return str(run_id), {"pair_id": str(pair_id), "annotator": f"argilla:{who}", "verdict": verdict,
-                         "criteria": criteria or None, "lease_id": None, "source": "argilla"}
+    return rec.metadata.run_id, {"pair_id": str(pair_id), "annotator": f"argilla:{who}", "verdict": verdict,
+                                 "criteria": criteria or None, "lease_id": None, "source": "argilla"}

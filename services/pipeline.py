@@ -167,7 +167,8 @@ class Pipeline:
     "local" (in-process workers, no Ray)."""
 
     def __init__(self, service: Any, mode: str = "ray", ray_address: str | None = None, batch_size: int = 4,
-                 num_cpus_per_actor: float = 1.0, n_threads: int | None = None, metrics: Any = None):
+                 num_cpus_per_actor: float = 1.0, n_threads: int | None = None, metrics: Any = None,
+                 max_concurrent: int = 2):
         if mode not in ("ray", "local"):
             raise ValueError("pipeline mode must be 'ray' or 'local'")
         self.service = service
@@ -179,7 +180,12 @@ class Pipeline:
         self.metrics = metrics
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self.actors: dict[str, Any] = {}   # "gen:base" / "judge:NAME" -> actor handle (for tests / status)
+        # at most max_concurrent runs generate/judge at once (each starts up to 2 + judges actors, which load
+        # models): the others wait their turn in status generating/judging
+        self.max_concurrent = max(1, max_concurrent)
+        self._slots = threading.BoundedSemaphore(self.max_concurrent)
+        self.running: set[str] = set()
+        self.actors: dict[str, Any] = {}   # "{rid}:gen:base" / "{rid}:judge:NAME" -> actor handle
 
     # ------------------------------------------------------------------ lifecycle
     def submit(self, rid: str) -> threading.Thread:
@@ -257,6 +263,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the work
     def run(self, rid: str) -> None:
+        with self._slots:
+            self.running.add(rid)
+            try:
+                self._work(rid)
+            finally:
+                self.running.discard(rid)
+
+    def _work(self, rid: str) -> None:
         svc = self.service
         meta = svc.runtime(rid).meta
         if meta.get("generate") and meta["status"] == "generating":
@@ -287,7 +301,7 @@ class Pipeline:
             if not todo:
                 continue
             batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
-            h = self._actor(f"gen:{side}", GenerationWorker, gen[side], self.n_threads)
+            h = self._actor(f"{rid}:gen:{side}", GenerationWorker, gen[side], self.n_threads)
             kw = {"max_tokens": gen.get("max_tokens", 256), "temperature": gen.get("temperature", 0.0)}
             t = threading.Thread(target=self._map, args=(h, "generate", batches, stored(side)), kwargs=kw)
             t.start()
@@ -295,7 +309,7 @@ class Pipeline:
         for t in threads:
             t.join()
         for side in SIDES:
-            self._kill(f"gen:{side}")
+            self._kill(f"{rid}:gen:{side}")
         missing = [p for p, _ in prompts if f"base:{p}" not in have or f"tuned:{p}" not in have]
         if missing:
             raise RuntimeError(f"generation incomplete for prompts {missing[:5]}")
@@ -336,14 +350,14 @@ class Pipeline:
 
         threads = []
         for spec, name in zip(meta["judges"], names, strict=True):
-            h = self._actor(f"judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads)
+            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads)
             t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
             t.start()
             threads.append(t)
         for t in threads:
             t.join()
         for name in names:
-            self._kill(f"judge:{name}")
+            self._kill(f"{rid}:judge:{name}")
         left = svc.unvoted_pairs(rid)
         if left:
             raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")

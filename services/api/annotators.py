@@ -1,27 +1,96 @@
-"""/v1/annotators: the admin creates annotator tokens scoped to runs."""
+"""/v1/annotators and /v1/tokens: the admin creates, lists and revokes tokens (services/tokens.py).
+
+    POST   /v1/annotators            {name, runs, expires_in_s?} -> {name, token, runs, token_id, expires_at}
+    GET    /v1/annotators            annotator tokens (never the tokens themselves)
+    DELETE /v1/annotators/{token_id} revoke
+    POST   /v1/tokens                {kind: integration|trainer|metrics|annotator, name, runs?, experiment?,
+                                      expires_in_s?} -> {token_id, token, ...}
+    GET    /v1/tokens                every non-admin token;  DELETE /v1/tokens/{token_id}  revoke
+"""
 
 from __future__ import annotations
 
-import secrets
-import time
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.api.deps import admin, get_store
-from services.api.models import AnnotatorCreate, AnnotatorOut, ErrorOut
-from services.errors import NotFound
+from services.api.models import AnnotatorCreate, AnnotatorOut, ErrorOut, TokenCreate, TokenInfo, TokenOut
+from services.errors import BadInput, NotFound
 from services.store import RedisStore
+from services.tokens import TokenRegistry
 
-router = APIRouter(prefix="/v1/annotators", tags=["annotators"],
+router = APIRouter(tags=["tokens"], dependencies=[Depends(admin)],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
 
 
-@router.post("", response_model=AnnotatorOut, status_code=201, dependencies=[Depends(admin)])
-def create_annotator(body: AnnotatorCreate, store: RedisStore = Depends(get_store)) -> AnnotatorOut:
-    """A new token for annotator `name`, valid for `next`/`labels` of the listed runs only."""
-    for i, rid in enumerate(body.runs):
+def _tokens(request: Request) -> TokenRegistry:
+    return request.app.state.tokens
+
+
+def _check_runs(store: RedisStore, runs: list[str]) -> None:
+    for i, rid in enumerate(runs):
         if not store.run_exists(rid):
             raise NotFound(f"run {rid!r} does not exist", f"runs.{i}")
-    token = "tba_" + secrets.token_urlsafe(24)
-    store.add_annotator(token, {"name": body.name, "runs": body.runs, "created_at": time.time()})
-    return AnnotatorOut(name=body.name, token=token, runs=body.runs)
+
+
+@router.post("/v1/annotators", response_model=AnnotatorOut, status_code=201, responses={409: {"model": ErrorOut}})
+def create_annotator(body: AnnotatorCreate, store: RedisStore = Depends(get_store),
+                     tokens: TokenRegistry = Depends(_tokens)) -> AnnotatorOut:
+    """A new token for annotator `name` (unique among live annotator tokens), valid for `next`/`labels` of the
+    listed runs only, until `expires_in_s` seconds from now (default: until revoked)."""
+    _check_runs(store, body.runs)
+    token, rec = tokens.create("annotator", name=body.name, runs=body.runs, expires_in_s=body.expires_in_s)
+    return AnnotatorOut(name=body.name, token=token, runs=body.runs, token_id=rec["id"],
+                        expires_at=rec["expires_at"])
+
+
+@router.get("/v1/annotators", response_model=list[TokenInfo])
+def list_annotators(tokens: TokenRegistry = Depends(_tokens)) -> list[dict[str, Any]]:
+    return tokens.list("annotator")
+
+
+@router.delete("/v1/annotators/{token_id}", status_code=204, responses={404: {"model": ErrorOut}})
+def revoke_annotator(token_id: str, tokens: TokenRegistry = Depends(_tokens)) -> Response:
+    tokens.revoke(token_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/tokens", response_model=TokenOut, status_code=201, responses={409: {"model": ErrorOut}})
+def create_token(body: TokenCreate, request: Request, store: RedisStore = Depends(get_store),
+                 tokens: TokenRegistry = Depends(_tokens)) -> dict[str, Any]:
+    """A scoped token: `integration` (the Label Studio / Argilla webhooks, for labels of `runs`), `trainer` (the
+    routes of one `experiment`), `metrics` (GET /metrics) or `annotator` (as POST /v1/annotators)."""
+    if body.kind in ("integration", "annotator"):
+        if not body.runs:
+            raise BadInput(f"a {body.kind} token needs 'runs' (the run ids it may label)", "runs")
+        _check_runs(store, body.runs)
+    if body.kind == "trainer":
+        if not body.experiment:
+            raise BadInput("a trainer token needs 'experiment' (the id POST /v1/experiments returned)", "experiment")
+        from services.api.experiments import experiment_service
+
+        if _experiment_missing(experiment_service(request), body.experiment):
+            raise NotFound(f"experiment {body.experiment!r} does not exist", "experiment")
+    token, rec = tokens.create(body.kind, name=body.name, runs=body.runs, experiment=body.experiment,
+                               expires_in_s=body.expires_in_s)
+    return {**rec, "token_id": rec["id"], "token": token}
+
+
+def _experiment_missing(svc: Any, exp: str) -> bool:
+    try:
+        return svc.get(exp) is None
+    except Exception:  # noqa: BLE001 - an unknown experiment raises in ExperimentService
+        return True
+
+
+@router.get("/v1/tokens", response_model=list[TokenInfo])
+def list_tokens(kind: str | None = Query(None, pattern="^(annotator|integration|trainer|metrics)$"),
+                tokens: TokenRegistry = Depends(_tokens)) -> list[dict[str, Any]]:
+    return tokens.list(kind)
+
+
+@router.delete("/v1/tokens/{token_id}", status_code=204, responses={404: {"model": ErrorOut}})
+def revoke_token(token_id: str, tokens: TokenRegistry = Depends(_tokens)) -> Response:
+    tokens.revoke(token_id)
+    return Response(status_code=204)

@@ -1,40 +1,23 @@
-"""Dependencies: the service objects (from app.state) and the caller's identity (Bearer tokens).
+"""Dependencies: the service objects (from app.state) and the caller's identity (Bearer tokens, services/tokens.py).
 
 All are ``async def``: FastAPI runs a plain ``def`` dependency in the threadpool, one thread hop each, which was
-most of the per-request cost of the label hot path. They do no I/O except one Redis HGET for an annotator token
-not seen in the last ``TOKEN_CACHE_S`` seconds (tokens are only ever created, so a cached hit stays valid)."""
+most of the per-request cost of the label hot path. A token is resolved once per request: by ``GuardMiddleware``
+for requests with a body (before the body is read), else here; lookups are cached (services/tokens.py)."""
 
 from __future__ import annotations
-
-import hmac
-import time
-from dataclasses import dataclass
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.runs import RunService
 from services.store import RedisStore
+from services.tokens import Principal, TokenRegistry
 
-bearer = HTTPBearer(auto_error=False, description="TIEBREAK_ADMIN_TOKEN or an annotator token")
+__all__ = ["Principal", "admin", "get_runs", "get_store", "principal", "run_access", "integration_access",
+           "experiment_access", "metrics_access"]
 
-
-@dataclass(frozen=True)
-class Principal:
-    role: str                 # "admin" | "annotator"
-    name: str | None = None   # annotator name
-    runs: frozenset[str] = frozenset()
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-    def may_label(self, run_id: str) -> bool:
-        return self.is_admin or run_id in self.runs
-
-
-TOKEN_CACHE_S = 60.0
-_ADMIN = Principal("admin")
+bearer = HTTPBearer(auto_error=False, description="TIEBREAK_ADMIN_TOKEN or a token from POST /v1/annotators or "
+                                                  "POST /v1/tokens")
 
 
 async def get_store(request: Request) -> RedisStore:
@@ -45,39 +28,147 @@ async def get_runs(request: Request) -> RunService:
     return request.app.state.runs
 
 
+def unauthorized(msg: str) -> HTTPException:
+    return HTTPException(401, [{"loc": ["header", "Authorization"], "msg": msg, "type": "unauthorized"}],
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(msg: str, loc: list | None = None) -> HTTPException:
+    return HTTPException(403, [{"loc": loc or ["header", "Authorization"], "msg": msg, "type": "forbidden"}])
+
+
+MISSING = "missing token: send 'Authorization: Bearer TOKEN'"
+
+
+def resolve_header(tokens: TokenRegistry, value: str | None) -> tuple[Principal | None, str]:
+    """(principal, "") or (None, why) for an ``Authorization`` header value."""
+    if not value:
+        return None, MISSING
+    scheme, _, cred = value.partition(" ")
+    if scheme.lower() != "bearer" or not cred.strip():
+        return None, MISSING
+    return tokens.resolve(cred.strip())
+
+
 async def principal(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+    got = request.scope.get("tiebreak.principal")
+    if got is not None:
+        return got
     if cred is None or not cred.credentials:
-        raise HTTPException(401, "missing token: send 'Authorization: Bearer TOKEN'",
-                            headers={"WWW-Authenticate": "Bearer"})
-    token = cred.credentials
-    state = request.app.state
-    if hmac.compare_digest(token.encode(), state.settings.admin_token.encode()):
-        return _ADMIN
-    cache: dict[str, tuple[float, Principal]] | None = getattr(state, "token_cache", None)
-    if cache is None:
-        cache = state.token_cache = {}
-    now = time.monotonic()
-    hit = cache.get(token)
-    if hit is not None and hit[0] > now:
-        return hit[1]
-    rec = state.store.get_annotator(token)
-    if rec is None:
-        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-    p = Principal("annotator", rec["name"], frozenset(rec["runs"]))
-    if len(cache) > 10_000:
-        cache.clear()
-    cache[token] = (now + TOKEN_CACHE_S, p)
+        raise unauthorized(MISSING)
+    p, why = request.app.state.tokens.resolve(cred.credentials)
+    if p is None:
+        raise unauthorized(why)
     return p
 
 
 async def admin(p: Principal = Depends(principal)) -> Principal:
     if not p.is_admin:
-        raise HTTPException(403, "this endpoint needs the admin token")
+        raise forbidden("this endpoint needs the admin token")
     return p
 
 
 async def run_access(run_id: str, p: Principal = Depends(principal)) -> Principal:
     """Admin, or an annotator of this run (for `next` and `labels` only)."""
     if not p.may_label(run_id):
-        raise HTTPException(403, f"this annotator token is not valid for run {run_id!r}")
+        if p.role == "annotator":
+            raise forbidden(f"this annotator token is not valid for run {run_id!r}")
+        raise forbidden(f"a {p.role} token cannot call this endpoint")
     return p
+
+
+async def integration_access(p: Principal = Depends(principal)) -> Principal:
+    """Admin or an integration token (the route then checks the payload's run against ``p.runs``)."""
+    if not (p.is_admin or p.role == "integration"):
+        raise forbidden("this endpoint needs the admin token or an integration token (POST /v1/tokens)")
+    return p
+
+
+async def experiment_access(exp: str, p: Principal = Depends(principal)) -> Principal:
+    """Admin, or the trainer token of this experiment."""
+    if not (p.is_admin or (p.role == "trainer" and p.experiment == exp)):
+        raise forbidden(f"this token is not valid for experiment {exp!r}")
+    return p
+
+
+async def metrics_access(request: Request) -> None:
+    """/metrics: open when ``settings.metrics_public``; otherwise the admin token or a metrics token."""
+    if request.app.state.settings.metrics_public:
+        return
+    p, why = resolve_header(request.app.state.tokens, request.headers.get("authorization"))
+    if p is None:
+        raise unauthorized(why + " (or start the server with TIEBREAK_METRICS_PUBLIC=1)")
+    if not (p.is_admin or p.role == "metrics"):
+        raise forbidden("/metrics needs the admin token or a metrics token (POST /v1/tokens, kind 'metrics')")
+
+
+class GuardMiddleware:
+    """Before any route reads a request body: authenticate (401 without reading it) and bound its size (413:
+    ``Content-Length`` over ``max_body_bytes`` at once, a chunked body as soon as it passes the limit). Also
+    treats a ``/v1`` body sent as curl's default ``application/x-www-form-urlencoded`` as the JSON it is (no
+    route takes forms), so ``curl -d '{...}'`` works without ``-H 'Content-Type: application/json'``.
+
+    A plain ASGI middleware (see services/app.py, MeasureMiddleware, for why)."""
+
+    BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+    def __init__(self, app, tokens: TokenRegistry, max_body_bytes: int):
+        self.app = app
+        self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        path = scope["path"]
+        if scope["method"] in self.BODY_METHODS and path.startswith("/v1/"):
+            auth = headers.get(b"authorization")
+            p, why = resolve_header(self.tokens, auth.decode("latin-1") if auth else None)
+            if p is None:
+                await _error(send, 401, ["header", "Authorization"], why, "unauthorized",
+                             [(b"www-authenticate", b"Bearer")])
+                return
+            # in place: the outer MeasureMiddleware reads the matched route from this same scope dict
+            scope["tiebreak.principal"] = p
+            ctype = headers.get(b"content-type", b"")
+            if ctype.startswith(b"application/x-www-form-urlencoded"):
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [
+                    (b"content-type", b"application/json")]
+        limit = self.max_body_bytes
+        cl = headers.get(b"content-length")
+        if cl is not None:
+            try:
+                n = int(cl)
+            except ValueError:
+                n = -1
+            if n > limit:
+                await _error(send, 413, ["body"], _too_large(limit), "too_large")
+                return
+        seen = [0]
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen[0] += len(message.get("body", b""))
+                if seen[0] > limit:
+                    raise HTTPException(413, [{"loc": ["body"], "msg": _too_large(limit), "type": "too_large"}])
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(limit: int) -> str:
+    return (f"request body over {limit / 2**20:.0f} MiB (TIEBREAK_MAX_BODY_MB); send the pairs in batches: create "
+            "the run with the first batch, then POST /v1/runs/{id}/pairs for the rest")
+
+
+async def _error(send, status: int, loc: list, msg: str, typ: str, extra: list | None = None) -> None:
+    import json
+
+    body = json.dumps({"detail": [{"loc": loc, "msg": msg, "type": typ}]}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})

@@ -7,7 +7,8 @@
     GET  /v1/experiments/{exp}/signal          {stop, reason, best_checkpoint, checkpoints:[...]}
     GET  /v1/experiments/{exp}                 the experiment (config, checkpoints and their runs)
 
-Admin token only. The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
+Admin token; a trainer token (POST /v1/tokens, kind 'trainer') may call the /{exp} routes of its experiment.
+The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
 Statistics and the signal rule: services/experiments.py.
 """
 
@@ -20,8 +21,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.api.deps import admin
+from services.api.deps import admin, experiment_access
+from services.api.models import Utf8Str
 from services.experiments import ExperimentError, ExperimentService, RedisKV
+from services.outbound import check_request
 
 MAX_TEXT = 200_000
 
@@ -31,7 +34,7 @@ class _Strict(BaseModel):
 
 
 class PromptIn(_Strict):
-    id: str = Field(min_length=1, max_length=256)
+    id: Utf8Str = Field(min_length=1, max_length=256)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
     slices: list[str] | None = Field(None, max_length=20, description="tags of the prompt (a verdict per slice "
                                                                        "in every checkpoint's runs)")
@@ -57,7 +60,7 @@ class ExperimentCreate(_Strict):
 
 
 class CheckpointIn(_Strict):
-    checkpoint: str = Field(min_length=1, max_length=500)
+    checkpoint: Utf8Str = Field(min_length=1, max_length=500)
     model: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
 
@@ -119,26 +122,31 @@ def experiment_service(request: Request) -> ExperimentService:
     return svc
 
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[Depends(admin)])
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
-@router.post("", status_code=201)
-def create_experiment(body: ExperimentCreate, svc: ExperimentService = Depends(experiment_service)):
+@router.post("", status_code=201, dependencies=[Depends(admin)])
+def create_experiment(body: ExperimentCreate, request: Request,
+                      svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, urls=[("webhook", body.webhook)],
+                  specs=[("base", body.base), *((f"judges.{i}", j) for i, j in enumerate(body.judges))])
     try:
         return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
     except ExperimentError as e:
         return _error(e)
 
 
-@router.post("/{exp}/checkpoints", status_code=201)
-def add_checkpoint(exp: str, body: CheckpointIn, svc: ExperimentService = Depends(experiment_service)):
+@router.post("/{exp}/checkpoints", status_code=201, dependencies=[Depends(experiment_access)])
+def add_checkpoint(exp: str, body: CheckpointIn, request: Request,
+                   svc: ExperimentService = Depends(experiment_service)):
+    check_request(request.app.state.settings, specs=[("model", body.model)])
     try:
         return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
     except ExperimentError as e:
         return _error(e)
 
 
-@router.get("/{exp}/signal")
+@router.get("/{exp}/signal", dependencies=[Depends(experiment_access)])
 def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
     try:
         return svc.signal(exp)
@@ -146,7 +154,7 @@ def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
         return _error(e)
 
 
-@router.get("/{exp}")
+@router.get("/{exp}", dependencies=[Depends(experiment_access)])
 def get_experiment(exp: str, svc: ExperimentService = Depends(experiment_service)):
     try:
         rec = svc.get(exp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from services.api.deps import get_store
+from services.api.deps import get_store, metrics_access
 from services.api.models import Health
 from services.store import RedisStore
 
@@ -16,8 +16,10 @@ def healthz(store: RedisStore = Depends(get_store)) -> Health:
     return Health(status="ok", redis=store.ping())
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(metrics_access)])
 def metrics(request: Request) -> Response:
+    """Prometheus metrics: the admin token or a metrics token (POST /v1/tokens, kind "metrics") as
+    ``Authorization: Bearer``, or no token when the server runs with TIEBREAK_METRICS_PUBLIC=1."""
     m = request.app.state.metrics
     m.runs_loaded.set(len(request.app.state.runs._runs))
     return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,5 +1,7 @@
-"""Annotation tools: Label Studio tasks + webhooks, Argilla records + webhooks (admin token; configure the tool
-to send ``Authorization: Bearer TIEBREAK_ADMIN_TOKEN`` with its webhooks)."""
+"""Annotation tools: Label Studio tasks + webhooks, Argilla records + webhooks. The exports need the admin token;
+the webhooks accept the admin token or an integration token (POST /v1/tokens, kind "integration") for the runs
+it names: configure the tool to send ``Authorization: Bearer <integration token>`` with its webhooks.
+Payloads are validated with pydantic models (services/integrations.py): a malformed one gets 422, never 500."""
 
 from __future__ import annotations
 
@@ -8,19 +10,19 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from services import integrations as ig
-from services.api.deps import admin, get_runs
+from services.api.deps import Principal, admin, get_runs, integration_access
 from services.api.models import ErrorOut
 from services.api.runs import RunId
-from services.errors import BadInput
+from services.errors import Forbidden
 from services.runs import RunService
 
-router = APIRouter(prefix="/v1/integrations", tags=["integrations"], dependencies=[Depends(admin)],
+router = APIRouter(prefix="/v1/integrations", tags=["integrations"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
 
 Payload = Body(..., description="the tool's webhook JSON, as documented by the tool")
 
 
-@router.get("/label-studio/{run_id}/tasks")
+@router.get("/label-studio/{run_id}/tasks", dependencies=[Depends(admin)])
 def label_studio_tasks(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
                        runs: RunService = Depends(get_runs)) -> dict[str, Any]:
     """Tasks to import into Label Studio, with ``predictions[].score`` = the sampler's priority."""
@@ -30,15 +32,16 @@ def label_studio_tasks(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
 
 
 @router.post("/label-studio/webhook")
-def label_studio_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs)) -> dict:
+def label_studio_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs),
+                         who: Principal = Depends(integration_access)) -> dict:
     """Ingest ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``; other actions are acknowledged and ignored."""
     got = ig.parse_ls_webhook(payload)
     if got is None:
-        return {"accepted": False, "ignored": payload.get("action")}
-    return runs.submit_label(*got)
+        return {"accepted": False, "ignored": _ignored(payload.get("action"))}
+    return _submit(runs, who, *got)
 
 
-@router.get("/argilla/{run_id}/records")
+@router.get("/argilla/{run_id}/records", dependencies=[Depends(admin)])
 def argilla_records(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
                     suggestions: bool = Query(False, description="attach the judges' consensus as suggestions"),
                     runs: RunService = Depends(get_runs)) -> dict[str, Any]:
@@ -48,11 +51,20 @@ def argilla_records(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
 
 
 @router.post("/argilla/webhook")
-def argilla_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs)) -> dict:
+def argilla_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs),
+                    who: Principal = Depends(integration_access)) -> dict:
     """Ingest ``response.created`` (submitted responses); other events are acknowledged and ignored."""
-    if not isinstance(payload, dict):
-        raise BadInput("expected a JSON object", "body")
     got = ig.parse_argilla_webhook(payload)
     if got is None:
-        return {"accepted": False, "ignored": payload.get("type")}
-    return runs.submit_label(*got)
+        return {"accepted": False, "ignored": _ignored(payload.get("type"))}
+    return _submit(runs, who, *got)
+
+
+def _ignored(v: Any) -> str | None:
+    return v[:100].encode("utf-8", "replace").decode() if isinstance(v, str) else None
+
+
+def _submit(runs: RunService, who: Principal, run_id: str, label: dict) -> dict:
+    if not who.is_admin and run_id not in who.runs:
+        raise Forbidden(f"this integration token is not valid for run {run_id!r}", "task.data.run_id")
+    return runs.submit_label(run_id, label)

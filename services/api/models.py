@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Verdict = Literal["left", "right", "tie"]
 DecisionName = Literal["running", "better", "worse", "equivalent", "undecided"]
@@ -24,7 +24,25 @@ def _check_slice_names(v: list[str] | None) -> list[str] | None:
     for name in v:
         if not name.strip() or len(name) > 100:
             raise ValueError(f"slice names must be non-empty and at most 100 characters (got {name!r})")
+        _utf8(name)
     return list(dict.fromkeys(v))
+
+
+CRITERION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,63}$"
+
+
+def _utf8(v: str) -> str:
+    """Refuse strings that cannot be stored (a lone surrogate such as "\\ud800" parses from JSON but has no
+    UTF-8 encoding): they would fail the Redis write they are part of."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains {v[e.start:e.end]!r}, which is not valid Unicode text (a lone surrogate)") \
+            from None
+    return v
+
+
+Utf8Str = Annotated[str, AfterValidator(_utf8)]
 
 
 class Strict(BaseModel):
@@ -32,7 +50,7 @@ class Strict(BaseModel):
 
 
 class PairIn(Strict):
-    id: str = Field(min_length=1, max_length=256, description="your id of the pair, unique within the run")
+    id: Utf8Str = Field(min_length=1, max_length=256, description="your id of the pair, unique within the run")
     prompt: str = Field(max_length=MAX_TEXT)
     base: str = Field(max_length=MAX_TEXT, description="the base model's response")
     tuned: str = Field(max_length=MAX_TEXT, description="the fine-tuned model's response")
@@ -88,8 +106,9 @@ class RunCreate(Strict):
     judges: list[JudgeSpec] | None = Field(
         None, description='judge presets ("qwen2.5-coder-0.5b", "gemma-3-270m-base", "NAME:pointwise") or MODEL '
                           "specs; [] = labels only (classical sequential test)")
-    criteria: list[str] | None = Field(None, max_length=10, description="extra per-criterion verdicts "
-                                                                        "(alpha split by Bonferroni)")
+    criteria: list[Annotated[str, Field(pattern=CRITERION_PATTERN)]] | None = Field(
+        None, max_length=10, description="extra per-criterion verdicts (alpha split by Bonferroni); names of 1-64 "
+                                         "letters, digits, '_', '-', '.' or spaces, starting with a letter or digit")
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     margin: float = Field(0.0, ge=0.0, lt=0.5)
     budget: int | None = Field(None, ge=1, description="maximum number of labelled pairs")
@@ -215,9 +234,9 @@ class NextPair(BaseModel):
 
 
 class LabelIn(Strict):
-    lease_id: str | None = Field(None, max_length=100)
-    pair_id: str = Field(min_length=1, max_length=256)
-    annotator: str | None = Field(None, min_length=1, max_length=200,
+    lease_id: Utf8Str | None = Field(None, max_length=100)
+    pair_id: Utf8Str = Field(min_length=1, max_length=256)
+    annotator: Utf8Str | None = Field(None, min_length=1, max_length=200,
                                   description="required with the admin token; defaults to the token's annotator")
     verdict: Verdict
     criteria: dict[str, Verdict] | None = None
@@ -228,18 +247,51 @@ class LabelOut(BaseModel):
     duplicate: bool = Field(description="true when this annotator had already labelled the pair (counted once)")
     pair_id: str
     labels: int
-    decision: DecisionName
+    decision: DecisionName | None = Field(
+        description="the run's decision; null for annotator tokens (blind study) unless the server runs with "
+                    "TIEBREAK_ANNOTATORS_SEE_DECISION=1")
+
+
+ExpiresIn = Field(None, gt=0, le=366 * 86400, description="the token expires this many seconds from now "
+                                                        "(default: valid until revoked)")
 
 
 class AnnotatorCreate(Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^|\s][^|]*$")
+    name: Utf8Str = Field(min_length=1, max_length=200, pattern=r"^[^|\s][^|]*$")
     runs: list[str] = Field(min_length=1, max_length=1000, description="run ids this annotator may label")
+    expires_in_s: float | None = ExpiresIn
 
 
 class AnnotatorOut(BaseModel):
     name: str
     token: str
     runs: list[str]
+    token_id: str
+    expires_at: float | None = None
+
+
+class TokenCreate(Strict):
+    kind: Literal["integration", "trainer", "metrics", "annotator"]
+    name: Utf8Str = Field(min_length=1, max_length=200, pattern=r"^[^|\s][^|]*$", description="who uses it")
+    runs: list[str] = Field(default_factory=list, max_length=1000,
+                            description="integration / annotator: the run ids it may label")
+    experiment: str | None = Field(None, min_length=1, max_length=200, description="trainer: its experiment")
+    expires_in_s: float | None = ExpiresIn
+
+
+class TokenInfo(BaseModel):
+    id: str
+    kind: str
+    name: str | None
+    runs: list[str]
+    experiment: str | None
+    created_at: float | None
+    expires_at: float | None
+
+
+class TokenOut(TokenInfo):
+    token_id: str
+    token: str
 
 
 class Health(BaseModel):

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -25,6 +25,7 @@ from services.api.models import (
     RunStatus,
     RunSummary,
 )
+from services.outbound import check_request
 from services.runs import Pending, RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
@@ -34,8 +35,13 @@ RunId = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", desc
 
 
 @router.post("", response_model=RunCreated, status_code=201, dependencies=[Depends(admin)])
-def create_run(body: RunCreate, runs: RunService = Depends(get_runs)) -> RunCreated:
-    """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate."""
+def create_run(body: RunCreate, request: Request, runs: RunService = Depends(get_runs)) -> RunCreated:
+    """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate.
+    URLs (`webhook_url`, OpenAI-compatible `base_url`s) must pass the server's outbound policy (422 otherwise)."""
+    specs = [(f"judges.{i}", j) for i, j in enumerate(body.judges or [])]
+    if body.generate is not None:
+        specs += [("generate.base", body.generate.base), ("generate.tuned", body.generate.tuned)]
+    check_request(request.app.state.settings, urls=[("webhook_url", body.webhook_url)], specs=specs)
     return RunCreated(run_id=runs.create_run(body.model_dump()))
 
 
@@ -101,12 +107,18 @@ async def next_pair(run_id: str = RunId,
 
 
 @router.post("/{run_id}/labels", response_model=LabelOut, responses={404: {"model": ErrorOut}})
-async def post_label(body: LabelIn, run_id: str = RunId, who: Principal = Depends(run_access),
+async def post_label(body: LabelIn, request: Request, run_id: str = RunId, who: Principal = Depends(run_access),
                      runs: RunService = Depends(get_runs)) -> Response:
-    """One verdict on one pair. Idempotent per (pair_id, annotator): a repeat is accepted and counted once."""
+    """One verdict on one pair, from the holder of its lease (`lease_id` from `next`; without it, the lease this
+    annotator holds on the pair). Idempotent per (pair_id, annotator): a repeat is accepted and counted once.
+    409 (nothing stored) for a pair not leased to this annotator. `decision` is null for annotator tokens
+    unless the server runs with TIEBREAK_ANNOTATORS_SEE_DECISION=1 (a blind study must not show it)."""
     d = body.model_dump()
     d["annotator"] = _annotator(who, body.annotator)
-    return _json(await _call(runs, run_id, runs.submit_label_locked, runs.submit_label, d))
+    res = await _call(runs, run_id, runs.submit_label_locked, runs.submit_label, d)
+    if not who.is_admin and not request.app.state.settings.annotators_see_decision:
+        res = {**res, "decision": None}
+    return _json(res)
 
 
 @router.get("/{run_id}/report", response_class=HTMLResponse, responses={404: {"model": ErrorOut}},
@@ -124,6 +136,11 @@ def _annotator(who: Principal, given: str | None) -> str:
             raise HTTPException(422, [{"loc": ["query", "annotator"], "type": "missing",
                                        "msg": "with the admin token, say who labels: ?annotator=NAME "
                                               "(or 'annotator' in the body)"}])
+        try:
+            given.encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPException(422, [{"loc": ["query", "annotator"], "type": "value_error",
+                                       "msg": "annotator is not valid Unicode text"}]) from None
         return given
     if given and given != who.name:
         raise HTTPException(403, f"this token belongs to annotator {who.name!r}, not {given!r}")

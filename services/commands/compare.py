@@ -324,7 +324,8 @@ def compare(
             typer.echo(run_id)
             code = EXIT_OK
             return
-        ann_token = client.create_annotator("cli", [run_id])
+        ann_name = f"cli-{run_id[:8]}"     # annotator names are unique per server (one name, one person)
+        ann_token = client.create_annotator(ann_name, [run_id])
         stop = threading.Event()
         worker: threading.Thread | None = None
         annot = None
@@ -335,10 +336,10 @@ def compare(
         elif mode == "votes":
             from services.demo import SimulatedAnnotator
 
-            annot = SimulatedAnnotator(client, run_id, ann_token, items, seed=seed or 0, name="cli")
+            annot = SimulatedAnnotator(client, run_id, ann_token, items, seed=seed or 0, name=ann_name)
             worker = threading.Thread(target=annot.run, daemon=True)
         else:
-            worker = threading.Thread(target=_terminal_labeller, args=(client, run_id, ann_token, "cli", stop),
+            worker = threading.Thread(target=_terminal_labeller, args=(client, run_id, ann_token, ann_name, stop),
                                       daemon=True)
         deadline = time.time() + timeout
         last = None

@@ -39,11 +39,18 @@ def serve(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     settings = Settings(redis_url=redis_url, data_dir=str(data_dir) if data_dir else None, pipeline=pipeline,
                         ray_address=ray_address, lease_ttl_s=lease_ttl)
-    if advertise_url is None:
+    if not advertise_url:
         import socket
 
         advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
     settings.advertise_url = advertise_url
+    from services.tokens import admin_token_problem
+
+    weak = admin_token_problem(settings.admin_token)
+    if weak:
+        typer.echo(f"error: {weak}: refusing to start. Set a long random token, e.g. export TIEBREAK_ADMIN_TOKEN="
+                   "$(python -c 'import secrets; print(secrets.token_urlsafe(32))')", err=True)
+        raise typer.Exit(2)
     try:
         store = RedisStore.open(settings.redis_url, settings.data_dir)
         store.ping()

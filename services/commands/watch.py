@@ -60,7 +60,8 @@ def watch(
     server: str = typer.Option(os.environ.get("TIEBREAK_URL", "http://127.0.0.1:8000"), "--server",
                                help="tiebreak service URL (env TIEBREAK_URL)"),
     token: str | None = typer.Option(None, "--token",
-                                     help="admin token (default: env TIEBREAK_TOKEN or TIEBREAK_ADMIN_TOKEN)"),
+                                     help="a trainer token of this experiment (POST /v1/tokens) or the admin "
+                                          "token (default: env TIEBREAK_TOKEN or TIEBREAK_ADMIN_TOKEN)"),
     interval: float = typer.Option(10.0, "--interval", help="seconds between scans"),
     once: bool = typer.Option(False, "--once", help="scan once, submit, print the signal and exit"),
 ) -> None:

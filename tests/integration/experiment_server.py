@@ -34,8 +34,9 @@ def serve_app(data_dir, pipeline: str = "off") -> Iterator[tuple[str, object]]:
     routers = list(dict.fromkeys([*ROUTERS, "services.api.experiments"]))
     routers = [r for r in routers if _importable(r)]
     store = RedisStore.open(data_dir=data_dir)
-    app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline=pipeline, webhook_backoff_s=0.05),
-                     routers=routers)
+    settings = Settings(admin_token=ADMIN, pipeline=pipeline, webhook_backoff_s=0.05,
+                        outbound_allow_loopback=True)       # the webhook receiver listens on 127.0.0.1
+    app = create_app(store=store, settings=settings, routers=routers)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=server.run, daemon=True)

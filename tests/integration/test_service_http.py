@@ -33,7 +33,8 @@ def _verdict(v, tuned_wins=True):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
-    with ServeProcess(d, admin_token=ADMIN) as s:
+    # the webhook receiver of these tests listens on 127.0.0.1: loopback is refused unless the server allows it
+    with ServeProcess(d, admin_token=ADMIN, env={"TIEBREAK_OUTBOUND_ALLOW_LOOPBACK": "1"}) as s:
         yield s
 
 
@@ -100,7 +101,8 @@ def test_full_flow_status_report_metrics(server):
     rep = httpx.get(f"{u}/v1/runs/{rid}/report", headers=H)
     assert rep.status_code == 200 and "<svg" in rep.text and "better" in rep.text and "http" not in \
         rep.text.replace("http://www.w3.org", "")
-    m = httpx.get(f"{u}/metrics").text
+    assert httpx.get(f"{u}/metrics").status_code == 401                             # not open by default
+    m = httpx.get(f"{u}/metrics", headers=H).text
     assert "tiebreak_labels_total" in m and 'route="/v1/runs/{run_id}/next"' in m
     docs = httpx.get(f"{u}/openapi.json").json()
     for path in ("/v1/runs", "/v1/runs/{run_id}", "/v1/runs/{run_id}/next", "/v1/runs/{run_id}/labels",

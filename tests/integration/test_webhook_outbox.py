@@ -34,7 +34,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 def test_run_decided_survives_kill9_before_delivery(tmp_path):
     hook_port = free_port()                     # nothing listens there yet: every delivery attempt fails
-    s = ServeProcess(tmp_path, admin_token=ADMIN)
+    s = ServeProcess(tmp_path, admin_token=ADMIN, env={"TIEBREAK_OUTBOUND_ALLOW_LOOPBACK": "1"})
     srv = None
     try:
         s.start()

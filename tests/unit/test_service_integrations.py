@@ -12,7 +12,7 @@ from services.app import create_app
 from services.settings import Settings
 from services.store import RedisStore
 
-ADMIN = "adm"
+ADMIN = "admin-integrations-test-token"
 H = {"Authorization": f"Bearer {ADMIN}"}
 
 

@@ -258,3 +258,26 @@ def test_redis_durability_policy_is_always_everywhere(store):
     assert '"--appendfsync", "always"' in compose and "everysec" not in compose
     k8s = (ROOT / "deploy" / "k8s" / "redis.yaml").read_text()
     assert "appendfsync always" in k8s and "everysec" not in k8s
+
+
+def test_pipelines_run_at_most_max_concurrent_at_once(store):
+    """Generation/judging of many runs at once is bounded (each pipeline starts model-loading actors); the
+    work itself is replaced here: this tests the bounding around it."""
+    from services.pipeline import Pipeline
+
+    live, peak, mu = set(), [0], threading.Lock()
+
+    class Recording(Pipeline):
+        def _work(self, rid: str) -> None:
+            with mu:
+                live.add(rid)
+                peak[0] = max(peak[0], len(live))
+            time.sleep(0.2)
+            with mu:
+                live.discard(rid)
+
+    pipe = Recording(RunService(store), mode="local", max_concurrent=2)
+    threads = [pipe.submit(f"r{i}") for i in range(6)]
+    for t in threads:
+        t.join(10)
+    assert peak[0] == 2 and not pipe.running
