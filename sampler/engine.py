@@ -434,6 +434,8 @@ class Comparison:
         self._apply_calibration()
         if self.gamma < 1.0:
             self.sampler.set_scores(self.spread)
+        if self.slices is not None:
+            self.slices.on_refit(self)
 
     def _update_decision(self, record: bool = True) -> None:
         iv = self.cs.interval()

@@ -166,7 +166,33 @@ class SliceTracker:
         self.rec_max: list[float] = []
         self._rec_pos = 0
         self.decisions = [Decision.RUNNING] * k
+        self.on_refit(comp)
         self.update_decisions(comp)
+
+    # Running per-slice sums, so that a draw and a label cost O(slices of the pair), not O(N): live counts and
+    # live score sums (exact: integer scores, sampler.policy), and the sum / max / min of g over each slice's
+    # undrawn pairs. Max and min are recomputed at refits only: between refits pairs only leave, so the stale
+    # values stay valid bounds (as the engine's g_max / g_min and the sampler's score_min). They and the g sum
+    # are persisted, so a reloaded tracker continues exactly.
+    def on_refit(self, comp) -> None:
+        """The predictions g or the sampler's scores changed (a refit): recompute the slice summaries."""
+        self._scores = comp.sampler.scores_in_use()
+        live = self.member & ~self.drawn[:, None]
+        self.s_min = np.where(live, self._scores[:, None], np.inf).min(axis=0) if self.member.size else \
+            np.zeros(len(self.names))
+        self.s_min = np.where(np.isfinite(self.s_min), self.s_min, 0.0)
+        rest = self.member & ~self.done[:, None]
+        g = comp.g
+        self.g_sum = g @ rest if g.size else np.zeros(len(self.names))
+        self.g_max = np.where(rest, g[:, None], -np.inf).max(axis=0) if g.size else np.zeros(len(self.names))
+        self.g_min = np.where(rest, g[:, None], np.inf).min(axis=0) if g.size else np.zeros(len(self.names))
+        self._recount()
+
+    def _recount(self) -> None:
+        alive = ~self.drawn
+        self.n_live = (self.member & alive[:, None]).sum(axis=0).astype(int)
+        self.w_live = (self._scores * alive) @ self.member
+        self.w_all = float((self._scores * alive).sum())
 
     def running(self) -> list[int]:
         return [k for k, d in enumerate(self.decisions) if not d.final]
@@ -177,21 +203,17 @@ class SliceTracker:
 
     # ----------------------------------------------------------------------------------------------- draws
     def before_draw(self, sampler) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per slice, before the overall sampler draws: n^s, q(s), min_{i in R^s} q(i) (all predictable)."""
-        alive = ~self.drawn
-        rem = int(alive.sum())
-        scores = sampler.scores_in_use() * alive
-        total = float(scores.sum())
-        live = self.member & alive[:, None]
-        n_s = live.sum(axis=0)
+        """Per slice, before the overall sampler draws: n^s, q(s), a lower bound of min_{i in R^s} q(i) (all
+        predictable). q(i) = gamma/|R| + (1 - gamma) w_i / W, the sampler's mixture over its integer scores."""
+        rem = sampler.remaining
+        n_s = self.n_live.copy()
         if rem <= 1:
             return n_s, np.where(n_s > 0, 1.0, 0.0), np.ones(len(self.names))
-        if sampler.gamma >= 1.0 or total <= 0:
+        if sampler.gamma >= 1.0 or self.w_all <= 0:
             return n_s, n_s / rem, np.full(len(self.names), 1.0 / rem)
         gamma = sampler.gamma
-        q_s = gamma * n_s / rem + (1 - gamma) * (scores @ live) / total
-        s_min = np.where(live, scores[:, None], np.inf).min(axis=0)
-        q_min = gamma / rem + (1 - gamma) * np.where(np.isfinite(s_min), s_min, 0.0) / total
+        q_s = gamma * n_s / rem + (1 - gamma) * self.w_live / self.w_all
+        q_min = gamma / rem + (1 - gamma) * self.s_min / self.w_all
         return n_s, q_s, q_min
 
     def after_draw(self, index: int, draw: Draw, pre: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -202,7 +224,15 @@ class SliceTracker:
             w = float(q_s[k] / (n_s[k] * draw.prob))
             wmax = max(float(q_s[k] / (n_s[k] * q_min[k])), w, 1.0)
             self._record(index, int(k), w, wmax)
-        self.drawn[draw.item] = True
+        self._leave(draw.item)
+
+    def _leave(self, item: int) -> None:
+        """Pair `item` was drawn: it leaves every slice's undrawn set."""
+        self.drawn[item] = True
+        ks = self.member[item]
+        self.n_live[ks] -= 1
+        self.w_live[ks] -= self._scores[item]
+        self.w_all -= float(self._scores[item])
 
     def draw_for_running(self, comp) -> Draw | None:
         """After the overall verdict: a uniform draw over the not-yet-drawn pairs of the running slices."""
@@ -218,7 +248,7 @@ class SliceTracker:
         for k in running:
             if self.member[item, k]:
                 self._record(len(comp.draws), k, 1.0, 1.0)
-        self.drawn[item] = True
+        self._leave(item)
         return draw
 
     def _record(self, index: int, k: int, w: float, wmax: float) -> None:
@@ -240,9 +270,10 @@ class SliceTracker:
             self._rec_pos += 1
             if not self.decisions[k].final:
                 self._update_slice(k, item, y, g, w, wmax)
-        for k in np.flatnonzero(self.member[item]):  # the pair leaves every slice's remaining set
-            self.counts[k] += 1
-            self.sums[k] += y
+        ks = self.member[item]  # the pair leaves every slice's remaining set
+        self.counts[ks] += 1
+        self.sums[ks] += y
+        self.g_sum[ks] -= g[item]
         self.done[item] = True
         self.processed += 1
         self._exhausted_slices()
@@ -251,11 +282,10 @@ class SliceTracker:
     def _update_slice(self, k: int, item: int, y: float, g: np.ndarray, w: float, wmax: float) -> None:
         size, cnt = int(self.sizes[k]), int(self.counts[k])
         rem = size - cnt
-        rest = g[self.member[:, k] & ~self.done]
-        g_bar = float(rest.mean())
+        g_bar = float(self.g_sum[k]) / rem
         x = g_bar + (y - float(g[item])) * w
-        lo = g_bar - float(rest.max()) * wmax
-        hi = g_bar + (1.0 - float(rest.min())) * wmax
+        lo = g_bar - float(self.g_max[k]) * wmax
+        hi = g_bar + (1.0 - float(self.g_min[k])) * wmax
         cs = self.cs[k]
         null_mean = (size * cs.grid - self.sums[k]) / rem
         slack = self._noise(cnt, size) / rem
@@ -318,6 +348,8 @@ class SliceTracker:
             "records": {"draw": pack(self.rec_draw, "<i8"), "slice": pack(self.rec_slice, "<i8"),
                         "weight": pack(self.rec_weight), "max": pack(self.rec_max)},
             "decisions": [d.value for d in self.decisions],
+            "summaries": {"s_min": pack(self.s_min), "g_sum": pack(self.g_sum), "g_max": pack(self.g_max),
+                          "g_min": pack(self.g_min)},
         }
 
     @classmethod
@@ -342,4 +374,8 @@ class SliceTracker:
             self.done[dr.item] = True
         for dr in comp.draws:
             self.drawn[dr.item] = True
+        self._recount()
+        sm = d["summaries"]
+        self.s_min, self.g_sum = unpack(sm["s_min"]), unpack(sm["g_sum"])
+        self.g_max, self.g_min = unpack(sm["g_max"]), unpack(sm["g_min"])
         return self
