@@ -60,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from sampler.slices import MAX_SLICES, alpha_split_text, best_case_labels, membership_matrix, slice_alpha
 from sampler.engine import Comparison, ComparisonConfig, label_from_verdict
+from sampler.slices import MAX_SLICES, alpha_split_text, best_case_labels, membership_matrix, slice_alpha
 from services.errors import BadInput, Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from services.store import RedisStore
 from services.webhooks import outbox_entry
