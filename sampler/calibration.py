@@ -6,7 +6,19 @@ with an unpenalised intercept:  beta = argmin sum (y - b0 - x beta)^2 + penalty 
 The prediction g(x) = clip(b0 + x beta, 0, 1) is the "prediction" in prediction-powered inference. The ridge
 penalty acts as PPI++ power tuning (Angelopoulos, Duchi & Zrnic 2023, "PPI++"): with few labels or
 uninformative judges beta shrinks to 0 and g to the label mean, so the judges cannot add variance they do not
-pay for. A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
+pay for.
+
+The penalty is chosen from the labels themselves (penalty=None, the default): the value on a geometric grid,
+plus "infinite" (g = the label mean, i.e. no judge at all), and the centre of the shrinkage -- 0 (no judge) or
+the judges' own votes ("the judge is calibrated as it is", a one-number fit of bias and the votes' mean) --
+that minimise the exact leave-one-out squared error of the ridge fit (with the one-standard-error rule: the judge must beat the mean by one standard error). For a
+linear smoother y_hat = H y the leave-one-out residual is (y_i - y_hat_i) / (1 - H_ii)
+(Allen 1974, "The relationship between variable selection and data augmentation and a method for prediction",
+Technometrics; Golub, Heath & Wahba 1979), and for ridge with an unpenalised intercept
+H = 11'/n + X_c (X_c'X_c + penalty I)^-1 X_c', whose diagonal the SVD X_c = U S V' gives for every penalty at
+once: H_ii = 1/n + sum_k U_ik^2 s_k^2 / (s_k^2 + penalty). So a judge that predicts the labels is trusted after
+a handful of labels, and one that does not is dropped as soon as the labels say so. Predictability is
+untouched: the choice uses only the labels the fit uses (those processed before the next draw). A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
 spread that the active sampling policy uses (only its predictability matters for validity, not its accuracy).
 
 Closed form (normal equations) in numpy rather than scikit-learn's Ridge: it is refit many times per replay run
@@ -29,10 +41,84 @@ def judge_features(judge_votes: np.ndarray) -> np.ndarray:
     return np.hstack([np.where(missing, 0.5, votes), missing.astype(float)])
 
 
+PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior calibration
+SE_RULE = 0.5  # standard errors a fit must win by (select_fit)
+MIN_GAIN = 0.1  # ... and the share of the reference's LOO error it must save
+PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  # 0.25 .. 4096, then infinity
+
+
+def loo_squared_errors(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> np.ndarray:
+    """Exact leave-one-out squared errors of ridge (unpenalised intercept) for every penalty in ``grid`` and,
+    as the last row, for penalty = infinity (the mean of y): shape (len(grid) + 1, n). Needs n >= 3."""
+    n = y.size
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean()
+    u, sv, _ = np.linalg.svd(xc, full_matrices=False)
+    keep = sv > 1e-12 * max(1.0, float(sv.max(initial=0.0)))
+    u, sv = u[:, keep], sv[keep]
+    uy = u.T @ yc                                      # coordinates of y in the column space
+    pens = np.asarray(grid, dtype=float)
+    shrink = sv[None, :] ** 2 / (sv[None, :] ** 2 + pens[:, None])      # (penalties, k)
+    fitted = (shrink * uy[None, :]) @ u.T                                # (penalties, n), centred
+    hat = 1.0 / n + (shrink[:, None, :] * (u**2)[None, :, :]).sum(axis=2)
+    sq = ((yc[None, :] - fitted) / (1.0 - hat)) ** 2
+    return np.vstack([sq, (yc / (1.0 - 1.0 / n)) ** 2])
+
+
+def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
+               grid: tuple[float, ...] = PENALTY_GRID) -> tuple[int, float]:
+    """Choose (base, penalty) for g = b0 + x (base + delta), delta the ridge fit of y - x base.
+
+    Candidates: every base with every penalty in ``grid`` and with penalty infinity (delta = 0). The
+    reference is bases[0] with penalty infinity (the label mean when bases[0] = 0, the carried calibration
+    when it is a prior). One-standard-error rule (Hastie, Tibshirani & Friedman, Elements of Statistical
+    Learning, 2nd ed., Sec. 7.10) on paired LOO differences: a candidate replaces the reference only if its
+    mean LOO gain exceeds one standard error of that gain; then the largest penalty of the best base whose
+    LOO error is within one standard error of the best is used (spurious fits of a useless judge widen the
+    observation's range for nothing, and a simpler fit is the better bet at equal evidence).
+    Returns (index of the base, penalty); (0, inf) for the reference.
+    """
+    n = y.size
+    inf = float("inf")
+    if n < 3:
+        return 0, inf
+    pens = np.asarray(list(grid) + [inf])
+    errs = [loo_squared_errors(x, y - x @ b, grid) for b in bases]
+    ref = errs[0][-1]
+    ref_mse = float(ref.mean())
+    best_gain, best = 0.0, (0, len(pens) - 1)
+    for k, e in enumerate(errs):
+        gain = ref[None, :] - e
+        mean = gain.mean(axis=1)
+        se = gain.std(axis=1, ddof=1) / np.sqrt(n)
+        j = int(np.argmax(mean))
+        if mean[j] > SE_RULE * se[j] and mean[j] > MIN_GAIN * ref_mse and mean[j] > best_gain:
+            best_gain, best = float(mean[j]), (k, j)
+    k, j = best
+    if (k, j) == (0, len(pens) - 1):
+        return 0, inf
+    diff = errs[k] - errs[k][j][None, :]
+    within = diff.mean(axis=1) <= SE_RULE * diff.std(axis=1, ddof=1) / np.sqrt(n)
+    return k, float(pens[np.flatnonzero(within).max()])
+
+
+def select_penalty(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> float:
+    """The ridge penalty (math.inf: no judge, g = mean) chosen by exact LOO with the 1-SE rule (select_fit)."""
+    return select_fit(x, y, [np.zeros(x.shape[1])], grid)[1]
+
+
+def identity_coef(n_features: int) -> np.ndarray:
+    """Coefficients of "trust the judges as they are": g = mean of the J votes (missing indicators 0)."""
+    j = n_features // 2
+    return np.concatenate([np.full(j, 1.0 / j), np.zeros(n_features - j)]) if j else np.zeros(n_features)
+
+
 def ridge_fit(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[float, np.ndarray]:
     """Intercept and coefficients of ridge regression with an unpenalised intercept."""
     x_mean = x.mean(axis=0)
     y_mean = float(y.mean())
+    if np.isinf(penalty):
+        return y_mean, np.zeros(x.shape[1])
     xc = x - x_mean
     gram = xc.T @ xc + penalty * np.eye(x.shape[1])
     beta = np.linalg.solve(gram, xc.T @ (y - y_mean))
@@ -61,10 +147,11 @@ class JudgeCalibration:
         return JudgeCalibration(float(value), zeros, float(spread), zeros, n_labels)
 
 
-def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float = 20.0,
+def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | None = None,
                     prior: JudgeCalibration | None = None) -> JudgeCalibration:
     """Fit g and v on the labelled pairs only (the caller guarantees these are past labels).
 
+    penalty=None chooses it by exact leave-one-out (select_penalty) on these labels; a number fixes it.
     With a ``prior`` (a calibration learnt before this run, e.g. on other pools) the coefficients shrink
     towards the prior's instead of towards 0: beta = beta_prior + ridge fit of the prior's residuals.
     """
@@ -78,9 +165,25 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float = 2
         return prior  # type: ignore[return-value]
     base_coef = np.asarray(prior.coef) if prior is not None else np.zeros(features.shape[1])
     base_var = np.asarray(prior.var_coef) if prior is not None else np.zeros(features.shape[1])
-    b0, delta = ridge_fit(features, labels - features @ base_coef, penalty)
+    if penalty is None and prior is not None:
+        # A prior learnt on thousands of labels is not re-selected from a handful: its residuals are fitted
+        # with a fixed moderate penalty (measured on Arena with --prior other-pairs: 2,799 labels with
+        # PRIOR_PENALTY against 2,847 with the leave-one-out choice below; docs/statistics.md).
+        penalty = PRIOR_PENALTY
+    if penalty is None:
+        # shrink towards 0 (no judge) or towards the judges' own votes (calibrated as they are); which one,
+        # and how strongly, is chosen by leave-one-out on these labels (select_fit)
+        bases = [base_coef, identity_coef(features.shape[1])]
+        k, pen = select_fit(features, labels, bases)
+        base_coef = bases[k]
+    else:
+        pen = float(penalty)
+    b0, delta = ridge_fit(features, labels - features @ base_coef, pen)
     beta = base_coef + delta
     g = np.clip(b0 + features @ beta, 0.0, 1.0)
-    c0, delta_v = ridge_fit(features, (labels - g) ** 2 - features @ base_var, penalty)
+    target_v = (labels - g) ** 2 - features @ base_var
+    pen_v = select_penalty(features, target_v) if penalty is None else pen
+    c0, delta_v = ridge_fit(features, target_v, pen_v)
     n_total = n + (prior.n_labels if prior is not None else 0)
     return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple((base_var + delta_v).tolist()), n_total)
+

@@ -29,7 +29,7 @@ is then known only to +- B_N / N, not exactly.
 
 Adding pairs after labels exist starts a new pool version e. Every version's verdict counts, so alpha is spent
 across versions: version 0 gets (1 - r) alpha and version e >= 1 half of what is left, alpha_e = r alpha / 2^e
-(r = pool_growth_alpha_share, 0.1), so sum_e alpha_e = alpha: the probability that *any* verdict the run ever
+(r = pool_growth_alpha_share, 0.05), so sum_e alpha_e = alpha: the probability that *any* verdict the run ever
 gives (including one before pairs were added, reopened afterwards) is wrong stays <= alpha (union bound).
 Labels already collected are reused for free when their pair is drawn again.
 """
@@ -69,14 +69,15 @@ class ComparisonConfig:
     budget: int | None = None
     method: str = "active"
     uniform_floor: float = 0.5           # gamma: q >= gamma / |R|
-    min_labels_to_calibrate: int = 20    # before this, g = 0 and sampling is uniform
-    calibration_penalty: float = 20.0    # ridge penalty (pseudo-labels of shrinkage towards the label mean)
+    min_labels_to_calibrate: int = 5     # before this, g = 0 and sampling is uniform
+    calibration_penalty: float | None = None  # ridge penalty; None: chosen by leave-one-out on past labels
     grid_resolution: int = 400           # candidate-theta grid for the reported interval
     design: str = "without-replacement"  # or "with-replacement" (reference design; labels reused free)
     confidence_sequence: str = "betting"  # or "asymptotic" (Gaussian-mixture, asymptotically valid only)
     label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
     noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
-    pool_growth_alpha_share: float = 0.1  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each)
+    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each)
+    variance_adaptive_bets: bool = True   # scale the bets by (label variance / observation variance), predictable
     bets: BetSchedule = field(default_factory=BetSchedule)
 
     def __post_init__(self) -> None:
@@ -152,8 +153,9 @@ def noise_bound(t: int, alpha: float, rho: float = 25.0) -> float:
     return math.sqrt(2.0 * v * math.log(math.sqrt(v / rho) / alpha))
 
 
+ACTIVE_MIN_GAIN = 0.9  # active sampling only if its predicted residual variance is <= 0.9 x uniform's
 REFIT_GROWTH = 0.1     # refit whenever the processed labels have grown by 10 % ...
-REFIT_MIN_STEP = 10    # ... or by this many labels, whichever is more
+REFIT_MIN_STEP = 1     # ... or by this many labels, whichever is more
 
 
 def _refit_due(n: int, min_labels: int, min_step: int = REFIT_MIN_STEP) -> bool:
@@ -206,8 +208,7 @@ class Comparison:
         self._apply_calibration()
         self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
                                                  with_replacement=self.with_replacement)
-        if self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
         cfg = self.config
         extra = (0.5, 0.5 - cfg.margin, 0.5 + cfg.margin)
         self.cs: BettingConfidenceSequence | AsymptoticConfidenceSequence
@@ -217,6 +218,7 @@ class Comparison:
             self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
         self.labelled_processed: set[int] = set()
         self._est_num = 0.0
+        self._moments = [0.0, 0.0, 0.0, 0.0, 0.0]  # processed, mean and M2 of the labels, mean and M2 of x
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
         self._decision = Decision.RUNNING
@@ -399,8 +401,10 @@ class Comparison:
                 null_mean = (n * self.cs.grid - self.label_sum) / rem
                 slack = self._noise(self.processed) / rem
                 scale = (n / rem) ** self.config.bets.growth
+            scale *= self._bet_variance_factor()
             self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
                            null_mean_minus=null_mean - slack)
+        self._update_moments(y, x)
         # Point estimate: precision-weighted mean of the Z_t (weights (N/|R_t|)^2 are predictable).
         w = (n / rem) ** 2
         self._est_num += w * z
@@ -424,6 +428,29 @@ class Comparison:
             self._refit()
         self._update_decision()
 
+    def _bet_variance_factor(self) -> float:
+        """Variance-adaptive bets: the bet grid was tuned for labels-only observations; a Kelly-type bet is
+        ~ effect / variance (Waudby-Smith & Ramdas 2024, Sec. 5: predictable plug-in bets), so when the
+        prediction-powered observations are less variable than the labels the bets grow by the ratio
+            f_t = (1/4 + M2_y) / (1/4 + M2_x),   clipped to [1/2, 4],
+        of the running sums of squared deviations of the labels and of the observations over the draws
+        processed *before* t (one pseudo-observation of variance 1/4 each). Predictable, so every factor of
+        the capital process keeps conditional mean 1; the caps clip / (c - lo) still apply. For classical
+        x = y and f = 1 exactly.
+        """
+        if not self.config.variance_adaptive_bets:
+            return 1.0
+        m2_y, m2_x = self._moments[2], self._moments[4]
+        return float(min(4.0, max(0.5, (0.25 + m2_y) / (0.25 + m2_x))))
+
+    def _update_moments(self, y: float, x: float) -> None:
+        m = self._moments
+        m[0] += 1.0
+        for k, v in ((1, y), (3, x)):  # Welford
+            delta = v - m[k]
+            m[k] += delta / m[0]
+            m[k + 1] += delta * (v - m[k])
+
     def _refit(self) -> None:
         # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
         # only, whichever pairs happen to be pending or labelled early, so g_{t+1} is predictable by construction.
@@ -432,10 +459,29 @@ class Comparison:
         ys = np.asarray([self.labels[i] for i in items])
         self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
         self._apply_calibration()
-        if self.gamma < 1.0:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
         if self.slices is not None:
             self.slices.on_refit(self)
+
+    def _set_sampler_scores(self) -> None:
+        """Active sampling only where the calibration predicts it pays (else uniform, i.e. the ppi design).
+
+        With q = gamma/|R| + (1 - gamma) s / sum s and s_i the predicted residual sd, the variance of the
+        Horvitz-Thompson residual term relative to uniform sampling is about
+            ratio = mean_i( s_i^2 / (gamma + (1 - gamma) s_i / mean(s)) ) / mean(s^2)
+        (Neyman allocation with a floor; Zrnic & Candes 2024). Active sampling also widens the observation's
+        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN.
+        A function of the calibration alone (whole pool, not the remaining pairs), hence predictable and
+        reproduced exactly on reload.
+        """
+        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0):
+            self.sampler.set_scores(None)
+            self.active_in_use = False
+            return
+        sd = self.spread
+        ratio = float(np.mean(sd**2 / (self.gamma + (1 - self.gamma) * sd / sd.mean())) / np.mean(sd**2))
+        self.active_in_use = ratio <= ACTIVE_MIN_GAIN
+        self.sampler.set_scores(self.spread if self.active_in_use else None)
 
     def _update_decision(self, record: bool = True) -> None:
         iv = self.cs.interval()
@@ -500,6 +546,7 @@ class Comparison:
             "score_min": self.sampler.score_min,
             "cs": self.cs.to_dict(),
             "estimate": [self._est_num, self._est_den],
+            "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
             **({"slices": self.slices.to_dict()} if self.slices is not None else {}),
@@ -550,14 +597,15 @@ class Comparison:
         self.sampler = WithoutReplacementSampler(self.n_items, None, self.gamma,
                                                  drawn=None if self.with_replacement else drawn,
                                                  with_replacement=self.with_replacement)
-        if self.gamma < 1.0 and self.calibration.n_labels > 0 and self.uses_judges:
-            self.sampler.set_scores(self.spread)
+        self._set_sampler_scores()
+        if self.active_in_use:
             if "score_min" in d:  # the bound computed at the last refit, not over today's live pairs
                 self.sampler.score_min = d["score_min"]
         self.cs = confidence_sequence_from_dict(d["cs"])
         if self.with_replacement:
             self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
+        self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
         self._update_decision(record=False)  # the trajectory is restored as saved
         if d.get("slices"):

@@ -169,8 +169,8 @@ def test_adding_pairs_starts_a_new_pool_version_and_reuses_labels_free():
         for i in c.next_items(1):
             c.record_label(i, y[i])
     c.add_items(votes[50:])
-    # version 0 ran at 0.9 alpha; version 1 gets half of the 0.1 alpha kept back
-    assert c.pool_version == 1 and c.alpha == pytest.approx(0.05 * 0.1 / 2) and c.n_items == 100
+    # version 0 ran at 0.95 alpha; version 1 gets half of the 0.05 alpha kept back
+    assert c.pool_version == 1 and c.alpha == pytest.approx(0.05 * 0.05 / 2) and c.n_items == 100
     labelled_before = set(c.labels)
     handed_after = _label_one_at_a_time(c, y)
     assert not labelled_before & set(handed_after)  # old labels are consumed free, never asked again

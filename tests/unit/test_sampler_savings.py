@@ -1,0 +1,109 @@
+"""The label-saving mechanisms of issue 9: data-chosen calibration shrinkage, predictable variance-adaptive bets,
+and the predictable choice between active and uniform sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sampler.calibration import (
+    PENALTY_GRID,
+    fit_calibration,
+    identity_coef,
+    judge_features,
+    loo_squared_errors,
+    ridge_fit,
+    select_fit,
+)
+from sampler.engine import Comparison, ComparisonConfig
+from sampler.replay import ReplayPool, replay
+
+
+def test_leave_one_out_errors_are_exact():
+    """The closed form (y_i - yhat_i) / (1 - H_ii) equals refitting without pair i, for every penalty."""
+    rng = np.random.default_rng(0)
+    x = judge_features(rng.choice([0.0, 0.5, 1.0, np.nan], size=(25, 2)))
+    y = rng.choice([0.0, 0.5, 1.0], size=25)
+    sq = loo_squared_errors(x, y, PENALTY_GRID)
+    for row, pen in enumerate([*PENALTY_GRID, np.inf]):
+        for i in (0, 7, 24):
+            keep = np.arange(25) != i
+            b0, beta = ridge_fit(x[keep], y[keep], pen)
+            assert sq[row, i] == pytest.approx((y[i] - b0 - x[i] @ beta) ** 2, rel=1e-8, abs=1e-12)
+
+
+def _judged(n, strength, rng):
+    y = rng.choice([0.0, 0.5, 1.0], size=n, p=[0.3, 0.2, 0.5])
+    votes = np.where(rng.random((n, 2)) < strength, y[:, None], rng.choice([0.0, 0.5, 1.0], size=(n, 2)))
+    return judge_features(votes), y
+
+
+def test_a_strong_judge_is_trusted_after_a_few_labels_and_a_useless_one_is_dropped():
+    rng = np.random.default_rng(1)
+    bases = [np.zeros(4), identity_coef(4)]
+    reference = (0, np.inf)  # g = the label mean: the labels-only observation
+    strong = [select_fit(*_judged(20, 0.85, rng), bases) != reference for _ in range(100)]
+    useless = [select_fit(*_judged(20, 0.0, rng), bases) == reference for _ in range(100)]
+    assert np.mean(strong) >= 0.9      # the judge is used at 20 labels
+    assert np.mean(useless) >= 0.8     # and a useless one is not
+    # the fitted calibration follows: strong -> votes carry weight; useless -> (nearly) constant
+    x, y = _judged(30, 0.85, rng)
+    assert sum(fit_calibration(x, y).coef[:2]) > 0.5
+    x, y = _judged(30, 0.0, np.random.default_rng(3))
+    assert np.ptp(fit_calibration(x, y).predict(x)) < 0.2
+
+
+def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_judge():
+    rng = np.random.default_rng(2)
+    n = 400
+    y = np.tile([0.0, 1.0, 0.5, 1.0], n // 4)
+    votes = np.where(rng.random((n, 2)) < 0.9, y[:, None], rng.random((n, 2)))
+    classical = Comparison(None, n_items=n, config=ComparisonConfig(method="classical", alpha=1e-9),
+                           rng=np.random.default_rng(3))
+    ppi = Comparison(votes, config=ComparisonConfig(method="ppi", alpha=1e-9), rng=np.random.default_rng(3))
+    factors = []
+    for cmp in (classical, ppi):
+        for _ in range(120):
+            (i,) = cmp.next_items(1)
+            before = cmp._bet_variance_factor()
+            m = list(cmp._moments)
+            cmp.record_label(i, float(y[i]))
+            assert m[0] + 1 == cmp._moments[0]  # the factor used for a draw was fixed before its label
+        factors.append(before)
+    assert factors[0] == 1.0
+    assert factors[1] > 1.5
+
+
+def test_active_sampling_only_where_it_is_predicted_to_pay():
+    rng = np.random.default_rng(4)
+    n = 300
+    y = rng.choice([0.0, 1.0], size=n)
+    useless = rng.random((n, 2))
+    c = Comparison(useless, config=ComparisonConfig(method="active"), rng=np.random.default_rng(5))
+    for _ in range(60):
+        (i,) = c.next_items(1)
+        c.record_label(i, float(y[i]))
+    assert not c.active_in_use and c.sampler.max_weight() == 1.0  # uniform: the ppi design
+    # a judge whose "tuned better" (vote 1) is always right and whose other votes are coin flips: the
+    # residual spread differs between the two groups, so sampling the coin flips more often pays
+    sure = rng.random(n) < 0.6
+    votes = sure.astype(float)[:, None]
+    y2 = np.where(sure, 1.0, rng.choice([0.0, 1.0], size=n))
+    c2 = Comparison(votes, config=ComparisonConfig(method="active", alpha=1e-9), rng=np.random.default_rng(6))
+    for _ in range(60):
+        (i,) = c2.next_items(1)
+        c2.record_label(i, float(y2[i]))
+    assert c2.active_in_use
+
+
+def test_useless_judges_cost_at_most_a_few_percent_of_labels():
+    """Judge votes independent of the labels: ppi/active may not need noticeably more labels than classical
+    (the guard the issue sets is 1.02x on real data; here 1.05x with 150 runs of a 300-pair pool)."""
+    rng = np.random.default_rng(7)
+    n = 300
+    y = rng.choice([0.0, 0.5, 1.0], size=n, p=[0.3, 0.1, 0.6])
+    pool = ReplayPool(tuple(np.array([v]) for v in y), rng.choice([0.0, 0.5, 1.0], size=(n, 2)))
+    labels = {m: replay(pool, ComparisonConfig(method=m, grid_resolution=20), 150, seed=1).labels.mean()
+              for m in ("classical", "ppi", "active")}
+    assert labels["ppi"] <= 1.05 * labels["classical"]
+    assert labels["active"] <= 1.05 * labels["classical"]
