@@ -565,12 +565,20 @@ class RunService:
         try:
             rt = self.runtime(rid)
         except NotOwner as e:
-            if forwarded or not e.url:
-                if not forwarded:      # in-process owner without an address: wait for its lease
-                    return getattr(self, "_local_" + method)(self.runtime(rid, wait_s=self.owner_ttl_s * 1.5), *args)
+            if forwarded:
                 raise Unavailable(f"run {rid} is owned by another replica ({e.value}); retry") from e
-            return self._forward(e, method, rid, args)
+            if e.url:
+                return self._forward(e, method, rid, args)
+            rt = self._take_over(rid, e)       # an owner without an address (in-process): wait for its lease
         return getattr(self, "_local_" + method)(rt, *args)
+
+    def _take_over(self, rid: str, e: NotOwner) -> RunRuntime:
+        """The run, once the lease of its unreachable owner has expired (at most ~owner_ttl_s)."""
+        try:
+            return self.runtime(rid, wait_s=self.owner_ttl_s * 1.5)
+        except NotOwner as again:
+            raise Unavailable(f"the replica that owns run {rid} ({e.url or 'no address'}) does not answer but "
+                              "still renews its lease; retry") from again
 
     def _forward(self, e: NotOwner, method: str, rid: str, args: tuple) -> Any:
         import httpx
@@ -583,12 +591,7 @@ class RunService:
         except httpx.ConnectError:
             # the owner is gone (nothing was sent): take the run over once its lease expires
             log.warning("owner of run %s at %s is unreachable; taking over when its lease expires", rid, e.url)
-            try:
-                rt = self.runtime(rid, wait_s=self.owner_ttl_s * 1.5)
-            except NotOwner as again:
-                raise Unavailable(f"the replica that owns run {rid} ({e.url}) does not answer but still renews "
-                                  "its lease; retry") from again
-            return getattr(self, "_local_" + method)(rt, *args)
+            return getattr(self, "_local_" + method)(self._take_over(rid, e), *args)
         except httpx.HTTPError as err:
             raise Unavailable(f"the replica that owns run {rid} did not answer ({type(err).__name__}); "
                               "retry (a label is idempotent, a retried `next` returns the same lease)") from err

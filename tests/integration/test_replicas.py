@@ -102,15 +102,18 @@ def _replay(meta: dict, n: int, ops: list[list]) -> Comparison:
     return comp
 
 
-def _check_run(red: redis.Redis, status: dict, rid: str, accepted: list[tuple[str, str]]) -> None:
+def _check_run(red: redis.Redis, status: dict, rid: str, answers: list[tuple[str, str, bool]]) -> None:
     """Every accepted label stored once (and nothing else), given to the sampler once with its value, counted
-    once, and the final interval equals a single-process replay of the label sequence."""
+    once, and the final interval equals a single-process replay of the label sequence. ``answers``: (pair,
+    annotator, duplicate) of every "accepted" answer; a retry after a lost answer is answered duplicate."""
     import json
 
     stored = {k.decode() for k in red.hkeys(f"tb:run:{rid}:labels")}
     index = {k.decode(): int(v.decode().split(",")[0]) for k, v in red.hgetall(f"tb:run:{rid}:index").items()}
+    new = [(p, a) for p, a, dup in answers if not dup]
+    assert len(set(new)) == len(new), "a label was answered accepted (not duplicate) twice"
+    accepted = sorted({(p, a) for p, a, _ in answers})
     want = {f"{index[p]}|{a}" for p, a in accepted}
-    assert len(want) == len(accepted), "a label was answered accepted (not duplicate) twice"
     assert stored == want
     assert status["labels"] == len({p for p, _ in accepted}) == status["annotations"]
     ops = [json.loads(o) for o in red.lrange(f"tb:run:{rid}:ops", 0, -1)]
@@ -154,8 +157,8 @@ def _scenario(tmp_path: Path, n_replicas: int, kill: bool, tools: bool) -> None:
 
         handed: list[tuple[float, str]] = []          # (time the `next` request was sent, pair)
         labelled: dict[str, float] = {}               # pair -> time its accepted label was answered
-        accepted: list[tuple[str, str]] = []
-        accepted_ls: list[tuple[str, str]] = []
+        accepted: list[tuple[str, str, bool]] = []        # (pair, annotator, answered duplicate)
+        accepted_ls: list[tuple[str, str, bool]] = []
         errors: list[str] = []
         mu = threading.Lock()
 
@@ -179,9 +182,9 @@ def _scenario(tmp_path: Path, n_replicas: int, kill: bool, tools: bool) -> None:
                     r = rep.call("POST", f"/v1/runs/{rid}/labels", tokens[name], json=body)
                     assert r.status_code == 200, r.text
                     out = r.json()
-                    if out["accepted"] and not out["duplicate"]:
+                    if out["accepted"]:
                         with mu:
-                            accepted.append((v["pair_id"], name))
+                            accepted.append((v["pair_id"], name, out["duplicate"]))
                             labelled.setdefault(v["pair_id"], time.time())
             except BaseException as e:  # noqa: BLE001 - reported by the test
                 errors.append(f"{name}: {type(e).__name__}: {e}")
@@ -209,8 +212,8 @@ def _scenario(tmp_path: Path, n_replicas: int, kill: bool, tools: bool) -> None:
                         r = rep.call("POST", "/v1/integrations/label-studio/webhook", H, json=ev)
                         assert r.status_code == 200, r.text
                         done.add(d["pair_id"])
-                        if r.json().get("accepted") and not r.json().get("duplicate"):
-                            accepted_ls.append((d["pair_id"], "ls:7"))
+                        if r.json().get("accepted"):
+                            accepted_ls.append((d["pair_id"], "ls:7", r.json()["duplicate"]))
             except BaseException as e:  # noqa: BLE001
                 errors.append(f"label studio: {type(e).__name__}: {e}")
 
@@ -238,8 +241,8 @@ def _scenario(tmp_path: Path, n_replicas: int, kill: bool, tools: bool) -> None:
                         "pair_id": v["pair_id"], "lease_id": v["lease_id"], "annotator": "exp",
                         "verdict": _verdict(v["pair_id"], v["left"])})
                     assert r.status_code == 200, r.text
-                    if r.json()["accepted"] and not r.json()["duplicate"]:
-                        mine.append((v["pair_id"], "exp"))
+                    if r.json()["accepted"]:
+                        mine.append((v["pair_id"], "exp", r.json()["duplicate"]))
                     rep.call("GET", f"/v1/experiments/{exp}/signal", H)
                 exp_result.update(rid=erid, accepted=mine,
                                   signal=rep.call("GET", f"/v1/experiments/{exp}/signal", H).json())

@@ -281,3 +281,30 @@ def test_pipelines_run_at_most_max_concurrent_at_once(store):
     for t in threads:
         t.join(10)
     assert peak[0] == 2 and not pipe.running
+
+
+def test_add_pairs_is_all_or_nothing(store, monkeypatch):
+    """POST /v1/runs/{id}/pairs with more pairs than one chunk is one write: a failure of the second Redis
+    transaction it would have needed (the old chunked writes) leaves either every pair added or none."""
+    svc = RunService(store)
+    rid = svc.create_run({"name": "t", "pairs": _pairs(10), "seed": 7})
+    real = redis.client.Pipeline.execute
+    calls = {"n": 0}
+
+    def crash_on_second(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise redis.ConnectionError("the API process died here")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", crash_on_second)
+    try:
+        svc.add_pairs(rid, _pairs(12_000, prefix="q"))
+    except redis.ConnectionError:
+        pass
+    monkeypatch.setattr(redis.client.Pipeline, "execute", real)
+    svc.close()
+    fresh = RunService(store)
+    assert fresh.status(rid)["n_pairs"] in (10, 12_010)
+    assert store.n_pairs(rid) in (10, 12_010) and len(store.load_index(rid)) == store.n_pairs(rid)
+    fresh.close()

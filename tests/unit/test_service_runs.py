@@ -142,11 +142,17 @@ def test_restart_resumes_exactly(store):
     before = svc.status(rid)
     svc2 = RunService(store)            # a fresh process: everything comes from Redis
     after = svc2.status(rid)
+    # the estimate of method active weighs by draw probabilities, which a reload can reproduce only to the last
+    # bit (the Fenwick tree is rebuilt in another summation order): seen once in ~20 runs, 0.5268564639770192
+    # vs ...191. Everything else is exact.
+    assert after.pop("estimate") == pytest.approx(before.pop("estimate"), rel=1e-12)
     assert after == before
     assert 0 < svc2.runtime(rid).ops_at_snapshot < svc2.runtime(rid).ops_total
     c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
     assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
-    assert c1.trajectory == c2.trajectory
+    t1, t2 = np.array(c1.trajectory, dtype=float), np.array(c2.trajectory, dtype=float)
+    assert t1.shape == t2.shape and np.array_equal(t1[:, 0], t2[:, 0])
+    assert np.allclose(t1, t2, rtol=1e-12, atol=0)           # the estimate column: to the last bit (above)
     assert svc2.next_pair(rid, "b")["lease_id"] == held["lease_id"]
     # the next draw after a restart is the one the old process would have made (same rng state)
     state = store.load_states(rid)
@@ -225,9 +231,9 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
 
     svc = RunService(store)
     rid = svc.create_run(_spec(_pairs(200), seed=11))
-    for k in range(30):
+    for k in range(30):     # tuned better every other pair: the run stays undecided (a random one could decide)
         v = svc.next_pair(rid, "a")
-        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left" if k % 2 else "right"})
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "a", "verdict": _verdict(v, k % 2 == 0)})
     stored = svc.status(rid)
     v = svc.next_pair(rid, "a")
     real = store.apply
