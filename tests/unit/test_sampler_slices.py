@@ -179,8 +179,12 @@ def test_slice_observation_is_exactly_unbiased_for_the_slice_remainder_mid_run()
     for _ in range(60):
         i = comp.next_items(1)[0]
         comp.record_label(i, ys[i])
-    assert comp.sampler.scores_in_use().std() > 0  # really non-uniform draws
+    # whatever the engine chose, make the next draw strongly non-uniform, as a refit may (any scores fixed
+    # before the draw are allowed), and tell the tracker, as the engine's refit does
+    comp.sampler.set_scores(rng.uniform(0.05, 1.0, len(ys)))
     tr = comp.slices
+    tr.on_refit(comp)
+    assert comp.sampler.scores_in_use().std() > 0
     n_s, q_s, q_min = tr.before_draw(comp.sampler)
     for k in range(len(names)):
         live = np.flatnonzero(member[:, k] & ~tr.drawn)
