@@ -146,6 +146,7 @@ class PairsAdd(Strict):
 
 class RunCreated(BaseModel):
     run_id: str
+    slice_warnings: list[str] = Field(default_factory=list, description="as in the run's status (runs with slices)")
 
 
 class PairsAdded(BaseModel):

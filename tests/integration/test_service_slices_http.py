@@ -34,6 +34,10 @@ def test_slices_over_http(tmp_path):
                                              "slices_of_interest": ["edge-case", "es"]}, headers=H, timeout=30)
         assert r.status_code == 201, r.text
         rid = r.json()["run_id"]
+        assert r.json()["slice_warnings"] == []             # 30 pairs each: no warning
+        tiny = httpx.post(u + "/v1/runs", json={"name": "x", "pairs": _pairs(40, tag=lambda i: ["t"] if i < 2 else None),
+                                                "judges": []}, headers=H, timeout=30)
+        assert tiny.status_code == 201 and "'t' has 2 pairs" in tiny.json()["slice_warnings"][0], tiny.text
         st = httpx.get(f"{u}/v1/runs/{rid}", headers=H).json()
         assert set(st["slices"]) == {"edge-case", "es"} and st["finished"] is False
         assert st["slices"]["es"] == {"n_pairs": 30, "labels": 0, "estimate": 0.5, "interval": [0.0, 1.0],
