@@ -126,7 +126,7 @@ def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
                     rows.append({"theta": theta, "pool_seed": pool_seed, "judge": judge, "labels": labels,
                                  "limit": info["limit_label_share"], "wrong": wrong})
         lines.append("| pool (600 items) | judges | classical labels | ppi / classical | active / classical | "
-                     "limit (1 - explained share) | wrong |")
+                     "limit (1 - explained share) | wrong (3 methods) |")
         lines.append("|---|---|---|---|---|---|---|")
         for r in rows:
             c = r["labels"]["classical"]

@@ -115,7 +115,9 @@ class ComparisonStatus:
     estimate: float
     lower: float
     upper: float
-    alpha: float             # alpha of the current pool version
+    alpha: float             # bound on P(this verdict is wrong): the run's alpha while the pool is as given
+                             # (its CS runs at 0.95 alpha, 0.05 alpha is kept for growth), after growth
+                             # the current version's share (half the remaining alpha)
     decision: Decision
     method: str
     pool_version: int
@@ -253,6 +255,12 @@ class Comparison:
         if self.pool_version == 0:
             return self.config.alpha * (1 - r)
         return self.config.alpha * r / 2**self.pool_version
+
+    @property
+    def reported_alpha(self) -> float:
+        """What a user is promised: the run's alpha until pairs are added (every verdict the run can give,
+        now or after growth, shares it), afterwards the current version's alpha."""
+        return self.config.alpha if self.pool_version == 0 else self.alpha
 
     @property
     def with_replacement(self) -> bool:
@@ -500,7 +508,7 @@ class Comparison:
     def status(self) -> ComparisonStatus:
         iv = self.cs.interval()
         return ComparisonStatus(self.n_items, len(self.labels), self.processed, len(self.pending_items()),
-                                self._estimate, iv.lower, iv.upper, self.alpha, self._decision,
+                                self._estimate, iv.lower, iv.upper, self.reported_alpha, self._decision,
                                 self.config.method, self.pool_version)
 
     # ----------------------------------------------------------------------------------------- pool growth
