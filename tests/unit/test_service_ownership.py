@@ -308,3 +308,97 @@ def test_add_pairs_is_all_or_nothing(store, monkeypatch):
     assert fresh.status(rid)["n_pairs"] in (10, 12_010)
     assert store.n_pairs(rid) in (10, 12_010) and len(store.load_index(rid)) == store.n_pairs(rid)
     fresh.close()
+
+
+def test_two_replicas_adding_checkpoints_to_one_experiment_lose_none(store):
+    """Two replicas (two ExperimentService on one Redis) add checkpoints to one experiment at once: the
+    read-modify-write of the record runs under the experiment's Redis lock, so none is lost. The run backend
+    is slowed down to widen the window between the read and the write."""
+    from services.experiments import ExperimentService, LocalRuns, RedisKV
+
+    class SlowRuns(LocalRuns):
+        def create_run(self, spec: dict) -> str:
+            time.sleep(0.03)
+            return super().create_run(spec)
+
+    prompts = [{"id": str(i), "text": f"q{i}"} for i in range(4)]
+    runs = SlowRuns(seed=0)            # the runs themselves are reachable from both (forwarding, above)
+    services = [ExperimentService(runs, kv=RedisKV(store.r)) for _ in range(2)]
+    exp = services[0].create_experiment({"name": "e", "prompts": prompts,
+                                         "base": {"outputs": {p["id"]: "b" for p in prompts}}})
+    errors = []
+
+    def add(k: int) -> None:
+        for i in range(6):
+            try:
+                services[k].add_checkpoint(exp, {"checkpoint": f"r{k}-c{i}",
+                                                 "outputs": {p["id"]: f"t{k}{i}" for p in prompts}})
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(2)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert not errors
+    rec = services[1].get(exp)
+    assert sorted(c["checkpoint"] for c in rec["checkpoints"]) == sorted(f"r{k}-c{i}" for k in range(2)
+                                                                         for i in range(6))
+    assert sorted(c["index"] for c in rec["checkpoints"]) == list(range(1, 13))     # alpha spent once each
+
+
+def test_run_decided_is_in_the_outbox_with_the_decision(store):
+    """The decision and its run.decided outbox entry are one write: once the deciding label is answered the
+    entry is in Redis (nothing delivers it here), with the run's final status and a delivery id."""
+    svc = RunService(store, webhook_url="http://127.0.0.1:9/hook")
+    rid = svc.create_run({"name": "t", "pairs": _pairs(100), "seed": 8})
+    for _ in range(100):
+        if _label(svc, rid, "a")["decision"] != "running":
+            break
+    st = svc.status(rid)
+    assert st["decision"] == "better" and store.get_meta(rid)["decided_notified"]
+    entries = {k: json.loads(v) for k, v in store.r.hgetall("tb:outbox").items()}
+    assert len(entries) == 1
+    (did, e), = entries.items()
+    assert e["event"] == "run.decided" and e["url"] == "http://127.0.0.1:9/hook" and e["attempts"] == 0
+    assert e["body"]["data"]["run_id"] == rid and e["body"]["data"]["decision"] == "better"
+    assert store.r.zscore("tb:outbox:due", did) == 0
+    svc.close()
+
+
+def test_one_bad_write_never_fails_the_other_runs_writes_in_its_batch(store, monkeypatch):
+    """A write Redis cannot take (an annotator name with a lone surrogate cannot be encoded) shares a
+    group-commit batch with another run's label: the batch is retried write by write, so only the bad one
+    fails (its run reloads) and the other run's label is stored and answered."""
+    svc = RunService(store)
+    ra = svc.create_run({"name": "a", "pairs": _pairs(20), "seed": 9})
+    rb = svc.create_run({"name": "b", "pairs": _pairs(20), "seed": 10})
+    bad, good = "x\ud800", "ok"
+    va, vb = svc.next_pair(ra, bad), svc.next_pair(rb, good)
+    real = store.apply
+    gate, batches = threading.Event(), []
+
+    def gated(groups):
+        batches.append(len(groups))
+        if len(batches) == 1:
+            gate.wait(10)                  # hold the writer on a first write while the two queue up behind it
+        return real(groups)
+
+    monkeypatch.setattr(store, "apply", gated)
+    rt_b = svc.runtime(rb)
+    with rt_b.lock:
+        first = svc.next_pair_locked(rt_b, "someone")           # the write the writer is held on
+    rt_a, rt_b = svc.runtime(ra), svc.runtime(rb)
+    time.sleep(0.2)
+    with rt_a.lock, rt_b.lock:
+        pa = svc.submit_label_locked(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
+                                            "lease_id": va["lease_id"]})
+        pb = svc.submit_label_locked(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
+                                            "lease_id": vb["lease_id"]})
+    gate.set()
+    svc.wait(first)
+    assert svc.wait(pb)["labels"] == 1
+    with pytest.raises(UnicodeEncodeError):
+        svc.wait(pa)
+    assert batches[1] == 2                                       # both were in one batch
+    assert svc.status(rb)["labels"] == 1 and svc.status(ra)["labels"] == 0
+    svc.close()
