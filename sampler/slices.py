@@ -145,7 +145,9 @@ class SliceTracker:
             raise ValueError("slices need the without-replacement design and the betting confidence sequence")
         k = len(self.names)
         self.margin, self.budget = cfg.margin, cfg.budget
-        self.alpha = comp.alpha
+        self.alpha = comp.alpha                     # what the slice CS spends in this pool version
+        # what a user is promised (the engine's convention: the question's whole alpha until pairs are added)
+        self.reported_alpha = getattr(comp, "reported_alpha", comp.alpha)
         self.label_noise = cfg.label_noise
         self.cs_alpha = self.alpha * (1 - cfg.noise_alpha_share) if cfg.label_noise else self.alpha
         self.noise_alpha = self.alpha * cfg.noise_alpha_share
@@ -334,7 +336,7 @@ class SliceTracker:
             est = num / den if den else (self.sums[k] / self.counts[k] if self.counts[k] else 0.5)
             est = min(max(float(est), iv.lower), iv.upper)
             out[name] = SliceStatus(name, int(self.sizes[k]), int(self.counts[k]), est, iv.lower, iv.upper,
-                                    self.alpha, self.decisions[k])
+                                    self.reported_alpha, self.decisions[k])
         return out
 
     # ---------------------------------------------------------------------------------------- persistence

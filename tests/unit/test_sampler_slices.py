@@ -157,7 +157,7 @@ def test_added_pairs_extend_the_slices_and_start_a_new_version() -> None:
         comp.record_label(comp.next_items(1)[0], 1.0)
     comp.add_items(np.empty((4, 0)), slice_member=np.ones((4, 1), dtype=bool))
     st = comp.slice_statuses()["a"]
-    assert st.n_items == 14 and st.labels == 0 and st.alpha == comp.alpha < 0.05
+    assert st.n_items == 14 and st.labels == 0 and st.alpha == comp.status().alpha < 0.05
 
 
 def test_best_case_labels_says_when_only_labelling_every_pair_decides() -> None:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sampler.engine import ComparisonConfig
 from services.errors import BadInput
 from services.runs import RunService
 from services.store import RedisStore
-
-RESERVE = ComparisonConfig().pool_growth_alpha_share  # alpha kept for pairs added later
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +82,7 @@ def test_small_slice_is_warned_up_front_and_criteria_split_alpha(store):
     st = svc.status(rid)
     assert len(st["slice_warnings"]) == 1 and "'tiny' has 4 pairs" in st["slice_warnings"][0]
     assert st["alpha_split"].startswith("bonferroni over 6 questions")
-    assert st["criteria"]["tone"]["slices"]["big"]["alpha"] == pytest.approx(0.05 / 6 * (1 - RESERVE))
+    assert st["criteria"]["tone"]["slices"]["big"]["alpha"] == pytest.approx(0.05 / 6)
 
 
 def test_report_has_the_slice_table_and_forest_plot(store):
