@@ -54,6 +54,7 @@ from sampler.confseq import (
 )
 from sampler.decision import Decision, DecisionRule
 from sampler.policy import Draw, WithoutReplacementSampler
+from sampler.slices import SliceStatus, SliceTracker
 
 METHODS = ("classical", "ppi", "active")
 DESIGNS = ("without-replacement", "with-replacement")
@@ -191,6 +192,7 @@ class Comparison:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.labels: dict[int, float] = {}   # every human label ever received, by pair
         self.pool_version = 0
+        self.slices: SliceTracker | None = None  # per-slice verdicts on the same draws (set_slices)
         self._set_pool(votes)
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -223,6 +225,28 @@ class Comparison:
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
         self._decision = Decision.RUNNING
         self._update_decision()
+        if self.slices is not None:
+            self.slices.reset(self)
+
+    def set_slices(self, names: list[str], member: np.ndarray) -> None:
+        """Track a verdict per slice (member[i, k]: pair i is in slice names[k]) on this comparison's draws.
+
+        Every slice is tested at this comparison's alpha: give the comparison alpha / (1 + K) (sampler.slices
+        .slice_alpha) so that the overall verdict and the K slice verdicts together err with probability <= alpha.
+        Must be called before the first draw.
+        """
+        if self.draws:
+            raise ValueError("set slices before the first draw")
+        self.slices = SliceTracker(list(names), member)
+        self.slices.reset(self)
+
+    @property
+    def finished(self) -> bool:
+        """The overall verdict and every slice's verdict are final: nothing more to draw."""
+        return self._decision.final and (self.slices is None or self.slices.finished)
+
+    def slice_statuses(self) -> dict[str, SliceStatus]:
+        return self.slices.statuses() if self.slices is not None else {}
 
     @property
     def alpha(self) -> float:
@@ -295,14 +319,23 @@ class Comparison:
         """Draw up to k new pairs for humans; pairs labelled earlier are consumed for free on the way."""
         out: list[int] = []
         budget = self.config.budget
-        while len(out) < k and not self._decision.final and self.sampler.remaining > 0:
+        while len(out) < k and not self.finished and self.sampler.remaining > 0:
             pending = self._pending_set()
             outstanding = len(self.labels) + sum(1 for i in pending if i not in self.labels)
             if budget is not None and outstanding >= budget:
                 break
             if self.with_replacement and outstanding >= self.n_items and pending:
                 break  # every pair is labelled or waiting: wait for the labels instead of drawing in circles
-            draw = self.sampler.draw(self.rng)
+            if self._decision.final:  # only slices still need labels (sampler.slices: Allocation)
+                draw = self.slices.draw_for_running(self)  # type: ignore[union-attr]
+                if draw is None:
+                    break
+            elif self.slices is not None:
+                pre = self.slices.before_draw(self.sampler)
+                draw = self.sampler.draw(self.rng)
+                self.slices.after_draw(len(self.draws), draw, pre)
+            else:
+                draw = self.sampler.draw(self.rng)
             self.draws.append(draw)
             if draw.item in self.labels:
                 self._process_ready()
@@ -353,6 +386,8 @@ class Comparison:
         while (not self._decision.final and self.processed < len(self.draws)
                and self.draws[self.processed].item in self.labels):
             self._process(self.draws[self.processed])
+        if self.slices is not None and self._decision.final:
+            self.slices.catch_up(self)
 
     def _process(self, draw: Draw) -> None:
         n, rem = self.n_items, draw.remaining
@@ -382,6 +417,8 @@ class Comparison:
         w = (n / rem) ** 2
         self._est_num += w * z
         self._est_den += w
+        if self.slices is not None:  # same draw, same g_t, before the refit that uses this label
+            self.slices.observe(self, self.processed, y, self.g)
         self.processed += 1
         if self.with_replacement:
             self.labelled_processed.add(draw.item)
@@ -431,6 +468,8 @@ class Comparison:
         self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
         self._apply_calibration()
         self._set_sampler_scores()
+        if self.slices is not None:
+            self.slices.on_refit(self)
 
     def _set_sampler_scores(self) -> None:
         """Active sampling only where the calibration predicts it pays (else uniform, i.e. the ppi design).
@@ -473,11 +512,18 @@ class Comparison:
                                 self.config.method, self.pool_version)
 
     # ----------------------------------------------------------------------------------------- pool growth
-    def add_items(self, judge_votes: np.ndarray) -> None:
-        """Append pairs. Before any draw the pool just grows; afterwards a new pool version starts."""
+    def add_items(self, judge_votes: np.ndarray, slice_member: np.ndarray | None = None) -> None:
+        """Append pairs. Before any draw the pool just grows; afterwards a new pool version starts.
+
+        With slices, slice_member gives the new pairs' rows of the membership matrix (default: in no slice).
+        """
         new = _checked_votes(judge_votes)
         if new.shape[1] != self.votes.shape[1]:
             raise ValueError(f"new pairs need one vote column per judge ({self.votes.shape[1]})")
+        if self.slices is not None:
+            rows = (np.zeros((new.shape[0], len(self.slices.names)), dtype=bool) if slice_member is None
+                    else np.asarray(slice_member, dtype=bool).reshape(new.shape[0], len(self.slices.names)))
+            self.slices.member = np.vstack([self.slices.member, rows])
         if self.draws:
             self.pool_version += 1
         self._set_pool(np.vstack([self.votes, new]))
@@ -511,6 +557,7 @@ class Comparison:
             "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
+            **({"slices": self.slices.to_dict()} if self.slices is not None else {}),
         }
 
     def to_json(self, include_votes: bool = True) -> str:
@@ -538,6 +585,7 @@ class Comparison:
         else:  # version 1
             self.labels = {int(i): float(y) for i, y in d["labels"]}
         self.pool_version = d["pool_version"]
+        self.slices = None
         self._set_pool(votes)
         if isinstance(d["draws"], dict):
             dd = d["draws"]
@@ -568,6 +616,8 @@ class Comparison:
         self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
         self._update_decision(record=False)  # the trajectory is restored as saved
+        if d.get("slices"):
+            self.slices = SliceTracker.from_dict(d["slices"], self)
         return self
 
     @classmethod

@@ -64,8 +64,25 @@ def judge_names(items: list[dict]) -> list[str]:
     return sorted(names)
 
 
-def _oriented(rows: list[tuple[dict, bool]], base: str, tuned: str, judges: list[str]) -> OrientedPool:
+def item_slices(row: dict, field: str) -> tuple[str, ...]:
+    """The slices of one item: the value at a dotted path (``slices``, ``meta.category``), a string or a list
+    of strings; missing or null means the item is in no slice."""
+    value: object = row
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(dict.fromkeys(value))
+    raise DataError(f"item {row.get('id', '?')}: {field} must be a string or a list of strings (got {value!r})")
+
+
+def _oriented(rows: list[tuple[dict, bool]], base: str, tuned: str, judges: list[str],
+              slices_from: str | None = None) -> OrientedPool:
     votes, jv = [], []
+    slices = tuple(item_slices(row, slices_from) for row, _ in rows) if slices_from else None
     for row, flip in rows:
         v = np.array([VOTE_VALUE[x] for x in row["human_votes"]])
         votes.append(1.0 - v if flip else v)
@@ -74,12 +91,12 @@ def _oriented(rows: list[tuple[dict, bool]], base: str, tuned: str, judges: list
                       for j in judges], dtype=float)
         jv.append(1.0 - f if flip else f)
     judge_votes = np.array(jv, dtype=float).reshape(len(rows), len(judges))
-    return OrientedPool(base, tuned, ReplayPool(tuple(votes), judge_votes), tuple(judges))
+    return OrientedPool(base, tuned, ReplayPool(tuple(votes), judge_votes, slices), tuple(judges))
 
 
 def select_pools(items: list[dict], base: str | None = None, tuned: str | None = None,
                  all_pairs: bool = False, min_items: int = 1,
-                 judges: list[str] | None = None) -> list[OrientedPool]:
+                 judges: list[str] | None = None, slices_from: str | None = None) -> list[OrientedPool]:
     available = judge_names(items)
     if judges is None:
         judges = available
@@ -97,7 +114,7 @@ def select_pools(items: list[dict], base: str | None = None, tuned: str | None =
                 continue
             lo, hi = sorted((a, b))
             groups[(lo, hi)].append((r, b != hi))  # tuned = larger name; flip when it is A
-        pools = [_oriented(rows, lo, hi, judges) for (lo, hi), rows in sorted(groups.items())
+        pools = [_oriented(rows, lo, hi, judges, slices_from) for (lo, hi), rows in sorted(groups.items())
                  if len(rows) >= min_items]
         if not pools:
             best = max((len(v) for v in groups.values()), default=0)
@@ -114,7 +131,7 @@ def select_pools(items: list[dict], base: str | None = None, tuned: str | None =
         if len(rows) < max(min_items, 1):
             raise DataError(f"the pair {base} / {tuned} has {len(rows)} items (need >= {max(min_items, 1)}); "
                             f"pick another pair or lower --min-items")
-        return [_oriented(rows, base, tuned, judges)]
+        return [_oriented(rows, base, tuned, judges, slices_from)]
     # No selection: the whole file is one pool, response B = "tuned" as recorded.
     rows = [(r, False) for r in items]
-    return [_oriented(rows, "A", "B", judges)]
+    return [_oriented(rows, "A", "B", judges, slices_from)]

@@ -83,17 +83,22 @@ class ComparisonView:
     labels: int = 0
     alpha: float = 0.05
     against: str = "base"          # the reference side: "base" or a checkpoint name
+    slices: dict | None = None     # per-slice verdicts of the run (prompts with slices), as in its status
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "decision": self.decision, "estimate": self.estimate, "lower": self.lower,
-                "upper": self.upper, "labels": self.labels, "alpha": self.alpha, "against": self.against}
+        d = {"run_id": self.run_id, "decision": self.decision, "estimate": self.estimate, "lower": self.lower,
+             "upper": self.upper, "labels": self.labels, "alpha": self.alpha, "against": self.against}
+        if self.slices:
+            d["slices"] = self.slices
+        return d
 
     @classmethod
     def from_status(cls, run_id: str, st: dict, against: str) -> ComparisonView:
         iv = st.get("interval") or [0.0, 1.0]
         est = st.get("estimate")
         return cls(run_id, str(st.get("decision") or "running"), 0.5 if est is None else float(est),
-                   float(iv[0]), float(iv[1]), int(st.get("labels", 0)), float(st.get("alpha", 0.05)), against)
+                   float(iv[0]), float(iv[1]), int(st.get("labels", 0)), float(st.get("alpha", 0.05)), against,
+                   st.get("slices") or None)
 
 
 @dataclass(frozen=True)
@@ -403,6 +408,11 @@ class ExperimentService:
                 raise ExperimentError(f"prompts[{i}].id", f"duplicate prompt id {pid!r}")
             seen.add(pid)
             clean.append({"id": pid, "text": p["text"]})
+            tags = p.get("slices")
+            if tags is not None:
+                if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+                    raise ExperimentError(f"prompts[{i}].slices", "must be a list of non-empty strings")
+                clean[-1]["slices"] = list(dict.fromkeys(tags))
         if "base" not in body:
             raise ExperimentError("base", "required: a model spec or {outputs: {prompt_id: text}}")
         base = _check_model("base", body["base"])
@@ -539,8 +549,8 @@ class ExperimentService:
         tuned = rec["outputs"][name]
         for ref in refs:
             base_out = rec["outputs"][ref]
-            pairs = [{"id": p["id"], "prompt": p["text"], "base": base_out[p["id"]], "tuned": tuned[p["id"]]}
-                     for p in rec["prompts"]]
+            pairs = [{"id": p["id"], "prompt": p["text"], "base": base_out[p["id"]], "tuned": tuned[p["id"]],
+                      **({"slices": p["slices"]} if p.get("slices") else {})} for p in rec["prompts"]]
             spec = {"name": f"{rec['name']}: {name} vs {ref}", "pairs": pairs, "judges": rec["judges"],
                     "alpha": a_run, "margin": rec["margin"], "budget": budget,
                     "experiment": {"experiment": exp_id, "checkpoint": name, "against": ref,

@@ -313,8 +313,9 @@ class Pipeline:
         missing = [p for p, _ in prompts if f"base:{p}" not in have or f"tuned:{p}" not in have]
         if missing:
             raise RuntimeError(f"generation incomplete for prompts {missing[:5]}")
-        pairs = [{"id": pid, "prompt": text, "base": have[f"base:{pid}"], "tuned": have[f"tuned:{pid}"]}
-                 for pid, text in prompts]
+        tags = {p["id"]: p.get("slices") for p in gen["prompts"]}
+        pairs = [{"id": pid, "prompt": text, "base": have[f"base:{pid}"], "tuned": have[f"tuned:{pid}"],
+                  "slices": tags.get(pid)} for pid, text in prompts]
         svc.add_generated_pairs(rid, pairs)
 
     def _judge(self, rid: str, meta: dict) -> None:

@@ -48,6 +48,19 @@ class CriterionVerdict(BaseModel):
     alpha: float | None = None
 
 
+class SliceVerdict(BaseModel):
+    """One slice's verdict (sampler.slices): the preference rate on the slice's pairs."""
+
+    slice: str
+    n_pairs: int
+    decision: str
+    estimate: float
+    lower: float
+    upper: float
+    labels: int = 0
+    alpha: float | None = None
+
+
 class Baseline(BaseModel):
     """What the labels-only, uniform-sampling test would have needed on this pool (simulated)."""
 
@@ -85,6 +98,7 @@ class ReportData(BaseModel):
     trajectory: list[list[float]] = Field(default_factory=list)   # [labels, estimate, lower, upper] rows
     judges: list[JudgeRow] = Field(default_factory=list)
     criteria: list[CriterionVerdict] = Field(default_factory=list)
+    slices: list[SliceVerdict] = Field(default_factory=list)
     alpha_split: str | None = None               # how alpha was divided (e.g. "Bonferroni over 3 criteria")
     baseline: Baseline | None = None
     examples: list[ExamplePair] = Field(default_factory=list)
@@ -332,6 +346,57 @@ def _criteria_table(d: ReportData) -> str:
             f"<th>interval</th><th>labels</th><th>α</th></tr>{rows}</table>{split}")
 
 
+def forest_svg(d: ReportData, width: int = 760) -> str:
+    """Forest plot: the overall interval and each slice's interval against 1/2 (and the margin), inline SVG."""
+    rows = [("overall", d.decision, d.estimate, d.lower, d.upper, d.n_pairs)] + [
+        (s.slice, s.decision, s.estimate, s.lower, s.upper, s.n_pairs) for s in d.slices]
+    left, right, top, step = 190, 20, 26, 24
+    height = top + step * len(rows) + 24
+    span = width - left - right
+
+    def x(v: float) -> float:
+        return left + span * min(max(v, 0.0), 1.0)
+
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-label="slice intervals against one half" xmlns="http://www.w3.org/2000/svg">']
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<line x1="{x(t):.1f}" y1="{top - 8}" x2="{x(t):.1f}" y2="{height - 20}" '
+                     f'stroke="{"#24292f" if t == 0.5 else "#d0d7de"}" stroke-width="{1.5 if t == 0.5 else 1}"/>'
+                     f'<text x="{x(t):.1f}" y="{height - 6}" font-size="11" text-anchor="middle" '
+                     f'fill="#57606a">{t:g}</text>')
+    if d.margin > 0:
+        parts.append(f'<rect x="{x(0.5 - d.margin):.1f}" y="{top - 8}" width="{x(0.5 + d.margin) - x(0.5 - d.margin):.1f}" '
+                     f'height="{height - top - 12}" fill="#1f5fbf" opacity="0.08"/>')
+    for k, (name, dec, est, lo, hi, n) in enumerate(rows):
+        yy = top + step * k + step / 2
+        c = _COLORS.get(dec, "#57606a")
+        label = _e(_clip_text(f"{name} ({n})", 28))
+        parts.append(f'<text x="{left - 8}" y="{yy + 4:.1f}" font-size="12" text-anchor="end" '
+                     f'font-weight="{"bold" if k == 0 else "normal"}">{label}</text>'
+                     f'<line x1="{x(lo):.1f}" y1="{yy:.1f}" x2="{x(hi):.1f}" y2="{yy:.1f}" stroke="{c}" '
+                     f'stroke-width="5" stroke-linecap="round" opacity="0.55"/>'
+                     f'<circle cx="{x(est):.1f}" cy="{yy:.1f}" r="4.5" fill="{c}"><title>{label}: {_e(dec)}, '
+                     f'estimate {_f(est)}, interval ({_f(lo)}, {_f(hi)})</title></circle>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _slices_section(d: ReportData) -> str:
+    if not d.slices:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(s.slice)}</td><td class=n>{s.n_pairs}</td><td>{_badge(s.decision)}</td>"
+        f"<td class=n>{_f(s.estimate)}</td><td class=n>({_f(s.lower)}, {_f(s.upper)})</td>"
+        f"<td class=n>{s.labels}</td><td class=n>{_f(s.alpha, 4)}</td></tr>" for s in d.slices)
+    split = f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
+    return ("<h2>Per-slice verdicts</h2>" + forest_svg(d) +
+            '<p class="note">Each bar is the anytime-valid interval for the preference rate on that slice\'s '
+            "pairs (dot: estimate); a slice is better / worse once its bar leaves ½. Slice verdicts come from the "
+            "same labels as the overall one.</p>"
+            "<table><tr><th>slice</th><th>pairs</th><th>verdict</th><th>estimate</th><th>interval</th>"
+            f"<th>labels</th><th>α</th></tr>{rows}</table>{split}")
+
+
 def _baseline_text(d: ReportData) -> str:
     if d.baseline is None:
         return ('<p class="note">No uniform-sampling baseline was computed for this run.</p>')
@@ -393,6 +458,7 @@ def render_report(data: ReportData) -> str:
 <p class="note">The shaded band is the anytime-valid confidence sequence (open interval: the rate lies strictly
 inside it) for the share of pairs on which a human prefers the tuned model; the line is the prediction-powered estimate. The run stops the first time the band
 leaves ½ (better / worse){" or fits inside the margin (equivalent)" if d.margin > 0 else ""}.</p>
+{_slices_section(d)}
 {_criteria_table(d)}
 <h2>Labels used against uniform sampling</h2>
 {labels_svg(d)}
@@ -504,11 +570,14 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
         except Exception:  # noqa: BLE001 - the baseline is context, never a reason to fail the report
             baseline = None
     n_votes = int(np.sum(np.any(~np.isnan(votes), axis=1))) if n_j else 0
+    slices = [SliceVerdict(slice=k, n_pairs=v.n_items, decision=v.decision.value, estimate=v.estimate,
+                           lower=v.lower, upper=v.upper, labels=v.labels, alpha=v.alpha)
+              for k, v in (comparison.slice_statuses() if hasattr(comparison, "slice_statuses") else {}).items()]
     return ReportData(
         run_id=run_id, name=name, base_model=base_model, tuned_model=tuned_model, decision=st.decision.value,
         estimate=st.estimate, lower=st.lower, upper=st.upper, alpha=st.alpha, margin=cfg.margin,
         method=st.method, n_pairs=st.n_items, labels=st.labels, votes=n_votes, budget=cfg.budget,
-        trajectory=[list(map(float, r)) for r in comparison.trajectory], judges=rows, criteria=crit,
+        trajectory=[list(map(float, r)) for r in comparison.trajectory], judges=rows, criteria=crit, slices=slices,
         alpha_split=alpha_split, baseline=baseline, examples=examples, notes=list(notes))
 
 

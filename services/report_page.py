@@ -36,6 +36,7 @@ def render_owned(runs: RunService, rt: Any) -> str:
     the rendering (its baseline simulations take seconds) runs on the copy, so labels never wait for it."""
     import copy
 
+    from sampler.slices import alpha_split_text
     from services.report import ReportData, render_report, report_data_from_comparison
 
     rid = rt.rid
@@ -61,6 +62,7 @@ def render_owned(runs: RunService, rt: Any) -> str:
         comps[OVERALL], run_id=rid, name=meta["name"], base_model=_model_name(gen.get("base"), "base"),
         tuned_model=_model_name(gen.get("tuned"), "tuned"), judge_names=meta["judge_names"] or None,
         pairs=_LazyPairs(runs, rid, n_pairs), criteria=crits or None,
-        alpha_split=f"Bonferroni over {1 + len(crits)} comparisons" if crits else None,
+        alpha_split=(alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(crits)) if meta.get("slices")
+                     else f"Bonferroni over {1 + len(crits)} comparisons" if crits else None),
         notes=[f"annotations: {n_ann} from {n_people} annotators; labels per pair: {required}"])
     return render_report(data)

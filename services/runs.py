@@ -10,6 +10,12 @@ Bonferroni (``sampler.decision.split_alpha``) over 1 + len(criteria) comparisons
 the draws; pairs a criterion comparison draws are handed out too. With ``labels_per_pair`` = k > 1 a pair is
 handed to k different annotators and the sampler gets the mean of their verdicts once all k are in.
 
+Slices: pairs may carry ``slices`` (tags); ``meta["slices"]`` are the slices of interest (default: all present).
+Every comparison then also follows a verdict per slice on its own draws (sampler.slices) and alpha is split by
+Bonferroni over (1 + slices) x (1 + criteria) questions. A comparison is ``finished`` when its verdict and every
+slice verdict are final; the run hands out pairs until the overall comparison is finished (after the overall
+verdict, only pairs of slices still running). Slices are stored with the pair and never shown to annotators.
+
 Writes (group commit): the label hot path (``next``, ``labels``) changes memory under the run's lock, queues
 its write and releases the lock; one writer thread turns everything queued into one ``RedisStore.apply``
 script (FIFO, so the ops log keeps the order of memory), and the caller answers only once its write is
@@ -54,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from sampler.decision import split_alpha
 from sampler.engine import Comparison, ComparisonConfig, label_from_verdict
+from sampler.slices import MAX_SLICES, alpha_split_text, best_case_labels, membership_matrix, slice_alpha
 from services.errors import BadInput, Conflict, Forbidden, NotFound, ServiceError, Unavailable
 from services.store import RedisStore
 from services.webhooks import outbox_entry
@@ -248,6 +254,9 @@ class RunService:
             if c == OVERALL:
                 raise BadInput("criteria must not contain 'overall' (the overall verdict is always collected)",
                                "criteria")
+        source = spec["pairs"] if spec.get("pairs") is not None else spec["generate"]["prompts"]
+        meta["slices"], meta["slice_warnings"] = self._slices_of_interest(
+            source, spec.get("slices_of_interest"), meta["alpha"], len(meta["criteria"]), meta["budget"])
         if spec.get("pairs") is not None:
             pairs = spec["pairs"]
             self._check_pair_ids(pairs, set())
@@ -277,6 +286,44 @@ class RunService:
         return rid
 
     @staticmethod
+    def _slices_of_interest(items: list[dict], wanted: list[str] | None, alpha: float, n_criteria: int,
+                            budget: int | None) -> tuple[list[str], list[str]]:
+        """The slices that get a verdict, and warnings said up front (sampler.slices)."""
+        sizes: dict[str, int] = {}
+        for p in items:
+            for s in p.get("slices") or []:
+                sizes[s] = sizes.get(s, 0) + 1
+        if wanted is None:
+            names = sorted(sizes)
+            if len(names) > MAX_SLICES:
+                raise BadInput(f"the pairs carry {len(names)} slices; a run follows at most {MAX_SLICES} (each "
+                               f"one costs alpha): pass slices_of_interest with the ones that matter",
+                               "slices_of_interest")
+        else:
+            names = list(wanted)
+            if len(set(names)) != len(names):
+                raise BadInput("slices_of_interest must be distinct", "slices_of_interest")
+            if len(names) > MAX_SLICES:
+                raise BadInput(f"{len(names)} slices of interest; at most {MAX_SLICES} (each one costs alpha)",
+                               "slices_of_interest")
+            for i, s in enumerate(names):
+                if s not in sizes:
+                    raise BadInput(f"slice of interest {s!r} tags no pair; slices present: "
+                                   f"{', '.join(sorted(sizes)) or '(none: give pairs a slices field)'}",
+                                   f"slices_of_interest.{i}")
+        warnings = []
+        each = slice_alpha(alpha, len(names), 1 + n_criteria)
+        for s in names:
+            n = sizes[s]
+            need = best_case_labels(n, each)
+            if need >= n:
+                warnings.append(f"slice {s!r} has {n} pair{'s' if n != 1 else ''}: even if every label agrees, only labelling all "
+                                f"{n} can decide it (its verdict then describes exactly those pairs)")
+            elif budget is not None and need > budget:
+                warnings.append(f"slice {s!r} needs at least {need} labels to be decided; the budget is {budget}")
+        return names, warnings
+
+    @staticmethod
     def _judge_names(judges: list) -> list[str]:
         from services.pipeline import judge_name
 
@@ -303,6 +350,8 @@ class RunService:
         for i, p in enumerate(pairs):
             rows.append({"id": p["id"], "prompt": p["prompt"], "base": p["base"], "tuned": p["tuned"],
                          "tuned_left": bool(secrets.randbits(1))})
+            if p.get("slices"):  # stored with the pair, never put into an annotator's view
+                rows[-1]["slices"] = list(p["slices"])
             jv = p.get("judge_votes")
             if jv is not None:
                 unknown = set(jv) - set(names)
@@ -651,19 +700,28 @@ class RunService:
                 return False
         mats = self._vote_matrices(rt, lo, hi)
         crits = rt.criteria
-        alpha_each = split_alpha(meta["alpha"], 1 + len(crits)) if crits else meta["alpha"]
+        slice_names = list(meta.get("slices") or [])
+        member = None
+        if slice_names:
+            rows = self.store.get_pairs(rt.rid, range(lo, hi))
+            _, member = membership_matrix([(r or {}).get("slices") for r in rows], slice_names)
+        # Bonferroni over (overall + slices) x (overall verdict + criteria); no slices: alpha / (1 + C)
+        alpha_each = slice_alpha(meta["alpha"], len(slice_names), 1 + len(crits))
         for k, name in enumerate([OVERALL, *crits]):
             mat = mats.get(name)
             if name in rt.comps:
                 comp = rt.comps[name]
                 width = comp.votes.shape[1]
-                comp.add_items(mat if mat is not None and mat.shape[1] == width else _no_votes(hi - lo, width))
+                comp.add_items(mat if mat is not None and mat.shape[1] == width else _no_votes(hi - lo, width),
+                               slice_member=member)
             else:
                 has_votes = mat is not None and mat.shape[1] > 0
                 method = (meta.get("method") or "active") if has_votes else "classical"
                 cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
                 rng = np.random.default_rng([int(meta["seed"]), k])
                 rt.comps[name] = Comparison(mat if has_votes else _no_votes(hi - lo), config=cfg, rng=rng)
+                if member is not None:
+                    rt.comps[name].set_slices(slice_names, member)
         # labels that arrived for pairs before they were active
         for idx in list(rt.labels):
             if lo <= idx < hi:
@@ -750,7 +808,7 @@ class RunService:
 
     def next_pair_locked(self, rt: RunRuntime, annotator: str) -> Pending:
         """``next_pair`` with ``rt.lock`` held by the caller; the write is queued (see ``wait``)."""
-        if not rt.comps or rt.comps[OVERALL].decision.final:
+        if not rt.comps or rt.comps[OVERALL].finished:
             return Pending(None, lambda _: None)
         now = _now()
         dead = self._sweep_leases(rt, now)
@@ -770,7 +828,7 @@ class RunService:
 
         chosen = None
         for comp in rt.comps.values():
-            if comp.decision.final and comp is not rt.comps[OVERALL]:
+            if comp.finished and comp is not rt.comps[OVERALL]:
                 continue
             for idx in comp.pending_items():
                 if eligible(idx):
@@ -781,7 +839,7 @@ class RunService:
         drew = False
         if chosen is None:
             for comp in rt.comps.values():
-                if comp.decision.final:
+                if comp.finished:
                     continue
                 for _ in range(8):
                     new = self._next_items(rt, comp, 1)
@@ -1093,12 +1151,17 @@ class RunService:
             "labels_per_pair": rt.required, "pending": 0, "criteria": {}, "progress": meta.get("progress") or {},
             "error": meta.get("error"), "created_at": meta["created_at"],
             "alpha_split": f"bonferroni over {1 + len(rt.criteria)} comparisons" if rt.criteria else None,
+            "slices": {}, "slice_warnings": list(meta.get("slice_warnings") or []),
+            "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()),
         }
+        if meta.get("slices"):
+            out["alpha_split"] = alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(rt.criteria))
         for name, comp in rt.comps.items():
             s = comp.status()
             d = {"labels": s.labels, "estimate": s.estimate, "interval": [s.lower, s.upper], "alpha": s.alpha,
                  "decision": s.decision.value, "method": s.method, "pending": s.pending,
-                 "pool_version": s.pool_version}
+                 "pool_version": s.pool_version,
+                 "slices": {k: v.to_dict() for k, v in comp.slice_statuses().items()}}
             if name == OVERALL:
                 out.update(d)
             else:
@@ -1143,15 +1206,15 @@ class RunService:
     def _local_draw_batch(self, rt: RunRuntime, k: int) -> list:
         rid = rt.rid
         with rt.lock:
-            if not rt.comps or rt.comps[OVERALL].decision.final:
+            if not rt.comps or rt.comps[OVERALL].finished:
                 return []
             order: list[int] = []
             for comp in rt.comps.values():
-                if not comp.decision.final:
+                if not comp.finished:
                     order += [i for i in comp.pending_items() if len(rt.labels.get(i, {})) < rt.required]
             drew = False
             ov = rt.comps[OVERALL]
-            while len(dict.fromkeys(order)) < k and not ov.decision.final:
+            while len(dict.fromkeys(order)) < k and not ov.finished:
                 new = self._next_items(rt, ov, min(k, 256))
                 if not new:
                     break

@@ -37,6 +37,8 @@ class _Strict(BaseModel):
 class PromptIn(_Strict):
     id: Utf8Str = Field(min_length=1, max_length=256)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
+    slices: list[str] | None = Field(None, max_length=20, description="tags of the prompt (a verdict per slice "
+                                                                       "in every checkpoint's runs)")
 
 
 class ExperimentCreate(_Strict):

@@ -12,6 +12,22 @@ Verdict = Literal["left", "right", "tie"]
 DecisionName = Literal["running", "better", "worse", "equivalent", "undecided"]
 
 MAX_TEXT = 200_000
+MAX_SLICES = 50          # = sampler.slices.MAX_SLICES: slices of interest one run follows (each costs alpha)
+MAX_SLICES_PER_PAIR = 20
+SLICE_HELP = ('tags of the pair\'s prompt, e.g. ["edge-case", "billing"] (a pair may be in several or none); '
+              "the run gives a verdict per slice. Never shown to annotators")
+
+
+def _check_slice_names(v: list[str] | None) -> list[str] | None:
+    if v is None:
+        return v
+    for name in v:
+        if not name.strip() or len(name) > 100:
+            raise ValueError(f"slice names must be non-empty and at most 100 characters (got {name!r})")
+        _utf8(name)
+    return list(dict.fromkeys(v))
+
+
 CRITERION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_. -]{0,63}$"
 
 
@@ -40,6 +56,9 @@ class PairIn(Strict):
     tuned: str = Field(max_length=MAX_TEXT, description="the fine-tuned model's response")
     judge_votes: dict[str, float | None] | None = Field(
         None, description="{judge: P(tuned better) in [0, 1]} — use these instead of running judges")
+    slices: list[str] | None = Field(None, max_length=MAX_SLICES_PER_PAIR, description=SLICE_HELP)
+
+    _slices = field_validator("slices")(_check_slice_names)
 
     @field_validator("judge_votes")
     @classmethod
@@ -57,6 +76,9 @@ class PairIn(Strict):
 class PromptIn(Strict):
     id: str = Field(min_length=1, max_length=256)
     text: str = Field(min_length=1, max_length=MAX_TEXT)
+    slices: list[str] | None = Field(None, max_length=MAX_SLICES_PER_PAIR, description=SLICE_HELP)
+
+    _slices = field_validator("slices")(_check_slice_names)
 
 
 class GenerateIn(Strict):
@@ -95,6 +117,9 @@ class RunCreate(Strict):
     lease_ttl_s: float | None = Field(None, gt=0, le=7 * 86400, description="seconds an annotator holds a pair")
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
     seed: int | None = Field(None, ge=0, lt=2**32)
+    slices_of_interest: list[str] | None = Field(
+        None, description=f"slices that get their own verdict (default: every slice the pairs carry; at most "
+                          f"{MAX_SLICES}); alpha is split over the overall verdict and these slices")
 
     @model_validator(mode="after")
     def _one_source(self) -> RunCreate:
@@ -121,12 +146,22 @@ class PairsAdd(Strict):
 
 class RunCreated(BaseModel):
     run_id: str
+    slice_warnings: list[str] = Field(default_factory=list, description="as in the run's status (runs with slices)")
 
 
 class PairsAdded(BaseModel):
     run_id: str
     added: int
     n_pairs: int
+
+
+class SliceStatus(BaseModel):
+    n_pairs: int
+    labels: int = Field(description="labels of this slice's pairs that entered its confidence sequence")
+    estimate: float
+    interval: list[float]
+    alpha: float
+    decision: DecisionName
 
 
 class CriterionStatus(BaseModel):
@@ -138,6 +173,7 @@ class CriterionStatus(BaseModel):
     method: str
     pending: int
     pool_version: int
+    slices: dict[str, SliceStatus] = Field(default_factory=dict)
 
 
 class RunStatus(BaseModel):
@@ -164,6 +200,12 @@ class RunStatus(BaseModel):
     created_at: float
     alpha_split: str | None = None
     pool_version: int | None = None
+    slices: dict[str, SliceStatus] = Field(default_factory=dict, description="per-slice verdicts (overall)")
+    slice_warnings: list[str] = Field(default_factory=list,
+                                      description="slices that only labelling every pair (or more than the "
+                                                  "budget) can decide, said when the run is created")
+    finished: bool = Field(False, description="the overall verdict and every slice verdict are final: "
+                                              "nothing more will be handed out")
 
 
 class RunSummary(BaseModel):

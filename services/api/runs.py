@@ -42,7 +42,11 @@ def create_run(body: RunCreate, request: Request, runs: RunService = Depends(get
     if body.generate is not None:
         specs += [("generate.base", body.generate.base), ("generate.tuned", body.generate.tuned)]
     check_request(request.app.state.settings, urls=[("webhook_url", body.webhook_url)], specs=specs)
-    return RunCreated(run_id=runs.create_run(body.model_dump()))
+    rid = runs.create_run(body.model_dump())
+    pairs = body.pairs if body.pairs is not None else body.generate.prompts if body.generate else []
+    if any(p.slices for p in pairs):   # slices that only labelling every pair can decide: said up front
+        return RunCreated(run_id=rid, slice_warnings=runs.status(rid).get("slice_warnings") or [])
+    return RunCreated(run_id=rid)
 
 
 @router.get("", response_model=list[RunSummary], dependencies=[Depends(admin)])

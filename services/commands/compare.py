@@ -99,6 +99,8 @@ def load_prompts(path: Path) -> list[dict]:
             if not text:
                 raise BadInput(f"{path}: item {k} has no 'text' (or 'prompt' / 'question')")
             prompts.append({"id": str(row.get("id", k)), "text": str(text)})
+            if isinstance(row, dict) and (tags := _slices_field(row, f"{path}: item {k}")):
+                prompts[-1]["slices"] = tags
     else:
         prompts = [{"id": str(k), "text": line.strip()}
                    for k, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
@@ -107,6 +109,18 @@ def load_prompts(path: Path) -> list[dict]:
     if len({p["id"] for p in prompts}) != len(prompts):
         raise BadInput(f"{path}: prompt ids must be unique")
     return prompts
+
+
+def _slices_field(row: dict, where: str) -> list[str] | None:
+    """An item's optional `slices`: a string or a list of non-empty strings (tags of its prompt)."""
+    tags = row.get("slices")
+    if tags is None:
+        return None
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise BadInput(f"{where}: slices must be a list of non-empty strings, e.g. [\"edge-case\"] (got {tags!r})")
+    return list(dict.fromkeys(tags))
 
 
 _VOTE = {"A": "base", "B": "tuned", "tie": "tie", "base": "base", "tuned": "tuned"}
@@ -130,6 +144,8 @@ def load_pairs(path: Path) -> list[dict]:
             raise BadInput(f"{path}: item {k} needs base/tuned (or response_a/response_b)")
         if row.get("judge_votes") is not None:
             p["judge_votes"] = row["judge_votes"]
+        if tags := _slices_field(row, f"{path}: item {k}"):
+            p["slices"] = tags
         votes = row.get("human_votes")
         if votes:
             bad = [v for v in votes if v not in _VOTE]
@@ -185,6 +201,10 @@ def compare(
                                     "only"),
     criteria: str | None = typer.Option(None, "--criteria",
                                         help="extra per-criterion verdicts, e.g. accuracy,tone (alpha is split)"),
+    slices_of_interest: str | None = typer.Option(
+        None, "--slices-of-interest",
+        help="comma-separated slices (tags in the items' `slices` field) that get their own verdict; default: "
+             "every slice present (alpha is split)"),
     alpha: float = typer.Option(0.05, "--alpha", help="bound on the probability of a wrong verdict"),
     margin: float = typer.Option(0.0, "--margin", help="equivalence margin around 1/2 (0 = no equivalence stop)"),
     budget: int | None = typer.Option(None, "--budget", help="human labels at most; undecided (exit 3) after"),
@@ -242,6 +262,8 @@ def compare(
             body["criteria"] = [c.strip() for c in criteria.split(",") if c.strip()]
         if seed is not None:
             body["seed"] = seed
+        if slices_of_interest:
+            body["slices_of_interest"] = [s.strip() for s in slices_of_interest.split(",") if s.strip()]
         items: dict[str, dict] = {}
         if pairs is not None:
             pl = load_pairs(pairs)
@@ -337,8 +359,8 @@ def compare(
                               f"estimate {'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
                               f"decision {st['decision']}")
                 last = key
-            if st["decision"] != "running":
-                break
+            if st["decision"] != "running" and (not st.get("slices") or st.get("finished")):
+                break  # the overall verdict, and with slices every slice verdict, is final
             if mode == "terminal" and worker is not None and worker.ident is not None and not worker.is_alive():
                 break  # the user stopped labelling
             if time.time() > deadline:
@@ -352,11 +374,20 @@ def compare(
         lo, hi = st["interval"]
         console.print(f"{st['decision'].upper()} after {st['labels']} labels: estimate {st.get('estimate')}, "
                       f"interval ({lo:.3f}, {hi:.3f})")
+        for sname, sv in (st.get("slices") or {}).items():
+            slo, shi = sv["interval"]
+            console.print(f"  slice {sname}: {sv['decision']} ({sv['n_pairs']} pairs, {sv['labels']} labelled), "
+                          f"estimate {sv['estimate']:.3f}, interval ({slo:.3f}, {shi:.3f})")
+        for w in st.get("slice_warnings") or []:
+            console.print(f"  [yellow]warning:[/yellow] {w}")
         console.print(f"report: {path.resolve()}")
         if json_out:
-            typer.echo(json.dumps({"run_id": run_id, "decision": st["decision"], "labels": st["labels"],
-                                   "estimate": st.get("estimate"), "interval": st["interval"],
-                                   "report": str(path.resolve())}))
+            summary = {"run_id": run_id, "decision": st["decision"], "labels": st["labels"],
+                       "estimate": st.get("estimate"), "interval": st["interval"], "report": str(path.resolve())}
+            if st.get("slices"):
+                summary["slices"] = st["slices"]
+                summary["alpha_split"] = st.get("alpha_split")
+            typer.echo(json.dumps(summary))
         code = decision_exit_code(st["decision"])
         if st["decision"] == "running":   # the user stopped labelling first: no decision, like a spent budget
             console.print("stopped before a decision: the interval above still holds")

@@ -13,7 +13,8 @@ HELP = "Replay the sequential comparison on recorded human labels (schema of sha
 EPILOG = (
     "Examples:  tiebreak replay ../shared/data/chatbot_arena_ppr.jsonl --all-pairs --min-items 200 --json  |  "
     "tiebreak replay ../shared/data/vicuna80_qlora_prd.jsonl --base guanaco-7b --tuned gpt-4 --method active  |  "
-    "tiebreak replay ../shared/data/pandalm_testset.jsonl --symmetrize --runs 200 --method classical"
+    "tiebreak replay ../shared/data/pandalm_testset.jsonl --symmetrize --runs 200 --method classical  |  "
+    "tiebreak replay ../shared/data/vicuna80_qlora_prd.jsonl --base guanaco-7b --tuned gpt4 --slices-from meta.category"
 )
 
 
@@ -38,6 +39,13 @@ def replay(
     prior: str = typer.Option("none", "--prior",
                               help="none | other-pairs: start from a judge calibration learnt on the file's "
                                    "OTHER model pairs (never the replayed one), refined online"),
+    slices_from: str = typer.Option("auto", "--slices-from",
+                                    help="field holding each item's slices (dotted path, e.g. meta.category "
+                                         "or slices); auto = the items' `slices` field when any item has one; "
+                                         "none = no slices"),
+    slices: str | None = typer.Option(None, "--slices",
+                                      help="comma-separated slices of interest (default: every slice present); "
+                                           "alpha is split over the overall verdict and these slices"),
 ) -> None:
     from sampler.engine import METHODS, ComparisonConfig
     from sampler.replay import prior_from_pools
@@ -60,9 +68,26 @@ def replay(
     try:
         items = load_items(path)
         names = [j.strip() for j in judges.split(",") if j.strip()] if judges else None
-        pools = select_pools(items, base, tuned, all_pairs, min_items, names)
+        if slices_from == "auto":
+            slices_from = "slices" if any("slices" in row for row in items) else "none"
+        pools = select_pools(items, base, tuned, all_pairs, min_items, names,
+                             slices_from=None if slices_from == "none" else slices_from)
     except DataError as exc:
         bad(str(exc))
+    wanted = [s.strip() for s in slices.split(",") if s.strip()] if slices else None
+    if wanted and slices_from == "none":
+        bad("--slices needs slices on the items: give --slices-from FIELD (e.g. meta.category)")
+    if slices_from != "none":
+        from sampler.slices import MAX_SLICES
+
+        for op in pools:
+            present = op.pool.slice_names()
+            missing = [s for s in wanted or [] if s not in present]
+            if missing:
+                bad(f"--slices: {', '.join(missing)} tags no item of {op.base} / {op.tuned}; "
+                    f"present: {', '.join(present) or '(none)'}")
+            if len(wanted or present) > MAX_SLICES:
+                bad(f"{len(wanted or present)} slices; at most {MAX_SLICES} (pick some with --slices)")
     if method != "classical" and pools and not pools[0].judges:
         bad(f"--method {method} needs judge verdicts, and this file has none; use --method classical")
     if prior not in ("none", "other-pairs"):
@@ -83,7 +108,8 @@ def replay(
         if everything:
             same = {op.base, op.tuned}
             calibration = prior_from_pools([o.pool for o in everything if {o.base, o.tuned} != same])
-        summary = run_replay(pool, config, runs, seed, prior=calibration)
+        of_interest = (wanted or pool.slice_names()) if slices_from != "none" else None
+        summary = run_replay(pool, config, runs, seed, prior=calibration, slices=of_interest)
         labels = summary.labels
         row = {
             "base": op.base, "tuned": op.tuned, "items": len(pool.votes), "theta": round(summary.theta, 6),
@@ -91,6 +117,18 @@ def replay(
             "wrong": summary.wrong(symmetrized=symmetrize),
             "mean_labels": round(float(labels.mean()), 3), "median_labels": float(np.median(labels)),
         }
+        if of_interest:
+            from sampler.slices import alpha_split_text
+
+            row["alpha_split"] = alpha_split_text(alpha, len(of_interest))
+            row["overall_mean_labels"] = round(float(summary.overall_labels.mean()), 3)
+            row["family_wrong_runs"] = summary.family_wrong_runs(symmetrized=symmetrize)
+            row["slices"] = {
+                s: {"items": sum(1 for tags in pool.slices or () if s in tags),
+                    "theta": round(summary.slice_theta[s], 6), "decisions": summary.slice_counts(s),
+                    "wrong": summary.slice_wrong(s, symmetrized=symmetrize),
+                    "mean_labels": round(float(summary.slice_labels(s).mean()), 3)}
+                for s in of_interest}
         rows.append(row)
         if json_out:
             typer.echo(json.dumps(row))
@@ -101,6 +139,15 @@ def replay(
         "wrong": sum(r["wrong"] for r in rows), "decided": decided, "runs_total": runs * len(rows),
         "seconds": round(seconds, 3),
     }
+    if any("slices" in r for r in rows):
+        summary_row["total_overall_mean_labels"] = round(sum(r.get("overall_mean_labels", r["mean_labels"])
+                                                             for r in rows), 3)
+        summary_row["slice_wrong"] = sum(s["wrong"] for r in rows for s in r.get("slices", {}).values())
+        summary_row["family_wrong_runs"] = sum(r.get("family_wrong_runs", r["wrong"]) for r in rows)
+        summary_row["slices_decided"] = sum(s["decisions"]["better"] + s["decisions"]["worse"]
+                                            + s["decisions"]["equivalent"]
+                                            for r in rows for s in r.get("slices", {}).values())
+        summary_row["slice_runs_total"] = sum(runs * len(r.get("slices", {})) for r in rows)
     if json_out:
         typer.echo(json.dumps(summary_row))
         return
@@ -117,6 +164,19 @@ def replay(
                       f"{r['mean_labels']:.1f}")
     console = Console()
     console.print(table)
+    if "slice_wrong" in summary_row:
+        st = Table(title="per slice (decisions over all runs)")
+        for col in ("base", "tuned", "slice", "items", "theta", "better", "worse", "equiv.", "undec.", "wrong"):
+            st.add_column(col, justify="right" if col not in ("base", "tuned", "slice") else "left")
+        for r in rows:
+            for name, s in r.get("slices", {}).items():
+                d = s["decisions"]
+                st.add_row(r["base"], r["tuned"], name, str(s["items"]), f"{s['theta']:.3f}", str(d["better"]),
+                           str(d["worse"]), str(d["equivalent"]), str(d["undecided"]), str(s["wrong"]))
+        console.print(st)
+        console.print(f"{rows[0].get('alpha_split', '')} · labels at the overall verdict "
+                      f"{summary_row['total_overall_mean_labels']:.1f} · runs with any wrong verdict "
+                      f"{summary_row['family_wrong_runs']}")
     console.print(f"pairs {summary_row['pairs']} · total mean labels {summary_row['total_mean_labels']:.1f} · "
                   f"decided {decided}/{summary_row['runs_total']} · wrong {summary_row['wrong']} · "
                   f"{seconds:.1f} s")

@@ -95,3 +95,48 @@ def test_bad_file(tmp_path):
     bad.write_text('{"human_votes": ["C"], "model_a": "x", "model_b": "y"}\n')
     out = tiebreak("replay", str(bad))
     assert out.returncode == 2 and "human_votes must be" in out.stderr
+
+
+def test_slices_from_meta_category_adds_per_slice_keys_and_keeps_the_documented_ones():
+    out = tiebreak("replay", str(VICUNA), "--base", "guanaco-7b", "--tuned", "gpt4", "--runs", "3",
+                   "--method", "classical", "--slices-from", "meta.category", "--json")
+    assert out.returncode == 0, out.stderr
+    row, summary = (json.loads(x) for x in out.stdout.splitlines())
+    assert {"base", "tuned", "items", "theta", "method", "runs", "decisions", "wrong", "mean_labels",
+            "median_labels"} <= set(row)
+    assert len(row["slices"]) == 9 and row["slices"]["math"]["items"] == 3
+    assert row["alpha_split"].startswith("bonferroni over 10 questions")
+    assert row["overall_mean_labels"] <= row["mean_labels"]
+    assert {"summary", "pairs", "total_mean_labels", "wrong", "decided", "runs_total", "seconds",
+            "total_overall_mean_labels", "slice_wrong", "family_wrong_runs"} <= set(summary)
+    only = tiebreak("replay", str(VICUNA), "--base", "guanaco-7b", "--tuned", "gpt4", "--runs", "3",
+                    "--method", "classical", "--slices-from", "meta.category", "--slices", "coding", "--json")
+    row1 = json.loads(only.stdout.splitlines()[0])
+    assert list(row1["slices"]) == ["coding"] and "0.05/2" in row1["alpha_split"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--slices-from", "meta.category", "--slices", "poetry"], "poetry tags no item"),
+    (["--slices", "coding"], "--slices needs slices on the items"),
+    (["--slices-from", "meta"], "must be a string or a list of strings"),
+])
+def test_bad_slice_options_are_one_clear_line(args, message):
+    out = tiebreak("replay", str(VICUNA), "--base", "guanaco-7b", "--tuned", "gpt4", "--runs", "1",
+                   "--method", "classical", *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_arena_field_slices_find_the_worse_opponents(tmp_path):
+    """vicuna-13b is better than the field (theta 0.59) and worse against gpt-4, claude-v1, gpt-3.5-turbo."""
+    sliced = tmp_path / "arena_v13.jsonl"
+    made = subprocess.run([sys.executable, "-m", "benchmarks.arena_slices", str(ARENA), str(sliced),
+                           "--model", "vicuna-13b", "--min-battles", "250"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    out = tiebreak("replay", str(sliced), "--base", "field", "--tuned", "vicuna-13b", "--runs", "2",
+                   "--method", "active", "--json")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.splitlines()[0])
+    assert row["decisions"]["better"] == 2
+    for opp in ("vs-gpt-4", "vs-claude-v1"):
+        assert row["slices"][opp]["decisions"]["worse"] == 2
+    assert row["family_wrong_runs"] == 0
