@@ -172,7 +172,19 @@ def vote_columns(judge_mode: str, votes: Sequence[JudgeVote], per_order: bool = 
     cols = [[v.p_tuned_better for v in votes]]
     if judge_mode == "pairwise" and per_order:
         cols += [[v.p_by_order[0] for v in votes], [v.p_by_order[1] for v in votes]]
+    if judge_mode == "rubric" and per_order and votes and votes[0].extra:
+        cols += [[dict(v.extra).get(q, math.nan) for v in votes] for q, _ in votes[0].extra]
     return np.array(cols, dtype=float).T
+
+
+def column_names(name: str, judge_mode: str, votes: Sequence[JudgeVote], per_order: bool = True) -> list[str]:
+    """Names of ``vote_columns`` (for the reported calibration weights)."""
+    out = [name]
+    if judge_mode == "pairwise" and per_order:
+        out += [f"{name}:tuned_as_B", f"{name}:tuned_as_A"]
+    if judge_mode == "rubric" and per_order and votes and votes[0].extra:
+        out += [f"{name}:{q}" for q, _ in votes[0].extra]
+    return out
 
 
 def _mean_or_none(x: Sequence[float]) -> float | None:
@@ -300,8 +312,8 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
     _add_calibrated(ens, X, y, np.array(cpus), folds, seed, penalty)
     # calibrated-jury injection flip: the verdict of g (fitted on all items) before/after the injection
     full = fit_calibration(judge_features(X), y, penalty)
-    col_names = [f"{n}{suffix}" for n in names
-                 for suffix in ([""] + ([":tuned_as_B", ":tuned_as_A"] if cols[n].shape[1] == 3 else []))]
+    modes = {str(j.name): j.mode for j in judges}
+    col_names = [c for n in names for c in column_names(n, modes[n], votes[n], per_order)]
     ens["calibration_weights"] = dict(zip(col_names, full.coef[:X.shape[1]], strict=True))
     ens["injection_flip_rate_calibrated"] = _calibrated_flip_rate(items[:injection_limit], judges, names, full,
                                                                   cache, per_order)

@@ -34,6 +34,9 @@ def judge_eval(
     folds: int = typer.Option(5, "--folds", help="folds of the cross-fitted calibration"),
     penalty: float = typer.Option(1.0, "--calibration-penalty",
                                   help="ridge penalty of the calibration (the sampler's run default is 20)"),
+    max_chars: int = typer.Option(1500, "--max-chars",
+                                  help="characters of each response (and of the question) a model judge reads; "
+                                       "longer ones are cut and marked '…[truncated]'"),
     injection_limit: int = typer.Option(20, "--injection-limit", help="pairs used for the injection flip rate"),
     cache: Path | None = typer.Option(None, "--cache", help="sqlite vote cache (default ~/.cache/tiebreak/votes.sqlite)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the vote cache"),
@@ -51,6 +54,8 @@ def judge_eval(
 
     if limit is not None and limit < 1:
         fail(f"--limit must be ≥ 1, got {limit}")
+    if max_chars < 50:
+        fail(f"--max-chars must be ≥ 50, got {max_chars}")
     if folds < 2:
         fail(f"--folds must be ≥ 2, got {folds}")
     if penalty <= 0:
@@ -60,7 +65,7 @@ def judge_eval(
         fail("--judges is empty; give e.g. qwen2.5-coder-0.5b:pointwise,features")
     try:
         items = load_items(path, limit, seed, balanced=balanced)
-        jury = judges_from_names(names)
+        jury = judges_from_names(names, max_chars=max_chars)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
         return

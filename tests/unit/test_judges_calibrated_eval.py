@@ -115,3 +115,26 @@ def test_cli_json_keeps_documented_keys_and_adds_new(tmp_path):
     assert r.exit_code == 2 and "unknown feature" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["judge-eval", str(p), "--judges", "features", "--folds", "1"])
     assert r.exit_code == 2 and "--folds" in r.output
+
+
+def test_rubric_mode_asks_each_question_with_a_shared_prefix_and_reports_per_question_votes():
+    seen = []
+
+    class Rec(ScriptedBackend):
+        def choice_logprobs(self, prompt, choices):
+            seen.append(prompt[-1]["content"])
+            return super().choice_logprobs(prompt, choices)
+
+    j = Judge(Rec(), mode="rubric")
+    v = j.vote("q", "bad", "GOOD")
+    assert j.name == "scripted:rubric" and v.p_tuned_better > 0.9
+    assert [q for q, _ in v.extra] == list(j.rubric) and all(p > 0.9 for _, p in v.extra)
+    per_response = len(j.rubric)
+    assert len(seen) == 2 * per_response
+    prefix = seen[0].split("<<<END RESPONSE>>>")[0]
+    assert all(s.startswith(prefix) for s in seen[:per_response])  # only the question differs
+    res = evaluate([_row(i, "AB"[i % 2], "bad", "GOOD" if i % 2 else "bad") for i in range(10)], [j],
+                   injection_limit=0, progress=False)
+    assert set(res["ensemble"]["calibration_weights"]) == {"scripted:rubric", *(f"scripted:rubric:{q}"
+                                                                                 for q in j.rubric)}
+    assert res["judges"]["scripted:rubric"]["decisive_agreement"] == 1.0
