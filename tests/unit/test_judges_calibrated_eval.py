@@ -138,3 +138,14 @@ def test_rubric_mode_asks_each_question_with_a_shared_prefix_and_reports_per_que
     assert set(res["ensemble"]["calibration_weights"]) == {"scripted:rubric", *(f"scripted:rubric:{q}"
                                                                                  for q in j.rubric)}
     assert res["judges"]["scripted:rubric"]["decisive_agreement"] == 1.0
+
+
+def test_long_question_keeps_its_last_turn_and_long_responses_are_marked_truncated():
+    from judges.jury import _clip_question
+
+    q = "Human: " + "x" * 3000 + " Human: the actual question?"
+    c = _clip_question(q, 300)
+    assert c.startswith("Human: x") and c.endswith("the actual question?") and "…[cut]…" in c
+    assert len(c) <= 300 + len(" …[cut]… ") and _clip_question("short", 300) == "short"
+    user = Judge(ScriptedBackend(), max_chars=100).pointwise_prompt(q, "y" * 500, "overall")[-1]["content"]
+    assert "the actual question?" in user and "y" * 100 + " …[truncated]" in user
