@@ -34,6 +34,12 @@ def validate_judge_spec(spec: Any) -> str | None:
     from judges.models import PRESETS
 
     if isinstance(spec, str):
+        if spec.startswith("feature:"):
+            from judges.features import FEATURES
+
+            feat = spec.removeprefix("feature:")
+            return None if feat in FEATURES else (f"unknown feature {feat!r}; valid choices: "
+                                                  f"{', '.join('feature:' + f for f in FEATURES)}")
         model, _, mode = spec.partition(":")
         if mode and mode not in MODES:
             return f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}"
@@ -111,6 +117,13 @@ class JudgeWorker:
         from judges.backends import make_backend
         from judges.jury import CRITERIA, Judge
 
+        self.criteria = list(criteria)
+        self.cache = None
+        if isinstance(spec, str) and spec.startswith("feature:"):  # a free text-feature juror: no model
+            from judges.features import FeatureJudge
+
+            self.judge = FeatureJudge(spec.removeprefix("feature:"))
+            return
         if isinstance(spec, str):
             model, _, mode = spec.partition(":")
             mspec, mode = _model_spec(model), (mode or "pairwise")
@@ -121,8 +134,6 @@ class JudgeWorker:
             mspec = {**mspec, "n_threads": n_threads}
         crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in criteria}
         self.judge = Judge(make_backend(mspec), mode=mode, name=judge_name(spec), criteria=crit)
-        self.criteria = list(criteria)
-        self.cache = None
         if cache_url:
             from services.store import RedisVoteCache
 

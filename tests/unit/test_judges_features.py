@@ -66,3 +66,13 @@ def test_names_and_errors():
     with pytest.raises(ValueError, match="recorded"):
         judges_from_names(["recorded:"])
     assert not math.isnan(FeatureJudge("coverage").vote("", "", "").p_tuned_better)
+
+
+def test_service_accepts_feature_jurors_and_votes_with_them():
+    from services.pipeline import JudgeWorker, judge_name, validate_judge_spec
+
+    assert validate_judge_spec("feature:length") is None and judge_name("feature:length") == "feature:length"
+    assert "unknown feature" in validate_judge_spec("feature:colour")
+    w = JudgeWorker("feature:length", ["overall", "tone"])
+    out = w.vote([(0, "q", "ab", "abcdef")])
+    assert out[0]["overall"] == pytest.approx(7 / 10) and out[0]["tone"] == pytest.approx(7 / 10)
