@@ -231,12 +231,13 @@ class Pipeline:
                 ray.init(include_dashboard=False, ignore_reinit_error=True)
         return ray
 
-    def _actor(self, key: str, cls: type, *args: Any) -> Any:
+    def _actor(self, key: str, cls: type, *args: Any, num_cpus: float | None = None) -> Any:
         if self.mode == "local":
             h = _LocalHandle(cls(*args))
         else:
             ray = self._ensure_ray()
-            remote = ray.remote(num_cpus=self.num_cpus, max_restarts=-1, max_task_retries=-1)(cls)
+            ncpu = self.num_cpus if num_cpus is None else num_cpus
+            remote = ray.remote(num_cpus=ncpu, max_restarts=-1, max_task_retries=-1)(cls)
             h = remote.remote(*args)
         self.actors[key] = h
         return h
@@ -342,7 +343,11 @@ class Pipeline:
 
         threads = []
         for spec, name in zip(meta["judges"], names, strict=True):
-            h = self._actor(f"judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads)
+            # a feature juror needs no core of its own; reserving one would leave a model judge unscheduled
+            # on a 2-core machine (every actor holds its CPU until all judges are done)
+            free = isinstance(spec, str) and spec.startswith("feature:")
+            h = self._actor(f"judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads,
+                            num_cpus=0 if free else None)
             t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
             t.start()
             threads.append(t)
