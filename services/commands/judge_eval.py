@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
+from judges.defaults import DEFAULT_JURY
+
 # Works after `make setup` alone (the 1.5B preset comes only with `make setup-large`).
-DEFAULT_JUDGES = "qwen2.5-coder-0.5b,qwen2.5-coder-0.5b:pointwise"
+DEFAULT_JUDGES = ",".join(DEFAULT_JURY)
 
 
 def _fmt(x) -> str:
