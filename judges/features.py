@@ -1,8 +1,8 @@
 """Free jurors: text features of the two responses, as votes in [0, 1] that the calibration may weight.
 
-Each feature judge votes ``p = φ(tuned) / (φ(tuned) + φ(base))`` on a positive per-response statistic φ, i.e.
-sigmoid(log φ(tuned) − log φ(base)): ½ when the responses do not differ, > ½ when the TUNED response has more
-of the feature. A vote here is a direction of difference, not a verdict — whether "more" is better (longer
+Each feature judge votes ``p = sigmoid(s · (log φ(tuned) − log φ(base)))`` on a positive per-response statistic
+φ (s = SHARPNESS, below): ½ when the responses do not differ, > ½ when the TUNED response has more of the
+feature. A vote here is a direction of difference, not a verdict — whether "more" is better (longer
 answers win on Vicuna-80; refusals win on HH-RLHF harmless) is what the calibration learns from the labels,
 with the sign and weight per dataset (sampler/calibration.py's ridge allows negative weights).
 
@@ -105,14 +105,26 @@ def question_coverage(text: str, prompt: str) -> float:
     return len(q & set(_words(text))) / len(q)
 
 
+# Why sharpen: the sampler's calibration is a ridge regression on the votes, so a vote with a small spread is
+# shrunk towards the label mean however informative it is (shrink factor n·Var(vote) / (n·Var(vote) + penalty)).
+# Measured on the development sets (Vicuna-80 1,000 pairs, sampler penalty 20, cross-fitted): relative length
+# as sigmoid(1·log ratio) explains 0.167 of the label variance, as sigmoid(3·log ratio) 0.300 (HH-RLHF: 0.026
+# vs 0.021). A response twice as long as the other votes sigmoid(3 log 2) = 0.89.
+SHARPNESS = 3.0
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+
 def _ratio_vote(t: float, b: float, pseudo: float) -> float:
-    """(t + c) / (t + b + 2c) = sigmoid(log(t + c) − log(b + c)); c smooths zero counts."""
-    return (t + pseudo) / (t + b + 2 * pseudo)
+    """sigmoid(SHARPNESS · (log(t + c) − log(b + c))); c smooths zero counts."""
+    return _sigmoid(SHARPNESS * (math.log(t + pseudo) - math.log(b + pseudo)))
 
 
 def _share_vote(t: float, b: float) -> float:
-    """½ + (t − b)/2 for shares in [0, 1]."""
-    return min(max(0.5 + 0.5 * (t - b), 0.0), 1.0)
+    """sigmoid(2·SHARPNESS · (t − b)) for shares t, b in [0, 1]."""
+    return _sigmoid(2 * SHARPNESS * (t - b))
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class FeatureSpec:
 
 FEATURES: dict[str, FeatureSpec] = {
     "length": FeatureSpec(lambda r, q: response_length(r), lambda t, b: _ratio_vote(t, b, 1.0),
-                          "tuned/(tuned+base) characters: relative length, log ratio through a sigmoid"),
+                          "relative length: sigmoid(3 · log(characters tuned / characters base))"),
     "structure": FeatureSpec(lambda r, q: structure_count(r), lambda t, b: _ratio_vote(t, b, 1.0),
                              "markdown structure (lists, headers, code fences, bold, tables), count ratio"),
     "refusal": FeatureSpec(lambda r, q: refusal_count(r), lambda t, b: _ratio_vote(t, b, 1.0),

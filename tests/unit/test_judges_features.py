@@ -31,7 +31,7 @@ def test_votes_are_in_unit_interval_half_when_equal_and_antisymmetric():
 
 def test_length_is_relative_length():
     v = FeatureJudge("length").vote("q", "x" * 9, "x" * 29)
-    assert v.p_tuned_better == pytest.approx(30 / 40) and v.length_diff == 20 and v.cpu_seconds >= 0
+    assert v.p_tuned_better == pytest.approx(1 / (1 + (10 / 30) ** 3)) and v.length_diff == 20 and v.cpu_seconds >= 0
 
 
 def test_statistics():
@@ -75,4 +75,4 @@ def test_service_accepts_feature_jurors_and_votes_with_them():
     assert "unknown feature" in validate_judge_spec("feature:colour")
     w = JudgeWorker("feature:length", ["overall", "tone"])
     out = w.vote([(0, "q", "ab", "abcdef")])
-    assert out[0]["overall"] == pytest.approx(7 / 10) and out[0]["tone"] == pytest.approx(7 / 10)
+    assert out[0]["overall"] == pytest.approx(1 / (1 + (3 / 7) ** 3)) and out[0]["tone"] == out[0]["overall"]
