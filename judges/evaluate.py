@@ -59,6 +59,10 @@ def load_items(path: str | Path, limit: int | None = None, seed: int = 0, balanc
                 raise ValueError(f"{path}:{ln}: not JSON ({e.msg})") from None
             if not isinstance(r, dict):
                 raise ValueError(f"{path}:{ln}: expected a JSON object")
+            for k in ("question", "response_a", "response_b"):
+                # some source rows carry a JSON scalar where the text was e.g. "True" (PandaLM ids 157-162)
+                if isinstance(r.get(k), bool | int | float):
+                    r[k] = str(r[k])
             if r.get("question") and r.get("response_a") and r.get("response_b") and r.get("human_label") in HUMAN_Y:
                 items.append(r)
     if not items:

@@ -149,3 +149,11 @@ def test_long_question_keeps_its_last_turn_and_long_responses_are_marked_truncat
     assert len(c) <= 300 + len(" …[cut]… ") and _clip_question("short", 300) == "short"
     user = Judge(ScriptedBackend(), max_chars=100).pointwise_prompt(q, "y" * 500, "overall")[-1]["content"]
     assert "the actual question?" in user and "y" * 100 + " …[truncated]" in user
+
+
+def test_scalar_responses_are_read_as_text(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({**_row(0, "A"), "response_a": True}) + "\n" + json.dumps(_row(1, "B")))
+    items = load_items(p)
+    assert items[0]["response_a"] == "True"
+    assert judges_from_names(["feature:length"])[0].vote("q", items[0]["response_a"], "x").p_tuned_better < 0.5
