@@ -191,6 +191,11 @@ def column_names(name: str, judge_mode: str, votes: Sequence[JudgeVote], per_ord
     return out
 
 
+def _nanmean(x: Sequence[float]) -> float:
+    a = np.asarray(x, dtype=float)
+    return float(np.nanmean(a)) if not np.isnan(a).all() else math.nan
+
+
 def _mean_or_none(x: Sequence[float]) -> float | None:
     a = np.asarray(x, dtype=float)
     return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else None
@@ -296,8 +301,7 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
         vs_i = [votes[n][i] for n in names]
         c, _d = ensemble(vs_i)
         comb.append(c)
-        orders.append([float(np.nanmean([v.p_by_order[0] for v in vs_i])),
-                       float(np.nanmean([v.p_by_order[1] for v in vs_i]))])
+        orders.append([_nanmean([v.p_by_order[0] for v in vs_i]), _nanmean([v.p_by_order[1] for v in vs_i])])
         picks.append(tuple(x for v in vs_i for x in v.picks_a))
         secs.append(sum(v.seconds for v in vs_i))
         cpus.append(sum(v.cpu_seconds for v in vs_i))
