@@ -183,7 +183,7 @@ def compare(
     prompts: Path | None = typer.Option(None, "--prompts", help="prompts file (.txt / .jsonl / .json)"),
     pairs: Path | None = typer.Option(None, "--pairs", help="pre-generated pairs instead of --base/--tuned/--prompts"),
     judges: str = typer.Option(",".join(DEFAULT_JURY), "--judges",
-                               help="comma-separated judges (preset[:pairwise|pointwise], .gguf); 'none' = labels "
+                               help="comma-separated judges (preset[:pairwise|pointwise|rubric], .gguf, feature:NAME); 'none' = labels "
                                     "only"),
     criteria: str | None = typer.Option(None, "--criteria",
                                         help="extra per-criterion verdicts, e.g. accuracy,tone (alpha is split)"),

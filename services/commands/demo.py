@@ -21,7 +21,7 @@ EPILOG = ("Examples:  tiebreak demo  |  tiebreak demo --human  |  tiebreak demo 
 def demo(
     pairs: int = typer.Option(32, "--pairs", help="pool size: N of the 80 Vicuna questions, evenly spread"),
     judges: str = typer.Option(",".join(DEFAULT_JURY), "--judges",
-                               help="comma-separated judges (preset[:pairwise|pointwise] or .gguf path); "
+                               help="comma-separated judges (preset[:pairwise|pointwise|rubric], .gguf path or feature:NAME); "
                                     "'none' = labels only"),
     human: bool = typer.Option(False, "--human", help="open the annotation page and wait for your labels"),
     alpha: float = typer.Option(0.05, "--alpha", help="bound on the probability of a wrong verdict"),
