@@ -60,8 +60,8 @@ bench-judges-free: $(BIN)/python
 
 MODEL_JURORS = qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,feature:length,feature:refusal,feature:coverage
 bench-judges: bench-judges-free
-	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges $(MODEL_JURORS),qwen2.5-coder-0.5b:rubric --limit 40 --injection-limit 10
-	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges $(MODEL_JURORS),recorded:gpt-4 --limit 40 --max-chars 600 --injection-limit 10
+	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b:rubric,features --limit 40 --injection-limit 10
+	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges qwen2.5-coder-0.5b:pointwise,feature:length,recorded:gpt-4 --limit 40 --max-chars 600 --injection-limit 0
 	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges $(MODEL_JURORS),recorded:gpt-3.5-turbo --balanced --limit 40 --injection-limit 10
 
 # Service API load test: label round trips/s, p50/p99 latency, memory per 100,000 pairs (docs/benchmarks.md).
