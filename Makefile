@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api bench-judges bench-judges-free lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,26 @@ bench: $(BIN)/python
 # Issue 5: the Vicuna-80 Guanaco checkpoint ladder (7B base; 13B -> 33B -> 65B), no server needed.
 bench-ladder: $(BIN)/python
 	$(BIN)/python -m benchmarks.ladder
+
+# Issue 11: judges measured the way the sampler uses them (docs/benchmarks.md, "Judges"). The free feature jurors
+# and the recorded GPT-4/GPT-3.5 references on up to 1,000 pairs per file, and the default jury
+# (judges.defaults.DEFAULT_JURY) take seconds; the Qwen2.5-Coder-0.5B jurors on 40 pairs per file take 30-60 min
+# on 2 cores. PandaLM, balanced, is the untouched test set.
+DATA ?= ../shared/data
+JUDGE_EVAL = TIEBREAK_VOTE_CACHE=$${TIEBREAK_VOTE_CACHE:-/tmp/tiebreak-bench-judges.sqlite} $(BIN)/tiebreak judge-eval
+bench-judges-free: $(BIN)/python
+	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges features,recorded:gpt-4,recorded:gpt-3.5-turbo --limit 1000 --injection-limit 100
+	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --limit 1000 --injection-limit 100
+	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges features --limit 1000 --injection-limit 100
+	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --limit 1000 --injection-limit 100
+	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges feature:length,feature:refusal,feature:coverage,recorded:gpt-3.5-turbo --balanced --injection-limit 100
+	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --balanced --injection-limit 100
+
+MODEL_JURORS = qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,feature:length,feature:refusal,feature:coverage
+bench-judges: bench-judges-free
+	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b:rubric,features --limit 40 --injection-limit 10
+	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges qwen2.5-coder-0.5b:pointwise,feature:length,recorded:gpt-4 --limit 40 --max-chars 600 --injection-limit 0
+	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges $(MODEL_JURORS),recorded:gpt-3.5-turbo --balanced --limit 40 --injection-limit 10
 
 # Service API load test: label round trips/s, p50/p99 latency, memory per 100,000 pairs (docs/benchmarks.md).
 bench-api: $(BIN)/python

@@ -33,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from judges.defaults import DEFAULT_JURY
 from services.commands._client import Client
 
 DATA_FILE = "vicuna80_guanaco7b_vs_gpt4.jsonl"
 BASE_NAME, TUNED_NAME = "Guanaco-7B", "GPT-4"
 VOTE_Y = {"tuned": 1.0, "base": 0.0, "tie": 0.5}
-DEFAULT_JUDGES = ("qwen2.5-coder-0.5b:pointwise",)
+DEFAULT_JUDGES = DEFAULT_JURY
 
 
 def demo_items(path: Path | None = None) -> list[dict]:

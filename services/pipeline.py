@@ -34,6 +34,12 @@ def validate_judge_spec(spec: Any) -> str | None:
     from judges.models import PRESETS
 
     if isinstance(spec, str):
+        if spec.startswith("feature:"):
+            from judges.features import FEATURES
+
+            feat = spec.removeprefix("feature:")
+            return None if feat in FEATURES else (f"unknown feature {feat!r}; valid choices: "
+                                                  f"{', '.join('feature:' + f for f in FEATURES)}")
         model, _, mode = spec.partition(":")
         if mode and mode not in MODES:
             return f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}"
@@ -111,6 +117,13 @@ class JudgeWorker:
         from judges.backends import make_backend
         from judges.jury import CRITERIA, Judge
 
+        self.criteria = list(criteria)
+        self.cache = None
+        if isinstance(spec, str) and spec.startswith("feature:"):  # a free text-feature juror: no model
+            from judges.features import FeatureJudge
+
+            self.judge = FeatureJudge(spec.removeprefix("feature:"))
+            return
         if isinstance(spec, str):
             model, _, mode = spec.partition(":")
             mspec, mode = _model_spec(model), (mode or "pairwise")
@@ -121,8 +134,6 @@ class JudgeWorker:
             mspec = {**mspec, "n_threads": n_threads}
         crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in criteria}
         self.judge = Judge(make_backend(mspec), mode=mode, name=judge_name(spec), criteria=crit)
-        self.criteria = list(criteria)
-        self.cache = None
         if cache_url:
             from services.store import RedisVoteCache
 
@@ -230,12 +241,13 @@ class Pipeline:
                 ray.init(include_dashboard=False, ignore_reinit_error=True)
         return ray
 
-    def _actor(self, key: str, cls: type, *args: Any) -> Any:
+    def _actor(self, key: str, cls: type, *args: Any, num_cpus: float | None = None) -> Any:
         if self.mode == "local":
             h = _LocalHandle(cls(*args))
         else:
             ray = self._ensure_ray()
-            remote = ray.remote(num_cpus=self.num_cpus, max_restarts=-1, max_task_retries=-1)(cls)
+            ncpu = self.num_cpus if num_cpus is None else num_cpus
+            remote = ray.remote(num_cpus=ncpu, max_restarts=-1, max_task_retries=-1)(cls)
             h = remote.remote(*args)
         self.actors[key] = h
         return h
@@ -350,7 +362,11 @@ class Pipeline:
 
         threads = []
         for spec, name in zip(meta["judges"], names, strict=True):
-            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads)
+            # a feature juror needs no core of its own; reserving one would leave a model judge unscheduled
+            # on a 2-core machine (every actor holds its CPU until all judges are done)
+            free = isinstance(spec, str) and spec.startswith("feature:")
+            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads,
+                            num_cpus=0 if free else None)
             t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
             t.start()
             threads.append(t)

@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from judges.defaults import DEFAULT_JURY
+
 HELP = ("Is the tuned model better than the base on your prompts? Generates both models' answers, has the judges "
         "vote on every pair, asks for human labels on actively chosen pairs and stops at the decision.")
 EPILOG = (
@@ -196,8 +198,8 @@ def compare(
     tuned: str | None = typer.Option(None, "--tuned", help="fine-tuned MODEL"),
     prompts: Path | None = typer.Option(None, "--prompts", help="prompts file (.txt / .jsonl / .json)"),
     pairs: Path | None = typer.Option(None, "--pairs", help="pre-generated pairs instead of --base/--tuned/--prompts"),
-    judges: str = typer.Option("qwen2.5-coder-0.5b:pointwise", "--judges",
-                               help="comma-separated judges (preset[:pairwise|pointwise], .gguf); 'none' = labels "
+    judges: str = typer.Option(",".join(DEFAULT_JURY), "--judges",
+                               help="comma-separated judges (preset[:pairwise|pointwise|rubric], .gguf, feature:NAME); 'none' = labels "
                                     "only"),
     criteria: str | None = typer.Option(None, "--criteria",
                                         help="extra per-criterion verdicts, e.g. accuracy,tone (alpha is split)"),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from judges.defaults import DEFAULT_JURY
+
 HELP = ("The whole system end to end on real recorded pairs (Vicuna-80: GPT-4 vs Guanaco-7B): local judges vote "
         "live, a simulated annotator answers from the recorded crowd votes (--human: you label in the browser), "
         "the run stops at the decision and writes the HTML report.")
@@ -18,8 +20,8 @@ EPILOG = ("Examples:  tiebreak demo  |  tiebreak demo --human  |  tiebreak demo 
 
 def demo(
     pairs: int = typer.Option(32, "--pairs", help="pool size: N of the 80 Vicuna questions, evenly spread"),
-    judges: str = typer.Option("qwen2.5-coder-0.5b:pointwise", "--judges",
-                               help="comma-separated judges (preset[:pairwise|pointwise] or .gguf path); "
+    judges: str = typer.Option(",".join(DEFAULT_JURY), "--judges",
+                               help="comma-separated judges (preset[:pairwise|pointwise|rubric], .gguf path or feature:NAME); "
                                     "'none' = labels only"),
     human: bool = typer.Option(False, "--human", help="open the annotation page and wait for your labels"),
     alpha: float = typer.Option(0.05, "--alpha", help="bound on the probability of a wrong verdict"),

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_JUDGES = "qwen2.5-coder-0.5b,qwen2.5-coder-1.5b"
+from judges.defaults import DEFAULT_JURY
+
+# Works after `make setup` alone (the 1.5B preset comes only with `make setup-large`).
+DEFAULT_JUDGES = ",".join(DEFAULT_JURY)
 
 
 def _fmt(x) -> str:
@@ -23,16 +26,26 @@ def _fmt(x) -> str:
 def judge_eval(
     path: Path = typer.Argument(..., help="JSONL in the schema of shared/data (question, response_a/b, human_label)"),
     judges: str = typer.Option(DEFAULT_JUDGES, "--judges",
-                               help="comma-separated MODEL[:pairwise|pointwise]; MODEL = preset or .gguf path"),
+                               help="comma-separated MODEL[:pairwise|pointwise] (MODEL = preset or .gguf path), "
+                                    "feature:NAME or 'features' (free text-feature jurors), recorded:NAME (verdicts "
+                                    "already in the file, e.g. recorded:gpt-4)"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate a seeded random sample of N pairs"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object as the last line"),
-    seed: int = typer.Option(0, "--seed", help="seed of the --limit sample"),
+    seed: int = typer.Option(0, "--seed", help="seed of the --limit sample and of the cross-fitting folds"),
+    balanced: bool = typer.Option(False, "--balanced", help="decisive items only, as many human A as B"),
+    folds: int = typer.Option(5, "--folds", help="folds of the cross-fitted calibration"),
+    penalty: float = typer.Option(1.0, "--calibration-penalty",
+                                  help="ridge penalty of the calibration (the sampler's run default is 20)"),
+    max_chars: int = typer.Option(1500, "--max-chars",
+                                  help="characters of each response (and of the question) a model judge reads; "
+                                       "longer ones are cut and marked '…[truncated]'"),
     injection_limit: int = typer.Option(20, "--injection-limit", help="pairs used for the injection flip rate"),
     cache: Path | None = typer.Option(None, "--cache", help="sqlite vote cache (default ~/.cache/tiebreak/votes.sqlite)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the vote cache"),
 ) -> None:
-    """Per judge and for the ensemble: decisive / 3-way agreement with human_label, swap consistency,
-    P(pick A), seconds per pair (both orders), injection flip rate."""
+    """Per judge and for the jury: decisive / 3-way agreement with human_label, the same after the sampler's
+    calibration (cross-fitted), explained label variance, swap consistency, P(pick A), seconds and
+    CPU-seconds per pair, explained variance per CPU-second, injection flip rate."""
     from judges.cache import SqliteVoteCache
     from judges.evaluate import evaluate, load_items
     from judges.jury import judges_from_names
@@ -43,12 +56,18 @@ def judge_eval(
 
     if limit is not None and limit < 1:
         fail(f"--limit must be ≥ 1, got {limit}")
+    if max_chars < 50:
+        fail(f"--max-chars must be ≥ 50, got {max_chars}")
+    if folds < 2:
+        fail(f"--folds must be ≥ 2, got {folds}")
+    if penalty <= 0:
+        fail(f"--calibration-penalty must be > 0, got {penalty}")
     names = [n.strip() for n in judges.split(",") if n.strip()]
     if not names:
-        fail("--judges is empty; give e.g. qwen2.5-coder-0.5b,qwen2.5-coder-1.5b:pointwise")
+        fail("--judges is empty; give e.g. qwen2.5-coder-0.5b:pointwise,features")
     try:
-        items = load_items(path, limit, seed)
-        jury = judges_from_names(names)
+        items = load_items(path, limit, seed, balanced=balanced)
+        jury = judges_from_names(names, max_chars=max_chars)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
         return
@@ -56,10 +75,12 @@ def judge_eval(
     if not no_cache:
         default = Path(os.environ.get("TIEBREAK_VOTE_CACHE", "~/.cache/tiebreak/votes.sqlite")).expanduser()
         vc = SqliteVoteCache(cache or default)
-    res = evaluate(items, jury, cache=vc, injection_limit=injection_limit, progress=not json_out)
+    res = evaluate(items, jury, cache=vc, injection_limit=injection_limit, progress=not json_out, folds=folds,
+                   seed=seed, penalty=penalty)
     res["path"] = str(path)
-    cols = ["decisive_agreement", "decisive_agreement_calibrated", "three_way_agreement", "swap_consistency",
-            "p_pick_a", "seconds_per_pair", "injection_flip_rate", "n_decisive"]
+    cols = ["decisive_agreement", "decisive_agreement_calibrated", "explained_variance", "three_way_agreement",
+            "swap_consistency", "p_pick_a", "seconds_per_pair", "cpu_seconds_per_pair",
+            "explained_variance_per_cpu_second", "injection_flip_rate", "n_decisive"]
     if not json_out:
         from rich.console import Console
         from rich.table import Table
@@ -68,8 +89,13 @@ def judge_eval(
         t.add_column("judge")
         for c in cols:
             t.add_column(c.replace("_", " "))
-        for n, m in [*res["judges"].items(), ("ensemble", res["ensemble"])]:
+        for n, m in [*res["judges"].items(), ("jury", res["ensemble"])]:
             t.add_row(n, *[_fmt(m.get(c)) for c in cols])
-        Console(width=220).print(t)
+        con = Console(width=240)
+        con.print(t)
+        cal = res["calibration"]
+        con.print(f"calibrated = {cal['folds']}-fold cross-fitted {cal['family']}, penalty {cal['penalty']}; "
+                  f"jury calibrated injection flip rate {_fmt(res['ensemble'].get('injection_flip_rate_calibrated'))}; "
+                  f"'longer wins' {_fmt(res['baselines']['longer_wins_decisive_agreement'])}")
     else:
         typer.echo(json.dumps(res))

@@ -115,3 +115,22 @@ def test_demo_with_a_real_judge_on_ray(tmp_path):
     assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None
     html = out.read_text()
     assert "gemma-3-270m-base" in html and "Judge agreement and bias" in html
+
+
+@pytest.mark.slow
+def test_demo_default_jury_on_ray(tmp_path):
+    """`make run`'s default jury (judges.defaults.DEFAULT_JURY: free feature jurors) on local Ray: the feature
+    actors reserve no CPU, so on a 2-core machine they cannot leave each other unscheduled (a hang)."""
+    from judges.defaults import DEFAULT_JURY
+
+    out = tmp_path / "demo.html"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0",
+         "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n_pairs"] == 12 and summary["judging_seconds"] is not None
+    html = out.read_text()
+    assert all(name in html for name in DEFAULT_JURY)

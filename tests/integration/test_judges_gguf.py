@@ -103,3 +103,28 @@ def test_openai_backend_clear_error_when_unreachable():
     api.backoff = 0.01
     with pytest.raises(BackendError, match="failed after 2 attempts"):
         api.generate(["hi"], max_tokens=1)
+
+
+def test_rubric_questions_reuse_the_cached_prefix(qwen):
+    """Rubric mode asks its questions about one response back to back; llama.cpp's prompt cache evaluates
+    the shared prefix (system, question, response) once, so each further question costs a fraction of the
+    first. CPU-seconds (not wall time) so that other load on the machine does not decide the outcome."""
+    import time
+
+    calls = []
+
+    class Timed(Counting):
+        def choice_logprobs(self, prompt, choices):
+            c0 = time.process_time()
+            out = super().choice_logprobs(prompt, choices)
+            calls.append(time.process_time() - c0)
+            return out
+
+    long = " ".join(f"Step {i}: add {i} to the running total and write the total down." for i in range(25))
+    j = Judge(Timed(qwen), mode="rubric", max_chars=1500)
+    scores, _secs, cpu, hit = j.rubric_scores("Sum the numbers from 1 to 25 step by step.", long)
+    assert not hit and set(scores) == set(j.rubric) and all(0.0 <= p <= 1.0 for p in scores.values())
+    assert len(calls) == len(j.rubric) and cpu == pytest.approx(sum(calls), rel=0.2, abs=0.05)
+    assert max(calls[1:]) < 0.6 * calls[0], calls
+    v = j.vote("What is 2 + 2?", BAD, GOOD)
+    assert 0.0 <= v.p_tuned_better <= 1.0 and len(v.extra) == len(j.rubric) and v.cpu_seconds > 0
