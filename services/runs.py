@@ -262,6 +262,13 @@ class RunService:
             self._check_pair_ids(pairs, set())
             supplied = [p.get("judge_votes") for p in pairs]
             if any(v is not None for v in supplied):
+                # Supplied votes are all the run will get (no judge runs for them): a pair without any would
+                # never become ready, and the run would wait for it for ever.
+                missing = next((i for i, v in enumerate(supplied) if v is None), None)
+                if missing is not None:
+                    raise BadInput(f"pair {pairs[missing].get('id')!r} has no judge_votes while other pairs do: "
+                                   "give every pair judge_votes ({judge: null} for a missing vote), or none "
+                                   "and name the judges to run", f"pairs.{missing}.judge_votes")
                 names = sorted({k for v in supplied if v for k in v})
                 meta["judge_names"] = names
             elif judges:
@@ -388,6 +395,12 @@ class RunService:
                                "pairs")
             self._check_pair_ids(pairs, rt.pair_index)
             meta = rt.meta
+            if meta.get("judge_names") and not meta["judges"]:      # a run over supplied votes only
+                missing = next((i for i, p in enumerate(pairs) if p.get("judge_votes") is None), None)
+                if missing is not None:
+                    raise BadInput(f"pair {pairs[missing].get('id')!r} has no judge_votes, and this run's votes "
+                                   "are supplied, not judged: give judge_votes ({judge: null} for a missing vote)",
+                                   f"pairs.{missing}.judge_votes")
             if meta["judges"] and any(p.get("judge_votes") is None for p in pairs):
                 meta["status"] = "judging"
             self._store_pairs(rt, pairs)

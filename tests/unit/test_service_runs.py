@@ -195,6 +195,24 @@ def test_bad_input_names_the_field(store):
     assert e.value.field == "pairs.0.judge_votes"
 
 
+def test_pairs_without_votes_beside_supplied_votes_are_refused_not_left_waiting(store):
+    # Supplied votes are all such a run gets: a pair without any never became ready and the run (and the
+    # annotators' `next`) waited for it for ever.
+    svc = RunService(store)
+    pairs = _pairs(3)
+    pairs[1]["judge_votes"] = None
+    with pytest.raises(BadInput) as e:
+        svc.create_run(_spec(pairs, seed=3))
+    assert e.value.field == "pairs.1.judge_votes"
+    rid = svc.create_run(_spec(_pairs(3), seed=3))
+    with pytest.raises(BadInput) as e:
+        svc.add_pairs(rid, [{"id": "late", "prompt": "", "base": "", "tuned": ""}])
+    assert e.value.field == "pairs.0.judge_votes"
+    assert svc.status(rid)["n_pairs"] == 3
+    svc.add_pairs(rid, [{"id": "late", "prompt": "", "base": "", "tuned": "", "judge_votes": {"j1": None}}])
+    assert svc.status(rid)["n_pairs"] == 4
+
+
 def test_budget_gives_undecided(store):
     svc = RunService(store)
     rid = svc.create_run(_spec(_pairs(400, votes=False), judges=[], seed=9, budget=12))
