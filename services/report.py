@@ -592,7 +592,7 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
     """
     from sampler.engine import Comparison, ComparisonConfig
 
-    pool = [list(v) if isinstance(v, (list, tuple)) else [float(v)] for v in labels_by_item]
+    pool = [list(v) if isinstance(v, Sequence) else [float(v)] for v in labels_by_item]
     if not pool:
         raise ValueError("uniform_baseline needs at least one labelled pair")
     rng = np.random.default_rng(seed)
