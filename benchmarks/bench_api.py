@@ -93,6 +93,8 @@ def main() -> None:
     d = tempfile.mkdtemp(prefix="tiebreak-bench-")
     with ServeProcess(d, admin_token=ADMIN) as s:
 
+        if s.proc is None:
+            raise RuntimeError("tiebreak serve did not start")
         pid = s.proc.pid
         rss0 = rss_mb(pid)
         mem0 = httpx.get(f"{s.url}/metrics", headers=H).status_code and _redis_used(d)
@@ -123,7 +125,7 @@ def main() -> None:
                     t = time.perf_counter()
                     code, v = c_get(c, f"/v1/runs/{rid}/next?annotator=a{k}")
                     t1 = time.perf_counter()
-                    if code != 200:
+                    if code != 200 or v is None:   # 200 always carries the leased pair
                         errors.append(code)
                         return
                     code, _ = c_post(c, f"/v1/runs/{rid}/labels", {"pair_id": v["pair_id"], "lease_id": v["lease_id"],

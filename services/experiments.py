@@ -43,6 +43,7 @@ experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) ch
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import threading
@@ -479,11 +480,13 @@ class ExperimentService:
             raise NotFound("experiment", f"no experiment {exp_id!r}")
         return rec
 
+    # The API's name for "every experiment id". Below it, inside this class, ``list`` is this method, so the
+    # annotations that follow spell the type ``builtins.list``.
     def list(self) -> list[str]:
         return sorted(k.split(":", 1)[1] for k in self.kv.keys("exp:"))
 
     @staticmethod
-    def _check_protect_slices(names: Any, prompts: list[dict]) -> tuple[str, ...]:
+    def _check_protect_slices(names: Any, prompts: builtins.list[dict]) -> tuple[str, ...]:
         if names is None:
             return ()
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
@@ -496,7 +499,7 @@ class ExperimentService:
         return tuple(dict.fromkeys(names))
 
     @staticmethod
-    def _check_outputs(field_name: str, outputs: Any, prompts: list[dict]) -> dict[str, str]:
+    def _check_outputs(field_name: str, outputs: Any, prompts: builtins.list[dict]) -> dict[str, str]:
         if not isinstance(outputs, dict):
             raise ExperimentError(field_name, "must be an object {prompt_id: text}")
         out = {str(k): v for k, v in outputs.items()}
@@ -545,7 +548,7 @@ class ExperimentService:
                     model = None
             k = len(rec["checkpoints"]) + 1
             alpha_k = spend_alpha(rec["alpha"], k)
-            ck = {"checkpoint": name, "index": k, "alpha": alpha_k, "model": model, "runs": {},
+            ck: dict[str, Any] = {"checkpoint": name, "index": k, "alpha": alpha_k, "model": model, "runs": {},
                   "submitted_at": time.time(), "status": "ready"}
             missing = [s for s in ("base", name) if s not in rec["outputs"]]
             if missing and self.async_generation:
@@ -626,7 +629,7 @@ class ExperimentService:
     def rule(self, rec: dict) -> SignalRule:
         return SignalRule(**rec["rule"])
 
-    def verdicts(self, rec: dict) -> list[CheckpointVerdict]:
+    def verdicts(self, rec: dict) -> builtins.list[CheckpointVerdict]:
         out = []
         for c in rec["checkpoints"]:
             views = {}
@@ -707,7 +710,7 @@ class ExperimentService:
         if th is not None:
             th.join(timeout)
 
-    def run_ids(self, exp_id: str) -> list[str]:
+    def run_ids(self, exp_id: str) -> builtins.list[str]:
         rec = self.get(exp_id)
         return [r["run_id"] for c in rec["checkpoints"] for r in c["runs"].values()]
 
