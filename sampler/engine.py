@@ -31,6 +31,8 @@ Adding pairs after labels exist starts a new pool version e. Every version's ver
 across versions: version 0 gets (1 - r) alpha and version e >= 1 half of what is left, alpha_e = r alpha / 2^e
 (r = pool_growth_alpha_share, 0.05), so sum_e alpha_e = alpha: the probability that *any* verdict the run ever
 gives (including one before pairs were added, reopened afterwards) is wrong stays <= alpha (union bound).
+A closed pool (r = 0: the replay, where the pool is fixed by construction) runs version 0 at the full alpha and
+refuses add_items once labels exist, since no alpha is left for a second version.
 Labels already collected are reused for free when their pair is drawn again.
 """
 
@@ -75,7 +77,8 @@ class ComparisonConfig:
     confidence_sequence: str = "betting"  # or "asymptotic" (Gaussian-mixture, asymptotically valid only)
     label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
     noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
-    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each)
+    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each);
+                                           # 0: a closed pool (full alpha, add_items raises)
     variance_adaptive_bets: bool = True   # scale the bets by (label variance / observation variance), predictable
     bets: BetSchedule = field(default_factory=BetSchedule)
 
@@ -90,8 +93,8 @@ class ComparisonConfig:
             raise ValueError(f"confidence_sequence must be one of {', '.join(CONFIDENCE_SEQUENCES)} "
                              f"(got {self.confidence_sequence!r})")
         DecisionRule(self.margin, self.budget)  # validates margin and budget
-        if not 0 < self.pool_growth_alpha_share < 1:
-            raise ValueError("pool_growth_alpha_share must lie in (0, 1)")
+        if not 0 <= self.pool_growth_alpha_share < 1:
+            raise ValueError("pool_growth_alpha_share must lie in [0, 1) (0: a closed pool, no pairs can be added)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -479,6 +482,10 @@ class Comparison:
         if new.shape[1] != self.votes.shape[1]:
             raise ValueError(f"new pairs need one vote column per judge ({self.votes.shape[1]})")
         if self.draws:
+            if self.config.pool_growth_alpha_share == 0:
+                raise ValueError("this comparison's pool is closed (pool_growth_alpha_share=0: it runs at the full "
+                                 "alpha, none is kept for growth); start a new comparison for the larger pool, or "
+                                 "create it with pool_growth_alpha_share > 0")
             self.pool_version += 1
         self._set_pool(np.vstack([self.votes, new]))
         # Past labels stay: they will be consumed for free when drawn.

@@ -90,7 +90,11 @@ def replay_once(pool: ReplayPool, config: ComparisonConfig, rng: np.random.Gener
 
 def replay(pool: ReplayPool, config: ComparisonConfig, runs: int, seed: int,
            prior: JudgeCalibration | None = None) -> ReplaySummary:
-    """`runs` independent runs; run r uses Generator(PCG64(seed, r)) so any run can be reproduced alone."""
+    """`runs` independent runs; run r uses Generator(PCG64(seed, r)) so any run can be reproduced alone.
+
+    The replayed pool is closed by construction (no pairs are ever added), so every run is a closed-pool
+    comparison at the full alpha (pool_growth_alpha_share = 0)."""
+    config = replace(config, pool_growth_alpha_share=0.0)
     if pool.noisy and not config.label_noise:
         config = replace(config, label_noise=True)
     seeds = np.random.SeedSequence(seed).spawn(runs)
