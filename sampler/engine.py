@@ -158,6 +158,7 @@ def noise_bound(t: int, alpha: float, rho: float = 25.0) -> float:
 
 
 ACTIVE_MIN_GAIN = 0.9  # active sampling only if its predicted residual variance is <= 0.9 x uniform's
+ACTIVE_MIN_LABELS = 20  # ... and only once the spread model (a second-moment fit) has this many labels
 REFIT_GROWTH = 0.1     # refit whenever the processed labels have grown by 10 % ...
 REFIT_MIN_STEP = 1     # ... or by this many labels, whichever is more
 
@@ -442,11 +443,15 @@ class Comparison:
         Horvitz-Thompson residual term relative to uniform sampling is about
             ratio = mean_i( s_i^2 / (gamma + (1 - gamma) s_i / mean(s)) ) / mean(s^2)
         (Neyman allocation with a floor; Zrnic & Candes 2024). Active sampling also widens the observation's
-        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN.
+        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN, and
+        only once the calibration rests on ACTIVE_MIN_LABELS labels: the spread model is a fit of squared
+        residuals, noisier than the mean's, and with fewer labels a useless judge's spurious spread turned
+        active sampling on (useless-judge PandaLM pools with kappa = 1 in select_fit: worst 1.044x classical
+        with active from the first fit, 1.021x from 20 labels; docs/statistics.md).
         A function of the calibration alone (whole pool, not the remaining pairs), hence predictable and
         reproduced exactly on reload.
         """
-        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0):
+        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels >= ACTIVE_MIN_LABELS):
             self.sampler.set_scores(None)
             self.active_in_use = False
             return
