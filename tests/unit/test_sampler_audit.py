@@ -170,7 +170,7 @@ def test_a_closed_pool_runs_at_the_full_alpha_and_refuses_growth():
 
 
 def test_replay_runs_closed_pools_at_the_full_alpha():
-    from sampler.replay import ReplayPool, replay_once, replay
+    from sampler.replay import ReplayPool, replay, replay_once
     pool = ReplayPool(tuple(np.array([v]) for v in [1.0] * 40 + [0.0] * 10), np.empty((50, 0)))
     full = replay(pool, ComparisonConfig(method="classical", alpha=0.05), runs=1, seed=0)
     # the same run in a growable comparison keeps 5 % of alpha back: same draws, a wider interval
