@@ -304,7 +304,9 @@ class Pipeline:
                 have.update({f"{side}:{pid}": text for pid, text in result.items()})
                 if self.metrics:
                     self.metrics.generated.inc(len(result))
-                svc.set_status(rid, "generating", progress={"generated": len(have), "to_generate": total})
+                both = sum(1 for p, _ in prompts if f"base:{p}" in have and f"tuned:{p}" in have)
+                svc.set_status(rid, "generating", progress={"generated": len(have), "to_generate": total,
+                                                            "pairs_generated": both})
             return cb
 
         threads = []

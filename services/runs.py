@@ -1201,6 +1201,11 @@ class RunService:
             "slices": {}, "slice_warnings": list(meta.get("slice_warnings") or []),
             "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()),
         }
+        # progress of the machines and the humans (a streaming run labels while the first two still grow)
+        progress = meta.get("progress") or {}
+        out["generated"] = len(rt.pair_ids) if rt.pair_ids else int(progress.get("pairs_generated", 0))
+        out["judged"] = rt.n_voted if meta["judge_names"] else 0
+        out["progress"] = dict(progress)
         if meta.get("slices"):
             out["alpha_split"] = alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(rt.criteria))
         for name, comp in rt.comps.items():
@@ -1211,6 +1216,7 @@ class RunService:
                  "slices": {k: v.to_dict() for k, v in comp.slice_statuses().items()}}
             if name == OVERALL:
                 out.update(d)
+                out["progress"]["labels"] = s.labels   # the overall verdict's labels, as "labels" above
             else:
                 out["criteria"][name] = d
         return out

@@ -182,6 +182,9 @@ class RunStatus(BaseModel):
     status: Literal["generating", "judging", "ready", "failed"]
     n_pairs: int
     votes: int = Field(description="pairs with judge votes")
+    generated: int = Field(0, description="pairs whose two outputs exist (all of them for a run over given pairs)")
+    judged: int = Field(0, description="pairs whose judge votes have arrived (0 without judges); a streaming run "
+                                       "hands out pairs while this still grows")
     labels: int = Field(description="pairs whose human label entered the sampler")
     annotations: int = Field(description="individual annotator verdicts received")
     estimate: float | None

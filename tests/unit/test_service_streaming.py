@@ -33,7 +33,7 @@ def _tuned_wins(i: int) -> bool:
     return i % 4 != 0
 
 
-def _label(svc, rid, k, annotator="a"):
+def _label(svc, rid, k, annotator="a", criteria=()):
     done = 0
     for _ in range(k):
         v = svc.next_pair(rid, annotator)
@@ -43,7 +43,7 @@ def _label(svc, rid, k, annotator="a"):
         tuned_left = v["left"].startswith("tuned")
         verdict = "left" if tuned_left == _tuned_wins(i) else "right"
         svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": annotator, "verdict": verdict,
-                               "lease_id": v["lease_id"], "criteria": {"tone": verdict}})
+                               "lease_id": v["lease_id"], "criteria": {c: verdict for c in criteria}})
         done += 1
     return done
 
@@ -55,13 +55,13 @@ def test_labels_before_any_vote_and_votes_out_of_order_reload_exactly(store):
                           "criteria": ["tone"]})
     st = svc.status(rid)
     assert st["status"] == "judging" and st["votes"] == 0
-    assert _label(svc, rid, 8) == 8                     # labels before any vote
+    assert _label(svc, rid, 8, criteria=["tone"]) == 8                     # labels before any vote
     rng = np.random.default_rng(0)
     order = rng.permutation(n)
     crit = ("overall", "tone")
     for chunk in np.array_split(order[:300], 7):        # votes out of order, between labels
         svc.add_votes(rid, {int(i): _vote(int(i), crit) for i in chunk})
-        _label(svc, rid, 6)
+        _label(svc, rid, 6, criteria=["tone"])
     st = svc.status(rid)
     assert st["status"] == "judging" and st["votes"] == 300
     ov = svc.runtime(rid).comps[OVERALL]
@@ -85,7 +85,7 @@ def test_labels_before_any_vote_and_votes_out_of_order_reload_exactly(store):
     svc.close()
     svc2.add_votes(rid, {int(i): _vote(int(i), crit) for i in order[300:]})
     assert svc2.status(rid)["status"] == "ready" and svc2.status(rid)["votes"] == n
-    _label(svc2, rid, 200)
+    _label(svc2, rid, 200, criteria=["tone"])
     assert svc2.status(rid)["decision"] == "better"
     svc2.close()
 
@@ -103,4 +103,23 @@ def test_first_pair_is_served_before_any_vote_and_added_pairs_stream_too(store):
     assert ov.n_items == 60 and not ov.voted[50:].any() and ov.voted[:50].all()
     svc.add_votes(rid, {i: {"overall": [0.6]} for i in range(50, 60)})
     assert svc.status(rid)["status"] == "ready" and ov.n_voted == 60
+    svc.close()
+
+
+def test_status_shows_generated_judged_and_labels(store):
+    svc = RunService(store)
+    rid = svc.create_run({"name": "s", "pairs": _pairs(30), "judges": ["judge-a"], "seed": 5})
+    st = svc.status(rid)
+    assert (st["generated"], st["judged"], st["labels"]) == (30, 0, 0)
+    _label(svc, rid, 3)
+    svc.add_votes(rid, {i: {"overall": [0.7]} for i in range(12)})
+    st = svc.status(rid)
+    assert (st["generated"], st["judged"], st["labels"], st["votes"]) == (30, 12, 3, 12)
+    assert st["progress"]["labels"] == 3 and st["progress"]["judged"] == 12
+    from services.api.models import RunStatus
+    assert RunStatus.model_validate(st).model_dump()["judged"] == 12   # the API's response model keeps them
+    gen = svc.create_run({"name": "g", "generate": {"base": "b.gguf", "tuned": "t.gguf", "prompts": [
+        {"id": "x", "text": "hi"}]}, "seed": 6})
+    st = svc.status(gen)
+    assert st["status"] == "generating" and (st["generated"], st["judged"], st["labels"]) == (0, 0, 0)
     svc.close()
