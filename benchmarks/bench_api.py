@@ -101,7 +101,9 @@ def main() -> None:
     a = ap.parse_args()
     H = {"Authorization": f"Bearer {ADMIN}"}
     d = tempfile.mkdtemp(prefix="tiebreak-bench-")
-    with ServeProcess(d, admin_token=ADMIN, pipeline=a.pipeline) as s:
+    # 100,000 pairs of ~600 characters are ~70 MB of JSON in one create request: above the default 32 MiB body
+    # limit (which exists for untrusted clients; a client of a real server sends batches, docs/api.md)
+    with ServeProcess(d, admin_token=ADMIN, pipeline=a.pipeline, env={"TIEBREAK_MAX_BODY_MB": "256"}) as s:
 
         pid = s.proc.pid
         rss0 = rss_mb(pid)
