@@ -247,9 +247,10 @@ def main() -> None:
         f"Measured by `make bench` (`python -m benchmarks.engine`) on {platform.machine()}, "
         f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}, shared with other work; "
         f"{time.strftime('%Y-%m-%d')}. Confidence sequence: mixture-of-bets betting CS without replacement "
-        "(sampler/confseq.py), alpha = 0.05 (of which 0.95 alpha is spent on the pool as given, 5 % kept for "
-        "pool growth), margin 0, no budget (a run ends at its decision or when the pool is exhausted). "
-        "Calibration: shrinkage chosen by leave-one-out on past labels (docs/statistics.md).",
+        "(sampler/confseq.py), alpha = 0.05 (a replayed pool is closed, so the whole alpha is spent on it; the "
+        "service keeps 5 % for pool growth), margin 0, no budget (a run ends at its decision or when the pool is "
+        "exhausted). Calibration: fit chosen by leave-one-out on past labels, trusted with an empirical-Bayes "
+        "weight (docs/statistics.md).",
         "",
         "### Labels to decision, Chatbot Arena (47 pairs with >= 200 battles, all |theta - 1/2| >= 0.03)",
         "",

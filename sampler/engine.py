@@ -31,6 +31,8 @@ Adding pairs after labels exist starts a new pool version e. Every version's ver
 across versions: version 0 gets (1 - r) alpha and version e >= 1 half of what is left, alpha_e = r alpha / 2^e
 (r = pool_growth_alpha_share, 0.05), so sum_e alpha_e = alpha: the probability that *any* verdict the run ever
 gives (including one before pairs were added, reopened afterwards) is wrong stays <= alpha (union bound).
+A closed pool (r = 0: the replay, where the pool is fixed by construction) runs version 0 at the full alpha and
+refuses add_items once labels exist, since no alpha is left for a second version.
 Labels already collected are reused for free when their pair is drawn again.
 """
 
@@ -76,7 +78,8 @@ class ComparisonConfig:
     confidence_sequence: str = "betting"  # or "asymptotic" (Gaussian-mixture, asymptotically valid only)
     label_noise: bool = False            # a label is one random vote of the pair (see noise_bound)
     noise_alpha_share: float = 0.2       # share of alpha spent on the vote-noise bound when label_noise
-    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each)
+    pool_growth_alpha_share: float = 0.05  # r: alpha kept back for pool versions 1, 2, ... (r alpha / 2^e each);
+                                           # 0: a closed pool (full alpha, add_items raises)
     variance_adaptive_bets: bool = True   # scale the bets by (label variance / observation variance), predictable
     bets: BetSchedule = field(default_factory=BetSchedule)
 
@@ -91,8 +94,8 @@ class ComparisonConfig:
             raise ValueError(f"confidence_sequence must be one of {', '.join(CONFIDENCE_SEQUENCES)} "
                              f"(got {self.confidence_sequence!r})")
         DecisionRule(self.margin, self.budget)  # validates margin and budget
-        if not 0 < self.pool_growth_alpha_share < 1:
-            raise ValueError("pool_growth_alpha_share must lie in (0, 1)")
+        if not 0 <= self.pool_growth_alpha_share < 1:
+            raise ValueError("pool_growth_alpha_share must lie in [0, 1) (0: a closed pool, no pairs can be added)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -156,6 +159,7 @@ def noise_bound(t: int, alpha: float, rho: float = 25.0) -> float:
 
 
 ACTIVE_MIN_GAIN = 0.9  # active sampling only if its predicted residual variance is <= 0.9 x uniform's
+ACTIVE_MIN_LABELS = 20  # ... and only once the spread model (a second-moment fit) has this many labels
 REFIT_GROWTH = 0.1     # refit whenever the processed labels have grown by 10 % ...
 REFIT_MIN_STEP = 1     # ... or by this many labels, whichever is more
 
@@ -535,11 +539,15 @@ class Comparison:
         Horvitz-Thompson residual term relative to uniform sampling is about
             ratio = mean_i( s_i^2 / (gamma + (1 - gamma) s_i / mean(s)) ) / mean(s^2)
         (Neyman allocation with a floor; Zrnic & Candes 2024). Active sampling also widens the observation's
-        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN.
+        range by max_weight, which costs the betting CS; so it is used only when ratio <= ACTIVE_MIN_GAIN, and
+        only once the calibration rests on ACTIVE_MIN_LABELS labels: the spread model is a fit of squared
+        residuals, noisier than the mean's, and with fewer labels a useless judge's spurious spread turned
+        active sampling on (useless-judge PandaLM pools with kappa = 1 in select_fit: worst 1.044x classical
+        with active from the first fit, 1.021x from 20 labels; docs/statistics.md).
         A function of the calibration alone (whole pool, not the remaining pairs), hence predictable and
         reproduced exactly on reload.
         """
-        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels > 0):
+        if not (self.gamma < 1.0 and self.uses_judges and self.calibration.n_labels >= ACTIVE_MIN_LABELS):
             self.sampler.set_scores(None)
             self.active_in_use = False
             return
@@ -584,6 +592,10 @@ class Comparison:
                     else np.asarray(slice_member, dtype=bool).reshape(new.shape[0], len(self.slices.names)))
             self.slices.member = np.vstack([self.slices.member, rows])
         if self.draws:
+            if self.config.pool_growth_alpha_share == 0:
+                raise ValueError("this comparison's pool is closed (pool_growth_alpha_share=0: it runs at the full "
+                                 "alpha, none is kept for growth); start a new comparison for the larger pool, or "
+                                 "create it with pool_growth_alpha_share > 0")
             self.pool_version += 1
         self._use_arrived_votes()  # a new pool version starts from a fresh calibration: nothing to keep back
         new_voted = np.ones(new.shape[0], dtype=bool) if voted is None else np.asarray(voted, dtype=bool)

@@ -84,7 +84,9 @@ def test_false_decisions_at_most_alpha_batched_shuffled_exhausting(method, judge
     for r in range(runs):
         y, votes = _symmetric_pool(10, seed=r, judge_noise=judge_noise)
         rng = np.random.default_rng([1, r])
-        cmp = Comparison(votes, config=ComparisonConfig(method=method, alpha=0.2, grid_resolution=20), rng=rng)
+        # a closed pool: the CS runs at the full alpha (none kept for growth), the harder case to keep valid
+        cmp = Comparison(votes, config=ComparisonConfig(method=method, alpha=0.2, grid_resolution=20,
+                                                        pool_growth_alpha_share=0.0), rng=rng)
         _drive_batched(cmp, y, rng)
         wrong += cmp.decision.value in ("better", "worse")
         exhausted += cmp.processed == y.size
@@ -99,7 +101,8 @@ def test_false_decisions_at_most_alpha_batched_shuffled_exhausting_many_runs(met
     for r in range(runs):
         y, votes = _symmetric_pool(12, seed=10_000 + r, judge_noise=None if r % 2 else 0.2)
         rng = np.random.default_rng([2, r])
-        cmp = Comparison(votes, config=ComparisonConfig(method=method, alpha=0.2, grid_resolution=20), rng=rng)
+        cmp = Comparison(votes, config=ComparisonConfig(method=method, alpha=0.2, grid_resolution=20,
+                                                        pool_growth_alpha_share=0.0), rng=rng)
         _drive_batched(cmp, y, rng, batch=int(rng.integers(1, 12)))
         wrong += cmp.decision.value in ("better", "worse")
     assert wrong / runs <= 0.2 + 2 * math.sqrt(0.2 * 0.8 / runs)
@@ -148,6 +151,34 @@ def test_pool_versions_spend_at_most_alpha_in_total():
     assert sum(spent) <= 0.05 + 1e-15  # ... and every verdict it can give is paid from the same alpha
     assert spent[0] == pytest.approx(0.95 * 0.05)
     assert all(b == pytest.approx(a / 2) for a, b in zip(spent[1:], spent[2:], strict=False))
+
+
+def test_a_closed_pool_runs_at_the_full_alpha_and_refuses_growth():
+    closed = ComparisonConfig(method="classical", alpha=0.05, pool_growth_alpha_share=0.0)
+    cmp = Comparison(None, n_items=50, config=closed, rng=np.random.default_rng(5))
+    assert cmp.alpha == 0.05 and cmp.cs.alpha == 0.05 and cmp.status().alpha == 0.05
+    cmp.add_items(np.empty((5, 0)))  # before any draw the pool may still grow: nothing has been spent
+    assert cmp.n_items == 55 and cmp.pool_version == 0
+    cmp.next_items(1)
+    with pytest.raises(ValueError, match="closed"):
+        cmp.add_items(np.empty((5, 0)))
+    assert cmp.n_items == 55 and cmp.pool_version == 0
+    with pytest.raises(ValueError, match="pool_growth_alpha_share"):
+        ComparisonConfig(pool_growth_alpha_share=-0.1)
+    # the service's default stays growable
+    assert ComparisonConfig().pool_growth_alpha_share > 0
+
+
+def test_replay_runs_closed_pools_at_the_full_alpha():
+    from sampler.replay import ReplayPool, replay_once, replay
+    pool = ReplayPool(tuple(np.array([v]) for v in [1.0] * 40 + [0.0] * 10), np.empty((50, 0)))
+    full = replay(pool, ComparisonConfig(method="classical", alpha=0.05), runs=1, seed=0)
+    # the same run in a growable comparison keeps 5 % of alpha back: same draws, a wider interval
+    growable = replay_once(pool, ComparisonConfig(method="classical", alpha=0.05), np.random.default_rng(
+        np.random.SeedSequence(0).spawn(1)[0]))
+    assert full.outcomes[0].decision == growable.decision == "better"
+    assert full.outcomes[0].labels <= growable.labels
+    assert full.outcomes[0].lower > growable.lower and full.outcomes[0].upper <= growable.upper
 
 
 # ---------------------------------------------------------------------------------------- 5. exact reload

@@ -41,16 +41,62 @@ def _judged(n, strength, rng):
 def test_a_strong_judge_is_trusted_after_a_few_labels_and_a_useless_one_is_dropped():
     rng = np.random.default_rng(1)
     bases = [np.zeros(4), identity_coef(4)]
-    reference = (0, np.inf)  # g = the label mean: the labels-only observation
-    strong = [select_fit(*_judged(20, 0.85, rng), bases) != reference for _ in range(100)]
-    useless = [select_fit(*_judged(20, 0.0, rng), bases) == reference for _ in range(100)]
-    assert np.mean(strong) >= 0.9      # the judge is used at 20 labels
-    assert np.mean(useless) >= 0.8     # and a useless one is not
+    # weight 0: g = the label mean, the labels-only observation
+    strong = [select_fit(*_judged(20, 0.85, rng), bases)[2] for _ in range(100)]
+    useless = [select_fit(*_judged(20, 0.0, rng), bases)[2] for _ in range(100)]
+    assert np.mean(np.asarray(strong) > 0) >= 0.9   # the judge is used at 20 labels ...
+    assert np.mean(strong) >= 0.8                   # ... with most of its fitted weight (measured 0.91)
+    assert np.mean(np.asarray(useless) == 0) >= 0.7  # and a useless one mostly not (measured 0.79) ...
+    assert np.mean(useless) <= 0.15                  # ... and with little weight when it is (measured 0.075)
     # the fitted calibration follows: strong -> votes carry weight; useless -> (nearly) constant
     x, y = _judged(30, 0.85, rng)
     assert sum(fit_calibration(x, y).coef[:2]) > 0.5
     x, y = _judged(30, 0.0, np.random.default_rng(3))
     assert np.ptp(fit_calibration(x, y).predict(x)) < 0.2
+
+
+def test_the_judge_weight_is_the_shrunk_out_of_sample_power_tuning_coefficient():
+    """w = clip((C/D)(1 - kappa s^2/C^2)+, 0, 1) from leave-one-out predictions computed by refitting without
+    each pair (brute force), for the (base, penalty) select_fit chose."""
+    from sampler.calibration import EB_NOISE
+    rng = np.random.default_rng(11)
+    x, y = _judged(40, 0.5, rng)
+    bases = [np.zeros(4), identity_coef(4)]
+    k, pen, w = select_fit(x, y, bases)
+    assert 0 < w < 1
+    n = y.size
+    r, d = np.empty(n), np.empty(n)
+    for i in range(n):
+        keep = np.arange(n) != i
+        b0, delta = ridge_fit(x[keep], y[keep] - x[keep] @ bases[k], pen)
+        mean_i = y[keep].mean()
+        r[i] = y[i] - mean_i
+        d[i] = b0 + x[i] @ (bases[k] + delta) - mean_i
+    c, dd, s2 = np.mean(r * d), np.mean(d * d), np.var(r * d, ddof=1) / n
+    assert w == pytest.approx(min(1.0, c / dd * max(0.0, 1 - EB_NOISE * s2 / c**2)), rel=1e-7)
+    # and the calibration is the label mean moved w of the way to that fit
+    cal = fit_calibration(x, y)
+    b0, delta = ridge_fit(x, y - x @ bases[k], pen)
+    full = b0 + x @ (bases[k] + delta)
+    assert np.clip(y.mean() + w * (full - y.mean()), 0, 1) == pytest.approx(cal.predict(x), abs=1e-9)
+
+
+def test_active_sampling_waits_for_enough_labels_for_the_spread_model():
+    """Fails with active sampling allowed from the first fit (ACTIVE_MIN_LABELS = 1)."""
+    from sampler.engine import ACTIVE_MIN_LABELS
+    rng = np.random.default_rng(12)
+    n = 300
+    sure = rng.random(n) < 0.6  # vote 1 always right, the other votes coin flips (as below): active pays
+    y = np.where(sure, 1.0, rng.choice([0.0, 1.0], size=n))
+    cmp = Comparison(sure.astype(float)[:, None], config=ComparisonConfig(method="active", alpha=1e-9),
+                     rng=np.random.default_rng(13))
+    used = []
+    for _ in range(60):
+        (i,) = cmp.next_items(1)
+        cmp.record_label(i, float(y[i]))
+        used.append((cmp.calibration.n_labels, cmp.active_in_use))
+    assert not any(a for labels, a in used if labels < max(ACTIVE_MIN_LABELS, 20))
+    assert used[-1][1]
 
 
 def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_judge():
