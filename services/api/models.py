@@ -88,6 +88,16 @@ class GenerateIn(Strict):
     max_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
+    @field_validator("base", "tuned")
+    @classmethod
+    def _prompt_format(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from judges.backends import prompt_format_problem
+
+        why = prompt_format_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
+
     @model_validator(mode="after")
     def _unique(self) -> GenerateIn:
         ids = [p.id for p in self.prompts]
