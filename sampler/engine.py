@@ -416,7 +416,7 @@ class Comparison:
         """Pairs whose votes are in use or have arrived (used from the next refit)."""
         return int(self.voted.sum()) + sum(1 for i in self._arrived if not self.voted[i])
 
-    def _votes_known(self) -> np.ndarray:
+    def votes_received(self) -> np.ndarray:
         """Every vote received: those in use and those that arrived since the last refit."""
         if not self._arrived:
             return self.votes
@@ -608,7 +608,7 @@ class Comparison:
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
-            "votes": _nan_to_none(self._votes_known().tolist()) if include_votes else None,
+            "votes": _nan_to_none(self.votes_received().tolist()) if include_votes else None,
             "n_judges": int(self.votes.shape[1]),
             "n_items": int(self.n_items),
             "pool_version": self.pool_version,

@@ -533,7 +533,9 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
     """
     st = comparison.status()
     cfg = comparison.config
-    votes = np.asarray(comparison.votes, dtype=float)
+    # every vote received (a streaming run's newest ones too: the sampler uses them from its next refit)
+    received = getattr(comparison, "votes_received", None)
+    votes = np.asarray(received() if callable(received) else comparison.votes, dtype=float)
     n_j = votes.shape[1] if votes.ndim == 2 else 0
     names = list(judge_names) if judge_names is not None else [f"judge {k + 1}" for k in range(n_j)]
     labels = {int(i): float(y) for i, y in comparison.labels.items() if 0 <= int(i) < st.n_items}

@@ -68,6 +68,7 @@ def test_labels_before_any_vote_and_votes_out_of_order_reload_exactly(store):
     assert ov.config.method == "active" and ov.n_voted == 300
     assert ov.voted.sum() > 0                          # a refit has put some votes to use
     assert svc.runtime(rid).comps["tone"].votes.shape[1] == 2   # the criterion streams votes too
+    assert "<html" in svc.report_html(rid).lower()       # the report renders mid-stream
     before = svc.status(rid)
     svc2 = RunService(store)                            # a fresh process: snapshot + op log replay
     rt2 = svc2.runtime(rid)
