@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -542,7 +543,8 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
     rows: list[JudgeRow] = []
     ens = None
     if n_j:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a pair without votes yet: NaN, as meant
             ens = np.nanmean(votes, axis=1) if n_j > 1 else None
         rows = judge_rows(votes, names[:n_j], labels, judge_extras, ens)
     crit: list[CriterionVerdict] = []
