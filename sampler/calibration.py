@@ -11,13 +11,15 @@ pay for.
 The penalty is chosen from the labels themselves (penalty=None, the default): the value on a geometric grid,
 plus "infinite" (g = the label mean, i.e. no judge at all), and the centre of the shrinkage -- 0 (no judge) or
 the judges' own votes ("the judge is calibrated as it is", a one-number fit of bias and the votes' mean) --
-that minimise the exact leave-one-out squared error of the ridge fit (with the one-standard-error rule: the judge must beat the mean by one standard error). For a
+that minimise the exact leave-one-out squared error of the ridge fit; then how much of that fit to use, a
+weight w in [0, 1] (g = ybar + w (fit - ybar)): the PPI++ power-tuning coefficient estimated on leave-one-out
+predictions, shrunk by an empirical-Bayes (positive-part James-Stein) factor for its noise (select_fit). For a
 linear smoother y_hat = H y the leave-one-out residual is (y_i - y_hat_i) / (1 - H_ii)
 (Allen 1974, "The relationship between variable selection and data augmentation and a method for prediction",
 Technometrics; Golub, Heath & Wahba 1979), and for ridge with an unpenalised intercept
 H = 11'/n + X_c (X_c'X_c + penalty I)^-1 X_c', whose diagonal the SVD X_c = U S V' gives for every penalty at
 once: H_ii = 1/n + sum_k U_ik^2 s_k^2 / (s_k^2 + penalty). So a judge that predicts the labels is trusted after
-a handful of labels, and one that does not is dropped as soon as the labels say so. Predictability is
+a handful of labels, one that does not gets (almost always) weight 0, and one in between gets part of its fit. Predictability is
 untouched: the choice uses only the labels the fit uses (those processed before the next draw). A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
 spread that the active sampling policy uses (only its predictability matters for validity, not its accuracy).
 
