@@ -68,9 +68,10 @@ bench-judges: bench-judges-free
 bench-api: $(BIN)/python
 	$(BIN)/python -m benchmarks.bench_api
 
+# ruff on all the code, mypy on every package and the benchmarks (settings: pyproject.toml [tool.mypy]).
 lint: $(BIN)/python
-	$(BIN)/ruff check sampler judges services tests
-	$(BIN)/mypy sampler
+	$(BIN)/ruff check sampler judges services tests benchmarks
+	$(BIN)/mypy sampler judges services benchmarks
 
 gpu-check: $(BIN)/python
 	bash deploy/gpu_check.sh

@@ -105,6 +105,8 @@ def main() -> None:
     # limit (which exists for untrusted clients; a client of a real server sends batches, docs/api.md)
     with ServeProcess(d, admin_token=ADMIN, pipeline=a.pipeline, env={"TIEBREAK_MAX_BODY_MB": "256"}) as s:
 
+        if s.proc is None:
+            raise RuntimeError("tiebreak serve did not start")
         pid = s.proc.pid
         rss0 = rss_mb(pid)
         mem0 = httpx.get(f"{s.url}/metrics", headers=H).status_code and _redis_used(d)
@@ -163,7 +165,7 @@ def main() -> None:
                         failed(code, None)
                         time.sleep(0.05)
                         continue
-                    if code != 200:
+                    if code != 200 or v is None:   # 200 always carries the leased pair
                         failed(code, v)
                         return
                     code, body = c_post(c, f"/v1/runs/{rid}/labels", {"pair_id": v["pair_id"], "lease_id": v["lease_id"],

@@ -73,7 +73,9 @@ def engine_speed(n: int = 1_000_000, labels: int = 2_000) -> dict:
     build = time.perf_counter() - t0
     mem = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    t_next, t_label, refit_times = [], [], []
+    t_next: list[float] = []
+    t_label: list[float] = []
+    refit_times: list[float] = []
     for _ in range(labels):
         a = time.perf_counter()
         nxt = cmp.next_items(1)
@@ -120,9 +122,9 @@ def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
                 for judge, p in (("PandaLM judges", pool), ("judges shuffled (useless)", useless)):
                     labels, wrong = {}, 0
                     for method in ("classical", "ppi", "active"):
-                        r = replay(p, ComparisonConfig(method=method, grid_resolution=20), runs, seed)
-                        labels[method] = float(r.labels.mean())
-                        wrong += r.wrong()
+                        summary = replay(p, ComparisonConfig(method=method, grid_resolution=20), runs, seed)
+                        labels[method] = float(summary.labels.mean())
+                        wrong += summary.wrong()
                     rows.append({"theta": theta, "pool_seed": pool_seed, "judge": judge, "labels": labels,
                                  "limit": info["limit_label_share"], "wrong": wrong})
         lines.append("| pool (600 items) | judges | classical labels | ppi / classical | active / classical | "

@@ -237,7 +237,7 @@ class GGUFBackend:
         return scores_from_top(top, text, choices)
 
     def close(self) -> None:
-        self._server = None  # type: ignore[assignment]
+        self._server = None
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP

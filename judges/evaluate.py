@@ -71,11 +71,11 @@ def load_items(path: str | Path, limit: int | None = None, seed: int = 0, balanc
         rng = random.Random(seed)
         a = [r for r in items if r["human_label"] == "A"]
         b = [r for r in items if r["human_label"] == "B"]
-        k = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit // 2)
-        if k < 1:
+        per_side = min(len(a), len(b)) if limit is None else min(len(a), len(b), limit // 2)
+        if per_side < 1:
             raise ValueError(f"{path}: --balanced needs decisive items labelled A and B (found {len(a)} A, "
                              f"{len(b)} B) and --limit ≥ 2")
-        items = rng.sample(a, k) + rng.sample(b, k)
+        items = rng.sample(a, per_side) + rng.sample(b, per_side)
         rng.shuffle(items)
         return items
     if limit is not None and limit < len(items):
@@ -196,7 +196,7 @@ def _nanmean(x: Sequence[float]) -> float:
     return float(np.nanmean(a)) if not np.isnan(a).all() else math.nan
 
 
-def _mean_or_none(x: Sequence[float]) -> float | None:
+def _mean_or_none(x: Sequence[float] | np.ndarray) -> float | None:
     a = np.asarray(x, dtype=float)
     return float(np.nanmean(a)) if a.size and not np.isnan(a).all() else None
 

@@ -226,9 +226,9 @@ class Judge:
         if self.mode == "rubric":
             b = base + INJECTION_PAYLOAD["pointwise"] if inject == "base" else base
             t = tuned + INJECTION_PAYLOAD["pointwise"] if inject == "tuned" else tuned
-            sb, d1, c1, h1 = self.rubric_scores(prompt, b, criterion, cache)
-            st, d2, c2, h2 = self.rubric_scores(prompt, t, criterion, cache)
-            per_q = tuple((q, _bt(st[q], sb[q])) for q in self.rubric)
+            rubric_b, d1, c1, h1 = self.rubric_scores(prompt, b, criterion, cache)
+            rubric_t, d2, c2, h2 = self.rubric_scores(prompt, t, criterion, cache)
+            per_q = tuple((q, _bt(rubric_t[q], rubric_b[q])) for q in self.rubric)
             p = _logit_mean([v for _, v in per_q if not math.isnan(v)])
             return JudgeVote(str(self.name), criterion, p, (p, p), 0.0, ldiff, d1 + d2, (None, None), h1 and h2,
                              c1 + c2, per_q)

@@ -156,11 +156,9 @@ def replay(pool: ReplayPool, config: ComparisonConfig, runs: int, seed: int,
            prior: JudgeCalibration | None = None, slices: list[str] | None = None) -> ReplaySummary:
     """`runs` independent runs; run r uses Generator(PCG64(seed, r)) so any run can be reproduced alone.
 
-    With slices (names present in pool.slices) config.alpha is the family's alpha: each of the 1 + K
-    questions is tested at config.alpha / (1 + K).
-
     The replayed pool is closed by construction (no pairs are ever added), so every run is a closed-pool
-    comparison at the full alpha (pool_growth_alpha_share = 0)."""
+    comparison at the full alpha (pool_growth_alpha_share = 0). With slices (names present in pool.slices)
+    config.alpha is the family's alpha: each of the 1 + K questions is tested at config.alpha / (1 + K)."""
     config = replace(config, pool_growth_alpha_share=0.0)
     if pool.noisy and not config.label_noise:
         config = replace(config, label_noise=True)

@@ -113,7 +113,7 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # every error body has the documented shape {"detail": [{"loc", "msg", "type"}]}
-        detail = exc.detail
+        detail: object = exc.detail   # Starlette types it str; our routes raise it with the list already
         if not isinstance(detail, list):
             detail = [{"loc": [], "msg": str(detail), "type": _phrase(exc.status_code)}]
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)

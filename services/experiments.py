@@ -31,14 +31,19 @@ checkpoint gets 0.61 alpha, the 2nd 0.15 alpha, the 10th 0.006 alpha.
   were each not better than the best: "equivalent" or "worse" (and "undecided", i.e. not shown better within
   the label budget, unless ``undecided_is_plateau=False``). ``regression`` if all of them were "worse",
   ``plateau`` otherwise. Checkpoints still running are skipped (they neither count nor break the streak).
+* ``slice-regression``: with ``protect_slices`` (slices that must not get worse), a checkpoint whose comparison
+  with the base ended "worse" on a protected slice is never the best checkpoint, and the signal stops when the
+  latest checkpoint with a final verdict on a protected slice is worse than the base there. The slice verdicts
+  are the runs' own (anytime-valid, inside the checkpoint's alpha), so this adds no error of its own.
 * ``budget``: stop when the experiment's human labels reach ``budget``.
-Priority when several hold: target, regression, plateau, budget. The signal is recomputed on every read and
+Priority when several hold: target, slice-regression, regression, plateau, budget. The signal is recomputed on every read and
 every ``interval`` seconds by ``start_watcher`` (the service runs it); a webhook (``webhook`` URL in the
 experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) changes.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import threading
@@ -148,8 +153,10 @@ class SignalRule:
     target_margin: float | None = None
     budget: int | None = None
     undecided_is_plateau: bool = True
+    protect_slices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "protect_slices", tuple(self.protect_slices))
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ExperimentError("patience", f"must be an integer >= 1 (got {self.patience!r})")
         if self.target_margin is not None and not 0 <= self.target_margin < 0.5:
@@ -164,7 +171,7 @@ class SignalRule:
             labels = sum(r["labels"] for r in rows)
         best_i = -1
         for i, c in enumerate(cks):
-            if c.decision == "better":
+            if c.decision == "better" and not self._worse_on_protected(c):
                 best_i = i
         best = cks[best_i].checkpoint if best_i >= 0 else None
         best_name = best or "the base"
@@ -177,6 +184,11 @@ class SignalRule:
                 if c.vs_base.lower > 0.5 + self.target_margin:
                     return out(True, "target", f"{c.checkpoint} is better than the base by >= {self.target_margin:g} "
                                                f"(lower bound {c.vs_base.lower:.3f} > {0.5 + self.target_margin:.3f})")
+        guarded = [c for c in cks if self._protected_verdicts(c)]
+        if guarded and self._worse_on_protected(guarded[-1]):
+            c = guarded[-1]
+            return out(True, "slice-regression", f"{c.checkpoint} is worse than the base on protected slice(s) "
+                                                 f"{', '.join(self._worse_on_protected(c))}")
         plateau_set = {"equivalent", "worse"} | ({"undecided"} if self.undecided_is_plateau else set())
         after = [c for c in cks[best_i + 1:] if c.decision in FINAL]
         last = after[-self.patience:]
@@ -189,6 +201,15 @@ class SignalRule:
             return out(True, "budget", f"{labels} human labels used (budget {self.budget})")
         running = sum(1 for c in cks if c.decision not in FINAL)
         return out(False, None, f"{len(cks)} checkpoint(s), {running} running; best: {best_name}")
+
+    def _protected_verdicts(self, c: CheckpointVerdict) -> dict[str, str]:
+        """The final verdicts vs the base of c's protected slices (running ones left out)."""
+        sl = c.vs_base.slices or {}
+        return {s: sl[s]["decision"] for s in self.protect_slices
+                if s in sl and sl[s].get("decision") in FINAL}
+
+    def _worse_on_protected(self, c: CheckpointVerdict) -> list[str]:
+        return [s for s, d in self._protected_verdicts(c).items() if d == "worse"]
 
 
 # ---------------------------------------------------------------------------------------- collaborators
@@ -437,7 +458,8 @@ class ExperimentService:
             raise ExperimentError("webhook", "must be an http(s) URL")
         rule = SignalRule(patience=body.get("patience", 2) if body.get("patience") is not None else 2,
                           target_margin=body.get("target_margin"), budget=body.get("budget"),
-                          undecided_is_plateau=bool(body.get("undecided_is_plateau", True)))
+                          undecided_is_plateau=bool(body.get("undecided_is_plateau", True)),
+                          protect_slices=self._check_protect_slices(body.get("protect_slices"), clean))
         base_outputs = None
         if "outputs" in base:
             base_outputs = self._check_outputs("base.outputs", base["outputs"], clean)
@@ -458,11 +480,26 @@ class ExperimentService:
             raise NotFound("experiment", f"no experiment {exp_id!r}")
         return rec
 
+    # The API's name for "every experiment id". Below it, inside this class, ``list`` is this method, so the
+    # annotations that follow spell the type ``builtins.list``.
     def list(self) -> list[str]:
         return sorted(k.split(":", 1)[1] for k in self.kv.keys("exp:"))
 
     @staticmethod
-    def _check_outputs(field_name: str, outputs: Any, prompts: list[dict]) -> dict[str, str]:
+    def _check_protect_slices(names: Any, prompts: builtins.list[dict]) -> tuple[str, ...]:
+        if names is None:
+            return ()
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ExperimentError("protect_slices", "must be a list of slice names")
+        present = {t for p in prompts for t in p.get("slices") or []}
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise ExperimentError("protect_slices", f"no prompt carries slice(s) {unknown}; the prompts' slices are "
+                                                    f"{sorted(present) or 'none'}")
+        return tuple(dict.fromkeys(names))
+
+    @staticmethod
+    def _check_outputs(field_name: str, outputs: Any, prompts: builtins.list[dict]) -> dict[str, str]:
         if not isinstance(outputs, dict):
             raise ExperimentError(field_name, "must be an object {prompt_id: text}")
         out = {str(k): v for k, v in outputs.items()}
@@ -511,7 +548,7 @@ class ExperimentService:
                     model = None
             k = len(rec["checkpoints"]) + 1
             alpha_k = spend_alpha(rec["alpha"], k)
-            ck = {"checkpoint": name, "index": k, "alpha": alpha_k, "model": model, "runs": {},
+            ck: dict[str, Any] = {"checkpoint": name, "index": k, "alpha": alpha_k, "model": model, "runs": {},
                   "submitted_at": time.time(), "status": "ready"}
             missing = [s for s in ("base", name) if s not in rec["outputs"]]
             if missing and self.async_generation:
@@ -592,7 +629,7 @@ class ExperimentService:
     def rule(self, rec: dict) -> SignalRule:
         return SignalRule(**rec["rule"])
 
-    def verdicts(self, rec: dict) -> list[CheckpointVerdict]:
+    def verdicts(self, rec: dict) -> builtins.list[CheckpointVerdict]:
         out = []
         for c in rec["checkpoints"]:
             views = {}
@@ -673,7 +710,7 @@ class ExperimentService:
         if th is not None:
             th.join(timeout)
 
-    def run_ids(self, exp_id: str) -> list[str]:
+    def run_ids(self, exp_id: str) -> builtins.list[str]:
         rec = self.get(exp_id)
         return [r["run_id"] for c in rec["checkpoints"] for r in c["runs"].values()]
 

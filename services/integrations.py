@@ -56,9 +56,14 @@ def ls_tasks(run_id: str, batch: list[tuple[dict, float, dict | None]]) -> list[
     out = []
     for pair, prio, _votes in batch:
         left, right = _blind(pair)
-        out.append({"data": {"run_id": run_id, "pair_id": pair["id"], "prompt": pair["prompt"], "left": left,
-                             "right": right},
-                    "predictions": [{"model_version": "tiebreak-priority", "score": round(prio, 6), "result": []}]})
+        task: dict[str, Any] = {
+            "data": {"run_id": run_id, "pair_id": pair["id"], "prompt": pair["prompt"], "left": left,
+                     "right": right},
+            "predictions": [{"model_version": "tiebreak-priority", "score": round(prio, 6), "result": []}]}
+        if pair.get("slices"):
+            # task-level `meta` is stored by Label Studio but not shown by the labelling config (blind)
+            task["meta"] = {"slices": list(pair["slices"])}
+        out.append(task)
     return out
 
 
@@ -201,6 +206,8 @@ def argilla_records(run_id: str, batch: list[tuple[dict, float, dict | None]], j
         left, right = _blind(pair)
         rec: dict[str, Any] = {"id": pair["id"], "fields": {"prompt": pair["prompt"], "left": left, "right": right},
                                "metadata": {"run_id": run_id, "pair_id": pair["id"], "priority": round(prio, 6)}}
+        if pair.get("slices"):
+            rec["metadata"]["slices"] = list(pair["slices"])
         if suggestions and votes and votes.get("overall"):
             ps = [p for p in votes["overall"] if p is not None and not math.isnan(p)]
             if ps:
@@ -213,12 +220,17 @@ def argilla_records(run_id: str, batch: list[tuple[dict, float, dict | None]], j
     return out
 
 
-def argilla_settings(criteria: list[str]) -> dict:
-    """Dataset settings (fields + questions) matching the records above."""
+def argilla_settings(criteria: list[str], slices: list[str] | None = None) -> dict:
+    """Dataset settings (fields + questions) matching the records above; the slices of interest as a `terms`
+    metadata property (metadata is for filtering, never shown as a field)."""
     qs = [{"name": "verdict", "type": "label_selection", "labels": list(VERDICTS), "required": True}]
     qs += [{"name": f"criterion_{c}", "type": "label_selection", "labels": list(VERDICTS), "required": False}
            for c in criteria]
-    return {"fields": [{"name": n, "type": "text"} for n in ("prompt", "left", "right")], "questions": qs}
+    out: dict[str, Any] = {"fields": [{"name": n, "type": "text"} for n in ("prompt", "left", "right")],
+                           "questions": qs}
+    if slices:
+        out["metadata"] = [{"name": "slices", "type": "terms", "options": list(slices), "visible_for_annotators": False}]
+    return out
 
 
 def parse_argilla_webhook(payload: Any) -> tuple[str, dict] | None:

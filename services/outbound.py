@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 METADATA_NAMES = {"metadata.google.internal", "metadata", "metadata.azure.internal", "instance-data",
                   "instance-data.ec2.internal"}
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 EXTRA_METADATA = [ipaddress.ip_network("fd00:ec2::254/128"), ipaddress.ip_network("100.100.100.200/32")]
 
 
@@ -68,7 +71,7 @@ class OutboundPolicy:
                             "(TIEBREAK_OUTBOUND_ALLOW_LOOPBACK=1 or TIEBREAK_OUTBOUND_ALLOW allows it)")
         return None
 
-    def _listed(self, host: str, addr: ipaddress._BaseAddress | None = None) -> bool:
+    def _listed(self, host: str, addr: IPAddress | None = None) -> bool:
         for entry in self.allow:
             e = entry.strip().lower()
             if "/" in e:
@@ -88,7 +91,7 @@ class OutboundPolicy:
         return False
 
 
-def _addresses(host: str) -> list[ipaddress._BaseAddress]:
+def _addresses(host: str) -> list[IPAddress]:
     try:
         return [ipaddress.ip_address(host.strip("[]"))]
     except ValueError:
@@ -99,10 +102,13 @@ def _addresses(host: str) -> list[ipaddress._BaseAddress]:
         infos = socket.getaddrinfo(host, None)
     except (OSError, UnicodeError):
         return []
-    out = []
+    out: list[IPAddress] = []
     for info in infos:
+        host_addr = info[4][0]  # an IP string for AF_INET/AF_INET6, the only families a host name resolves to
+        if not isinstance(host_addr, str):
+            continue
         try:
-            out.append(ipaddress.ip_address(info[4][0].split("%")[0]))
+            out.append(ipaddress.ip_address(host_addr.split("%")[0]))
         except ValueError:
             pass
     return out
@@ -130,7 +136,8 @@ def check_model_spec(policy: OutboundPolicy, spec: Any, where: str) -> tuple[str
     return None
 
 
-def check_request(settings: Any, *, urls: list[tuple[str, Any]] = (), specs: list[tuple[str, Any]] = ()) -> None:
+def check_request(settings: Any, *, urls: Sequence[tuple[str, Any]] = (),
+                  specs: Sequence[tuple[str, Any]] = ()) -> None:
     """Raise BadInput (422 naming the field) for the first URL or MODEL/judge spec the policy refuses."""
     from services.errors import BadInput
 

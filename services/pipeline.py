@@ -19,7 +19,11 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from judges.features import FeatureJudge
+    from judges.jury import Judge
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,7 @@ class JudgeWorker:
 
         self.criteria = list(criteria)
         self.cache = None
+        self.judge: FeatureJudge | Judge
         if isinstance(spec, str) and spec.startswith("feature:"):  # a free text-feature juror: no model
             from judges.features import FeatureJudge
 

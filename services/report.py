@@ -17,12 +17,19 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 DECISIONS = ("running", "better", "worse", "equivalent", "undecided")
+
+
+class PairsByIndex(Protocol):
+    """What the report reads of the pairs: ``pairs[i]`` for a labelled pool index (a list of dicts, or a view
+    that fetches each pair from the store on demand, services/report_page.py)."""
+
+    def __getitem__(self, i: int, /) -> Mapping[str, Any]: ...
 
 
 class JudgeRow(BaseModel):
@@ -519,7 +526,7 @@ def judge_rows(votes: np.ndarray, judge_names: Sequence[str], labels: Mapping[in
 def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str = "comparison",
                                 base_model: str = "base", tuned_model: str = "tuned",
                                 judge_names: Sequence[str] | None = None,
-                                pairs: Sequence[Mapping[str, Any]] | None = None,
+                                pairs: PairsByIndex | None = None,
                                 criteria: Sequence[CriterionVerdict] | Mapping[str, Any] | None = None,
                                 alpha_split: str | None = None, baseline: Baseline | None = None,
                                 judge_extras: Mapping[str, Mapping[str, float]] | None = None,
@@ -596,7 +603,7 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
     """
     from sampler.engine import Comparison, ComparisonConfig
 
-    pool = [list(v) if isinstance(v, (list, tuple)) else [float(v)] for v in labels_by_item]
+    pool = [list(v) if isinstance(v, Sequence) else [float(v)] for v in labels_by_item]
     if not pool:
         raise ValueError("uniform_baseline needs at least one labelled pair")
     rng = np.random.default_rng(seed)

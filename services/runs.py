@@ -734,9 +734,10 @@ class RunService:
             if name in rt.comps:
                 comp = rt.comps[name]
                 width = comp.votes.shape[1]
-                fits = mat is not None and mat.shape[1] == width
-                comp.add_items(mat if fits else _no_votes(hi - lo, width), slice_member=member,
-                               voted=voted if fits and width else None)
+                if mat is not None and mat.shape[1] == width:
+                    comp.add_items(mat, slice_member=member, voted=voted if width else None)
+                else:
+                    comp.add_items(_no_votes(hi - lo, width), slice_member=member)
             else:
                 has_votes = mat is not None and mat.shape[1] > 0
                 method = (meta.get("method") or "active") if has_votes else "classical"
@@ -822,7 +823,12 @@ class RunService:
         rt = self.runtime(rid)
         have = set(self.store.all_votes(rid))
         todo = [i for i in range(len(rt.pair_ids)) if i not in have]
-        return list(zip(todo, self.store.get_pairs(rid, todo), strict=True))
+        out = []
+        for i, pair in zip(todo, self.store.get_pairs(rid, todo), strict=True):
+            if pair is None:  # every pair is stored when the run is created (RedisStore.create_run)
+                raise RuntimeError(f"run {rid}: pair {i} is missing from the store")
+            out.append((i, pair))
+        return out
 
     # ------------------------------------------------------------------------------------ annotation
     @staticmethod
@@ -860,10 +866,10 @@ class RunService:
         now = _now()
         dead = self._sweep_leases(rt, now)
         live = self._live_leases(rt, now)
-        for le in live:
-            if le.annotator == annotator:   # a retried `next` gets the same lease back
-                tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
-                return Pending(tail, lambda _, le=le: self._lease_view(rt, le))
+        held = next((le for le in live if le.annotator == annotator), None)
+        if held is not None:   # a retried `next` gets the same lease back
+            tail = rt.tail if rt.tail is not None and not rt.tail.done() else None
+            return Pending(tail, lambda _: self._lease_view(rt, held))
         leased: dict[int, int] = {}
         for le in live:
             leased[le.idx] = leased.get(le.idx, 0) + 1
@@ -947,8 +953,8 @@ class RunService:
         if the overall comparison now has pair idx labelled."""
         anns = rt.labels.get(idx, {})
         for name, comp in rt.comps.items():
-            ys = [r["y"] if name == OVERALL else (r.get("criteria") or {}).get(name) for r in anns.values()]
-            ys = [y for y in ys if y is not None]
+            given = [r["y"] if name == OVERALL else (r.get("criteria") or {}).get(name) for r in anns.values()]
+            ys: list[float] = [y for y in given if y is not None]
             if len(ys) >= rt.required and idx not in comp.labels:
                 y = _mean(ys)
                 if offer_label(comp, idx, y):
@@ -1139,8 +1145,9 @@ class RunService:
                     live.append(item)
             if not live:
                 continue
+            results: list[tuple[str, dict | None] | Exception]   # per write: its answer, or why it failed
             try:
-                results = self.store.apply([g for _, g, _ in live])
+                results = list(self.store.apply([g for _, g, _ in live]))
             except Exception as e:  # noqa: BLE001 - one bad write must not fail the others: one by one
                 log.warning("write of %d queued change(s) failed (%s: %s); writing them one by one",
                             len(live), type(e).__name__, e)

@@ -41,7 +41,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,21 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _text(reply: object) -> str:
+    """One Redis reply as the ``str`` it is: every client here is made with ``decode_responses=True``, but
+    redis-py types replies ``bytes | str`` (zrange's members even as a union with its ``withscores`` form)."""
+    if isinstance(reply, str):
+        return reply
+    if isinstance(reply, bytes):
+        return reply.decode()
+    raise TypeError(f"expected a decoded Redis reply, got {type(reply).__name__}")
+
+
+def _text_map(replies: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash read by HGETALL, fields and values as ``str`` (see ``_text``)."""
+    return {_text(k): _text(v) for k, v in replies.items()}
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -253,7 +268,7 @@ class RedisStore:
         p.execute()
 
     def run_ids(self) -> list[str]:
-        return list(self.r.zrange(f"{PREFIX}runs", 0, -1))
+        return [_text(rid) for rid in self.r.zrange(f"{PREFIX}runs", 0, -1)]
 
     def run_exists(self, rid: str) -> bool:
         return bool(self.r.exists(self.k(rid, "meta")))
@@ -327,14 +342,15 @@ class RedisStore:
     # ---------------------------------------------------------------------------------------- outputs
     def set_outputs(self, rid: str, outputs: dict[str, str]) -> None:
         if outputs:
-            self.r.hset(self.k(rid, "outputs"), mapping=outputs)
+            # redis-py types ``mapping`` as Mapping[FieldT, ...], invariant in the key, so no dict[str, str] fits
+            self.r.hset(self.k(rid, "outputs"), mapping=outputs)  # type: ignore[arg-type]
 
     def all_outputs(self, rid: str) -> dict[str, str]:
-        return dict(self.r.hgetall(self.k(rid, "outputs")))
+        return _text_map(self.r.hgetall(self.k(rid, "outputs")))
 
     # ------------------------------------------------------------------------------- sampler + labels
     def load_states(self, rid: str) -> dict[str, str]:
-        return dict(self.r.hgetall(self.k(rid, "state")))
+        return _text_map(self.r.hgetall(self.k(rid, "state")))
 
     def load_labels(self, rid: str) -> list[tuple[int, str, dict]]:
         out = []
@@ -344,10 +360,10 @@ class RedisStore:
         return out
 
     def load_leases(self, rid: str) -> dict[str, dict]:
-        return {k: json.loads(v) for k, v in self.r.hgetall(self.k(rid, "leases")).items()}
+        return {k: json.loads(v) for k, v in _text_map(self.r.hgetall(self.k(rid, "leases"))).items()}
 
     def load_ops(self, rid: str) -> list[str]:
-        return list(self.r.lrange(self.k(rid, "ops"), 0, -1))
+        return [_text(op) for op in self.r.lrange(self.k(rid, "ops"), 0, -1)]
 
     def load_seq(self, rid: str) -> int:
         return int(self.r.get(self.k(rid, "seq")) or 0)
@@ -400,7 +416,8 @@ class RedisStore:
         return self._acquire(keys=[self.k(rid, "owner"), self.k(rid, "fence")], args=[replica, url, ttl_ms, replace])
 
     def owner_of(self, rid: str) -> str | None:
-        return self.r.get(self.k(rid, "owner"))
+        owner = self.r.get(self.k(rid, "owner"))
+        return None if owner is None else _text(owner)
 
     def renew_owner(self, held: dict[str, str], ttl_ms: int) -> dict[str, bool]:
         """Extend the ownership leases ``{rid: value}`` still held with that value; {rid: still held}."""

@@ -31,7 +31,7 @@
       tiebreak/checkpoint_step the training step in the checkpoint's name (its index if none): which
                                checkpoint the row describes (rows are logged at the current step)
       tiebreak/stop            1 when the stop signal says stop, else 0
-      tiebreak/stop_reason     ``REASON_CODES``: 0 none, 1 target, 2 regression, 3 plateau, 4 budget
+      tiebreak/stop_reason     ``REASON_CODES``: 0 none, 1 target, 2 regression, 3 plateau, 4 budget, 5 slice-regression
       tiebreak/labels_total    human labels of the whole experiment
 
   The HF ``TensorBoardCallback`` and ``WandbCallback`` prefix every key with ``train/``
@@ -82,7 +82,8 @@ class TiebreakError(RuntimeError):
 
 # ------------------------------------------------------------------------------------ logged scalars
 DECISION_CODES = {"better": 1.0, "equivalent": 0.0, "worse": -1.0, "running": 2.0, "undecided": 3.0}
-REASON_CODES = {None: 0.0, "target": 1.0, "regression": 2.0, "plateau": 3.0, "budget": 4.0}
+REASON_CODES = {None: 0.0, "target": 1.0, "regression": 2.0, "plateau": 3.0, "budget": 4.0,
+                "slice-regression": 5.0}
 METRIC_KEYS = ("tiebreak/theta_vs_base", "tiebreak/lower", "tiebreak/upper", "tiebreak/theta_vs_best",
                "tiebreak/lower_vs_best", "tiebreak/upper_vs_best", "tiebreak/labels", "tiebreak/decision",
                "tiebreak/decision_vs_base", "tiebreak/alpha", "tiebreak/checkpoint_step", "tiebreak/stop",

@@ -56,6 +56,10 @@ class ExperimentCreate(_Strict):
                                         description="stop once a checkpoint is better than base by >= this")
     budget: int | None = Field(None, ge=1, description="stop once the experiment used this many human labels")
     undecided_is_plateau: bool = True
+    protect_slices: list[str] | None = Field(None, max_length=50,
+                                             description="slices that must not get worse than the base: a checkpoint "
+                                                         "worse on one is never best, and the signal stops "
+                                                         "(reason 'slice-regression')")
     method: str | None = Field(None, pattern="^(classical|ppi|active)$")
     webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)
 

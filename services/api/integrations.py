@@ -46,7 +46,7 @@ def argilla_records(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
                     suggestions: bool = Query(False, description="attach the judges' consensus as suggestions"),
                     runs: RunService = Depends(get_runs)) -> dict[str, Any]:
     meta = runs.run_meta(run_id)
-    return {"settings": ig.argilla_settings(meta.get("criteria") or []),
+    return {"settings": ig.argilla_settings(meta.get("criteria") or [], meta.get("slices") or []),
             "records": ig.argilla_records(run_id, runs.draw_batch(run_id, k), meta["judge_names"], suggestions)}
 
 

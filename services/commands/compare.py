@@ -92,6 +92,7 @@ def _read_jsonl_or_json(path: Path) -> list[Any]:
 def load_prompts(path: Path) -> list[dict]:
     if not path.exists():
         raise BadInput(f"{path}: no such file")
+    prompts: list[dict[str, Any]]   # {"id", "text"[, "slices": list of tags]}
     if path.suffix in (".jsonl", ".json"):
         prompts = []
         for k, row in enumerate(_read_jsonl_or_json(path), 1):
@@ -136,6 +137,7 @@ def load_pairs(path: Path) -> list[dict]:
     for k, row in enumerate(_read_jsonl_or_json(path), 1):
         if not isinstance(row, dict):
             raise BadInput(f"{path}: item {k} is not an object")
+        p: dict[str, Any]   # the four texts, then optional judge_votes, slices (list), human_votes (list)
         if "base" in row and "tuned" in row:
             p = {"id": str(row.get("id", k)), "prompt": str(row.get("prompt") or row.get("question") or ""),
                  "base": str(row["base"]), "tuned": str(row["tuned"])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -101,7 +102,7 @@ def replay(
             bad("--prior other-pairs needs a file with several model pairs")
 
     start = time.perf_counter()
-    rows = []
+    rows: list[dict[str, Any]] = []   # one JSON row per model pair
     for op in pools:
         pool = op.pool.symmetrized() if symmetrize else op.pool
         calibration = None
@@ -111,7 +112,7 @@ def replay(
         of_interest = (wanted or pool.slice_names()) if slices_from != "none" else None
         summary = run_replay(pool, config, runs, seed, prior=calibration, slices=of_interest)
         labels = summary.labels
-        row = {
+        row: dict[str, Any] = {
             "base": op.base, "tuned": op.tuned, "items": len(pool.votes), "theta": round(summary.theta, 6),
             "method": method, "runs": runs, "prior": prior, "decisions": summary.counts(),
             "wrong": summary.wrong(symmetrized=symmetrize),

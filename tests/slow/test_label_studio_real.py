@@ -113,7 +113,8 @@ def test_real_label_studio_roundtrip(ls, tiebreak):
     t0 = time.time()
     u = tiebreak.url
     pairs = [{"id": f"p{i}", "prompt": f"question {i}", "base": f"base answer {i}", "tuned": f"tuned answer {i}",
-              "judge_votes": {"j1": 0.3 + 0.1 * i}} for i in range(6)]
+              "judge_votes": {"j1": 0.3 + 0.1 * i}, "slices": ["edge-case"] if i % 2 else ["billing"]}
+             for i in range(6)]
     r = httpx.post(f"{u}/v1/runs", json={"name": "ls-real", "pairs": pairs, "criteria": ["tone"]}, headers=H,
                    timeout=30)
     assert r.status_code == 201, r.text
@@ -151,6 +152,7 @@ def _roundtrip(ls, tiebreak, rid, pid, tasks):
     for t in ls_tasks:
         want = by_pair[t["data"]["pair_id"]]
         assert t["data"] == want["data"]
+        assert t["meta"] == want["meta"]          # slices kept as task metadata, not as shown data
         preds = ls.get("/api/predictions/", params={"task": t["id"]}).json()
         assert len(preds) == 1, preds
         assert preds[0]["score"] == pytest.approx(want["predictions"][0]["score"])

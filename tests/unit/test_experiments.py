@@ -30,6 +30,24 @@ def ck(i: int, vs_base: str, vs_best: str | None = None, lower: float = 0.3, aga
 
 
 # --------------------------------------------------------------------------------------------- signal rule
+def test_protected_slice_worse_than_base_disqualifies_and_stops():
+    def with_slice(i: int, overall: str, edge: str) -> CheckpointVerdict:
+        base = ComparisonView("r", overall, 0.6, 0.52, 0.7, 40, 0.01, "base",
+                              {"edge": {"decision": edge, "estimate": 0.4, "interval": [0.2, 0.6], "labels": 9}})
+        return CheckpointVerdict(f"c{i}", i, 0.01, base)
+
+    rule = SignalRule(patience=3, protect_slices=["edge"])
+    s = rule.evaluate([with_slice(1, "better", "better"), with_slice(2, "better", "running")])
+    assert (s.stop, s.best_checkpoint) == (False, "c2")
+    s = rule.evaluate([with_slice(1, "better", "better"), with_slice(2, "better", "worse")])
+    assert (s.stop, s.reason, s.best_checkpoint) == (True, "slice-regression", "c1")
+    # a later checkpoint that is no longer worse on the slice lifts it; unprotected rules ignore slices
+    s = rule.evaluate([with_slice(1, "better", "worse"), with_slice(2, "better", "equivalent")])
+    assert (s.stop, s.best_checkpoint) == (False, "c2")
+    s = SignalRule(patience=3).evaluate([with_slice(1, "better", "worse")])
+    assert (s.stop, s.best_checkpoint) == (False, "c1")
+
+
 def test_signal_empty_and_running():
     s = SignalRule().evaluate([])
     assert (s.stop, s.reason, s.best_checkpoint) == (False, None, None)

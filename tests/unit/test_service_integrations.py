@@ -27,10 +27,13 @@ def client(tmp_path_factory):
         store.close()
 
 
-def _run(c, n=60, criteria=None):
+def _run(c, n=60, criteria=None, slices=False):
     rng = np.random.default_rng(1)
     pairs = [{"id": f"p{i}", "prompt": f"q{i}", "base": f"B{i}", "tuned": f"T{i}",
               "judge_votes": {"j": float(rng.uniform(0.2, 0.9))}} for i in range(n)]
+    if slices:
+        for i, p in enumerate(pairs):
+            p["slices"] = ["edge-case"] if i % 2 else ["billing"]
     return c.post("/v1/runs", json={"name": "ig", "pairs": pairs, "criteria": criteria or []}, headers=H).json()["run_id"]
 
 
@@ -76,6 +79,20 @@ def test_label_studio_tasks_and_webhooks(client):
     r = client.post("/v1/integrations/label-studio/webhook", json={"action": "ANNOTATION_CREATED"}, headers=H)
     assert r.status_code == 422
     assert client.post("/v1/integrations/label-studio/webhook", json=_ls_event(t, "left")).status_code == 401
+
+
+def test_exports_carry_slices_as_metadata_never_as_shown_data(client):
+    rid = _run(client, slices=True)
+    body = client.get(f"/v1/integrations/label-studio/{rid}/tasks?k=6", headers=H).json()
+    for t in body["tasks"]:
+        assert set(t["data"]) == {"run_id", "pair_id", "prompt", "left", "right"}     # what the config shows
+        assert t["meta"]["slices"] == (["edge-case"] if int(t["data"]["pair_id"][1:]) % 2 else ["billing"])
+    assert "slices" not in body["label_config"] and "edge-case" not in body["label_config"]
+    out = client.get(f"/v1/integrations/argilla/{rid}/records?k=4", headers=H).json()
+    assert out["settings"]["metadata"][0]["name"] == "slices"
+    assert set(out["settings"]["metadata"][0]["options"]) == {"edge-case", "billing"}
+    assert all(r["metadata"]["slices"] for r in out["records"])
+    assert all("slices" not in r["fields"] for r in out["records"])
 
 
 def test_argilla_records_and_webhook(client):

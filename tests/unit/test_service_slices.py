@@ -112,7 +112,7 @@ def test_experiment_checkpoints_give_per_slice_verdicts(store):
     n = 200
     prompts = [{"id": str(i), "text": f"q{i}", "slices": ["edge-case"] if i < 50 else ["billing"]}
                for i in range(n)]
-    exp = svc.create_experiment({"name": "e", "prompts": prompts, "judges": [],
+    exp = svc.create_experiment({"name": "e", "prompts": prompts, "judges": [], "protect_slices": ["edge-case"],
                                  "base": {"outputs": {str(i): f"base {i}" for i in range(n)}}})
     rid = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {str(i): f"tuned {i}" for i in range(n)}})["vs_base"]
     assert set(rs.status(rid)["slices"]) == {"edge-case", "billing"}
@@ -122,8 +122,14 @@ def test_experiment_checkpoints_give_per_slice_verdicts(store):
     assert view["decision"] == "better"
     assert view["slices"]["edge-case"]["decision"] == "worse"
     assert view["slices"]["billing"]["decision"] == "better"
+    # better overall, worse on the protected edge cases: never the best checkpoint, and training should stop
+    assert (sig["stop"], sig["reason"], sig["best_checkpoint"]) == (True, "slice-regression", None)
     from services.experiments import ExperimentError
 
     with pytest.raises(ExperimentError):
         svc.create_experiment({"name": "e", "prompts": [{"id": "1", "text": "q", "slices": [""]}], "judges": [],
                                "base": {"outputs": {"1": "b"}}})
+    with pytest.raises(ExperimentError) as e:
+        svc.create_experiment({"name": "e", "prompts": prompts, "judges": [], "protect_slices": ["refunds"],
+                               "base": {"outputs": {str(i): f"base {i}" for i in range(n)}}})
+    assert e.value.field == "protect_slices" and "refunds" in str(e.value)
