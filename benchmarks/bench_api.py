@@ -2,7 +2,12 @@
 
 Starts `tiebreak serve` (embedded Redis) on 127.0.0.1, creates one run of N pairs with one judge's votes
 (method active), then C concurrent annotators loop `GET next` + `POST labels` for D seconds. Verdicts are
-random, so the run stays undecided and every round trip does real sampler work. Prints one JSON line.
+random, so the run stays undecided and every round trip does real sampler work. Prints one JSON line; failed
+requests are counted in "errors" (status code -> count, with the first few bodies), never a crash.
+
+``--judge SPEC`` creates the pairs without votes and names a judge instead (a streaming run: labels while the
+judge votes; ``--pipeline local|ray`` runs it in the server): ``first_next_s`` is the time from sending the
+create request to the first pair served.
 """
 
 from __future__ import annotations
@@ -88,10 +93,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
                     help="raw: keep-alive http.client (light); httpx: httpx.Client (the client of the first figures)")
+    ap.add_argument("--judge", default=None,
+                    help="create the pairs without votes and name this judge (e.g. feature:length): streaming")
+    ap.add_argument("--pipeline", choices=("off", "local", "ray"), default="off",
+                    help="the server's judge pipeline (off: votes never arrive, the run streams for ever)")
+    ap.add_argument("--budget", type=int, default=None, help="the run's label budget (default none)")
     a = ap.parse_args()
     H = {"Authorization": f"Bearer {ADMIN}"}
     d = tempfile.mkdtemp(prefix="tiebreak-bench-")
-    with ServeProcess(d, admin_token=ADMIN) as s:
+    # 100,000 pairs of ~600 characters are ~70 MB of JSON in one create request: above the default 32 MiB body
+    # limit (which exists for untrusted clients; a client of a real server sends batches, docs/api.md)
+    with ServeProcess(d, admin_token=ADMIN, pipeline=a.pipeline, env={"TIEBREAK_MAX_BODY_MB": "256"}) as s:
 
         if s.proc is None:
             raise RuntimeError("tiebreak serve did not start")
@@ -101,12 +113,25 @@ def main() -> None:
         rng = np.random.default_rng(0)
         text = "x" * 200
         pairs = [{"id": f"p{i}", "prompt": f"prompt {i} {text}", "base": f"base {i} {text}", "tuned": f"tuned {i} {text}",
-                  "judge_votes": {"j1": float(v)}} for i, v in enumerate(rng.uniform(0.2, 0.8, a.pairs))]
+                  **({} if a.judge else {"judge_votes": {"j1": float(v)}})}
+                 for i, v in enumerate(rng.uniform(0.2, 0.8, a.pairs))]
+        spec = {"name": "bench", "pairs": pairs, **({"judges": [a.judge]} if a.judge else {}),
+                **({"budget": a.budget} if a.budget else {})}
         t0 = time.perf_counter()
-        rid = httpx.post(f"{s.url}/v1/runs", json={"name": "bench", "pairs": pairs}, headers=H,
-                         timeout=600).json()["run_id"]
+        r = httpx.post(f"{s.url}/v1/runs", json=spec, headers=H, timeout=600)
         create_s = time.perf_counter() - t0
-        del pairs
+        del pairs, spec
+        if r.status_code != 201 and r.status_code != 200:
+            print(json.dumps({"pairs": a.pairs, "errors": {str(r.status_code): 1}, "create_run": r.text[:500]}))
+            return
+        rid = r.json()["run_id"]
+        first_next_s = None
+        with httpx.Client(base_url=s.url, headers=H, timeout=60) as probe:
+            for _ in range(600):      # the first pair served (a 204 means nothing to label yet)
+                if probe.get(f"/v1/runs/{rid}/next", params={"annotator": "first"}).status_code == 200:
+                    first_next_s = time.perf_counter() - t0
+                    break
+                time.sleep(0.1)
         httpx.get(f"{s.url}/v1/runs/{rid}", headers=H, timeout=60)
         rss1 = rss_mb(pid)
         mem1 = _redis_used(d)
@@ -114,7 +139,14 @@ def main() -> None:
         lat_req: list[float] = []
         lock = threading.Lock()
         stop = time.perf_counter() + a.seconds
-        errors = []
+        errors: dict[str, int] = {}
+        error_bodies: list[str] = []
+
+        def failed(code: int, body) -> None:
+            with lock:
+                errors[str(code)] = errors.get(str(code), 0) + 1
+                if len(error_bodies) < 5:
+                    error_bodies.append(f"{code}: {json.dumps(body)[:200]}")
 
         def worker(k: int) -> None:
             my_rt, my_req = [], []
@@ -123,17 +155,25 @@ def main() -> None:
             try:
                 while time.perf_counter() < stop:
                     t = time.perf_counter()
-                    code, v = c_get(c, f"/v1/runs/{rid}/next?annotator=a{k}")
-                    t1 = time.perf_counter()
-                    if code != 200 or v is None:   # 200 always carries the leased pair
-                        errors.append(code)
+                    try:
+                        code, v = c_get(c, f"/v1/runs/{rid}/next?annotator=a{k}")
+                    except Exception as e:  # noqa: BLE001 - a benchmark reports failures, it does not die of them
+                        failed(-1, f"{type(e).__name__}: {e}")
                         return
-                    code, _ = c_post(c, f"/v1/runs/{rid}/labels", {"pair_id": v["pair_id"], "lease_id": v["lease_id"],
+                    t1 = time.perf_counter()
+                    if code == 204:        # nothing to hand out right now: count it and try again shortly
+                        failed(code, None)
+                        time.sleep(0.05)
+                        continue
+                    if code != 200 or v is None:   # 200 always carries the leased pair
+                        failed(code, v)
+                        return
+                    code, body = c_post(c, f"/v1/runs/{rid}/labels", {"pair_id": v["pair_id"], "lease_id": v["lease_id"],
                                                                   "annotator": f"a{k}",
                                                                   "verdict": ["left", "right"][rnd.integers(2)]})
                     t2 = time.perf_counter()
                     if code != 200:
-                        errors.append(code)
+                        failed(code, body)
                         return
                     my_rt.append(t2 - t)
                     my_req += [t1 - t, t2 - t1]
@@ -161,10 +201,8 @@ def main() -> None:
         rq = np.array(lat_req) * 1000
         out = {"pairs": a.pairs, "clients": a.clients, "client": a.client, "seconds": round(el, 1), "round_trips": len(rt),
                "round_trips_per_s": round(len(rt) / el, 1),
-               "round_trip_ms": {"p50": round(float(np.percentile(rt, 50)), 2),
-                                 "p99": round(float(np.percentile(rt, 99)), 2)},
-               "request_ms": {"p50": round(float(np.percentile(rq, 50)), 2),
-                              "p99": round(float(np.percentile(rq, 99)), 2)},
+               "round_trip_ms": {"p50": _pct(rt, 50), "p99": _pct(rt, 99)},
+               "request_ms": {"p50": _pct(rq, 50), "p99": _pct(rq, 99)},
                "server_requests_over_ms": server,
                "cpu_ms_per_round_trip": {w: round((b - a_) * 1000 / max(len(rt), 1), 2) for w, a_, b in
                                          zip(("api", "redis", "bench_clients"), cpu0, cpu1, strict=True)},
@@ -172,10 +210,18 @@ def main() -> None:
                "create_run_s": round(create_s, 1),
                "api_rss_mb_per_100k_pairs": round((rss1 - rss0) * 100_000 / a.pairs, 1),
                "redis_mb_per_100k_pairs": round((mem1 - mem0) / 2**20 * 100_000 / a.pairs, 1),
-               "labels_in_run": st["labels"], "decision": st["decision"], "errors": errors[:5],
+               "labels_in_run": st.get("labels"), "decision": st.get("decision"), "errors": errors,
+               "error_examples": error_bodies, "judge": a.judge, "pipeline": a.pipeline,
+               "first_next_s": None if first_next_s is None else round(first_next_s, 2),
+               "judged": st.get("judged"), "status": st.get("status"),
                "cpus": os.cpu_count()}
         print(json.dumps(out))
     shutdown_embedded_redis(d)
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    """The q-th percentile in ms, None when there is no sample (every request failed: see "errors")."""
+    return round(float(np.percentile(values, q)), 2) if values.size else None
 
 
 def _server_share(text: str) -> dict[str, float]:

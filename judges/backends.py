@@ -23,6 +23,7 @@ PromptLike = str | Messages
 
 TOP_LOGPROBS = 20
 BACKENDS = ("gguf", "openai", "vllm")
+PROMPT_FORMATS = ("chat", "completion")  # how a GGUF model is prompted to generate (MODEL spec "prompt_format")
 
 
 class BackendError(RuntimeError):
@@ -93,6 +94,61 @@ def _top_from_openai_choice(choice: dict) -> tuple[list[tuple[str, float]], str]
 
 # --------------------------------------------------------------------------- xllamacpp (GGUF, in-process)
 
+_GGUF_VALUE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # fixed-size types
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata_string(path: str | Path, key: str) -> str | None:
+    """A string value of a GGUF file's metadata (None when absent or not a string).
+
+    The GGUF header (ggml's documented format, versions 2 and 3): b"GGUF", uint32 version, uint64 tensor count,
+    uint64 key/value count, then per entry a key (uint64 length + UTF-8), a uint32 value type and the value
+    (strings: uint64 length + bytes; arrays: uint32 element type, uint64 count, the elements). Values before
+    ``key`` are skipped by seeking (the tokenizer's vocabulary arrays come first: ~0.05 s for 262k tokens).
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (no GGUF magic)")
+        (version,) = struct.unpack("<I", f.read(4))
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or later)")
+        _, n_kv = struct.unpack("<QQ", f.read(16))
+
+        def skip(kind: int) -> None:
+            if kind == _GGUF_STRING:
+                f.seek(struct.unpack("<Q", f.read(8))[0], 1)
+            elif kind == _GGUF_ARRAY:
+                elem, count = struct.unpack("<IQ", f.read(12))
+                if elem in _GGUF_VALUE_SIZES:
+                    f.seek(_GGUF_VALUE_SIZES[elem] * count, 1)
+                else:
+                    for _ in range(count):
+                        skip(elem)
+            elif kind in _GGUF_VALUE_SIZES:
+                f.seek(_GGUF_VALUE_SIZES[kind], 1)
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {kind}")
+
+        for _ in range(n_kv):
+            name = f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", "replace")
+            (kind,) = struct.unpack("<I", f.read(4))
+            if name == key:
+                if kind != _GGUF_STRING:
+                    return None
+                return f.read(struct.unpack("<Q", f.read(8))[0]).decode("utf-8", "replace")
+            skip(kind)
+    return None
+
+
+def default_prompt_format(path: str | Path) -> str:
+    """"chat" when the GGUF file carries a chat template (an instruction-tuned model), else "completion": a base
+    model has none, and llama.cpp would otherwise wrap the prompt in a ChatML fallback it was never trained on
+    (its answers then echo ``<|im_end|>``/``<|im_start|>``)."""
+    return "chat" if gguf_metadata_string(path, "tokenizer.chat_template") else "completion"
+
+
 
 class GGUFBackend:
     """A GGUF model in-process through xllamacpp (llama.cpp server core), with prompt caching.
@@ -127,6 +183,7 @@ class GGUFBackend:
             except AttributeError:
                 pass
         self.n_ctx = n_ctx
+        self.prompt_format = default_prompt_format(self.path)   # for generate(); judges always chat
         self._server = xlc.Server(p)
         self._lock = threading.Lock()
 
@@ -135,9 +192,9 @@ class GGUFBackend:
         """The OpenAI-compatible HTTP endpoint the embedded llama.cpp server listens on."""
         return str(self._server.listening_address).rstrip("/") + "/v1"
 
-    def _call(self, req: dict) -> dict:
+    def _call(self, req: dict, completion: bool = False) -> dict:
         with self._lock:
-            r = self._server.handle_chat_completions(req)
+            r = self._server.handle_completions(req) if completion else self._server.handle_chat_completions(req)
         if isinstance(r, str):
             import json
 
@@ -156,11 +213,22 @@ class GGUFBackend:
             req["top_logprobs"] = top_logprobs
         return self._call(req)
 
-    def generate(self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+    def generate(self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0,
+                 prompt_format: str | None = None) -> list[str]:
+        """Completions of user prompts: through the model's chat template ("chat"), or the prompt text continued
+        as it is ("completion", for base models); default: the file's (``default_prompt_format``)."""
+        fmt = prompt_format or self.prompt_format
+        if fmt not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)} (got {fmt!r})")
         out = []
         for pr in prompts:
-            r = self.chat(pr, max_tokens=max_tokens, temperature=temperature)
-            out.append(r["choices"][0]["message"].get("content") or "")
+            if fmt == "completion":
+                r = self._call({"prompt": pr, "max_tokens": max_tokens, "temperature": temperature,
+                                "cache_prompt": True, "seed": 0}, completion=True)
+                out.append(r["choices"][0].get("text") or "")
+            else:
+                r = self.chat(pr, max_tokens=max_tokens, temperature=temperature)
+                out.append(r["choices"][0]["message"].get("content") or "")
         return out
 
     def choice_logprobs(self, prompt: PromptLike, choices: Sequence[str]) -> dict[str, float]:
@@ -381,6 +449,20 @@ class VLLMBackend:
 
 # --------------------------------------------------------------------------- factory
 
+def prompt_format_problem(spec: dict) -> str | None:
+    """Why a MODEL spec's ``prompt_format`` is invalid (None if it is fine or absent)."""
+    fmt = spec.get("prompt_format")
+    if fmt is None:
+        return None
+    if spec.get("backend", "gguf") != "gguf":
+        return ("spec field 'prompt_format' applies to gguf models only (an OpenAI-compatible server or vLLM "
+                "applies the model's own chat template)")
+    if fmt not in PROMPT_FORMATS:
+        return (f"spec field 'prompt_format' = {fmt!r} is invalid; valid choices: {', '.join(PROMPT_FORMATS)} "
+                "(default: chat when the GGUF file has a chat template, else completion)")
+    return None
+
+
 _GGUF_CACHE: dict[tuple, GGUFBackend] = {}
 _GGUF_LOCK = threading.Lock()
 
@@ -395,6 +477,9 @@ def make_backend(spec: dict) -> Backend:
     kind = spec.get("backend", "gguf")
     if kind not in BACKENDS:
         raise ValueError(f"spec field 'backend' = {kind!r} is invalid; valid choices: {', '.join(BACKENDS)}")
+    why = prompt_format_problem(spec)
+    if why:
+        raise ValueError(why)
     if kind == "gguf":
         from judges.models import PRESETS, resolve_model, resolve_preset
 

@@ -183,7 +183,7 @@ class Comparison:
 
     def __init__(self, judge_votes: np.ndarray | None, n_items: int | None = None,
                  config: ComparisonConfig | None = None, rng: np.random.Generator | None = None,
-                 prior: JudgeCalibration | None = None) -> None:
+                 prior: JudgeCalibration | None = None, voted: np.ndarray | None = None) -> None:
         self.config = config or ComparisonConfig()
         self.prior = prior
         if judge_votes is None:
@@ -197,12 +197,20 @@ class Comparison:
         self.labels: dict[int, float] = {}   # every human label ever received, by pair
         self.pool_version = 0
         self.slices: SliceTracker | None = None  # per-slice verdicts on the same draws (set_slices)
-        self._set_pool(votes)
+        self._arrived: dict[int, np.ndarray] = {}  # streaming: votes received, used from the next refit
+        self._set_pool(votes, voted)
 
     # ----------------------------------------------------------------------------------------------- setup
-    def _set_pool(self, votes: np.ndarray) -> None:
-        self.votes = votes
+    def _set_pool(self, votes: np.ndarray, voted: np.ndarray | None = None) -> None:
         self.n_items = votes.shape[0]
+        # voted[i]: pair i's votes are in the features; a pair without (streaming: judges still voting) has an
+        # all-missing feature row, so its prediction is the calibration's "no votes" prediction
+        self.voted = np.ones(self.n_items, dtype=bool) if voted is None else \
+            np.asarray(voted, dtype=bool).reshape(self.n_items).copy()
+        if not self.voted.all():
+            votes = votes.copy()
+            votes[~self.voted] = np.nan
+        self.votes = votes
         self.features = judge_features(votes) if votes.shape[1] else np.empty((self.n_items, 0))
         self.draws: list[Draw] = []
         self.processed = 0
@@ -383,6 +391,54 @@ class Comparison:
         self.labels[item] = float(y)
         return True
 
+    # ------------------------------------------------------------------------------------------ streaming
+    def add_votes(self, items, judge_votes) -> None:
+        """Judge votes that arrived for pairs created without them (a streaming run: labels start at once).
+
+        Held back until the next calibration refit (``_refit``, which runs between draws): g_t and q_t stay
+        functions of the draws processed before t and of votes that arrived before the last refit, so they are
+        predictable whenever the times at which votes arrive do not depend on the labels (the judges never see
+        a label). Before the first draw of the pool version nothing is predicted yet and they are used at once,
+        so a run whose votes all arrive before labelling starts is the wait-for-all run exactly.
+        """
+        idx = np.asarray(items, dtype=int).reshape(-1)
+        rows = _checked_votes(np.asarray(judge_votes, dtype=float).reshape(idx.size, self.votes.shape[1]))
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_items):
+            raise ValueError(f"pair index outside the pool (0..{self.n_items - 1})")
+        for i, r in zip(idx.tolist(), rows, strict=True):
+            self._arrived[i] = r
+        if not self.draws and self._use_arrived_votes():
+            self._apply_calibration()
+            self._set_sampler_scores()
+
+    @property
+    def n_voted(self) -> int:
+        """Pairs whose votes are in use or have arrived (used from the next refit)."""
+        return int(self.voted.sum()) + sum(1 for i in self._arrived if not self.voted[i])
+
+    def votes_received(self) -> np.ndarray:
+        """Every vote received: those in use and those that arrived since the last refit."""
+        if not self._arrived:
+            return self.votes
+        out = self.votes.copy()
+        for i, r in self._arrived.items():
+            out[i] = r
+        return out
+
+    def _use_arrived_votes(self) -> bool:
+        """Move arrived votes into the feature rows (at refits, or before the first draw)."""
+        if not self._arrived:
+            return False
+        idx = np.fromiter(self._arrived.keys(), dtype=int, count=len(self._arrived))
+        rows = np.vstack(list(self._arrived.values()))
+        self._arrived = {}
+        self.votes = self.votes.copy()
+        self.votes[idx] = rows
+        self.voted[idx] = True
+        if self.votes.shape[1]:
+            self.features[idx] = judge_features(rows)
+        return True
+
     # ---------------------------------------------------------------------------------------- statistics
     def _process_ready(self) -> None:
         # A verdict freezes the evidence: labels that arrive after it are stored but not processed, so the
@@ -467,6 +523,7 @@ class Comparison:
         # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
         # only, whichever pairs happen to be pending or labelled early, so g_{t+1} is predictable by construction.
         # (Adding other known labels made the fit depend on which pair was pending, i.e. on the next draw.)
+        self._use_arrived_votes()  # between draws: the features of draw t+1 on are fixed here
         items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
         ys = np.asarray([self.labels[i] for i in items])
         self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
@@ -520,10 +577,12 @@ class Comparison:
                                 self.config.method, self.pool_version)
 
     # ----------------------------------------------------------------------------------------- pool growth
-    def add_items(self, judge_votes: np.ndarray, slice_member: np.ndarray | None = None) -> None:
+    def add_items(self, judge_votes: np.ndarray, slice_member: np.ndarray | None = None,
+                  voted: np.ndarray | None = None) -> None:
         """Append pairs. Before any draw the pool just grows; afterwards a new pool version starts.
 
-        With slices, slice_member gives the new pairs' rows of the membership matrix (default: in no slice).
+        With slices, slice_member gives the new pairs' rows of the membership matrix (default: in no slice);
+        voted marks which new pairs have their votes (default all; see add_votes for the others).
         """
         new = _checked_votes(judge_votes)
         if new.shape[1] != self.votes.shape[1]:
@@ -538,7 +597,9 @@ class Comparison:
                                  "alpha, none is kept for growth); start a new comparison for the larger pool, or "
                                  "create it with pool_growth_alpha_share > 0")
             self.pool_version += 1
-        self._set_pool(np.vstack([self.votes, new]))
+        self._use_arrived_votes()  # a new pool version starts from a fresh calibration: nothing to keep back
+        new_voted = np.ones(new.shape[0], dtype=bool) if voted is None else np.asarray(voted, dtype=bool)
+        self._set_pool(np.vstack([self.votes, new]), np.concatenate([self.voted, new_voted.reshape(-1)]))
         # Past labels stay: they will be consumed for free when drawn.
 
     # ---------------------------------------------------------------------------------------- persistence
@@ -547,10 +608,14 @@ class Comparison:
         return {
             "version": STATE_VERSION,
             "config": self.config.to_dict(),
-            "votes": _nan_to_none(self.votes.tolist()) if include_votes else None,
+            "votes": _nan_to_none(self.votes_received().tolist()) if include_votes else None,
             "n_judges": int(self.votes.shape[1]),
             "n_items": int(self.n_items),
             "pool_version": self.pool_version,
+            # streaming: which pairs' votes are in use, which arrived (their votes come from judge_votes)
+            **({} if self.voted.all() and not self._arrived else {
+                "voted": pack(np.packbits(self.voted), "u1"),
+                "arrived": pack(sorted(self._arrived), "<i8")}),
             "labels": {"items": pack(list(self.labels.keys()), "<i8"), "values": pack(list(self.labels.values()))},
             "draws": {"items": pack([d.item for d in self.draws], "<i8"),
                       "probs": pack([d.prob for d in self.draws]),
@@ -598,7 +663,13 @@ class Comparison:
             self.labels = {int(i): float(y) for i, y in d["labels"]}
         self.pool_version = d["pool_version"]
         self.slices = None
-        self._set_pool(votes)
+        self._arrived = {}
+        voted = None
+        if d.get("voted") is not None:
+            voted = np.unpackbits(unpack(d["voted"], "u1"), count=votes.shape[0]).astype(bool)
+            full = votes
+            self._arrived = {int(i): full[int(i)].copy() for i in unpack(d["arrived"], "<i8").tolist()}
+        self._set_pool(votes, voted)
         if isinstance(d["draws"], dict):
             dd = d["draws"]
             self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in zip(

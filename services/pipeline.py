@@ -101,10 +101,13 @@ class GenerationWorker:
         if n_threads and spec.get("backend", "gguf") == "gguf":
             spec.setdefault("n_threads", n_threads)
         self.backend = make_backend(spec)
+        # a GGUF backend is shared per file within a process: the spec's prompt format goes with each call
+        self.extra = {"prompt_format": spec["prompt_format"]} if spec.get("prompt_format") else {}
 
     def generate(self, batch: Sequence[tuple[str, str]], max_tokens: int = 256, temperature: float = 0.0
                  ) -> dict[str, str]:
-        outs = self.backend.generate([t for _, t in batch], max_tokens=max_tokens, temperature=temperature)
+        outs = self.backend.generate([t for _, t in batch], max_tokens=max_tokens, temperature=temperature,
+                                     **self.extra)
         return {pid: o for (pid, _), o in zip(batch, outs, strict=True)}
 
     def pid(self) -> int:
@@ -309,7 +312,9 @@ class Pipeline:
                 have.update({f"{side}:{pid}": text for pid, text in result.items()})
                 if self.metrics:
                     self.metrics.generated.inc(len(result))
-                svc.set_status(rid, "generating", progress={"generated": len(have), "to_generate": total})
+                both = sum(1 for p, _ in prompts if f"base:{p}" in have and f"tuned:{p}" in have)
+                svc.set_status(rid, "generating", progress={"generated": len(have), "to_generate": total,
+                                                            "pairs_generated": both})
             return cb
 
         threads = []

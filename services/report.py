@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -540,14 +541,17 @@ def report_data_from_comparison(comparison: Any, *, run_id: str = "", name: str 
     """
     st = comparison.status()
     cfg = comparison.config
-    votes = np.asarray(comparison.votes, dtype=float)
+    # every vote received (a streaming run's newest ones too: the sampler uses them from its next refit)
+    received = getattr(comparison, "votes_received", None)
+    votes = np.asarray(received() if callable(received) else comparison.votes, dtype=float)
     n_j = votes.shape[1] if votes.ndim == 2 else 0
     names = list(judge_names) if judge_names is not None else [f"judge {k + 1}" for k in range(n_j)]
     labels = {int(i): float(y) for i, y in comparison.labels.items() if 0 <= int(i) < st.n_items}
     rows: list[JudgeRow] = []
     ens = None
     if n_j:
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a pair without votes yet: NaN, as meant
             ens = np.nanmean(votes, axis=1) if n_j > 1 else None
         rows = judge_rows(votes, names[:n_j], labels, judge_extras, ens)
     crit: list[CriterionVerdict] = []

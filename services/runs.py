@@ -646,18 +646,26 @@ class RunService:
         rt.n_voted = self.store.n_votes(rid)
         n = meta["n_active"]
         if n:
-            mats = self._vote_matrices(rt, 0, n)
+            mats, _ = self._vote_matrices(rt, 0, n)
             states = self.store.load_states(rid)
             rt.ops_at_snapshot = int(states.pop("_ops_at", 0))
             for name, s in states.items():
+                d = json.loads(s)
                 m = mats.get(name)
-                rt.comps[name] = Comparison.from_json(s, m if m is not None else _no_votes(n))
+                if m is None or m.shape[1] != d["n_judges"]:   # a comparison without judge votes
+                    m = _no_votes(n, d["n_judges"]) if d["n_judges"] else _no_votes(n)
+                rt.comps[name] = Comparison.from_dict(d, m)
             ops = self.store.load_ops(rid)
             rt.ops_total = len(ops)
             for op in ops[rt.ops_at_snapshot:]:       # replay what happened after the snapshot
                 o = json.loads(op)
                 if o[0] == "next":
                     rt.comps[o[1]].next_items(o[2])
+                elif o[0] == "votes":                 # votes streamed in (add_votes), in log order
+                    for name, comp in rt.comps.items():
+                        m = mats.get(name)
+                        if comp.votes.shape[1] and m is not None and m.shape[1] == comp.votes.shape[1]:
+                            comp.add_votes(o[1], m[o[1]])
                 else:
                     offer_label(rt.comps[o[1]], o[2], o[3])
             # keep the overall comparison first
@@ -679,11 +687,14 @@ class RunService:
             self._enqueue(rt, release=expired)
         return rt
 
-    def _vote_matrices(self, rt: RunRuntime, lo: int, hi: int) -> dict[str, np.ndarray | None]:
-        """Judge-vote matrices (rows lo..hi-1) per comparison; None for a comparison without judge votes."""
+    def _vote_matrices(self, rt: RunRuntime, lo: int, hi: int
+                       ) -> tuple[dict[str, np.ndarray | None], np.ndarray | None]:
+        """Judge-vote matrices (rows lo..hi-1) per comparison (None for a comparison without judge votes), and
+        which rows have their votes stored (None: all; a run whose judges are still voting streams the rest)."""
         names = rt.meta["judge_names"]
         out: dict[str, np.ndarray | None] = {}
         votes = self.store.all_votes(rt.rid) if names else {}
+        judged = bool(rt.meta["judges"])    # judges will vote on every criterion, now or later
         for comp in [OVERALL, *rt.criteria]:
             if not names:
                 out[comp] = None
@@ -695,23 +706,21 @@ class RunService:
                 if v is not None:
                     have = True
                 rows.append([math.nan if x is None else float(x) for x in (v or [None] * len(names))])
-            out[comp] = np.asarray(rows, dtype=float).reshape(hi - lo, len(names)) if have or comp == OVERALL \
-                else None
-        return out
+            out[comp] = np.asarray(rows, dtype=float).reshape(hi - lo, len(names)) if have or judged \
+                or comp == OVERALL else None
+        voted = None
+        if judged:
+            voted = np.fromiter((i in votes for i in range(lo, hi)), dtype=bool, count=hi - lo)
+        return out, voted
 
     def _maybe_activate(self, rt: RunRuntime) -> bool:
-        """Put pairs [n_active, n) into the comparisons once every one of them has its judge votes."""
+        """Put pairs [n_active, n) into the comparisons: at once, whether or not their judge votes have
+        arrived (a streaming run: votes that arrive later go through ``add_votes``, see sampler.engine)."""
         meta = rt.meta
         lo, hi = meta["n_active"], len(rt.pair_ids)
         if hi <= lo:
             return False
-        names = meta["judge_names"]
-        needs_judging = bool(meta["judges"])
-        if names and needs_judging:
-            rt.n_voted = self.store.n_votes(rt.rid)
-            if rt.n_voted < hi:
-                return False
-        mats = self._vote_matrices(rt, lo, hi)
+        mats, voted = self._vote_matrices(rt, lo, hi)
         crits = rt.criteria
         slice_names = list(meta.get("slices") or [])
         member = None
@@ -725,14 +734,17 @@ class RunService:
             if name in rt.comps:
                 comp = rt.comps[name]
                 width = comp.votes.shape[1]
-                comp.add_items(mat if mat is not None and mat.shape[1] == width else _no_votes(hi - lo, width),
-                               slice_member=member)
+                if mat is not None and mat.shape[1] == width:
+                    comp.add_items(mat, slice_member=member, voted=voted if width else None)
+                else:
+                    comp.add_items(_no_votes(hi - lo, width), slice_member=member)
             else:
                 has_votes = mat is not None and mat.shape[1] > 0
                 method = (meta.get("method") or "active") if has_votes else "classical"
                 cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
                 rng = np.random.default_rng([int(meta["seed"]), k])
-                rt.comps[name] = Comparison(mat if has_votes else _no_votes(hi - lo), config=cfg, rng=rng)
+                rt.comps[name] = Comparison(mat if has_votes else _no_votes(hi - lo), config=cfg, rng=rng,
+                                            voted=voted if has_votes else None)
                 if member is not None:
                     rt.comps[name].set_slices(slice_names, member)
         # labels that arrived for pairs before they were active
@@ -740,8 +752,9 @@ class RunService:
             if lo <= idx < hi:
                 self._feed(rt, idx)
         meta["n_active"] = hi
-        if meta["status"] in ("judging", "generating"):
-            meta["status"] = "ready"
+        rt.n_voted = self.store.n_votes(rt.rid)
+        if meta["status"] in ("judging", "generating"):   # labellable now; "judging" while votes still arrive
+            meta["status"] = "judging" if self._votes_missing(rt) else "ready"
         # a snapshot that includes every operation so far (add_items is not a logged operation)
         self._commit(rt, meta=meta, snapshot=True)
         return True
@@ -773,16 +786,38 @@ class RunService:
             self._maybe_activate(rt)
 
     def add_votes(self, rid: str, votes: dict[int, dict]) -> None:
-        """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch)."""
+        """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch).
+
+        The pairs are labellable already (streaming): each comparison gets the votes now and uses them from its
+        next calibration refit. The "votes" op is logged in the same write as the votes, so a reload replays
+        it at the same point between draws and labels (exact state)."""
         rt = self.runtime(rid)
         with rt.lock:
             if votes:
+                active = sorted(int(i) for i in votes if int(i) < rt.meta["n_active"])
+                if active and rt.comps:
+                    for name, comp in rt.comps.items():
+                        width = comp.votes.shape[1]
+                        if width:
+                            rows = [[math.nan if x is None else float(x)
+                                     for x in ((votes[i].get(name) if votes[i] else None) or [None] * width)]
+                                    for i in active]
+                            comp.add_votes(active, rows)
+                    rt.ops.append(["votes", active])
                 self._commit(rt, cmds=[["HSET", self.store.k(rid, "votes"),
                                         *[x for i, v in votes.items() for x in (str(i), json.dumps(v))]]])
             rt.n_voted = self.store.n_votes(rid)
             rt.meta["progress"]["judged"] = rt.n_voted
+            if rt.meta["status"] == "judging" and rt.meta["n_active"] == len(rt.pair_ids) \
+                    and not self._votes_missing(rt):
+                rt.meta["status"] = "ready"
             self._commit(rt, meta=rt.meta)
             self._maybe_activate(rt)
+
+    @staticmethod
+    def _votes_missing(rt: RunRuntime) -> bool:
+        """Judges are configured and some pair has no votes yet."""
+        return bool(rt.meta["judges"]) and rt.n_voted < len(rt.pair_ids)
 
     def unvoted_pairs(self, rid: str) -> list[tuple[int, dict]]:
         rt = self.runtime(rid)
@@ -1173,6 +1208,11 @@ class RunService:
             "slices": {}, "slice_warnings": list(meta.get("slice_warnings") or []),
             "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()),
         }
+        # progress of the machines and the humans (a streaming run labels while the first two still grow)
+        progress = meta.get("progress") or {}
+        out["generated"] = len(rt.pair_ids) if rt.pair_ids else int(progress.get("pairs_generated", 0))
+        out["judged"] = rt.n_voted if meta["judge_names"] else 0
+        out["progress"] = dict(progress)
         if meta.get("slices"):
             out["alpha_split"] = alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(rt.criteria))
         for name, comp in rt.comps.items():
@@ -1183,6 +1223,7 @@ class RunService:
                  "slices": {k: v.to_dict() for k, v in comp.slice_statuses().items()}}
             if name == OVERALL:
                 out.update(d)
+                out["progress"]["labels"] = s.labels   # the overall verdict's labels, as "labels" above
             else:
                 out["criteria"][name] = d
         return out

@@ -88,6 +88,16 @@ class GenerateIn(Strict):
     max_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
+    @field_validator("base", "tuned")
+    @classmethod
+    def _prompt_format(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from judges.backends import prompt_format_problem
+
+        why = prompt_format_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
+
     @model_validator(mode="after")
     def _unique(self) -> GenerateIn:
         ids = [p.id for p in self.prompts]
@@ -182,6 +192,9 @@ class RunStatus(BaseModel):
     status: Literal["generating", "judging", "ready", "failed"]
     n_pairs: int
     votes: int = Field(description="pairs with judge votes")
+    generated: int = Field(0, description="pairs whose two outputs exist (all of them for a run over given pairs)")
+    judged: int = Field(0, description="pairs whose judge votes have arrived (0 without judges); a streaming run "
+                                       "hands out pairs while this still grows")
     labels: int = Field(description="pairs whose human label entered the sampler")
     annotations: int = Field(description="individual annotator verdicts received")
     estimate: float | None

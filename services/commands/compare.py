@@ -351,7 +351,9 @@ def compare(
             st = client.status(run_id)
             if st["status"] == "failed":
                 raise ApiError(f"run failed: {st.get('error')}", EXIT_ERROR)
-            if worker is not None and not worker.is_alive() and st["status"] == "ready" and worker.ident is None:
+            # pairs are labellable while the judges still vote (a streaming run): start as soon as they exist
+            if worker is not None and not worker.is_alive() and st["status"] in ("ready", "judging") \
+                    and worker.ident is None:
                 worker.start()
             if annot is not None and annot.error:
                 raise ApiError(f"annotator: {annot.error}", EXIT_ERROR)

@@ -128,3 +128,15 @@ def test_rubric_questions_reuse_the_cached_prefix(qwen):
     assert max(calls[1:]) < 0.6 * calls[0], calls
     v = j.vote("What is 2 + 2?", BAD, GOOD)
     assert 0.0 <= v.p_tuned_better <= 1.0 and len(v.extra) == len(j.rubric) and v.cpu_seconds > 0
+
+
+def test_prompt_format_defaults_from_the_file_and_a_base_model_continues_plain_text(qwen, gemma):
+    """Issue 10 item 5: a base model has no chat template; prompted through llama.cpp's ChatML fallback its
+    answer echoes the template's tokens, prompted as plain text it continues the text."""
+    assert (qwen.prompt_format, gemma.prompt_format) == ("chat", "completion")
+    prompt = "The capital of France is"
+    chat = gemma.generate([prompt], max_tokens=12, prompt_format="chat")[0]
+    plain = gemma.generate([prompt], max_tokens=12)[0]
+    assert "<|im_" in chat                      # the failure the default avoids
+    assert "<|im_" not in plain and plain.strip()
+    assert qwen.generate(["Reply with the word hello."], max_tokens=6)[0].strip()  # chat, as before

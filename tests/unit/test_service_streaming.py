@@ -1,0 +1,126 @@
+"""Streaming runs through RunService on a real embedded Redis: pairs are labellable while judges still vote.
+
+The judge pipeline is played by the test (``RunService.add_votes`` is the pipeline's call), so votes can be made
+to arrive in any order relative to labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.runs import OVERALL, RunService
+from services.store import RedisStore
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
+    yield s
+    s.close()
+
+
+def _pairs(n, prefix="p"):
+    return [{"id": f"{prefix}{i}", "prompt": f"question {i}", "base": f"base answer {i}",
+             "tuned": f"tuned answer {i}"} for i in range(n)]
+
+
+def _vote(i: int, criteria=("overall",)) -> dict:
+    p = 0.8 if i % 4 else 0.3          # an informative judge: tuned wins 3 pairs in 4 (see _tuned_wins)
+    return {c: [p, 1 - p] for c in criteria}
+
+
+def _tuned_wins(i: int) -> bool:
+    return i % 4 != 0
+
+
+def _label(svc, rid, k, annotator="a", criteria=()):
+    done = 0
+    for _ in range(k):
+        v = svc.next_pair(rid, annotator)
+        if v is None:
+            break
+        i = int(v["pair_id"][1:])
+        tuned_left = v["left"].startswith("tuned")
+        verdict = "left" if tuned_left == _tuned_wins(i) else "right"
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": annotator, "verdict": verdict,
+                               "lease_id": v["lease_id"], "criteria": {c: verdict for c in criteria}})
+        done += 1
+    return done
+
+
+def test_labels_before_any_vote_and_votes_out_of_order_reload_exactly(store):
+    svc = RunService(store)      # no pipeline: the test delivers the votes
+    n = 400
+    rid = svc.create_run({"name": "s", "pairs": _pairs(n), "judges": ["judge-a", "judge-b"], "seed": 3,
+                          "criteria": ["tone"]})
+    st = svc.status(rid)
+    assert st["status"] == "judging" and st["votes"] == 0
+    assert _label(svc, rid, 8, criteria=["tone"]) == 8                     # labels before any vote
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n)
+    crit = ("overall", "tone")
+    for chunk in np.array_split(order[:300], 7):        # votes out of order, between labels
+        svc.add_votes(rid, {int(i): _vote(int(i), crit) for i in chunk})
+        _label(svc, rid, 6, criteria=["tone"])
+    st = svc.status(rid)
+    assert st["status"] == "judging" and st["votes"] == 300
+    ov = svc.runtime(rid).comps[OVERALL]
+    assert ov.config.method == "active" and ov.n_voted == 300
+    assert ov.voted.sum() > 0                          # a refit has put some votes to use
+    assert svc.runtime(rid).comps["tone"].votes.shape[1] == 2   # the criterion streams votes too
+    assert "<html" in svc.report_html(rid).lower()       # the report renders mid-stream
+    before = svc.status(rid)
+    svc2 = RunService(store)                            # a fresh process: snapshot + op log replay
+    rt2 = svc2.runtime(rid)
+    replayed = [op for op in store.load_ops(rid)[rt2.ops_at_snapshot:] if op.startswith('["votes"')]
+    assert replayed                                     # the votes' arrival is part of what is replayed
+    after = svc2.status(rid)
+    assert after.pop("estimate") == pytest.approx(before.pop("estimate"), rel=1e-12)
+    assert after == before
+    for name, c1 in svc.runtime(rid).comps.items():
+        c2 = svc2.runtime(rid).comps[name]
+        assert [d.item for d in c1.draws] == [d.item for d in c2.draws]
+        np.testing.assert_array_equal(c1.voted, c2.voted)
+        np.testing.assert_array_equal(c1.g, c2.g)
+        assert c1.n_voted == c2.n_voted
+    svc.close()
+    svc2.add_votes(rid, {int(i): _vote(int(i), crit) for i in order[300:]})
+    assert svc2.status(rid)["status"] == "ready" and svc2.status(rid)["votes"] == n
+    _label(svc2, rid, 200, criteria=["tone"])
+    assert svc2.status(rid)["decision"] == "better"
+    svc2.close()
+
+
+def test_first_pair_is_served_before_any_vote_and_added_pairs_stream_too(store):
+    svc = RunService(store)
+    rid = svc.create_run({"name": "s", "pairs": _pairs(50), "judges": ["judge-a"], "seed": 4})
+    assert svc.next_pair(rid, "a") is not None
+    svc.add_votes(rid, {i: {"overall": [0.7]} for i in range(50)})
+    assert svc.status(rid)["status"] == "ready"
+    svc.add_pairs(rid, _pairs(10, prefix="q"))
+    st = svc.status(rid)
+    assert st["status"] == "judging" and st["n_pairs"] == 60 and st["votes"] == 50
+    ov = svc.runtime(rid).comps[OVERALL]
+    assert ov.n_items == 60 and not ov.voted[50:].any() and ov.voted[:50].all()
+    svc.add_votes(rid, {i: {"overall": [0.6]} for i in range(50, 60)})
+    assert svc.status(rid)["status"] == "ready" and ov.n_voted == 60
+    svc.close()
+
+
+def test_status_shows_generated_judged_and_labels(store):
+    svc = RunService(store)
+    rid = svc.create_run({"name": "s", "pairs": _pairs(30), "judges": ["judge-a"], "seed": 5})
+    st = svc.status(rid)
+    assert (st["generated"], st["judged"], st["labels"]) == (30, 0, 0)
+    _label(svc, rid, 3)
+    svc.add_votes(rid, {i: {"overall": [0.7]} for i in range(12)})
+    st = svc.status(rid)
+    assert (st["generated"], st["judged"], st["labels"], st["votes"]) == (30, 12, 3, 12)
+    assert st["progress"]["labels"] == 3 and st["progress"]["judged"] == 12
+    from services.api.models import RunStatus
+    assert RunStatus.model_validate(st).model_dump()["judged"] == 12   # the API's response model keeps them
+    gen = svc.create_run({"name": "g", "generate": {"base": "b.gguf", "tuned": "t.gguf", "prompts": [
+        {"id": "x", "text": "hi"}]}, "seed": 6})
+    st = svc.status(gen)
+    assert st["status"] == "generating" and (st["generated"], st["judged"], st["labels"]) == (0, 0, 0)
+    svc.close()
