@@ -342,16 +342,28 @@ def _signed(x: float | None) -> str:
     return f"{x:+.3f}"
 
 
+def _verdict_table(first: str, rows: list[tuple[str, int | None, Any]]) -> str:
+    """One row per question (a criterion or a slice): name, [pairs], verdict, estimate, interval, labels, alpha."""
+    with_pairs = any(n is not None for _, n, _ in rows)
+    body = "".join(
+        f"<tr><td>{_e(name)}</td>" + (f"<td class=n>{n}</td>" if with_pairs else "") +
+        f"<td>{_badge(v.decision)}</td><td class=n>{_f(v.estimate)}</td>"
+        f"<td class=n>({_f(v.lower)}, {_f(v.upper)})</td><td class=n>{v.labels}</td>"
+        f"<td class=n>{_f(v.alpha, 4)}</td></tr>" for name, n, v in rows)
+    head = f"<th>{first}</th>" + ("<th>pairs</th>" if with_pairs else "")
+    return (f"<table><tr>{head}<th>verdict</th><th>estimate</th><th>interval</th><th>labels</th><th>α</th></tr>"
+            f"{body}</table>")
+
+
+def _alpha_split_note(d: ReportData) -> str:
+    return f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
+
+
 def _criteria_table(d: ReportData) -> str:
     if not d.criteria:
         return ""
-    rows = "".join(
-        f"<tr><td>{_e(c.criterion)}</td><td>{_badge(c.decision)}</td><td class=n>{_f(c.estimate)}</td>"
-        f"<td class=n>({_f(c.lower)}, {_f(c.upper)})</td><td class=n>{c.labels}</td>"
-        f"<td class=n>{_f(c.alpha, 4)}</td></tr>" for c in d.criteria)
-    split = f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
-    return ("<h2>Per-criterion verdicts</h2><table><tr><th>criterion</th><th>verdict</th><th>estimate</th>"
-            f"<th>interval</th><th>labels</th><th>α</th></tr>{rows}</table>{split}")
+    return ("<h2>Per-criterion verdicts</h2>" + _verdict_table("criterion", [(c.criterion, None, c) for c in d.criteria])
+            + _alpha_split_note(d))
 
 
 def forest_svg(d: ReportData, width: int = 760) -> str:
@@ -392,17 +404,11 @@ def forest_svg(d: ReportData, width: int = 760) -> str:
 def _slices_section(d: ReportData) -> str:
     if not d.slices:
         return ""
-    rows = "".join(
-        f"<tr><td>{_e(s.slice)}</td><td class=n>{s.n_pairs}</td><td>{_badge(s.decision)}</td>"
-        f"<td class=n>{_f(s.estimate)}</td><td class=n>({_f(s.lower)}, {_f(s.upper)})</td>"
-        f"<td class=n>{s.labels}</td><td class=n>{_f(s.alpha, 4)}</td></tr>" for s in d.slices)
-    split = f'<p class="note">{_e(d.alpha_split)}</p>' if d.alpha_split else ""
     return ("<h2>Per-slice verdicts</h2>" + forest_svg(d) +
             '<p class="note">Each bar is the anytime-valid interval for the preference rate on that slice\'s '
             "pairs (dot: estimate); a slice is better / worse once its bar leaves ½. Slice verdicts come from the "
             "same labels as the overall one.</p>"
-            "<table><tr><th>slice</th><th>pairs</th><th>verdict</th><th>estimate</th><th>interval</th>"
-            f"<th>labels</th><th>α</th></tr>{rows}</table>{split}")
+            + _verdict_table("slice", [(sl.slice, sl.n_pairs, sl) for sl in d.slices]) + _alpha_split_note(d))
 
 
 def _baseline_text(d: ReportData) -> str:
