@@ -46,8 +46,9 @@ class JudgeRow(BaseModel):
     swap_inconsistency: float | None = None      # mean |P(order 1) - P(order 2)|, if known
 
 
-class CriterionVerdict(BaseModel):
-    criterion: str
+class QuestionVerdict(BaseModel):
+    """The verdict on one question besides the overall one (a criterion or a slice)."""
+
     decision: str
     estimate: float
     lower: float
@@ -56,17 +57,15 @@ class CriterionVerdict(BaseModel):
     alpha: float | None = None
 
 
-class SliceVerdict(BaseModel):
+class CriterionVerdict(QuestionVerdict):
+    criterion: str
+
+
+class SliceVerdict(QuestionVerdict):
     """One slice's verdict (sampler.slices): the preference rate on the slice's pairs."""
 
     slice: str
     n_pairs: int
-    decision: str
-    estimate: float
-    lower: float
-    upper: float
-    labels: int = 0
-    alpha: float | None = None
 
 
 class Baseline(BaseModel):
@@ -342,7 +341,7 @@ def _signed(x: float | None) -> str:
     return f"{x:+.3f}"
 
 
-def _verdict_table(first: str, rows: list[tuple[str, int | None, Any]]) -> str:
+def _verdict_table(first: str, rows: list[tuple[str, int | None, QuestionVerdict]]) -> str:
     """One row per question (a criterion or a slice): name, [pairs], verdict, estimate, interval, labels, alpha."""
     with_pairs = any(n is not None for _, n, _ in rows)
     body = "".join(
