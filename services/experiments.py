@@ -55,6 +55,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from judges.spec import SpecError, check_judge, check_model
 from sampler.decision import spend_alpha
 
 FINAL = ("better", "worse", "equivalent", "undecided")
@@ -356,34 +357,19 @@ def post_webhook(url: str, payload: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- service
-MODEL_BACKENDS = ("gguf", "openai", "vllm")
-
-
 def _check_model(field_name: str, spec: Any) -> dict:
-    if not isinstance(spec, dict):
-        raise ExperimentError(field_name, "must be an object: a model spec {backend, ...} or {outputs: {prompt_id: text}}")
-    if "outputs" in spec:
-        return spec
-    b = spec.get("backend")
-    if b not in MODEL_BACKENDS:
-        raise ExperimentError(f"{field_name}.backend", f"must be one of {', '.join(MODEL_BACKENDS)} (got {b!r})")
-    return spec
+    try:
+        return check_model(field_name, spec)
+    except SpecError as e:
+        raise ExperimentError(e.field, e.message) from None
 
 
 def _check_judge(field_name: str, j: Any) -> None:
-    """A judge is PRESET[:pairwise|pointwise], a .gguf path, or a MODEL spec (as for POST /v1/runs)."""
-    if isinstance(j, dict):
-        _check_model(field_name, j)
-        return
-    model, _, mode = j.partition(":")
-    if mode not in ("", "pairwise", "pointwise"):
-        raise ExperimentError(field_name, f"mode {mode!r} must be pairwise or pointwise")
-    if model.endswith(".gguf"):
-        return
-    from judges.models import PRESETS
-    if model not in PRESETS:
-        raise ExperimentError(field_name, f"unknown judge {model!r}; presets: {', '.join(sorted(PRESETS))} "
-                                          "(or a .gguf path, or a MODEL spec)")
+    """A judge as for POST /v1/runs: PRESET[:MODE], a .gguf path, feature:NAME or a MODEL spec."""
+    try:
+        check_judge(field_name, j)
+    except SpecError as e:
+        raise ExperimentError(e.field, e.message) from None
 
 
 class ExperimentService:

@@ -18,8 +18,9 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from judges.spec import judge_model, judge_name, judge_problem
 
 if TYPE_CHECKING:
     from judges.features import FeatureJudge
@@ -30,64 +31,8 @@ log = logging.getLogger(__name__)
 SIDES = ("base", "tuned")
 
 
-# ----------------------------------------------------------------------------------------- judge specs
-def validate_judge_spec(spec: Any) -> str | None:
-    """None when ``spec`` names a judge we can build; otherwise the reason (no model is loaded)."""
-    from judges.backends import BACKENDS
-    from judges.jury import MODES
-    from judges.models import PRESETS
-
-    if isinstance(spec, str):
-        if spec.startswith("feature:"):
-            from judges.features import FEATURES
-
-            feat = spec.removeprefix("feature:")
-            return None if feat in FEATURES else (f"unknown feature {feat!r}; valid choices: "
-                                                  f"{', '.join('feature:' + f for f in FEATURES)}")
-        model, _, mode = spec.partition(":")
-        if mode and mode not in MODES:
-            return f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}"
-        if model not in PRESETS and not model.endswith(".gguf"):
-            return (f"unknown judge {model!r}; valid choices: {', '.join(sorted(PRESETS))} or a path to a .gguf "
-                    "file, optionally followed by ':pointwise'")
-        return None
-    if isinstance(spec, dict):
-        kind = spec.get("backend", "gguf")
-        if kind not in BACKENDS:
-            return f"'backend' = {kind!r} is invalid; valid choices: {', '.join(BACKENDS)}"
-        if spec.get("mode", "pairwise") not in MODES:
-            return f"'mode' must be one of {', '.join(MODES)}"
-        if kind == "gguf" and not (spec.get("preset") in PRESETS or spec.get("path")):
-            return f"a gguf judge needs 'preset' ({', '.join(sorted(PRESETS))}) or 'path'"
-        if kind in ("openai", "vllm") and not spec.get("model"):
-            return f"a {kind} judge needs 'model'"
-        if kind == "openai" and not spec.get("base_url"):
-            return "an openai judge needs 'base_url'"
-        return None
-    return "a judge is a preset name (string) or a MODEL spec (object)"
-
-
-def judge_name(spec: Any) -> str:
-    """The column name of a judge's votes (matches judges.jury's naming)."""
-    if isinstance(spec, str):
-        model, _, mode = spec.partition(":")
-        base = Path(model).stem if model.endswith(".gguf") else model
-        return base if mode in ("", "pairwise") else f"{base}:{mode}"
-    kind = spec.get("backend", "gguf")
-    if spec.get("name"):
-        base = spec["name"]
-    elif kind == "gguf":
-        base = spec.get("preset") or Path(spec["path"]).stem
-    else:
-        base = f"{kind}:{spec['model']}"
-    mode = spec.get("mode", "pairwise")
-    return base if mode == "pairwise" else f"{base}:{mode}"
-
-
-def _model_spec(spec: Any) -> dict:
-    if isinstance(spec, str):
-        return {"backend": "gguf", "preset": spec} if not spec.endswith(".gguf") else {"backend": "gguf", "path": spec}
-    return spec
+# judge specs: one parser, judges/spec.py (re-exported here for the modules that import them from the pipeline)
+validate_judge_spec = judge_problem
 
 
 # ------------------------------------------------------------------------------------- plain workers
@@ -132,12 +77,7 @@ class JudgeWorker:
 
             self.judge = FeatureJudge(spec.removeprefix("feature:"))
             return
-        if isinstance(spec, str):
-            model, _, mode = spec.partition(":")
-            mspec, mode = _model_spec(model), (mode or "pairwise")
-        else:
-            mspec = {k: v for k, v in spec.items() if k != "mode"}
-            mode = spec.get("mode", "pairwise")
+        mspec, mode = judge_model(spec)
         if n_threads and mspec.get("backend", "gguf") == "gguf":
             mspec = {**mspec, "n_threads": n_threads}
         crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in criteria}
