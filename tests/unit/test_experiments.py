@@ -340,6 +340,24 @@ def test_family_wise_error_with_alpha_spending_by_simulation():
 def test_family_wise_error_exceeds_alpha_without_spending(monkeypatch):
     # The negative control: every comparison at the full alpha (no spending) breaks the family-wise bound,
     # so the simulation above has the power to see a wrong spending sequence.
-    monkeypatch.setattr(E, "spend_alpha", lambda a, k: a)
+    monkeypatch.setattr(E.service, "spend_alpha", lambda a, k: a)
     alpha, R = 0.3, 300
     assert _fwer(R, 20, 3, alpha, seed0=10_000) > alpha
+
+
+def test_experiment_errors_belong_to_the_service_error_family():
+    """One error family: the app's ServiceError handler answers experiment errors (no per-route handler)."""
+    from services import errors
+    from services.experiments import ExperimentConflict
+
+    runs, svc, exp, _ = make()
+    with pytest.raises(errors.NotFound) as nf:
+        svc.signal("exp_nope")
+    assert nf.value.status_code == 404 and nf.value.detail()[0]["loc"] == ["path", "experiment"]
+    with pytest.raises(errors.BadInput) as bad:
+        svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {"0": "x"}})
+    assert bad.value.status_code == 422 and bad.value.detail()[0]["loc"] == ["body", "outputs"]
+    svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+    with pytest.raises(errors.Conflict) as dup:
+        svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+    assert isinstance(dup.value, ExperimentConflict) and dup.value.status_code == 409

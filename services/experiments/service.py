@@ -1,328 +1,34 @@
-"""Experiments: every checkpoint of a training run compared with the base and with the best checkpoint so far,
-and a stop-training signal computed from those verdicts.
-
-An experiment fixes a prompt set, a base (a model spec or pre-generated outputs per prompt id), judge presets
-(``[]`` = labels only), alpha, margin and the signal rule. Each checkpoint (model spec or outputs) makes up to
-two ordinary runs of the service (same label queue as any run):
-
-    vs_base   pairs (base output, checkpoint output) on every prompt
-    vs_best   pairs (best checkpoint's output, checkpoint output); absent while the best is still the base
-              (then vs_base *is* the comparison with the best)
-
-**alpha-spending.** The k-th checkpoint of an experiment (k = 1, 2, ...) spends
-``alpha_k = alpha * 6 / (pi^2 k^2)`` (``sampler.decision.spend_alpha``; sum over k is exactly alpha) and splits it
-equally between its n_k in {1, 2} comparisons: each run's confidence sequence has level alpha_k / n_k.
-Each run's sequence is anytime-valid conditionally on everything that happened before it was created (which
-checkpoint is "best" is decided by earlier data, but the run's own draws are fresh), so by the union bound
-
-    P(any better/worse verdict of the experiment is wrong) <= sum_k n_k * alpha_k / n_k = sum_k alpha_k <= alpha
-
-however many checkpoints arrive and whenever each run stops. The sequence 6/(pi^2 k^2) front-loads: the first
-checkpoint gets 0.61 alpha, the 2nd 0.15 alpha, the 10th 0.006 alpha.
-
-**Signal rule** (``SignalRule``, a pure function of the checkpoint verdicts):
-
-* best checkpoint = the latest checkpoint whose comparison with the best-so-far (the base when no checkpoint
-  has been shown better yet) ended "better"; ``None`` while no checkpoint has beaten the base.
-* ``target``: stop when some checkpoint's lower confidence bound vs the base exceeds 1/2 + target_margin
-  ("better than base by >= target_margin"; only if target_margin is set). The bound is anytime-valid, so this
-  may fire before the run has formally decided.
-* ``regression`` / ``plateau``: stop when the last ``patience`` finished checkpoints submitted after the best
-  were each not better than the best: "equivalent" or "worse" (and "undecided", i.e. not shown better within
-  the label budget, unless ``undecided_is_plateau=False``). ``regression`` if all of them were "worse",
-  ``plateau`` otherwise. Checkpoints still running are skipped (they neither count nor break the streak).
-* ``slice-regression``: with ``protect_slices`` (slices that must not get worse), a checkpoint whose comparison
-  with the base ended "worse" on a protected slice is never the best checkpoint, and the signal stops when the
-  latest checkpoint with a final verdict on a protected slice is worse than the base there. The slice verdicts
-  are the runs' own (anytime-valid, inside the checkpoint's alpha), so this adds no error of its own.
-* ``budget``: stop when the experiment's human labels reach ``budget``.
-Priority when several hold: target, slice-regression, regression, plateau, budget. The signal is recomputed on every read and
-every ``interval`` seconds by ``start_watcher`` (the service runs it); a webhook (``webhook`` URL in the
-experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) changes.
-"""
+"""``ExperimentService``: experiments over a RunBackend, persisted in a KV store: validates and records
+experiments, turns each checkpoint into its runs (vs the base, vs the best), and recomputes and publishes the
+signal (``services/experiments/signal.py``). Statistics: services/experiments/__init__.py."""
 
 from __future__ import annotations
 
 import builtins
-import json
-import math
+import contextlib
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, Protocol
-
-import numpy as np
 
 from judges.spec import SpecError, check_judge, check_model
 from sampler.decision import spend_alpha
+from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
+from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
+from services.experiments.store import KV, MemoryKV
 
-FINAL = ("better", "worse", "equivalent", "undecided")
-REASONS = ("target", "regression", "plateau", "budget")
-
-
-class ExperimentError(ValueError):
-    """Bad input; ``field`` names the offending field (the API answers 4xx with it)."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
+log = logging.getLogger("tiebreak.experiments")
 
 
-class NotFound(ExperimentError):
-    def __init__(self, field: str, message: str):
-        super().__init__(field, message, status=404)
-
-
-# ------------------------------------------------------------------------------------------- signal rule
-@dataclass(frozen=True)
-class ComparisonView:
-    """What the signal needs from one run (a GET /v1/runs/{id} subset)."""
-    run_id: str
-    decision: str = "running"
-    estimate: float = 0.5
-    lower: float = 0.0
-    upper: float = 1.0
-    labels: int = 0
-    alpha: float = 0.05
-    against: str = "base"          # the reference side: "base" or a checkpoint name
-    slices: dict | None = None     # per-slice verdicts of the run (prompts with slices), as in its status
-
-    def to_dict(self) -> dict:
-        d = {"run_id": self.run_id, "decision": self.decision, "estimate": self.estimate, "lower": self.lower,
-             "upper": self.upper, "labels": self.labels, "alpha": self.alpha, "against": self.against}
-        if self.slices:
-            d["slices"] = self.slices
-        return d
-
-    @classmethod
-    def from_status(cls, run_id: str, st: dict, against: str) -> ComparisonView:
-        iv = st.get("interval") or [0.0, 1.0]
-        est = st.get("estimate")
-        return cls(run_id, str(st.get("decision") or "running"), 0.5 if est is None else float(est),
-                   float(iv[0]), float(iv[1]), int(st.get("labels", 0)), float(st.get("alpha", 0.05)), against,
-                   st.get("slices") or None)
-
-
-@dataclass(frozen=True)
-class CheckpointVerdict:
-    checkpoint: str
-    index: int                           # k, from 1
-    alpha: float                         # alpha_k spent on this checkpoint
-    vs_base: ComparisonView
-    vs_best: ComparisonView | None = None  # None: the best was the base when it arrived
-
-    @property
-    def reference(self) -> ComparisonView:
-        return self.vs_best if self.vs_best is not None else self.vs_base
-
-    @property
-    def decision(self) -> str:
-        """Its verdict against the best-so-far: running / better / worse / equivalent / undecided."""
-        return self.reference.decision
-
-    def to_dict(self) -> dict:
-        return {"checkpoint": self.checkpoint, "index": self.index, "alpha": self.alpha,
-                "vs_base": self.vs_base.to_dict(), "vs_best": self.reference.to_dict(),
-                "compared_to": self.reference.against, "decision": self.decision,
-                "labels": self.vs_base.labels + (self.vs_best.labels if self.vs_best else 0)}
-
-
-@dataclass(frozen=True)
-class Signal:
-    stop: bool
-    reason: str | None
-    best_checkpoint: str | None
-    checkpoints: list[dict] = field(default_factory=list)
-    message: str = ""
-    labels: int = 0
-
-    def to_dict(self) -> dict:
-        return {"stop": self.stop, "reason": self.reason, "best_checkpoint": self.best_checkpoint,
-                "checkpoints": self.checkpoints, "message": self.message, "labels": self.labels}
-
-    def key(self) -> tuple:
-        return (self.stop, self.reason, self.best_checkpoint)
-
-
-@dataclass(frozen=True)
-class SignalRule:
-    patience: int = 2
-    target_margin: float | None = None
-    budget: int | None = None
-    undecided_is_plateau: bool = True
-    protect_slices: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "protect_slices", tuple(self.protect_slices))
-        if not isinstance(self.patience, int) or self.patience < 1:
-            raise ExperimentError("patience", f"must be an integer >= 1 (got {self.patience!r})")
-        if self.target_margin is not None and not 0 <= self.target_margin < 0.5:
-            raise ExperimentError("target_margin", f"must lie in [0, 0.5) (got {self.target_margin!r})")
-        if self.budget is not None and self.budget < 1:
-            raise ExperimentError("budget", f"must be a positive number of labels (got {self.budget!r})")
-
-    def evaluate(self, checkpoints: Sequence[CheckpointVerdict], labels: int | None = None) -> Signal:
-        cks = sorted(checkpoints, key=lambda c: c.index)
-        rows = [c.to_dict() for c in cks]
-        if labels is None:
-            labels = sum(r["labels"] for r in rows)
-        best_i = -1
-        for i, c in enumerate(cks):
-            if c.decision == "better" and not self._worse_on_protected(c):
-                best_i = i
-        best = cks[best_i].checkpoint if best_i >= 0 else None
-        best_name = best or "the base"
-
-        def out(stop: bool, reason: str | None, msg: str) -> Signal:
-            return Signal(stop, reason, best, rows, msg, labels)
-
-        if self.target_margin is not None:
-            for c in cks:
-                if c.vs_base.lower > 0.5 + self.target_margin:
-                    return out(True, "target", f"{c.checkpoint} is better than the base by >= {self.target_margin:g} "
-                                               f"(lower bound {c.vs_base.lower:.3f} > {0.5 + self.target_margin:.3f})")
-        guarded = [c for c in cks if self._protected_verdicts(c)]
-        if guarded and self._worse_on_protected(guarded[-1]):
-            c = guarded[-1]
-            return out(True, "slice-regression", f"{c.checkpoint} is worse than the base on protected slice(s) "
-                                                 f"{', '.join(self._worse_on_protected(c))}")
-        plateau_set = {"equivalent", "worse"} | ({"undecided"} if self.undecided_is_plateau else set())
-        after = [c for c in cks[best_i + 1:] if c.decision in FINAL]
-        last = after[-self.patience:]
-        if len(last) == self.patience and all(c.decision in plateau_set for c in last):
-            names = ", ".join(f"{c.checkpoint}: {c.decision}" for c in last)
-            if all(c.decision == "worse" for c in last):
-                return out(True, "regression", f"the last {self.patience} checkpoint(s) are worse than {best_name} ({names})")
-            return out(True, "plateau", f"the last {self.patience} checkpoint(s) are not better than {best_name} ({names})")
-        if self.budget is not None and labels >= self.budget:
-            return out(True, "budget", f"{labels} human labels used (budget {self.budget})")
-        running = sum(1 for c in cks if c.decision not in FINAL)
-        return out(False, None, f"{len(cks)} checkpoint(s), {running} running; best: {best_name}")
-
-    def _protected_verdicts(self, c: CheckpointVerdict) -> dict[str, str]:
-        """The final verdicts vs the base of c's protected slices (running ones left out)."""
-        sl = c.vs_base.slices or {}
-        return {s: sl[s]["decision"] for s in self.protect_slices
-                if s in sl and sl[s].get("decision") in FINAL}
-
-    def _worse_on_protected(self, c: CheckpointVerdict) -> list[str]:
-        return [s for s, d in self._protected_verdicts(c).items() if d == "worse"]
-
-
-# ---------------------------------------------------------------------------------------- collaborators
 class RunBackend(Protocol):
     """The service's runs (POST /v1/runs, GET /v1/runs/{id} shapes)."""
 
     def create_run(self, spec: dict) -> str: ...
 
     def run_status(self, run_id: str) -> dict: ...
-
-
-class KV(Protocol):
-    def get_json(self, key: str) -> Any | None: ...
-
-    def put_json(self, key: str, value: Any) -> None: ...
-
-    def keys(self, prefix: str) -> list[str]: ...
-
-    def lock(self, key: str) -> Any: ...
-
-
-class MemoryKV:
-    def __init__(self) -> None:
-        self._d: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get_json(self, key: str) -> Any | None:
-        with self._lock:
-            v = self._d.get(key)
-        return None if v is None else json.loads(v)
-
-    def put_json(self, key: str, value: Any) -> None:
-        v = json.dumps(value)   # the same round trip as Redis: JSON-able values only
-        with self._lock:
-            self._d[key] = v
-
-    def keys(self, prefix: str) -> list[str]:
-        with self._lock:
-            return [k for k in self._d if k.startswith(prefix)]
-
-    def lock(self, key: str) -> Any:
-        import contextlib
-
-        return contextlib.nullcontext()      # one process: ExperimentService's own lock is enough
-
-
-class LockLost(RuntimeError):
-    """A write under ``RedisKV.lock`` found the lock held by someone else (it expired): nothing was written."""
-
-
-class RedisKV:
-    """JSON values in any redis-py client (the service's store passes its client).
-
-    Several API replicas share it: every read-modify-write of an experiment runs under ``lock(key)``, a lock
-    in Redis (``{key}:lock``, SET NX PX with a random token, ``LOCK_TTL_S``), and a ``put_json`` made while
-    holding it is one Lua script that writes only if the lock still holds our token (a fencing check: a holder
-    paused past the TTL cannot overwrite a newer record; it gets LockLost)."""
-
-    LOCK_TTL_S = 120.0
-    _PUT_IF = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 end return 0"
-    _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-    def __init__(self, client: Any, prefix: str = "tb:") -> None:
-        self.r = client
-        self.prefix = prefix
-        self._held = threading.local()
-
-    def get_json(self, key: str) -> Any | None:
-        import json
-        v = self.r.get(self.prefix + key)
-        return None if v is None else json.loads(v)
-
-    def put_json(self, key: str, value: Any) -> None:
-        import json
-        token = getattr(self._held, "tokens", {}).get(key)
-        if token is None:
-            self.r.set(self.prefix + key, json.dumps(value))
-        elif not self.r.eval(self._PUT_IF, 2, self.prefix + key + ":lock", self.prefix + key, token,
-                             json.dumps(value)):
-            raise LockLost(f"the lock on {key} expired while this replica held it; nothing was written")
-
-    def lock(self, key: str) -> Any:
-        import contextlib
-        import secrets
-
-        @contextlib.contextmanager
-        def held() -> Any:
-            tokens = getattr(self._held, "tokens", None)
-            if tokens is None:
-                tokens = self._held.tokens = {}
-            if key in tokens:            # re-entrant within a thread
-                yield
-                return
-            token = secrets.token_hex(16)
-            name = self.prefix + key + ":lock"
-            deadline = time.monotonic() + self.LOCK_TTL_S + 10
-            while not self.r.set(name, token, nx=True, px=int(self.LOCK_TTL_S * 1000)):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not lock {key}")
-                time.sleep(0.02)
-            tokens[key] = token
-            try:
-                yield
-            finally:
-                tokens.pop(key, None)
-                self.r.eval(self._UNLOCK, 1, name, token)
-        return held()
-
-    def keys(self, prefix: str) -> list[str]:
-        n = len(self.prefix)
-        return [k[n:] for k in (x.decode() if isinstance(x, bytes) else x
-                                for x in self.r.scan_iter(self.prefix + prefix + "*")) if not k.endswith(":lock")]
 
 
 Generator = Callable[[dict, list[dict]], dict[str, str]]   # (model spec, prompts [{id, text}]) -> {id: text}
@@ -388,8 +94,6 @@ class ExperimentService:
 
     def _guard(self, exp_id: str) -> Any:
         """Serialise read-modify-writes of one experiment: in this process and across replicas (KV lock)."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         stack.enter_context(self._lock)
         stack.enter_context(self.kv.lock(f"exp:{exp_id}"))
@@ -523,7 +227,7 @@ class ExperimentService:
         with self._guard(exp_id):
             rec = self.get(exp_id)
             if any(c["checkpoint"] == name for c in rec["checkpoints"]):
-                raise ExperimentError("checkpoint", f"{name!r} was already submitted to {exp_id}", status=409)
+                raise ExperimentConflict("checkpoint", f"{name!r} was already submitted to {exp_id}")
             model = None
             if "outputs" in body:
                 rec["outputs"][name] = self._check_outputs("outputs", body["outputs"], rec["prompts"])
@@ -585,7 +289,6 @@ class ExperimentService:
         ck["status"] = "ready"
 
     def _generate_then_compare(self, exp_id: str, name: str) -> None:
-        import logging
         rec = self.get(exp_id)
         outs: dict[str, dict[str, str]] = {}
         error = None
@@ -606,7 +309,7 @@ class ExperimentService:
                     error = str(e)
             if error is not None:
                 ck["status"], ck["error"] = "failed", error
-                logging.getLogger("tiebreak.experiments").warning("checkpoint %s of %s failed: %s",
+                log.warning("checkpoint %s of %s failed: %s",
                                                                   name, exp_id, error)
             self.kv.put_json(f"exp:{exp_id}", rec)
             self._maybe_notify(exp_id, rec)
@@ -670,8 +373,7 @@ class ExperimentService:
                 self.signal(exp_id)
                 n += 1
             except Exception as e:  # noqa: BLE001 - one broken experiment must not stop the others
-                import logging
-                logging.getLogger("tiebreak.experiments").warning("signal refresh of %s failed: %s", exp_id, e)
+                log.warning("signal refresh of %s failed: %s", exp_id, e)
         return n
 
     def start_watcher(self, interval: float = 2.0) -> threading.Event:
@@ -699,88 +401,3 @@ class ExperimentService:
     def run_ids(self, exp_id: str) -> builtins.list[str]:
         rec = self.get(exp_id)
         return [r["run_id"] for c in rec["checkpoints"] for r in c["runs"].values()]
-
-
-# ------------------------------------------------------------------------------- in-process run backend
-Voter = Callable[[list[dict]], list[dict[str, float]]]   # pairs (with base_ref/tuned_ref) -> judge votes per pair
-
-
-class LocalRuns:
-    """Runs held in memory over sampler.engine.Comparison: the replay benchmark, tests, and a service without
-    Redis. Pairs carry ``judge_votes`` or a ``voter`` fills them (e.g. recorded verdicts, or a judges.Jury)."""
-
-    def __init__(self, voter: Voter | None = None, seed: int | None = None, method: str | None = None,
-                 **config: Any) -> None:
-        self.voter = voter
-        self.method = method
-        self.config = config             # extra ComparisonConfig fields (e.g. grid_resolution)
-        self._rng = np.random.default_rng(seed)
-        self._runs: dict[str, dict] = {}
-        self._lock = threading.RLock()
-
-    def create_run(self, spec: dict) -> str:
-        from sampler.engine import Comparison, ComparisonConfig
-        pairs = [dict(p) for p in spec["pairs"]]
-        meta = spec.get("experiment") or {}
-        for p in pairs:
-            p.setdefault("base_ref", meta.get("base_ref"))
-            p.setdefault("tuned_ref", meta.get("tuned_ref"))
-        if spec.get("judges") and self.voter is not None and any("judge_votes" not in p for p in pairs):
-            for p, v in zip(pairs, self.voter(pairs), strict=True):
-                p.setdefault("judge_votes", v)
-        names = sorted({j for p in pairs for j in (p.get("judge_votes") or {})})
-        votes = np.array([[(p.get("judge_votes") or {}).get(j, math.nan) for j in names] for p in pairs],
-                         dtype=float).reshape(len(pairs), len(names))
-        method = spec.get("method") or self.method or ("active" if names else "classical")
-        cfg = ComparisonConfig(alpha=spec.get("alpha", 0.05), margin=spec.get("margin", 0.0),
-                               budget=spec.get("budget"), method=method, **self.config)
-        rng = np.random.default_rng(self._rng.integers(2**63))
-        with self._lock:
-            run_id = "run_" + uuid.uuid4().hex[:12]
-            self._runs[run_id] = {"spec": {k: v for k, v in spec.items() if k != "pairs"}, "pairs": pairs,
-                                  "cmp": Comparison(votes if names else None, n_items=len(pairs), config=cfg, rng=rng)}
-        return run_id
-
-    def run_status(self, run_id: str) -> dict:
-        with self._lock:
-            r = self._runs[run_id]
-            st = r["cmp"].status()
-        return {"run_id": run_id, "n_pairs": st.n_items, "labels": st.labels, "estimate": st.estimate,
-                "interval": [st.lower, st.upper], "alpha": st.alpha, "decision": st.decision.value,
-                "pending": st.pending}
-
-    def pair(self, run_id: str, index: int) -> dict:
-        return self._runs[run_id]["pairs"][index]
-
-    def next(self, run_id: str, k: int = 1) -> list[int]:
-        with self._lock:
-            c = self._runs[run_id]["cmp"]
-            pend = c.pending_items()
-            return pend[:k] if pend else c.next_items(k)
-
-    def label(self, run_id: str, index: int, y: float) -> None:
-        with self._lock:
-            self._runs[run_id]["cmp"].record_label(index, y)
-
-    def open_runs(self) -> list[str]:
-        with self._lock:
-            return [rid for rid, r in self._runs.items() if not r["cmp"].decision.final]
-
-    def annotate(self, annotator: Callable[[dict], float], run_ids: Sequence[str] | None = None,
-                 max_labels: int | None = None) -> int:
-        """Answer every open run's queue with ``annotator(pair) -> y`` until all are decided; returns labels."""
-        n = 0
-        while True:
-            ids = [r for r in (run_ids or self.open_runs()) if not self._runs[r]["cmp"].decision.final]
-            progressed = False
-            for rid in ids:
-                items = self.next(rid, 1)
-                if not items:
-                    continue
-                self.label(rid, items[0], annotator(self.pair(rid, items[0])))
-                n += 1
-                progressed = True
-                if max_labels is not None and n >= max_labels:
-                    return n
-            if not progressed:
-                return n
