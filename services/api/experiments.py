@@ -26,6 +26,7 @@ from services.api.deps import admin, experiment_access
 from services.api.models import Utf8Str
 from services.experiments import ExperimentService, RedisKV
 from services.outbound import check_request
+from services.webhooks import signal_notifier
 
 MAX_TEXT = 200_000
 
@@ -99,7 +100,7 @@ def _notifier(app_state: Any):
     sender = getattr(app_state, "webhooks", None)
     if sender is None:
         return None
-    return lambda url, payload: sender.send("experiment.signal", payload, url)
+    return signal_notifier(sender)
 
 
 def experiment_service(request: Request) -> ExperimentService:

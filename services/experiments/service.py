@@ -19,6 +19,7 @@ from sampler.decision import spend_alpha
 from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
 from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
 from services.experiments.store import KV, MemoryKV
+from services.webhooks import WebhookSender, signal_notifier
 
 log = logging.getLogger("tiebreak.experiments")
 
@@ -49,20 +50,6 @@ def backend_generator(spec: dict, prompts: list[dict]) -> dict[str, str]:
     return {p["id"]: t for p, t in zip(prompts, texts, strict=True)}
 
 
-def post_webhook(url: str, payload: dict) -> None:
-    """Fire-and-forget POST (a thread; failures are logged, never raised into the request)."""
-    def send() -> None:
-        import logging
-
-        import httpx
-        try:
-            httpx.post(url, json=payload, timeout=10.0)
-        except Exception as e:  # noqa: BLE001 - a dead webhook must not break the service
-            logging.getLogger("tiebreak.experiments").warning("webhook %s failed: %s", url, e)
-    threading.Thread(target=send, daemon=True).start()
-
-
-# ----------------------------------------------------------------------------------------------- service
 def _check_model(field_name: str, spec: Any) -> dict:
     try:
         return check_model(field_name, spec)
@@ -89,7 +76,12 @@ class ExperimentService:
         self.async_generation = async_generation   # model-spec checkpoints: generate in a thread
         self.kv = kv if kv is not None else MemoryKV()
         self.generator = generator or backend_generator
-        self.notifier = notifier or post_webhook
+        # the one webhook sender (services/webhooks.py: retries, Idempotency-Key); the app passes its outbox
+        self.own_sender: WebhookSender | None = None
+        if notifier is None:
+            self.own_sender = WebhookSender()
+            notifier = signal_notifier(self.own_sender)
+        self.notifier = notifier
         self._lock = threading.RLock()
 
     def _guard(self, exp_id: str) -> Any:

@@ -361,3 +361,49 @@ def test_experiment_errors_belong_to_the_service_error_family():
     with pytest.raises(errors.Conflict) as dup:
         svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
     assert isinstance(dup.value, ExperimentConflict) and dup.value.status_code == 409
+
+
+def test_default_notifier_is_the_one_webhook_sender():
+    """Without the app's outbox, signals still go through services/webhooks.py: the documented payload
+    {"event": "experiment.signal", "sent_at", "data": <signal>} with an Idempotency-Key, retried after a 500."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[int, dict, dict]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append((len(got), dict(self.headers), body))
+            self.send_response(500 if len(got) == 1 else 200)   # the first delivery fails: it must be retried
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        runs = LocalRuns(seed=0)
+        svc = ExperimentService(runs)
+        assert svc.own_sender is not None
+        svc.own_sender.backoff_s = 0.01
+        exp = svc.create_experiment({"name": "w", "prompts": [{"id": str(i), "text": "q"} for i in range(N)],
+                                     "base": {"outputs": {str(i): "b" for i in range(N)}}, "patience": 1,
+                                     "webhook": f"http://127.0.0.1:{srv.server_address[1]}/hook"})
+        r = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+        runs.annotate(lambda p: 0.0, r["runs"])          # c1 worse than the base: the signal stops
+        assert svc.signal(exp)["stop"]
+        for _ in range(500):
+            if len(got) >= 2:
+                break
+            time.sleep(0.01)
+        svc.own_sender.close()
+    finally:
+        srv.shutdown()
+    assert len(got) == 2
+    (_, h1, b1), (_, h2, b2) = got
+    assert b1["event"] == "experiment.signal" and b1["data"]["experiment"] == exp and b1["data"]["stop"]
+    assert h1["Idempotency-Key"] == h2["Idempotency-Key"] and b1 == b2     # the retry is the same delivery
+    assert h1["X-Tiebreak-Event"] == "experiment.signal"
