@@ -26,6 +26,7 @@ class GenerationWorker:
         spec = dict(spec)
         if n_threads and spec.get("backend", "gguf") == "gguf":
             spec.setdefault("n_threads", n_threads)
+        self.spec = spec
         self.backend = make_backend(spec)
         # a GGUF backend is shared per file within a process: the spec's prompt format goes with each call
         self.extra = {"prompt_format": spec["prompt_format"]} if spec.get("prompt_format") else {}
@@ -35,6 +36,12 @@ class GenerationWorker:
         outs = self.backend.generate([t for _, t in batch], max_tokens=max_tokens, temperature=temperature,
                                      **self.extra)
         return {pid: o for (pid, _), o in zip(batch, outs, strict=True)}
+
+    def close(self) -> None:
+        """Release the backend's connections; GGUF backends are shared per process (judges.backends): kept."""
+        close = getattr(self.backend, "close", None)
+        if close is not None and self.spec.get("backend", "gguf") != "gguf":
+            close()
 
     def pid(self) -> int:
         return os.getpid()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from judges.actors import GenerationWorker, JudgeWorker, ray_actor
@@ -23,8 +24,8 @@ from judges.spec import judge_name, judge_problem
 if TYPE_CHECKING:
     from services.store import RedisVoteCache
 
-__all__ = ["SIDES", "GenerationWorker", "JudgeWorker", "Pipeline", "judge_name", "redis_vote_cache",
-           "validate_judge_spec"]
+__all__ = ["SIDES", "GenerationWorker", "JudgeWorker", "Pipeline", "generate_in_process", "judge_name",
+           "redis_vote_cache", "validate_judge_spec"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,29 @@ class Pipeline:
             import ray
 
             ray.kill(h)
+        elif h is not None and hasattr(h.obj, "close"):
+            h.obj.close()
+
+    # ------------------------------------------------------------------ outputs for experiments
+    def generate_outputs(self, spec: dict, prompts: list[dict]) -> dict[str, str]:
+        """One model's outputs for ``prompts`` [{id, text}] -> {id: output}, through the same GenerationWorker
+        actor as a run's generation (an experiment's base and checkpoints use it). ``spec`` may carry
+        ``max_tokens`` / ``temperature``. Blocks; takes one of the ``max_concurrent`` slots while it runs."""
+        key = f"gen:{uuid.uuid4().hex[:12]}"
+        todo = [(str(p["id"]), p["text"]) for p in prompts]
+        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        out: dict[str, str] = {}
+        with self._slots:
+            try:
+                h = self._actor(key, GenerationWorker, spec, self.n_threads)
+                self._map(h, "generate", batches, lambda _b, res: out.update(res),
+                          max_tokens=int(spec.get("max_tokens", 256)),
+                          temperature=float(spec.get("temperature", 0.0)))
+            finally:
+                self._kill(key)
+        if self.metrics:
+            self.metrics.generated.inc(len(out))
+        return {pid: out[pid] for pid, _ in todo}
 
     # ------------------------------------------------------------------ the work
     def run(self, rid: str) -> None:
@@ -273,3 +297,9 @@ class Pipeline:
         left = svc.unvoted_pairs(rid)
         if left:
             raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")
+
+
+def generate_in_process(spec: dict, prompts: list[dict]) -> dict[str, str]:
+    """``Pipeline.generate_outputs`` without Ray (the same GenerationWorker, in this process): experiments'
+    generator when the service runs no pipeline, and outside the service."""
+    return Pipeline(None, mode="local").generate_outputs(spec, prompts)

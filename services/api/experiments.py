@@ -115,7 +115,9 @@ def experiment_service(request: Request) -> ExperimentService:
             runs = getattr(st, "runs", None) or getattr(st, "run_service", None)
             store = getattr(st, "store", None)
             kv = RedisKV(store.r) if store is not None and hasattr(store, "r") else None
+            pipeline = getattr(st, "pipeline", None)   # checkpoints generate through the runs' actors
             svc = ExperimentService(_RunServiceBackend(runs), kv=kv, notifier=_notifier(st),
+                                    generator=pipeline.generate_outputs if pipeline is not None else None,
                                     async_generation=True)
             svc.start_watcher(float(getattr(getattr(st, "settings", None), "signal_interval_s", 2.0)))
             st.experiments = svc

@@ -19,6 +19,7 @@ from sampler.decision import spend_alpha
 from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
 from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
 from services.experiments.store import KV, MemoryKV
+from services.pipeline import generate_in_process
 from services.webhooks import WebhookSender, signal_notifier
 
 log = logging.getLogger("tiebreak.experiments")
@@ -34,20 +35,6 @@ class RunBackend(Protocol):
 
 Generator = Callable[[dict, list[dict]], dict[str, str]]   # (model spec, prompts [{id, text}]) -> {id: text}
 Notifier = Callable[[str, dict], None]                      # (webhook url, signal json)
-
-
-def backend_generator(spec: dict, prompts: list[dict]) -> dict[str, str]:
-    """Generate outputs with a judges.backends model spec (gguf / openai / vllm)."""
-    from judges.backends import make_backend
-    be = make_backend(spec)
-    try:
-        texts = be.generate([p["text"] for p in prompts], max_tokens=int(spec.get("max_tokens", 256)),
-                            temperature=float(spec.get("temperature", 0.0)))
-    finally:
-        close = getattr(be, "close", None)
-        if close and spec.get("backend") != "gguf":   # GGUF backends are shared per process (judges.backends)
-            close()
-    return {p["id"]: t for p, t in zip(prompts, texts, strict=True)}
 
 
 def _check_model(field_name: str, spec: Any) -> dict:
@@ -75,7 +62,8 @@ class ExperimentService:
         self.validate_judges = validate_judges     # False: judge names are labels of supplied votes (replay)
         self.async_generation = async_generation   # model-spec checkpoints: generate in a thread
         self.kv = kv if kv is not None else MemoryKV()
-        self.generator = generator or backend_generator
+        # outputs of model specs: the pipeline's GenerationWorker (Ray actors in the service; in-process here)
+        self.generator = generator or generate_in_process
         # the one webhook sender (services/webhooks.py: retries, Idempotency-Key); the app passes its outbox
         self.own_sender: WebhookSender | None = None
         if notifier is None:
