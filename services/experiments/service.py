@@ -9,16 +9,14 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any, Protocol
 
-from judges.spec import SpecError, check_judge, check_model
 from sampler.decision import spend_alpha
 from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
 from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
 from services.experiments.store import KV, MemoryKV
+from services.experiments.validate import check_model_field, check_outputs, experiment_record
 from services.pipeline import generate_in_process
 from services.webhooks import WebhookSender, signal_notifier
 
@@ -35,21 +33,6 @@ class RunBackend(Protocol):
 
 Generator = Callable[[dict, list[dict]], dict[str, str]]   # (model spec, prompts [{id, text}]) -> {id: text}
 Notifier = Callable[[str, dict], None]                      # (webhook url, signal json)
-
-
-def _check_model(field_name: str, spec: Any) -> dict:
-    try:
-        return check_model(field_name, spec)
-    except SpecError as e:
-        raise ExperimentError(e.field, e.message) from None
-
-
-def _check_judge(field_name: str, j: Any) -> None:
-    """A judge as for POST /v1/runs: PRESET[:MODE], a .gguf path, feature:NAME or a MODEL spec."""
-    try:
-        check_judge(field_name, j)
-    except SpecError as e:
-        raise ExperimentError(e.field, e.message) from None
 
 
 class ExperimentService:
@@ -81,65 +64,8 @@ class ExperimentService:
 
     # -------------------------------------------------------------------------------------- experiments
     def create_experiment(self, body: dict) -> str:
-        if not isinstance(body, dict):
-            raise ExperimentError("body", "must be a JSON object")
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise ExperimentError("name", "required, a non-empty string")
-        prompts = body.get("prompts")
-        if not isinstance(prompts, list) or not prompts:
-            raise ExperimentError("prompts", "required, a non-empty list of {id, text}")
-        seen: set[str] = set()
-        clean = []
-        for i, p in enumerate(prompts):
-            if not isinstance(p, dict) or not isinstance(p.get("text"), str) or p.get("id") is None:
-                raise ExperimentError(f"prompts[{i}]", "must be {id, text} with a string text")
-            pid = str(p["id"])
-            if pid in seen:
-                raise ExperimentError(f"prompts[{i}].id", f"duplicate prompt id {pid!r}")
-            seen.add(pid)
-            clean.append({"id": pid, "text": p["text"]})
-            tags = p.get("slices")
-            if tags is not None:
-                if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
-                    raise ExperimentError(f"prompts[{i}].slices", "must be a list of non-empty strings")
-                clean[-1]["slices"] = list(dict.fromkeys(tags))
-        if "base" not in body:
-            raise ExperimentError("base", "required: a model spec or {outputs: {prompt_id: text}}")
-        base = _check_model("base", body["base"])
-        judges = body.get("judges", [])
-        if judges is None:
-            judges = []
-        if not isinstance(judges, list) or not all((isinstance(j, str) and j) or isinstance(j, dict) for j in judges):
-            raise ExperimentError("judges", "must be a list of judge presets or MODEL specs ([] = labels only)")
-        for i, j in enumerate(judges if self.validate_judges else []):
-            _check_judge(f"judges[{i}]", j)
-        alpha = body.get("alpha", 0.05)
-        if not isinstance(alpha, int | float) or not 0 < alpha < 1:
-            raise ExperimentError("alpha", f"must lie in (0, 1) (got {alpha!r})")
-        margin = body.get("margin", 0.0)
-        if not isinstance(margin, int | float) or not 0 <= margin < 0.5:
-            raise ExperimentError("margin", f"must lie in [0, 0.5) (got {margin!r})")
-        bpc = body.get("budget_per_checkpoint")
-        if bpc is not None and (not isinstance(bpc, int) or bpc < 1):
-            raise ExperimentError("budget_per_checkpoint", f"must be a positive integer (got {bpc!r})")
-        webhook = body.get("webhook")
-        if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))):
-            raise ExperimentError("webhook", "must be an http(s) URL")
-        rule = SignalRule(patience=body.get("patience", 2) if body.get("patience") is not None else 2,
-                          target_margin=body.get("target_margin"), budget=body.get("budget"),
-                          undecided_is_plateau=bool(body.get("undecided_is_plateau", True)),
-                          protect_slices=self._check_protect_slices(body.get("protect_slices"), clean))
-        base_outputs = None
-        if "outputs" in base:
-            base_outputs = self._check_outputs("base.outputs", base["outputs"], clean)
-        exp_id = "exp_" + uuid.uuid4().hex[:12]
-        rec = {"experiment": exp_id, "name": name.strip(), "prompts": clean, "judges": judges,
-               "alpha": float(alpha), "margin": float(margin), "budget_per_checkpoint": bpc,
-               "rule": asdict(rule), "webhook": webhook, "method": body.get("method"),
-               "base": None if base_outputs is not None else base,
-               "outputs": {"base": base_outputs} if base_outputs is not None else {},
-               "checkpoints": [], "last_signal": None, "created_at": time.time()}
+        rec = experiment_record(body, validate_judges=self.validate_judges)
+        exp_id = rec["experiment"]
         with self._lock:
             self.kv.put_json(f"exp:{exp_id}", rec)
         return exp_id
@@ -155,33 +81,6 @@ class ExperimentService:
     def list(self) -> list[str]:
         return sorted(k.split(":", 1)[1] for k in self.kv.keys("exp:"))
 
-    @staticmethod
-    def _check_protect_slices(names: Any, prompts: builtins.list[dict]) -> tuple[str, ...]:
-        if names is None:
-            return ()
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise ExperimentError("protect_slices", "must be a list of slice names")
-        present = {t for p in prompts for t in p.get("slices") or []}
-        unknown = [n for n in names if n not in present]
-        if unknown:
-            raise ExperimentError("protect_slices", f"no prompt carries slice(s) {unknown}; the prompts' slices are "
-                                                    f"{sorted(present) or 'none'}")
-        return tuple(dict.fromkeys(names))
-
-    @staticmethod
-    def _check_outputs(field_name: str, outputs: Any, prompts: builtins.list[dict]) -> dict[str, str]:
-        if not isinstance(outputs, dict):
-            raise ExperimentError(field_name, "must be an object {prompt_id: text}")
-        out = {str(k): v for k, v in outputs.items()}
-        missing = [p["id"] for p in prompts if p["id"] not in out]
-        if missing:
-            raise ExperimentError(field_name, f"missing outputs for prompt id(s) {', '.join(missing[:5])}"
-                                              f"{' ...' if len(missing) > 5 else ''}")
-        bad = [k for k, v in out.items() if not isinstance(v, str)]
-        if bad:
-            raise ExperimentError(f"{field_name}.{bad[0]}", "must be a string")
-        return {p["id"]: out[p["id"]] for p in prompts}
-
     def _outputs(self, rec: dict, side: str) -> dict[str, str]:
         """Outputs of the base or a checkpoint, generated once and kept in the record."""
         if side not in rec["outputs"]:
@@ -191,7 +90,7 @@ class ExperimentService:
             except Exception as e:  # noqa: BLE001 - a bad spec or a dead backend: a 4xx naming the model
                 raise ExperimentError("base" if side == "base" else "model",
                                       f"could not generate the outputs of {side} with {spec}: {e}") from e
-            rec["outputs"][side] = self._check_outputs("base" if side == "base" else "model", out, rec["prompts"])
+            rec["outputs"][side] = check_outputs("base" if side == "base" else "model", out, rec["prompts"])
         return rec["outputs"][side]
 
     # -------------------------------------------------------------------------------------- checkpoints
@@ -210,11 +109,11 @@ class ExperimentService:
                 raise ExperimentConflict("checkpoint", f"{name!r} was already submitted to {exp_id}")
             model = None
             if "outputs" in body:
-                rec["outputs"][name] = self._check_outputs("outputs", body["outputs"], rec["prompts"])
+                rec["outputs"][name] = check_outputs("outputs", body["outputs"], rec["prompts"])
             else:
-                model = _check_model("model", body["model"])
+                model = check_model_field("model", body["model"])
                 if "outputs" in model:
-                    rec["outputs"][name] = self._check_outputs("model.outputs", model["outputs"], rec["prompts"])
+                    rec["outputs"][name] = check_outputs("model.outputs", model["outputs"], rec["prompts"])
                     model = None
             k = len(rec["checkpoints"]) + 1
             alpha_k = spend_alpha(rec["alpha"], k)
