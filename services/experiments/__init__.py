@@ -38,7 +38,12 @@ checkpoint gets 0.61 alpha, the 2nd 0.15 alpha, the 10th 0.006 alpha.
 * ``budget``: stop when the experiment's human labels reach ``budget``.
 Priority when several hold: target, slice-regression, regression, plateau, budget. The signal is recomputed on every read and
 every ``interval`` seconds by ``start_watcher`` (the service runs it); a webhook (``webhook`` URL in the
-experiment) receives the signal JSON whenever (stop, reason, best_checkpoint) changes.
+experiment) receives an ``experiment.signal`` event (services/webhooks.py) whenever (stop, reason,
+best_checkpoint) changes.
+
+Modules: ``signal.py`` (the rule, pure), ``service.py`` (ExperimentService: records, checkpoints -> runs,
+signal, watcher), ``validate.py`` (input -> record), ``store.py`` (KV: memory / Redis with fenced locks),
+``local_runs.py`` (runs in memory), ``errors.py`` (members of services/errors.py's family).
 """
 
 from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
