@@ -358,7 +358,7 @@ def judges_from_names(names: Sequence[str], **judge_kwargs: Any) -> list[Any]:
     ``recorded:NAME`` (verdicts already in the data file, judge-eval only)."""
     from judges.backends import make_backend
     from judges.features import FEATURES, FeatureJudge
-    from judges.models import PRESETS
+    from judges.spec import judge_model, judge_problem
 
     out: list[Any] = []
     for raw in names:
@@ -379,18 +379,10 @@ def judges_from_names(names: Sequence[str], **judge_kwargs: Any) -> list[Any]:
                 raise ValueError(f"judge {raw!r}: give the recorded judge's name, e.g. recorded:gpt-4")
             out.append(RecordedJudge(raw[len(RECORDED_PREFIX):]))
             continue
-        model, _, mode = raw.partition(":")
-        mode = mode or "pairwise"
-        if mode not in MODES:
-            raise ValueError(f"judge {raw!r}: mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
-        if model in PRESETS:
-            spec: dict[str, Any] = {"backend": "gguf", "preset": model}
-        elif model.endswith(".gguf"):
-            spec = {"backend": "gguf", "path": model}
-        else:
-            raise ValueError(f"judge {raw!r}: unknown model {model!r}; valid choices: "
-                             f"{', '.join(sorted(PRESETS))} or a path to a .gguf file (optionally ':pointwise'), "
-                             f"feature:NAME / features, recorded:NAME")
+        why = judge_problem(raw)       # the one spec parser (judges/spec.py)
+        if why:
+            raise ValueError(f"judge {raw!r}: {why}; or feature:NAME / features, recorded:NAME")
+        spec, mode = judge_model(raw)
         out.append(Judge(make_backend(spec), mode=mode, **judge_kwargs))
     if len({str(j.name) for j in out}) != len(out):
         raise ValueError(f"judge names must be unique, got {[j.name for j in out]}")

@@ -1,3 +1,4 @@
+# Over 400 lines: the report's data model, its two SVG charts and the page are one self-contained unit.
 """The HTML report of one experiment (the training-run view): ONE self-contained file, like the run report
 (inline CSS and SVG, no scripts, no external URLs, every user-supplied string escaped).
 

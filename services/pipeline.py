@@ -1,10 +1,10 @@
 """Generation and judging pipeline: plain worker classes, thin Ray actor shells, and the orchestrator.
 
-    GenerationWorker(spec)            one model (backend from judges.backends); generate(batch) -> outputs
-    JudgeWorker(spec, criteria, url)  one judge (judges.jury.Judge) with the Redis vote cache; vote(batch)
+    GenerationWorker(spec)              one model (backend from judges.backends); generate(batch) -> outputs
+    JudgeWorker(spec, criteria, cache)  one judge (judges.jury.Judge) with the Redis vote cache; vote(batch)
 
-Both are plain classes (unit-testable without Ray). ``Pipeline`` runs them as Ray actors (one per model, one
-per judge; ``max_restarts=-1, max_task_retries=-1``: a crashed actor is restarted and its unfinished batch
+Both are plain classes in judges/actors.py (unit-testable without Ray). ``Pipeline`` runs them as Ray actors
+(one per model, one per judge; ``max_restarts=-1, max_task_retries=-1``: a crashed actor is restarted and its unfinished batch
 re-run) or, with ``mode="local"``, in-process. Finished work is stored per batch — generated outputs in
 ``tb:run:{rid}:outputs``, votes through ``RunService.add_votes`` — and every judge call goes through the Redis
 vote cache, so a retry (or a restart of the whole service) never redoes stored work.
@@ -12,160 +12,46 @@ vote cache, so a retry (or a restart of the whole service) never redoes stored w
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import math
 import threading
-import time
-from collections.abc import Sequence
-from pathlib import Path
+import uuid
 from typing import TYPE_CHECKING, Any
 
+from judges.actors import GenerationWorker, JudgeWorker, ray_actor
+from judges.spec import judge_name, judge_problem
+
 if TYPE_CHECKING:
-    from judges.features import FeatureJudge
-    from judges.jury import Judge
+    from services.store import RedisVoteCache
+
+__all__ = ["SIDES", "GenerationWorker", "JudgeWorker", "Pipeline", "generate_in_process", "judge_name",
+           "redis_vote_cache", "validate_judge_spec"]
 
 log = logging.getLogger(__name__)
 
 SIDES = ("base", "tuned")
 
 
-# ----------------------------------------------------------------------------------------- judge specs
-def validate_judge_spec(spec: Any) -> str | None:
-    """None when ``spec`` names a judge we can build; otherwise the reason (no model is loaded)."""
-    from judges.backends import BACKENDS
-    from judges.jury import MODES
-    from judges.models import PRESETS
-
-    if isinstance(spec, str):
-        if spec.startswith("feature:"):
-            from judges.features import FEATURES
-
-            feat = spec.removeprefix("feature:")
-            return None if feat in FEATURES else (f"unknown feature {feat!r}; valid choices: "
-                                                  f"{', '.join('feature:' + f for f in FEATURES)}")
-        model, _, mode = spec.partition(":")
-        if mode and mode not in MODES:
-            return f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}"
-        if model not in PRESETS and not model.endswith(".gguf"):
-            return (f"unknown judge {model!r}; valid choices: {', '.join(sorted(PRESETS))} or a path to a .gguf "
-                    "file, optionally followed by ':pointwise'")
-        return None
-    if isinstance(spec, dict):
-        kind = spec.get("backend", "gguf")
-        if kind not in BACKENDS:
-            return f"'backend' = {kind!r} is invalid; valid choices: {', '.join(BACKENDS)}"
-        if spec.get("mode", "pairwise") not in MODES:
-            return f"'mode' must be one of {', '.join(MODES)}"
-        if kind == "gguf" and not (spec.get("preset") in PRESETS or spec.get("path")):
-            return f"a gguf judge needs 'preset' ({', '.join(sorted(PRESETS))}) or 'path'"
-        if kind in ("openai", "vllm") and not spec.get("model"):
-            return f"a {kind} judge needs 'model'"
-        if kind == "openai" and not spec.get("base_url"):
-            return "an openai judge needs 'base_url'"
-        return None
-    return "a judge is a preset name (string) or a MODEL spec (object)"
-
-
-def judge_name(spec: Any) -> str:
-    """The column name of a judge's votes (matches judges.jury's naming)."""
-    if isinstance(spec, str):
-        model, _, mode = spec.partition(":")
-        base = Path(model).stem if model.endswith(".gguf") else model
-        return base if mode in ("", "pairwise") else f"{base}:{mode}"
-    kind = spec.get("backend", "gguf")
-    if spec.get("name"):
-        base = spec["name"]
-    elif kind == "gguf":
-        base = spec.get("preset") or Path(spec["path"]).stem
-    else:
-        base = f"{kind}:{spec['model']}"
-    mode = spec.get("mode", "pairwise")
-    return base if mode == "pairwise" else f"{base}:{mode}"
-
-
-def _model_spec(spec: Any) -> dict:
-    if isinstance(spec, str):
-        return {"backend": "gguf", "preset": spec} if not spec.endswith(".gguf") else {"backend": "gguf", "path": spec}
-    return spec
+# judge specs: one parser, judges/spec.py (re-exported here for the modules that import them from the pipeline)
+validate_judge_spec = judge_problem
 
 
 # ------------------------------------------------------------------------------------- plain workers
-class GenerationWorker:
-    """One model; ``generate`` turns a batch of (prompt_id, text) into {prompt_id: output}."""
-
-    def __init__(self, spec: dict, n_threads: int | None = None):
-        from judges.backends import make_backend
-
-        spec = dict(spec)
-        if n_threads and spec.get("backend", "gguf") == "gguf":
-            spec.setdefault("n_threads", n_threads)
-        self.backend = make_backend(spec)
-        # a GGUF backend is shared per file within a process: the spec's prompt format goes with each call
-        self.extra = {"prompt_format": spec["prompt_format"]} if spec.get("prompt_format") else {}
-
-    def generate(self, batch: Sequence[tuple[str, str]], max_tokens: int = 256, temperature: float = 0.0
-                 ) -> dict[str, str]:
-        outs = self.backend.generate([t for _, t in batch], max_tokens=max_tokens, temperature=temperature,
-                                     **self.extra)
-        return {pid: o for (pid, _), o in zip(batch, outs, strict=True)}
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
+# GenerationWorker and JudgeWorker live in judges/actors.py (plain classes; re-exported here)
 
 
-class JudgeWorker:
-    """One judge over the given criteria, caching every model call in Redis (``cache_url``)."""
+def redis_vote_cache(url: str) -> RedisVoteCache | None:
+    """The judges' Redis vote cache at ``url``, or None when Redis cannot be reached (the cache is an
+    optimisation: judge without it). Passed to JudgeWorker as a factory so the actor connects itself."""
+    from services.store import RedisVoteCache
 
-    def __init__(self, spec: Any, criteria: Sequence[str] = ("overall",), cache_url: str | None = None,
-                 n_threads: int | None = None):
-        from judges.backends import make_backend
-        from judges.jury import CRITERIA, Judge
-
-        self.criteria = list(criteria)
-        self.cache = None
-        self.judge: FeatureJudge | Judge
-        if isinstance(spec, str) and spec.startswith("feature:"):  # a free text-feature juror: no model
-            from judges.features import FeatureJudge
-
-            self.judge = FeatureJudge(spec.removeprefix("feature:"))
-            return
-        if isinstance(spec, str):
-            model, _, mode = spec.partition(":")
-            mspec, mode = _model_spec(model), (mode or "pairwise")
-        else:
-            mspec = {k: v for k, v in spec.items() if k != "mode"}
-            mode = spec.get("mode", "pairwise")
-        if n_threads and mspec.get("backend", "gguf") == "gguf":
-            mspec = {**mspec, "n_threads": n_threads}
-        crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in criteria}
-        self.judge = Judge(make_backend(mspec), mode=mode, name=judge_name(spec), criteria=crit)
-        if cache_url:
-            from services.store import RedisVoteCache
-
-            try:
-                self.cache = RedisVoteCache.from_url(cache_url)
-                self.cache.r.ping()
-            except Exception as e:  # the cache is an optimisation: judge without it
-                log.warning("vote cache at %s unavailable (%s); judging without it", cache_url, e)
-                self.cache = None
-
-    def vote(self, batch: Sequence[tuple[int, str, str, str]]) -> dict[int, dict[str, float | None]]:
-        out: dict[int, dict[str, float | None]] = {}
-        for idx, prompt, base, tuned in batch:
-            row: dict[str, float | None] = {}
-            for c in self.criteria:
-                p = self.judge.vote(prompt, base, tuned, c, self.cache).p_tuned_better
-                row[c] = None if math.isnan(p) else float(p)
-            out[idx] = row
-        return out
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
+    try:
+        cache = RedisVoteCache.from_url(url)
+        cache.r.ping()
+        return cache
+    except Exception as e:  # noqa: BLE001 - any connection problem: judge without the cache
+        log.warning("vote cache at %s unavailable (%s); judging without it", url, e)
+        return None
 
 
 # ------------------------------------------------------------------------------------- orchestration
@@ -253,9 +139,9 @@ class Pipeline:
         if self.mode == "local":
             h = _LocalHandle(cls(*args))
         else:
-            ray = self._ensure_ray()
+            self._ensure_ray()
             ncpu = self.num_cpus if num_cpus is None else num_cpus
-            remote = ray.remote(num_cpus=ncpu, max_restarts=-1, max_task_retries=-1)(cls)
+            remote = ray_actor(cls, num_cpus=ncpu, max_restarts=-1, max_task_retries=-1)
             h = remote.remote(*args)
         self.actors[key] = h
         return h
@@ -280,6 +166,29 @@ class Pipeline:
             import ray
 
             ray.kill(h)
+        elif h is not None and hasattr(h.obj, "close"):
+            h.obj.close()
+
+    # ------------------------------------------------------------------ outputs for experiments
+    def generate_outputs(self, spec: dict, prompts: list[dict]) -> dict[str, str]:
+        """One model's outputs for ``prompts`` [{id, text}] -> {id: output}, through the same GenerationWorker
+        actor as a run's generation (an experiment's base and checkpoints use it). ``spec`` may carry
+        ``max_tokens`` / ``temperature``. Blocks; takes one of the ``max_concurrent`` slots while it runs."""
+        key = f"gen:{uuid.uuid4().hex[:12]}"
+        todo = [(str(p["id"]), p["text"]) for p in prompts]
+        batches = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        out: dict[str, str] = {}
+        with self._slots:
+            try:
+                h = self._actor(key, GenerationWorker, spec, self.n_threads)
+                self._map(h, "generate", batches, lambda _b, res: out.update(res),
+                          max_tokens=int(spec.get("max_tokens", 256)),
+                          temperature=float(spec.get("temperature", 0.0)))
+            finally:
+                self._kill(key)
+        if self.metrics:
+            self.metrics.generated.inc(len(out))
+        return {pid: out[pid] for pid, _ in todo}
 
     # ------------------------------------------------------------------ the work
     def run(self, rid: str) -> None:
@@ -375,7 +284,8 @@ class Pipeline:
             # a feature juror needs no core of its own; reserving one would leave a model judge unscheduled
             # on a 2-core machine (every actor holds its CPU until all judges are done)
             free = isinstance(spec, str) and spec.startswith("feature:")
-            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, url, self.n_threads,
+            cache = functools.partial(redis_vote_cache, url) if url else None
+            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, cache, self.n_threads,
                             num_cpus=0 if free else None)
             t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
             t.start()
@@ -389,14 +299,7 @@ class Pipeline:
             raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")
 
 
-def dumps(x: Any) -> str:  # small helper for logs
-    return json.dumps(x, default=str)[:500]
-
-
-def wait_until(pred: Any, timeout: float = 60.0, every: float = 0.1) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(every)
-    return False
+def generate_in_process(spec: dict, prompts: list[dict]) -> dict[str, str]:
+    """``Pipeline.generate_outputs`` without Ray (the same GenerationWorker, in this process): experiments'
+    generator when the service runs no pipeline, and outside the service."""
+    return Pipeline(None, mode="local").generate_outputs(spec, prompts)

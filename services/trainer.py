@@ -1,3 +1,4 @@
+# Over 400 lines: the whole trainer-side SDK (client + HF/Lightning callbacks) is one module, importable alone.
 """Trainer side of the stop-training signal: light to import (httpx + stdlib; no Ray, vLLM, numpy needed).
 
     from services.trainer import TiebreakClient, TiebreakTrainerCallback

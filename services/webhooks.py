@@ -23,11 +23,20 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 log = logging.getLogger(__name__)
+
+
+SIGNAL_EVENT = "experiment.signal"
+
+
+def signal_notifier(sender: WebhookSender) -> Callable[[str, dict], None]:
+    """The experiments' notifier: ``(url, signal JSON)`` -> an ``experiment.signal`` event through ``sender``."""
+    return lambda url, payload: sender.send(SIGNAL_EVENT, payload, url)
 
 
 def outbox_entry(event: str, data: dict, url: str) -> tuple[str, str]:
@@ -69,8 +78,6 @@ class WebhookSender:
             self.store.outbox_add(did, json.loads(entry))
         else:
             self._q.put((target, {"event": event, "sent_at": time.time(), "data": data}, uuid.uuid4().hex, 0))
-
-    __call__ = send
 
     def _loop(self) -> None:
         with httpx.Client(timeout=self.timeout_s) as client:

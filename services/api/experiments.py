@@ -10,7 +10,7 @@
 
 Admin token; a trainer token (POST /v1/tokens, kind 'trainer') may call the /{exp} routes of its experiment.
 The runs are ordinary runs of the service (same label queue, `GET /v1/runs/{id}/next`).
-Statistics and the signal rule: services/experiments.py.
+Statistics: services/experiments/__init__.py; the signal rule: services/experiments/signal.py.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ import threading
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.api.deps import admin, experiment_access
 from services.api.models import Utf8Str
-from services.experiments import ExperimentError, ExperimentService, RedisKV
+from services.experiments import ExperimentService, RedisKV
 from services.outbound import check_request
+from services.webhooks import signal_notifier
 
 MAX_TEXT = 200_000
 
@@ -76,12 +77,6 @@ class CheckpointIn(_Strict):
         return self
 
 
-def _error(e: ExperimentError) -> JSONResponse:
-    return JSONResponse(status_code=e.status, content={"detail": [
-        {"loc": ["body", *e.field.split(".")] if e.status != 404 else ["path", e.field],
-         "msg": e.message, "type": type(e).__name__}]})
-
-
 _lock = threading.Lock()
 
 
@@ -105,7 +100,7 @@ def _notifier(app_state: Any):
     sender = getattr(app_state, "webhooks", None)
     if sender is None:
         return None
-    return lambda url, payload: sender.send("experiment.signal", payload, url)
+    return signal_notifier(sender)
 
 
 def experiment_service(request: Request) -> ExperimentService:
@@ -120,7 +115,9 @@ def experiment_service(request: Request) -> ExperimentService:
             runs = getattr(st, "runs", None) or getattr(st, "run_service", None)
             store = getattr(st, "store", None)
             kv = RedisKV(store.r) if store is not None and hasattr(store, "r") else None
+            pipeline = getattr(st, "pipeline", None)   # checkpoints generate through the runs' actors
             svc = ExperimentService(_RunServiceBackend(runs), kv=kv, notifier=_notifier(st),
+                                    generator=pipeline.generate_outputs if pipeline is not None else None,
                                     async_generation=True)
             svc.start_watcher(float(getattr(getattr(st, "settings", None), "signal_interval_s", 2.0)))
             st.experiments = svc
@@ -135,28 +132,19 @@ def create_experiment(body: ExperimentCreate, request: Request,
                       svc: ExperimentService = Depends(experiment_service)):
     check_request(request.app.state.settings, urls=[("webhook", body.webhook)],
                   specs=[("base", body.base), *((f"judges.{i}", j) for i, j in enumerate(body.judges))])
-    try:
-        return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
-    except ExperimentError as e:
-        return _error(e)
+    return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
 
 
 @router.post("/{exp}/checkpoints", status_code=201, dependencies=[Depends(experiment_access)])
 def add_checkpoint(exp: str, body: CheckpointIn, request: Request,
                    svc: ExperimentService = Depends(experiment_service)):
     check_request(request.app.state.settings, specs=[("model", body.model)])
-    try:
-        return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
-    except ExperimentError as e:
-        return _error(e)
+    return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
 
 
 @router.get("/{exp}/signal", dependencies=[Depends(experiment_access)])
 def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
-    try:
-        return svc.signal(exp)
-    except ExperimentError as e:
-        return _error(e)
+    return svc.signal(exp)
 
 
 @router.get("/{exp}/report", response_class=HTMLResponse, dependencies=[Depends(experiment_access)])
@@ -171,19 +159,13 @@ def get_report(exp: str, links: Literal["api", "files"] = Query(
         file_run_href,
         render_experiment_report,
     )
-    try:
-        data = experiment_report_data(svc, exp, run_href=api_run_href if links == "api" else file_run_href)
-    except ExperimentError as e:
-        return _error(e)
+    data = experiment_report_data(svc, exp, run_href=api_run_href if links == "api" else file_run_href)
     return HTMLResponse(render_experiment_report(data))
 
 
 @router.get("/{exp}", dependencies=[Depends(experiment_access)])
 def get_experiment(exp: str, svc: ExperimentService = Depends(experiment_service)):
-    try:
-        rec = svc.get(exp)
-    except ExperimentError as e:
-        return _error(e)
+    rec = svc.get(exp)
     rec.pop("outputs", None)
     rec["signal"] = svc.signal(exp)
     return rec

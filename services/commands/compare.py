@@ -12,6 +12,8 @@ from typing import Any
 import typer
 
 from judges.defaults import DEFAULT_JURY
+from judges.spec import SpecError, check_judge, parse_model
+from services.errors import BadInput
 
 HELP = ("Is the tuned model better than the base on your prompts? Generates both models' answers, has the judges "
         "vote on every pair, asks for human labels on actively chosen pairs and stops at the decision.")
@@ -28,45 +30,6 @@ EPILOG = (
 )
 
 LABEL_MODES = ("terminal", "browser", "votes", "none")
-
-
-class BadInput(ValueError):
-    pass
-
-
-def parse_model(spec: str) -> dict:
-    """MODEL string -> backend spec (see EPILOG)."""
-    s = spec.strip()
-    if not s:
-        raise BadInput("empty model spec")
-    if s.startswith("{"):
-        try:
-            d = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise BadInput(f"model spec is not valid JSON: {e.msg}") from None
-        if not isinstance(d, dict):
-            raise BadInput("a JSON model spec must be an object")
-        return d
-    if s.startswith("openai:"):
-        model, sep, url = s[len("openai:"):].partition("@")
-        if not sep or not model or not url.startswith(("http://", "https://")):
-            raise BadInput(f"{spec!r}: write openai:MODEL@http://host:port/v1")
-        return {"backend": "openai", "model": model, "base_url": url}
-    if s.startswith("vllm:"):
-        model, _, lora = s[len("vllm:"):].partition("+")
-        if not model:
-            raise BadInput(f"{spec!r}: write vllm:MODEL or vllm:MODEL+LORA_DIR")
-        return {"backend": "vllm", "model": model, **({"lora": lora} if lora else {})}
-    from judges.models import PRESETS
-
-    if s in PRESETS:
-        return {"backend": "gguf", "preset": s}
-    if s.endswith(".gguf"):
-        if not Path(s).expanduser().exists():
-            raise BadInput(f"GGUF file not found: {s}")
-        return {"backend": "gguf", "path": str(Path(s).expanduser().resolve())}
-    raise BadInput(f"unknown model {spec!r}: give a preset ({', '.join(sorted(PRESETS))}), a .gguf path, "
-                   "openai:MODEL@URL, vllm:MODEL[+LORA] or a JSON spec")
 
 
 def _read_jsonl_or_json(path: Path) -> list[Any]:
@@ -255,12 +218,8 @@ def compare(
             raise BadInput(f"--pipeline must be ray or local (got {pipeline!r})")
         judge_list = [] if judges.strip().lower() in ("none", "") else \
             [j.strip() for j in judges.split(",") if j.strip()]
-        from services.pipeline import validate_judge_spec
-
         for j in judge_list:
-            err = validate_judge_spec(j)
-            if err:
-                raise BadInput(f"--judges {j!r}: {err}")
+            check_judge(f"--judges {j!r}", j)
         body: dict[str, Any] = {"alpha": alpha, "margin": margin, "budget": budget, "judges": judge_list}
         if criteria:
             body["criteria"] = [c.strip() for c in criteria.split(",") if c.strip()]
@@ -282,13 +241,13 @@ def compare(
             assert base and tuned and prompts
             if mode == "votes":
                 raise BadInput("--label votes needs --pairs with recorded human_votes")
-            bspec, tspec = parse_model(base), parse_model(tuned)
+            bspec, tspec = parse_model(base, "--base"), parse_model(tuned, "--tuned")
             pr = load_prompts(prompts)
             body["name"] = name or f"{tuned} vs {base}"
             body["generate"] = {"base": bspec, "tuned": tspec, "prompts": pr, "max_tokens": max_tokens}
         if not 0 < alpha < 1 or not 0 <= margin < 0.5 or (budget is not None and budget < 1):
             raise BadInput("--alpha must lie in (0, 1), --margin in [0, 0.5), --budget >= 1")
-    except (BadInput, OSError) as e:
+    except (BadInput, SpecError, OSError) as e:
         fail(str(e))
         return
 

@@ -340,6 +340,70 @@ def test_family_wise_error_with_alpha_spending_by_simulation():
 def test_family_wise_error_exceeds_alpha_without_spending(monkeypatch):
     # The negative control: every comparison at the full alpha (no spending) breaks the family-wise bound,
     # so the simulation above has the power to see a wrong spending sequence.
-    monkeypatch.setattr(E, "spend_alpha", lambda a, k: a)
+    monkeypatch.setattr(E.service, "spend_alpha", lambda a, k: a)
     alpha, R = 0.3, 300
     assert _fwer(R, 20, 3, alpha, seed0=10_000) > alpha
+
+
+def test_experiment_errors_belong_to_the_service_error_family():
+    """One error family: the app's ServiceError handler answers experiment errors (no per-route handler)."""
+    from services import errors
+    from services.experiments import ExperimentConflict
+
+    runs, svc, exp, _ = make()
+    with pytest.raises(errors.NotFound) as nf:
+        svc.signal("exp_nope")
+    assert nf.value.status_code == 404 and nf.value.detail()[0]["loc"] == ["path", "experiment"]
+    with pytest.raises(errors.BadInput) as bad:
+        svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {"0": "x"}})
+    assert bad.value.status_code == 422 and bad.value.detail()[0]["loc"] == ["body", "outputs"]
+    svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+    with pytest.raises(errors.Conflict) as dup:
+        svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+    assert isinstance(dup.value, ExperimentConflict) and dup.value.status_code == 409
+
+
+def test_default_notifier_is_the_one_webhook_sender():
+    """Without the app's outbox, signals still go through services/webhooks.py: the documented payload
+    {"event": "experiment.signal", "sent_at", "data": <signal>} with an Idempotency-Key, retried after a 500."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[tuple[int, dict, dict]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append((len(got), dict(self.headers), body))
+            self.send_response(500 if len(got) == 1 else 200)   # the first delivery fails: it must be retried
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        runs = LocalRuns(seed=0)
+        svc = ExperimentService(runs)
+        assert svc.own_sender is not None
+        svc.own_sender.backoff_s = 0.01
+        exp = svc.create_experiment({"name": "w", "prompts": [{"id": str(i), "text": "q"} for i in range(N)],
+                                     "base": {"outputs": {str(i): "b" for i in range(N)}}, "patience": 1,
+                                     "webhook": f"http://127.0.0.1:{srv.server_address[1]}/hook"})
+        r = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": outputs("c1")})
+        runs.annotate(lambda p: 0.0, r["runs"])          # c1 worse than the base: the signal stops
+        assert svc.signal(exp)["stop"]
+        for _ in range(500):
+            if len(got) >= 2:
+                break
+            time.sleep(0.01)
+        svc.own_sender.close()
+    finally:
+        srv.shutdown()
+    assert len(got) == 2
+    (_, h1, b1), (_, h2, b2) = got
+    assert b1["event"] == "experiment.signal" and b1["data"]["experiment"] == exp and b1["data"]["stop"]
+    assert h1["Idempotency-Key"] == h2["Idempotency-Key"] and b1 == b2     # the retry is the same delivery
+    assert h1["X-Tiebreak-Event"] == "experiment.signal"

@@ -69,10 +69,27 @@ def test_names_and_errors():
 
 
 def test_service_accepts_feature_jurors_and_votes_with_them():
-    from services.pipeline import JudgeWorker, judge_name, validate_judge_spec
+    from judges.actors import JudgeWorker
+    from services.pipeline import judge_name, validate_judge_spec
 
     assert validate_judge_spec("feature:length") is None and judge_name("feature:length") == "feature:length"
     assert "unknown feature" in validate_judge_spec("feature:colour")
     w = JudgeWorker("feature:length", ["overall", "tone"])
     out = w.vote([(0, "q", "ab", "abcdef")])
     assert out[0]["overall"] == pytest.approx(1 / (1 + (3 / 7) ** 3)) and out[0]["tone"] == out[0]["overall"]
+
+
+def test_one_judge_worker_serves_the_pipeline_and_the_benchmark():
+    """judges.actors.JudgeWorker is the only judge worker: one spec (the service's pipeline, vote) or several
+    (judge_with_actors, vote_batch); a cache factory is called in the worker's own process."""
+    from judges.actors import JudgeWorker
+    from judges.cache import MemoryVoteCache
+    from services import pipeline
+
+    assert pipeline.JudgeWorker is JudgeWorker
+    made = []
+    w = JudgeWorker(["feature:length", "feature:coverage"], ["overall"], cache=lambda: made.append(1) or MemoryVoteCache())
+    assert made == [1] and isinstance(w.cache, MemoryVoteCache)
+    rows = w.vote_batch([("q", "ab", "abcdef")])
+    assert [v["judge"] for v in rows[0]] == ["feature:length", "feature:coverage"]
+    assert w.vote([(3, "q", "ab", "abcdef")])[3]["overall"] == rows[0][0]["p_tuned_better"]

