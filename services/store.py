@@ -229,6 +229,10 @@ class RedisStore:
         except Exception as e:  # noqa: BLE001 - closing: report, never raise
             log.warning("closing the Redis store: %s: %s", type(e).__name__, e)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def __enter__(self) -> RedisStore:
         return self
 
@@ -332,6 +336,10 @@ class RedisStore:
     def iter_pairs(self, rid: str, batch: int = 5000) -> Iterable[tuple[int, dict]]:
         for k, v in self.r.hscan_iter(self.k(rid, "pairs"), count=batch):
             yield int(k), json.loads(v)
+
+    def vote_cmds(self, rid: str, votes: dict[int, dict]) -> list[list[str]]:
+        """The command that stores judge votes {idx: {criterion: [p per judge]}}, as ``apply`` takes it."""
+        return [["HSET", self.k(rid, "votes"), *[x for i, v in votes.items() for x in (str(i), json.dumps(v))]]]
 
     def all_votes(self, rid: str) -> dict[int, dict]:
         return {int(k): json.loads(v) for k, v in self.r.hscan_iter(self.k(rid, "votes"), count=5000)}

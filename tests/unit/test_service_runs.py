@@ -87,12 +87,11 @@ def test_labels_idempotent_per_pair_and_annotator(store):
     assert len(store.load_labels(rid)) == 1
 
 
-def test_live_lease_excludes_and_expired_lease_puts_pair_back(store, monkeypatch):
+def test_live_lease_excludes_and_expired_lease_puts_pair_back(store):
     """An expired lease puts its pair back first; a late label on it is honoured while nobody else took the pair
     (within one more TTL of grace), and refused with 409 once the pair went to someone else."""
     clock = [1_000_000.0]
-    monkeypatch.setattr("services.runs._now", lambda: clock[0])
-    svc = RunService(store, lease_ttl_s=60)
+    svc = RunService(store, lease_ttl_s=60, clock=lambda: clock[0])     # leases expire on this clock, no sleep
     rid = svc.create_run(_spec(_pairs(50, votes=False), judges=[], seed=4))
     a = svc.next_pair(rid, "a")
     b = svc.next_pair(rid, "b")
