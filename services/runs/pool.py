@@ -25,7 +25,7 @@ from sampler.engine import Comparison, ComparisonConfig
 from sampler.slices import MAX_SLICES, best_case_labels, membership_matrix, slice_alpha
 from services.errors import BadInput, Conflict
 from services.runs.loader import vote_matrices
-from services.runs.model import OVERALL, RunRuntime, feed, no_votes
+from services.runs.model import OVERALL, RunRuntime, no_votes
 from services.runs.writer import RunWriter
 from services.store import RedisStore
 
@@ -243,10 +243,6 @@ class RunPool:
                                             voted=voted if has_votes else None)
                 if member is not None:
                     rt.comps[name].set_slices(slice_names, member)
-        # labels that arrived for pairs before they were active
-        for idx in list(rt.labels):
-            if lo <= idx < hi:
-                feed(rt, idx)
         meta["n_active"] = hi
         rt.n_voted = self.store.n_votes(rt.rid)
         if meta["status"] in ("judging", "generating"):   # labellable now; "judging" while votes still arrive
