@@ -143,9 +143,11 @@ class Leases:
                 "progress": {"labelled_by_you": rt.per_annotator.get(le.annotator, 0),
                              "labels": len(rt.comps[OVERALL].labels) if rt.comps else 0,
                              "budget": rt.meta["budget"]}}
+
     def draw_batch(self, rt: RunRuntime, k: int) -> list:
         """Up to k pairs to label in priority order (pending draws first, then new draws), without leases —
-        for annotation tools that keep their own queue. Returns (pair, priority in (0, 1], votes)."""
+        for annotation tools that keep their own queue. Returns (pair, priority in (0, 1], votes). Takes the
+        run's lock itself (the draws are written before it returns)."""
         rid = rt.rid
         with rt.lock:
             if not rt.comps or rt.comps[OVERALL].finished:

@@ -32,6 +32,15 @@ def _pairs(n, prefix="p"):
     return [{"id": f"{prefix}{i}", "prompt": f"q {i}", "base": f"base {i}", "tuned": f"tuned {i}"} for i in range(n)]
 
 
+def _until(cond, timeout=10.0):
+    """Poll ``cond`` until it holds (a lease expiring in Redis, the keeper thread acting): no fixed sleep that
+    a loaded machine can outrun."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def _label(svc, rid, ann="a", tuned=True):
     v = svc.next_pair(rid, ann)
     verdict = "left" if v["left"].startswith("tuned") == tuned else "right"
@@ -47,9 +56,9 @@ def test_a_replica_that_lost_the_run_cannot_write(store):
     rid = a.create_run({"name": "t", "pairs": _pairs(50), "seed": 1})
     for _ in range(3):
         _label(a, rid)
-    a.ownership._stop.set()                        # A stalls: its keeper stops renewing (a GC pause, a partition)
+    a.ownership._stop.set()              # A stalls: its keeper stops renewing (a GC pause, a partition)
     rt_a = a.ownership._runs[rid]
-    time.sleep(0.8)                      # A's lease expires
+    _until(lambda: store.owner_of(rid) is None)     # A's lease expires
     rt_a.owned_until = time.monotonic() + 60        # and A still believes it owns the run
     st_b = b.route("status", rid, forwarded=True)   # B takes it over (nobody holds the lease)
     assert st_b["labels"] == 3
@@ -57,7 +66,7 @@ def test_a_replica_that_lost_the_run_cannot_write(store):
     with pytest.raises(OwnershipLost):
         _label(a, rid, "a2")
     assert store.r.llen(store.k(rid, "ops")) == ops_before      # nothing of A's write reached Redis
-    assert rid not in a.ownership._runs                                    # A dropped its stale copy
+    assert rid not in a.ownership._runs                          # A dropped its stale copy
     _label(b, rid, "b1")
     assert b.status(rid)["labels"] == 4
     b.close()
@@ -210,8 +219,8 @@ def test_idle_runs_are_evicted_and_reloaded(store):
     assert svc.loaded_count() == 2                     # at most max_runs in memory (least recently used out)
     _label(svc, rids[2])
     before = svc.status(rids[2])
-    time.sleep(0.8)
-    assert svc.loaded_count() == 0 and store.owner_of(rids[2]) is None     # idle: written, released, dropped
+    _until(lambda: svc.loaded_count() == 0)                         # idle: written, released, dropped
+    assert store.owner_of(rids[2]) is None
     assert svc.status(rids[2]) == before                            # reloaded on the next call
     svc.close()
 
