@@ -308,3 +308,34 @@ def test_concurrent_round_trips_share_writes_and_restart_exactly(store):
     assert svc2.status(rid) == st
     c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
     assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
+
+
+def test_async_round_trip_on_the_loop_and_through_a_thread(store):
+    """The async entry points the routes await: a run in memory with a free lock is changed on the event loop;
+    a run that is not loaded (or busy) goes to a worker thread. Both answer the same as the sync calls."""
+    import asyncio
+    import threading
+
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(40, votes=False), judges=[], seed=21))
+    on_loop: list[bool] = []
+    locked = svc.leases.next_pair
+
+    def spy(rt, annotator):
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return locked(rt, annotator)
+
+    svc.leases.next_pair = spy
+
+    async def round_trip(ann: str) -> tuple[dict, dict]:
+        v = await svc.next_pair_async(rid, ann)
+        out = await svc.submit_label_async(rid, {"pair_id": v["pair_id"], "annotator": ann, "verdict": "tie",
+                                                 "lease_id": v["lease_id"]})
+        return v, out
+
+    v, out = asyncio.run(round_trip("a"))          # loaded by create_run: on the loop
+    assert on_loop == [True] and out["accepted"] and not out["duplicate"] and out["labels"] == 1
+    svc.release(rid)                                # not in memory any more: loaded in a worker thread
+    v2, out2 = asyncio.run(round_trip("b"))
+    assert on_loop == [True, False] and v2["pair_id"] != v["pair_id"] and out2["labels"] == 2
+    assert svc.status(rid)["annotations"] == 2
