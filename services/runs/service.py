@@ -69,9 +69,6 @@ class RunService:
         """How many runs this replica holds in memory (the tiebreak_runs_in_memory gauge)."""
         return self.ownership.loaded_count()
 
-    def forget(self, rid: str) -> None:
-        self.ownership.forget(rid)
-
     def release(self, rid: str) -> None:
         self.ownership.release(rid)
 
@@ -157,10 +154,6 @@ class RunService:
             p = self.leases.next_pair(rt, annotator)
         return self.wait(p)
 
-    def next_pair_locked(self, rt: RunRuntime, annotator: str) -> Pending:
-        """``next_pair`` with ``rt.lock`` held by the caller; the write is queued (see ``wait``)."""
-        return self.leases.next_pair(rt, annotator)
-
     def submit_label(self, rid: str, label: dict) -> dict:
         """Store one annotator's verdict. Idempotent per (pair_id, annotator)."""
         return self.route("submit_label", rid, label)
@@ -170,12 +163,9 @@ class RunService:
             p = self.intake.submit(rt, label)
         return self.wait(p)
 
-    def submit_label_locked(self, rt: RunRuntime, label: dict) -> Pending:
-        """``submit_label`` with ``rt.lock`` held by the caller; the write is queued (see ``wait``)."""
-        return self.intake.submit(rt, label)
-
     @staticmethod
     def wait(p: Pending) -> Any:
+        """The answer of a queued change, once its write is stored."""
         return p.finish(p.fut.result() if p.fut is not None else None)
 
     # The label round trip (`next` + `labels`) is the hot path: the async routes make the (sub-millisecond)

@@ -394,13 +394,13 @@ def test_one_bad_write_never_fails_the_other_runs_writes_in_its_batch(store, mon
     monkeypatch.setattr(store, "apply", gated)
     rt_b = svc.runtime(rb)
     with rt_b.lock:
-        first = svc.next_pair_locked(rt_b, "someone")           # the write the writer is held on
+        first = svc.leases.next_pair(rt_b, "someone")           # the write the writer is held on
     rt_a, rt_b = svc.runtime(ra), svc.runtime(rb)
     time.sleep(0.2)
     with rt_a.lock, rt_b.lock:
-        pa = svc.submit_label_locked(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
+        pa = svc.intake.submit(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
                                             "lease_id": va["lease_id"]})
-        pb = svc.submit_label_locked(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
+        pb = svc.intake.submit(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
                                             "lease_id": vb["lease_id"]})
     gate.set()
     svc.wait(first)

@@ -265,8 +265,8 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
     monkeypatch.setattr(store, "apply", failing)
     rt = svc.runtime(rid)
     with rt.lock:                    # a second change queued behind a write that will fail
-        p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
-        p2 = svc.next_pair_locked(rt, "b")
+        p1 = svc.intake.submit(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
+        p2 = svc.leases.next_pair(rt, "b")
     go.set()
     with pytest.raises(redis.ConnectionError):
         svc.wait(p1)
