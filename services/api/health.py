@@ -21,5 +21,5 @@ def metrics(request: Request) -> Response:
     """Prometheus metrics: the admin token or a metrics token (POST /v1/tokens, kind "metrics") as
     ``Authorization: Bearer``, or no token when the server runs with TIEBREAK_METRICS_PUBLIC=1."""
     m = request.app.state.metrics
-    m.runs_loaded.set(len(request.app.state.runs._runs))
+    m.runs_loaded.set(request.app.state.runs.loaded_count())
     return Response(m.render(), media_type="text/plain; version=0.0.4")

@@ -1,5 +1,5 @@
-"""/v1/internal: calls one replica forwards to the replica that owns a run (services/runs.py, "One owner per
-run"). Admin token only; not part of the public API (hidden from the OpenAPI schema)."""
+"""/v1/internal: calls one replica forwards to the replica that owns a run (services/runs/ownership.py,
+"One owner per run"). Admin token only; not part of the public API (hidden from the OpenAPI schema)."""
 
 from __future__ import annotations
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
-from starlette.concurrency import run_in_threadpool
 
 from services.api.deps import Principal, admin, get_runs, run_access
 from services.api.models import (
@@ -26,7 +22,7 @@ from services.api.models import (
     RunSummary,
 )
 from services.outbound import check_request
-from services.runs import Pending, RunService
+from services.runs import RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
@@ -67,22 +63,9 @@ def get_run(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
     return runs.status(run_id)
 
 
-# The label round trip (`next` + `labels`) is the hot path: async routes that make the (sub-millisecond) change
-# on the event loop when the run's lock is free, then await its queued write (RunService group commit) without
-# blocking the loop; a run not in memory yet or busy goes to a worker thread. Responses are encoded here (the
-# same JSON as the response_model, which stays for the OpenAPI schema) instead of validated again by pydantic.
-
-async def _call(runs: RunService, run_id: str, locked: Callable[..., Pending], sync: Callable[..., Any],
-                arg: Any) -> Any:
-    rt = runs.try_lock(run_id)
-    if rt is None:      # not loaded yet (a load can take seconds) or busy: do not block the event loop
-        return await run_in_threadpool(sync, run_id, arg)
-    try:
-        p = locked(rt, arg)
-    finally:
-        rt.lock.release()
-    return p.finish(await asyncio.wrap_future(p.fut) if p.fut is not None else None)
-
+# The label round trip (`next` + `labels`) is the hot path: RunService's async entry points make the change on
+# the event loop when they can and await its queued write (group commit). Responses are encoded here (the same
+# JSON as the response_model, which stays for the OpenAPI schema) instead of validated again by pydantic.
 
 def _json(d: dict) -> Response:
     return Response(json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode(),
@@ -103,7 +86,7 @@ async def next_pair(run_id: str = RunId,
                     who: Principal = Depends(run_access), runs: RunService = Depends(get_runs)) -> Response:
     """Lease one blind pair: prompt and two responses in random order, no model names, no judge votes."""
     name = _annotator(who, annotator)
-    got = await _call(runs, run_id, runs.next_pair_locked, runs.next_pair, name)
+    got = await runs.next_pair_async(run_id, name)
     if got is None:
         return Response(status_code=204)
     got["lease_expires_at"] = _utc_iso(got["lease_expires_at"])
@@ -119,7 +102,7 @@ async def post_label(body: LabelIn, request: Request, run_id: str = RunId, who: 
     unless the server runs with TIEBREAK_ANNOTATORS_SEE_DECISION=1 (a blind study must not show it)."""
     d = body.model_dump()
     d["annotator"] = _annotator(who, body.annotator)
-    res = await _call(runs, run_id, runs.submit_label_locked, runs.submit_label, d)
+    res = await runs.submit_label_async(run_id, d)
     if not who.is_admin and not request.app.state.settings.annotators_see_decision:
         res = {**res, "decision": None}
     return _json(res)
@@ -129,9 +112,7 @@ async def post_label(body: LabelIn, request: Request, run_id: str = RunId, who: 
             dependencies=[Depends(admin)])
 def report(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> HTMLResponse:
     """Self-contained HTML report (no external assets)."""
-    from services.report_page import report_html
-
-    return HTMLResponse(report_html(runs, run_id))
+    return HTMLResponse(runs.report_html(run_id))
 
 
 def _annotator(who: Principal, given: str | None) -> str:

@@ -18,10 +18,9 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    now = [2_000_000.0]
-    monkeypatch.setattr("services.runs._now", lambda: now[0])
-    return now
+def clock():
+    """The lease clock (RunService(clock=...)): tests move it instead of sleeping."""
+    return [2_000_000.0]
 
 
 def _run(svc: RunService, n: int = 40, **kw) -> str:
@@ -37,7 +36,7 @@ def _snapshot(svc: RunService, store: RedisStore, rid: str) -> tuple:
 
 
 def test_label_for_a_pair_never_handed_out_is_refused_and_changes_nothing(store, clock):
-    svc = RunService(store)
+    svc = RunService(store, clock=lambda: clock[0])
     rid = _run(svc, budget=3)
     before = _snapshot(svc, store, rid)
     for lab in ({"pair_id": "p5", "annotator": "mallory", "verdict": "tie"},
@@ -57,7 +56,7 @@ def test_label_for_a_pair_never_handed_out_is_refused_and_changes_nothing(store,
 
 
 def test_label_for_a_pair_leased_to_someone_else_is_refused(store, clock):
-    svc = RunService(store)
+    svc = RunService(store, clock=lambda: clock[0])
     rid = _run(svc)
     a = svc.next_pair(rid, "alice")
     with pytest.raises(Conflict):          # bob holds no lease on it
@@ -79,7 +78,7 @@ def test_label_for_a_pair_leased_to_someone_else_is_refused(store, clock):
 
 
 def test_tool_labels_need_a_drawn_pair_that_still_needs_a_label(store, clock):
-    svc = RunService(store)
+    svc = RunService(store, clock=lambda: clock[0])
     rid = _run(svc)
     batch = svc.draw_batch(rid, 3)
     drawn = [p["id"] for p, _, _ in batch]
@@ -95,7 +94,7 @@ def test_tool_labels_need_a_drawn_pair_that_still_needs_a_label(store, clock):
 
 
 def test_expired_lease_grace_then_refused_and_deleted_from_redis(store, clock):
-    svc = RunService(store, lease_ttl_s=100)
+    svc = RunService(store, lease_ttl_s=100, clock=lambda: clock[0])
     rid = _run(svc)
     a = svc.next_pair(rid, "alice")
     b = svc.next_pair(rid, "bob")
@@ -111,4 +110,4 @@ def test_expired_lease_grace_then_refused_and_deleted_from_redis(store, clock):
     svc.next_pair(rid, "carol")            # any write of the run deletes leases past their grace
     assert b["lease_id"] not in store.load_leases(rid) and a["lease_id"] not in store.load_leases(rid)
     assert svc.status(rid)["annotations"] == 1
-    assert RunService(store).status(rid) == svc.status(rid)      # a restart agrees
+    assert RunService(store, clock=lambda: clock[0]).status(rid) == svc.status(rid)      # a restart agrees

@@ -32,6 +32,15 @@ def _pairs(n, prefix="p"):
     return [{"id": f"{prefix}{i}", "prompt": f"q {i}", "base": f"base {i}", "tuned": f"tuned {i}"} for i in range(n)]
 
 
+def _until(cond, timeout=10.0):
+    """Poll ``cond`` until it holds (a lease expiring in Redis, the keeper thread acting): no fixed sleep that
+    a loaded machine can outrun."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def _label(svc, rid, ann="a", tuned=True):
     v = svc.next_pair(rid, ann)
     verdict = "left" if v["left"].startswith("tuned") == tuned else "right"
@@ -47,9 +56,9 @@ def test_a_replica_that_lost_the_run_cannot_write(store):
     rid = a.create_run({"name": "t", "pairs": _pairs(50), "seed": 1})
     for _ in range(3):
         _label(a, rid)
-    a._stop.set()                        # A stalls: its keeper stops renewing (a GC pause, a partition)
-    rt_a = a._runs[rid]
-    time.sleep(0.8)                      # A's lease expires
+    a.ownership._stop.set()              # A stalls: its keeper stops renewing (a GC pause, a partition)
+    rt_a = a.ownership._runs[rid]
+    _until(lambda: store.owner_of(rid) is None)     # A's lease expires
     rt_a.owned_until = time.monotonic() + 60        # and A still believes it owns the run
     st_b = b.route("status", rid, forwarded=True)   # B takes it over (nobody holds the lease)
     assert st_b["labels"] == 3
@@ -57,7 +66,7 @@ def test_a_replica_that_lost_the_run_cannot_write(store):
     with pytest.raises(OwnershipLost):
         _label(a, rid, "a2")
     assert store.r.llen(store.k(rid, "ops")) == ops_before      # nothing of A's write reached Redis
-    assert rid not in a._runs                                    # A dropped its stale copy
+    assert rid not in a.ownership._runs                          # A dropped its stale copy
     _label(b, rid, "b1")
     assert b.status(rid)["labels"] == 4
     b.close()
@@ -69,12 +78,12 @@ def test_other_replica_waits_for_a_dead_owners_lease_then_takes_over(store):
     a = RunService(store, url="http://127.0.0.1:9", owner_ttl_s=0.6)     # port 9: nothing listens
     rid = a.create_run({"name": "t", "pairs": _pairs(30), "seed": 2})
     _label(a, rid)
-    a._stop.set()                        # "killed": no more renewals, never answers
+    a.ownership._stop.set()                        # "killed": no more renewals, never answers
     b = RunService(store, url="http://b", owner_ttl_s=0.6)
     t0 = time.monotonic()
     assert b.status(rid)["labels"] == 1
     assert time.monotonic() - t0 < 3
-    assert store.owner_of(rid).endswith(f" {b.replica} http://b")
+    assert store.owner_of(rid).endswith(f" {b.ownership.replica} http://b")
     b.close()
 
 
@@ -82,7 +91,7 @@ def test_same_address_takes_over_at_once_and_close_releases(store):
     """A restart on the same address does not wait for the old incarnation's lease; close() releases."""
     a = RunService(store, url="http://same", owner_ttl_s=30)
     rid = a.create_run({"name": "t", "pairs": _pairs(30), "seed": 3})
-    a._stop.set()
+    a.ownership._stop.set()
     a2 = RunService(store, url="http://same", owner_ttl_s=30)
     assert a2.status(rid)["n_pairs"] == 30
     a2.close()
@@ -207,11 +216,11 @@ def test_run_creation_is_invisible_until_complete(store, monkeypatch):
 def test_idle_runs_are_evicted_and_reloaded(store):
     svc = RunService(store, owner_ttl_s=0.3, idle_evict_s=0.2, max_runs=2)
     rids = [svc.create_run({"name": f"r{i}", "pairs": _pairs(20), "seed": i}) for i in range(3)]
-    assert len(svc._runs) == 2                     # at most max_runs in memory (least recently used out)
+    assert svc.loaded_count() == 2                     # at most max_runs in memory (least recently used out)
     _label(svc, rids[2])
     before = svc.status(rids[2])
-    time.sleep(0.8)
-    assert svc._runs == {} and store.owner_of(rids[2]) is None     # idle: written, released, dropped
+    _until(lambda: svc.loaded_count() == 0)                         # idle: written, released, dropped
+    assert store.owner_of(rids[2]) is None
     assert svc.status(rids[2]) == before                            # reloaded on the next call
     svc.close()
 
@@ -226,10 +235,8 @@ def test_report_renders_outside_the_run_lock(store):
     took = {}
 
     def render():
-        from services.report_page import report_html
-
         t0 = time.perf_counter()
-        report_html(svc, rid)
+        svc.report_html(rid)
         took["report"] = time.perf_counter() - t0
         done.set()
 
@@ -387,13 +394,13 @@ def test_one_bad_write_never_fails_the_other_runs_writes_in_its_batch(store, mon
     monkeypatch.setattr(store, "apply", gated)
     rt_b = svc.runtime(rb)
     with rt_b.lock:
-        first = svc.next_pair_locked(rt_b, "someone")           # the write the writer is held on
+        first = svc.leases.next_pair(rt_b, "someone")           # the write the writer is held on
     rt_a, rt_b = svc.runtime(ra), svc.runtime(rb)
     time.sleep(0.2)
     with rt_a.lock, rt_b.lock:
-        pa = svc.submit_label_locked(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
+        pa = svc.intake.submit(rt_a, {"pair_id": va["pair_id"], "annotator": bad, "verdict": "left",
                                             "lease_id": va["lease_id"]})
-        pb = svc.submit_label_locked(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
+        pb = svc.intake.submit(rt_b, {"pair_id": vb["pair_id"], "annotator": good, "verdict": "left",
                                             "lease_id": vb["lease_id"]})
     gate.set()
     svc.wait(first)

@@ -87,12 +87,11 @@ def test_labels_idempotent_per_pair_and_annotator(store):
     assert len(store.load_labels(rid)) == 1
 
 
-def test_live_lease_excludes_and_expired_lease_puts_pair_back(store, monkeypatch):
+def test_live_lease_excludes_and_expired_lease_puts_pair_back(store):
     """An expired lease puts its pair back first; a late label on it is honoured while nobody else took the pair
     (within one more TTL of grace), and refused with 409 once the pair went to someone else."""
     clock = [1_000_000.0]
-    monkeypatch.setattr("services.runs._now", lambda: clock[0])
-    svc = RunService(store, lease_ttl_s=60)
+    svc = RunService(store, lease_ttl_s=60, clock=lambda: clock[0])     # leases expire on this clock, no sleep
     rid = svc.create_run(_spec(_pairs(50, votes=False), judges=[], seed=4))
     a = svc.next_pair(rid, "a")
     b = svc.next_pair(rid, "b")
@@ -266,8 +265,8 @@ def test_failed_write_drops_queued_changes_and_reloads(store, monkeypatch):
     monkeypatch.setattr(store, "apply", failing)
     rt = svc.runtime(rid)
     with rt.lock:                    # a second change queued behind a write that will fail
-        p1 = svc.submit_label_locked(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
-        p2 = svc.next_pair_locked(rt, "b")
+        p1 = svc.intake.submit(rt, {"pair_id": v["pair_id"], "annotator": "a", "verdict": "left"})
+        p2 = svc.leases.next_pair(rt, "b")
     go.set()
     with pytest.raises(redis.ConnectionError):
         svc.wait(p1)
@@ -309,3 +308,34 @@ def test_concurrent_round_trips_share_writes_and_restart_exactly(store):
     assert svc2.status(rid) == st
     c1, c2 = svc.runtime(rid).comps[OVERALL], svc2.runtime(rid).comps[OVERALL]
     assert [d.item for d in c1.draws] == [d.item for d in c2.draws] and c1.labels == c2.labels
+
+
+def test_async_round_trip_on_the_loop_and_through_a_thread(store):
+    """The async entry points the routes await: a run in memory with a free lock is changed on the event loop;
+    a run that is not loaded (or busy) goes to a worker thread. Both answer the same as the sync calls."""
+    import asyncio
+    import threading
+
+    svc = RunService(store)
+    rid = svc.create_run(_spec(_pairs(40, votes=False), judges=[], seed=21))
+    on_loop: list[bool] = []
+    locked = svc.leases.next_pair
+
+    def spy(rt, annotator):
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return locked(rt, annotator)
+
+    svc.leases.next_pair = spy
+
+    async def round_trip(ann: str) -> tuple[dict, dict]:
+        v = await svc.next_pair_async(rid, ann)
+        out = await svc.submit_label_async(rid, {"pair_id": v["pair_id"], "annotator": ann, "verdict": "tie",
+                                                 "lease_id": v["lease_id"]})
+        return v, out
+
+    v, out = asyncio.run(round_trip("a"))          # loaded by create_run: on the loop
+    assert on_loop == [True] and out["accepted"] and not out["duplicate"] and out["labels"] == 1
+    svc.release(rid)                                # not in memory any more: loaded in a worker thread
+    v2, out2 = asyncio.run(round_trip("b"))
+    assert on_loop == [True, False] and v2["pair_id"] != v["pair_id"] and out2["labels"] == 2
+    assert svc.status(rid)["annotations"] == 2
