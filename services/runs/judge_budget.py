@@ -1,0 +1,129 @@
+"""What each judge of a run is worth, and ``judge_budget: "auto"``: stop spending compute on a judge that is
+shown to be worthless for this run.
+
+Owns: the per-judge work record kept in the run's meta (``meta["judge_work"][name]`` = pairs voted, CPU-seconds,
+state), the value view (``judges_value``: sampler/judge_value.py on the labels so far) and the stop rule.
+
+The value is measured on the overall comparison's *processed* draws only (the labels that have entered its
+confidence sequence, in draw order) and on the votes that have arrived for those pairs. So the decision to stop
+a judge at any time is a function of past labels (and of votes, which never see a label): whichever pairs are
+left without that judge's vote, the prediction g_t of every later draw is fixed at a refit from information
+before that draw, and the run's confidence sequence stays valid (docs/statistics.md, "Judges that must earn
+their compute"). Labels that arrived out of order and are not yet processed are deliberately not used: one of
+them could be the label of a pair whose prediction the stop would still change.
+
+States: ``running`` (the pipeline votes with it), ``stopped-worthless`` (auto budget: stopped; pairs it voted keep
+their votes, the others have none from it), ``finished`` (it voted every pair), ``supplied`` (votes given with the
+pairs: nothing was spent here).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sampler.judge_value import JudgeValue, judge_value, jury_value, worthless
+from services.runs.model import OVERALL, RunRuntime
+
+# The stop rule of judge_budget "auto" (stated in docs/concepts.md): on at least MIN_PAIRS labelled pairs with its
+# vote, the upper end of the judge's 90 % interval says it saves < THRESHOLD of the labels.
+THRESHOLD = 0.05
+MIN_PAIRS = 30
+LEVEL = 0.9
+
+JUDGE_BUDGETS = ("all", "auto")
+
+
+def _labelled_votes(rt: RunRuntime) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, votes (m, J)) of the overall comparison's processed draws; None without comparison or judges."""
+    comp = rt.comps.get(OVERALL)
+    if comp is None or comp.votes.shape[1] == 0:
+        return None
+    items = [d.item for d in comp.draws[: comp.processed]]
+    seen: set[int] = set()
+    unique = [i for i in items if not (i in seen or seen.add(i))]   # with replacement a pair can recur
+    labels = np.array([comp.labels[i] for i in unique], dtype=float)
+    votes = comp.votes_received()[np.asarray(unique, dtype=int)] if unique else np.empty((0, comp.votes.shape[1]))
+    return labels, votes
+
+
+def values(rt: RunRuntime) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
+    """({judge: value}, the jury's value, labels processed) on the labels so far (call under ``rt.lock``)."""
+    names = list(rt.meta.get("judge_names") or [])
+    got = _labelled_votes(rt)
+    if got is None or not names:
+        return {}, None, 0
+    labels, votes = got
+    per = {n: judge_value(votes[:, j], labels, LEVEL) for j, n in enumerate(names)}
+    return per, jury_value(votes, labels, LEVEL), int(labels.size)
+
+
+def work(rt: RunRuntime, name: str) -> dict:
+    """The judge's work record in meta (created on first use)."""
+    w = rt.meta.setdefault("judge_work", {})
+    return w.setdefault(name, {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+
+
+def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
+    saved, saved_lo, saved_hi = v.labels_saved(labels)
+    out: dict[str, Any] = {
+        "value": round(v.r2, 4), "interval": [round(v.lower, 4), round(v.upper, 4)], "level": v.level,
+        "labels": v.n, "labels_saved": round(saved, 2),
+        "labels_saved_interval": [round(saved_lo, 2), round(saved_hi, 2) if saved_hi != float("inf") else None],
+    }
+    if rec is not None:
+        out.update(cpu_s=round(float(rec.get("cpu_s", 0.0)), 3), pairs_voted=int(rec.get("pairs", 0)),
+                   state=rec.get("state", "running"))
+        if rec.get("stopped_at_labels") is not None:
+            out["stopped_at_labels"] = rec["stopped_at_labels"]
+    return out
+
+
+def judges_value(rt: RunRuntime) -> dict[str, Any]:
+    """The status field ``judges_value``: per judge and ``"jury"`` (call under ``rt.lock``)."""
+    names = list(rt.meta.get("judge_names") or [])
+    if not names:
+        return {}
+    per, jury, labels = values(rt)
+    supplied = not rt.meta.get("judges")
+    out: dict[str, Any] = {}
+    for n in names:
+        rec = ({"pairs": rt.n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
+               else (rt.meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+        out[n] = _view(per[n], labels, rec) if n in per else _view(JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")),
+                                                                    labels, rec)
+    if jury is not None and len(names) > 1:
+        out["jury"] = _view(jury, labels, None)
+    return out
+
+
+def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float) -> bool:
+    """Add one batch's work to the judge's record; with ``judge_budget: "auto"`` apply the stop rule. Returns
+    whether the pipeline should keep voting with this judge (call under ``rt.lock``; the caller writes meta)."""
+    rec = work(rt, name)
+    rec["pairs"] = int(rec["pairs"]) + int(pairs)
+    rec["cpu_s"] = float(rec["cpu_s"]) + float(cpu_s)
+    if rec["state"] != "running":
+        return False
+    if rt.meta.get("judge_budget", "all") != "auto":
+        return True
+    per, _, labels = values(rt)
+    v = per.get(name)
+    if v is not None and worthless(v, THRESHOLD, MIN_PAIRS):
+        rec.update(state="stopped-worthless", stopped_at_labels=labels, stopped_value=v.to_dict())
+        return False
+    return True
+
+
+def stopped(rt: RunRuntime) -> set[str]:
+    """Judges the auto budget has stopped (they never vote again in this run, also after a restart)."""
+    return {n for n, r in (rt.meta.get("judge_work") or {}).items() if r.get("state") == "stopped-worthless"}
+
+
+def finish(rt: RunRuntime, names: list[str]) -> None:
+    """Judging is over: every judge still running has voted every pair."""
+    for n in names:
+        rec = work(rt, n)
+        if rec["state"] == "running":
+            rec["state"] = "finished"

@@ -1,0 +1,96 @@
+"""judge_budget "auto" through the real RunService and the real judge pipeline (in-process workers, a real
+``feature:length`` juror, real embedded Redis): a judge without signal on this run is stopped once its value
+interval shows it saves < 5 % of the labels; a judge with signal votes on every pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.pipeline import Pipeline
+from services.runs import RunService
+from services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+from services.store import RedisStore
+
+N_PAIRS = 400
+JUDGE = "feature:length"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
+    yield s
+    s.close()
+
+
+def _pairs(seed: int) -> list[dict]:
+    """Answers of random lengths, so the length juror's votes vary from pair to pair."""
+    rng = np.random.default_rng(seed)
+    return [{"id": f"p{i}", "prompt": f"question {i}", "base": "word " * int(rng.integers(5, 80)),
+             "tuned": "word " * int(rng.integers(5, 80))} for i in range(N_PAIRS)]
+
+
+def _label(svc: RunService, rid: str, pairs: list[dict], k: int, longer_wins: bool, seed: int) -> int:
+    """k labels: the longer answer wins (the juror has signal) or a coin flip (it has none)."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    for _ in range(k):
+        v = svc.next_pair(rid, "ann")
+        if v is None:
+            break
+        p = pairs[int(v["pair_id"][1:])]
+        tuned_wins = len(p["tuned"]) > len(p["base"]) if longer_wins else bool(rng.integers(2))
+        tuned_left = v["left"] == p["tuned"]
+        verdict = "left" if tuned_left == tuned_wins else "right"
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann", "verdict": verdict,
+                               "lease_id": v["lease_id"]})
+        done += 1
+    return done
+
+
+def _run(store: RedisStore, longer_wins: bool, budget: str = "auto", labels: int = 200) -> dict:
+    svc = RunService(store)          # no pipeline attached yet: the labels come first (a streaming run)
+    pairs = _pairs(1)
+    rid = svc.create_run({"name": "budget", "pairs": pairs, "judges": [JUDGE], "seed": 5, "alpha": 0.001,
+                          "judge_budget": budget})
+    assert svc.status(rid)["status"] == "judging"
+    assert _label(svc, rid, pairs, labels, longer_wins, seed=2) == labels
+    Pipeline(svc, mode="local", batch_size=4).run(rid)      # the real pipeline, in this thread
+    return svc.status(rid)
+
+
+def test_a_judge_without_signal_is_stopped_and_says_so(store):
+    st = _run(store, longer_wins=False)
+    v = st["judges_value"][JUDGE]
+    assert st["judge_budget"] == "auto"
+    assert v["state"] == "stopped-worthless", v
+    assert v["interval"][1] < THRESHOLD and v["labels"] >= MIN_PAIRS
+    assert v["stopped_at_labels"] == 200
+    # it voted the drawn pairs it needed and stopped: well under the pool, and the run still became ready
+    assert v["pairs_voted"] < 0.6 * N_PAIRS
+    assert st["status"] == "ready" and st["judged"] == N_PAIRS
+    assert v["cpu_s"] >= 0.0
+
+
+def test_a_judge_with_signal_keeps_voting(store):
+    st = _run(store, longer_wins=True, labels=60)
+    v = st["judges_value"][JUDGE]
+    assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS
+    assert v["value"] > 0.5 and v["interval"][0] > THRESHOLD
+    assert v["labels_saved"] > 60
+
+
+def test_budget_all_never_stops_a_worthless_judge(store):
+    st = _run(store, longer_wins=False, budget="all")
+    v = st["judges_value"][JUDGE]
+    assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS
+    assert v["interval"][1] < 0.2            # it is worth little, and still judged everything (today's behaviour)
+
+
+def test_bad_judge_budget_is_a_422_naming_the_field():
+    from pydantic import ValidationError
+
+    from services.api.models import RunCreate
+
+    with pytest.raises(ValidationError, match="judge_budget"):
+        RunCreate(name="x", pairs=[{"id": "a", "prompt": "p", "base": "b", "tuned": "t"}], judge_budget="some")
