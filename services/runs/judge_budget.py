@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sampler.engine import Comparison
 from sampler.judge_value import JudgeValue, judge_value, jury_value, worthless
 from services.runs.model import OVERALL, RunRuntime
 
@@ -35,9 +36,8 @@ LEVEL = 0.9
 JUDGE_BUDGETS = ("all", "auto")
 
 
-def _labelled_votes(rt: RunRuntime) -> tuple[np.ndarray, np.ndarray] | None:
+def _labelled_votes(comp: Comparison | None) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, votes (m, J)) of the overall comparison's processed draws; None without comparison or judges."""
-    comp = rt.comps.get(OVERALL)
     if comp is None or comp.votes.shape[1] == 0:
         return None
     items = [d.item for d in comp.draws[: comp.processed]]
@@ -48,10 +48,10 @@ def _labelled_votes(rt: RunRuntime) -> tuple[np.ndarray, np.ndarray] | None:
     return labels, votes
 
 
-def values(rt: RunRuntime) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
-    """({judge: value}, the jury's value, labels processed) on the labels so far (call under ``rt.lock``)."""
-    names = list(rt.meta.get("judge_names") or [])
-    got = _labelled_votes(rt)
+def values(meta: dict, comp: Comparison | None) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
+    """({judge: value}, the jury's value, labels processed) on the overall comparison's labels so far."""
+    names = list(meta.get("judge_names") or [])
+    got = _labelled_votes(comp)
     if got is None or not names:
         return {}, None, 0
     labels, votes = got
@@ -82,15 +82,20 @@ def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
 
 def judges_value(rt: RunRuntime) -> dict[str, Any]:
     """The status field ``judges_value``: per judge and ``"jury"`` (call under ``rt.lock``)."""
-    names = list(rt.meta.get("judge_names") or [])
+    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted)
+
+
+def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int) -> dict[str, Any]:
+    """``judges_value`` from a run's meta and overall comparison (the report renders it from its copy)."""
+    names = list(meta.get("judge_names") or [])
     if not names:
         return {}
-    per, jury, labels = values(rt)
-    supplied = not rt.meta.get("judges")
+    per, jury, labels = values(meta, comp)
+    supplied = not meta.get("judges")
     out: dict[str, Any] = {}
     for n in names:
-        rec = ({"pairs": rt.n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
-               else (rt.meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+        rec = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
+               else (meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
         out[n] = _view(per[n], labels, rec) if n in per else _view(JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")),
                                                                     labels, rec)
     if jury is not None and len(names) > 1:
@@ -108,7 +113,7 @@ def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float) -> bool:
         return False
     if rt.meta.get("judge_budget", "all") != "auto":
         return True
-    per, _, labels = values(rt)
+    per, _, labels = values(rt.meta, rt.comps.get(OVERALL))
     v = per.get(name)
     if v is not None and worthless(v, THRESHOLD, MIN_PAIRS):
         rec.update(state="stopped-worthless", stopped_at_labels=labels, stopped_value=v.to_dict())

@@ -48,7 +48,8 @@ def _label(svc: RunService, rid: str, pairs: list[dict], k: int, longer_wins: bo
     return done
 
 
-def _run(store: RedisStore, longer_wins: bool, budget: str = "auto", labels: int = 200) -> dict:
+def _run(store: RedisStore, longer_wins: bool, budget: str = "auto", labels: int = 200
+         ) -> tuple[RunService, str, dict]:
     svc = RunService(store)          # no pipeline attached yet: the labels come first (a streaming run)
     pairs = _pairs(1)
     rid = svc.create_run({"name": "budget", "pairs": pairs, "judges": [JUDGE], "seed": 5, "alpha": 0.001,
@@ -56,11 +57,11 @@ def _run(store: RedisStore, longer_wins: bool, budget: str = "auto", labels: int
     assert svc.status(rid)["status"] == "judging"
     assert _label(svc, rid, pairs, labels, longer_wins, seed=2) == labels
     Pipeline(svc, mode="local", batch_size=4).run(rid)      # the real pipeline, in this thread
-    return svc.status(rid)
+    return svc, rid, svc.status(rid)
 
 
 def test_a_judge_without_signal_is_stopped_and_says_so(store):
-    st = _run(store, longer_wins=False)
+    svc, rid, st = _run(store, longer_wins=False)
     v = st["judges_value"][JUDGE]
     assert st["judge_budget"] == "auto"
     assert v["state"] == "stopped-worthless", v
@@ -70,18 +71,26 @@ def test_a_judge_without_signal_is_stopped_and_says_so(store):
     assert v["pairs_voted"] < 0.6 * N_PAIRS
     assert st["status"] == "ready" and st["judged"] == N_PAIRS
     assert v["cpu_s"] >= 0.0
+    # the report says what the judge cost and what it saved
+    html = svc.report_html(rid)
+    assert "What the judges were worth" in html and "stopped-worthless" in html
+    # the stop holds after a reload (a restart): the pipeline does not start the judge again
+    svc.release(rid)
+    assert svc.judges_stopped(rid) == {JUDGE}
 
 
 def test_a_judge_with_signal_keeps_voting(store):
-    st = _run(store, longer_wins=True, labels=60)
+    svc, rid, st = _run(store, longer_wins=True, labels=60)
     v = st["judges_value"][JUDGE]
     assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS
     assert v["value"] > 0.5 and v["interval"][0] > THRESHOLD
     assert v["labels_saved"] > 60
+    html = svc.report_html(rid)
+    assert "What the judges were worth" in html and "finished" in html
 
 
 def test_budget_all_never_stops_a_worthless_judge(store):
-    st = _run(store, longer_wins=False, budget="all")
+    _, _, st = _run(store, longer_wins=False, budget="all")
     v = st["judges_value"][JUDGE]
     assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS
     assert v["interval"][1] < 0.2            # it is worth little, and still judged everything (today's behaviour)
