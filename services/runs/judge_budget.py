@@ -41,8 +41,7 @@ def _labelled_votes(comp: Comparison | None) -> tuple[np.ndarray, np.ndarray] | 
     if comp is None or comp.votes.shape[1] == 0:
         return None
     items = [d.item for d in comp.draws[: comp.processed]]
-    seen: set[int] = set()
-    unique = [i for i in items if not (i in seen or seen.add(i))]   # with replacement a pair can recur
+    unique = list(dict.fromkeys(items))      # with replacement a pair can recur: its first draw counts
     labels = np.array([comp.labels[i] for i in unique], dtype=float)
     votes = comp.votes_received()[np.asarray(unique, dtype=int)] if unique else np.empty((0, comp.votes.shape[1]))
     return labels, votes
