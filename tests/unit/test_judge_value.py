@@ -80,3 +80,76 @@ def test_jury_value_uses_both_judges_and_equals_the_judge_for_one() -> None:
     b_missing = b.copy()
     b_missing[:200] = np.nan
     assert jury_value(np.column_stack([a, b_missing]), y).n == 400
+
+
+def _budget_null_false_decisions(runs: int, alpha: float, seed: int) -> tuple[int, int]:
+    """Symmetrized null (theta = 1/2 exactly) run like judge_budget "auto" (services/pipeline.py): two judges
+    (one informative, one noise) each vote one pair per draw, pairs already drawn first, then a random order; a
+    pair's votes are handed to the sampler once every running judge voted it; after each draw a judge is stopped
+    when ``worthless`` on the *processed* labels (a permissive rule, threshold 0.3 from 8 pairs, so that stops
+    happen often and early). Returns (false decisions, runs with a stop)."""
+    from sampler.engine import Comparison, ComparisonConfig
+    from sampler.replay import ReplayPool
+
+    rng = np.random.default_rng(seed)
+    n = 30
+    y0 = rng.choice([0.0, 0.5, 1.0], size=n, p=[0.3, 0.3, 0.4])
+    informative = np.clip(0.5 + 0.5 * (y0 - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+    noise = rng.uniform(0, 1, n)
+    pool = ReplayPool(tuple(np.array([v]) for v in y0), np.column_stack([informative, noise])).symmetrized()
+    y = np.array([float(v[0]) for v in pool.votes])
+    votes = pool.judge_votes
+    size = len(y)
+    wrong = stops = 0
+    for r in range(runs):
+        run_rng = np.random.default_rng([seed, r])
+        cfg = ComparisonConfig(method=("active", "ppi")[r % 2], alpha=alpha, grid_resolution=20)
+        c = Comparison(np.full_like(votes, np.nan), config=cfg, rng=run_rng, voted=np.zeros(size, dtype=bool))
+        order = [int(i) for i in run_rng.permutation(size)]
+        have = np.full_like(votes, np.nan)          # votes made so far (not yet all handed to the sampler)
+        running, sent = [True, True], np.zeros(size, dtype=bool)
+        while not c.finished:
+            drawn = [d.item for d in c.draws]
+            for j in (0, 1):
+                if running[j]:
+                    todo = [i for i in drawn + order if np.isnan(have[i, j])]
+                    if todo:
+                        have[todo[0], j] = votes[todo[0], j]
+            processed = [d.item for d in c.draws[: c.processed]]
+            labels = np.array([c.labels[i] for i in processed])
+            for j in (0, 1):
+                if running[j] and processed and worthless(judge_value(c.votes_received()[processed, j], labels),
+                                                          0.3, 8):
+                    running[j] = False
+            done = [i for i in range(size) if not sent[i]
+                    and all(not running[j] or not np.isnan(have[i, j]) for j in (0, 1))]
+            if done:
+                c.add_votes(done, have[done])
+                sent[done] = True
+            items = c.next_items(1)
+            if not items:
+                break
+            c.record_label(items[0], y[items[0]])
+        wrong += c.decision.value in ("better", "worse")
+        stops += not all(running)
+    return wrong, stops
+
+
+def test_false_decisions_at_most_alpha_when_judges_are_stopped_on_past_labels():
+    """300 runs at alpha = 0.3 (large, so that a broken guarantee shows): tolerance 2 binomial sd."""
+    import math
+
+    runs, alpha = 300, 0.3
+    wrong, stops = _budget_null_false_decisions(runs, alpha, seed=31)
+    assert stops >= runs // 3                                  # the stop rule really acted
+    assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
+
+
+@pytest.mark.slow
+def test_false_decisions_at_most_alpha_when_judges_are_stopped_on_past_labels_1000_runs():
+    import math
+
+    runs, alpha = 1000, 0.1
+    wrong, stops = _budget_null_false_decisions(runs, alpha, seed=32)
+    assert stops >= runs // 3
+    assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
