@@ -5,6 +5,7 @@ Arena model pairs with >= 300 battles, the value (share of label variance its ca
 sampler/judge_value.py) on the whole pool, then the online estimate on n random labelled pairs
 (n = 30, 100, 300; ``--reps`` subsamples each): mean estimate and how often the 90 % interval contains the
 full-pool value. The full-pool value is the cross-fitted R^2 on every pair (the best stand-in for the truth).
+``--simulate``: the interval's coverage of a known population value on simulated 3-valued labels.
 """
 
 from __future__ import annotations
@@ -38,14 +39,63 @@ def pools(name: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
+def _simulated(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
+    """3-valued labels from a latent quality z; the vote is a noisy sigmoid of z (as tests/unit/test_judge_value.py)."""
+    z = rng.standard_normal(n)
+    u = z + rng.standard_normal(n)
+    y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
+    x = 1.0 / (1.0 + np.exp(-(signal * z + rng.standard_normal(n))))
+    return x, y
+
+
+def simulate(reps: int, sizes: list[int], rng: np.random.Generator) -> None:
+    """Coverage of the 90 % interval for the known population R^2 (from 2 x 10^6 draws)."""
+    for signal in (0.0, 0.5, 1.5):
+        x, y = _simulated(rng, 2_000_000, signal)
+        rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
+        for n in sizes:
+            vals = [judge_value(*_simulated(rng, n, signal)) for _ in range(reps)]
+            print(json.dumps({"rho2": round(rho2, 4), "n": n, "runs": reps,
+                              "covers": round(float(np.mean([v.lower <= rho2 <= v.upper for v in vals])), 3),
+                              "upper_covers": round(float(np.mean([rho2 <= v.upper for v in vals])), 3),
+                              "mean_r2": round(float(np.mean([v.r2 for v in vals])), 4)}), flush=True)
+
+
+def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min_pairs: int = 30) -> None:
+    """When the auto budget's rule (services/runs/judge_budget.py) stops a judge, checked every 4 labelled pairs
+    as the pipeline's batches do: share of runs stopped by 100 / 200 / 400 / 1,000 labelled pairs."""
+    from sampler.judge_value import worthless
+
+    for signal in (0.0, 0.3, 0.5, 1.5):
+        x, y = _simulated(rng, 2_000_000, signal)
+        rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
+        at = []
+        for _ in range(reps):
+            x, y = _simulated(rng, 1000, signal)
+            at.append(next((n for n in range(min_pairs, 1001, 4)
+                            if worthless(judge_value(x[:n], y[:n]), threshold, min_pairs)), 10**9))
+        a = np.array(at)
+        print(json.dumps({"rho2": round(rho2, 4), "runs": reps,
+                          **{f"stopped_by_{k}": round(float((a <= k).mean()), 3) for k in (100, 200, 400, 1000)},
+                          "median_stop": float(np.median(a)) if (a < 10**9).mean() > 0.5 else None}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--sizes", default="30,100,300")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simulate", action="store_true", help="coverage on simulated data of known value instead")
+    ap.add_argument("--stops", action="store_true", help="when the auto budget stops judges of known value")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     sizes = [int(s) for s in a.sizes.split(",")]
+    if a.simulate:
+        simulate(a.reps, sizes, rng)
+        return
+    if a.stops:
+        stop_times(a.reps, rng)
+        return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):
             full = judge_value(x, y)
