@@ -293,22 +293,29 @@ class Pipeline:
                 if self.metrics:
                     self.metrics.votes.inc(len(done))
 
-        def next_batch(voted: set[int], cursor: list[int]) -> list[tuple]:
-            """Up to batch_size pairs: drawn ones not voted yet, then the next ones in the random order."""
-            batch = [i for i in svc.drawn_pairs(rid) if i in rows and i not in voted][: self.batch_size]
-            taken = set(batch)
+        def next_batch(voted: set[int], cursor: list[int], drawn: list[int]) -> list[tuple]:
+            """Up to batch_size pairs: drawn ones not voted yet, then the next ones in the random order.
+            ``cursor`` = [position in the random order, draws already seen]; ``drawn`` = drawn, not yet voted."""
+            new_draws = svc.drawn_pairs(rid, cursor[1])
+            cursor[1] += len(new_draws)
+            drawn.extend(i for i in new_draws if i in rows)
+            batch: list[int] = []
+            while drawn and len(batch) < self.batch_size:
+                i = drawn.pop(0)
+                if i not in voted and i not in batch:
+                    batch.append(i)
             while len(batch) < self.batch_size and cursor[0] < len(order):
                 i = order[cursor[0]][0]
                 cursor[0] += 1
-                if i not in voted and i not in taken:
+                if i not in voted and i not in batch:
                     batch.append(i)
             return [rows[i] for i in batch]
 
         def judge_loop(name: str, handle: Any) -> None:
             voted: set[int] = set()
-            cursor = [0]
+            cursor, drawn = [0, 0], []
             while True:
-                batch = next_batch(voted, cursor)
+                batch = next_batch(voted, cursor, drawn)
                 if not batch:
                     return
                 if self.mode == "local":
@@ -317,16 +324,17 @@ class Pipeline:
                     ray = self._ensure_ray()
                     result, cpu_s = ray.get(handle.vote_costed.remote(batch, clock=clock))
                 voted.update(int(r[0]) for r in batch)
+                # the work is recorded first: the batch's votes (add_votes) write it with them
+                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s)
                 with lock:
                     for idx, row in result.items():
                         if int(idx) in partial:
                             partial[int(idx)][name] = row
-                    flush([int(i) for i in result])
-                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s)
-                if not keep:
-                    with lock:
+                    if not keep:
                         stopped.add(name)
-                        flush(list(partial))       # pairs that were waiting only for this judge
+                    # with a stop: also the pairs that were waiting only for this judge
+                    flush(list(partial) if not keep else [int(i) for i in result])
+                if not keep:
                     log.info("run %s: judge %s stopped (judge_budget auto: worthless on the labels so far)",
                              rid, name)
                     return

@@ -145,7 +145,8 @@ class RunService:
         rt = self.runtime(rid)
         with rt.lock:
             keep = judge_budget.record_batch(rt, name, pairs, cpu_s)
-            self.writer.commit(rt, meta=rt.meta)
+            if not keep:        # a stop is written at once; the work counts go with the batch's votes (add_votes)
+                self.writer.commit(rt, meta=rt.meta)
         return keep
 
     def judges_stopped(self, rid: str) -> set[str]:
@@ -153,12 +154,13 @@ class RunService:
         with rt.lock:
             return judge_budget.stopped(rt)
 
-    def drawn_pairs(self, rid: str) -> list[int]:
-        """Pairs the sampler has drawn (labelled or handed out), in draw order: the pipeline judges them first."""
+    def drawn_pairs(self, rid: str, start: int = 0) -> list[int]:
+        """Pairs the sampler has drawn (labelled or handed out), in draw order from draw ``start`` on: the
+        pipeline judges them first."""
         rt = self.runtime(rid)
         with rt.lock:
             comp = rt.comps.get(OVERALL)
-            return [d.item for d in comp.draws] if comp is not None else []
+            return [d.item for d in comp.draws[start:]] if comp is not None else []
 
     def judging_finished(self, rid: str) -> None:
         rt = self.runtime(rid)
