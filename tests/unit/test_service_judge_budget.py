@@ -103,3 +103,16 @@ def test_bad_judge_budget_is_a_422_naming_the_field():
 
     with pytest.raises(ValidationError, match="judge_budget"):
         RunCreate(name="x", pairs=[{"id": "a", "prompt": "p", "base": "b", "tuned": "t"}], judge_budget="some")
+
+
+def test_experiments_pass_judge_budget_to_their_runs_and_refuse_a_bad_one():
+    from services.experiments.errors import ExperimentError
+    from services.experiments.validate import experiment_record
+
+    body = {"name": "e", "prompts": [{"id": "a", "text": "hi"}], "base": {"outputs": {"a": "x"}},
+            "judges": [JUDGE]}
+    assert experiment_record({**body, "judge_budget": "auto"})["judge_budget"] == "auto"
+    assert experiment_record(body)["judge_budget"] == "all"
+    with pytest.raises(ExperimentError) as e:
+        experiment_record({**body, "judge_budget": "half"})
+    assert e.value.field == "judge_budget"
