@@ -253,15 +253,15 @@ class Pipeline:
 
     def _judge(self, rid: str, meta: dict) -> None:
         """Every judge votes on the unvoted pairs, one batch at a time per judge, in a random order (the run's
-        seed) with the pairs the sampler has drawn first; after each batch the service records its CPU-seconds
-        and, with ``judge_budget: "auto"``, may stop the judge (services/runs/judge_budget.py).
+        seed) with the pairs whose labels the sampler has processed first; after each batch the service records
+        its CPU-seconds and, with ``judge_budget: "auto"``, may stop the judge (services/runs/judge_budget.py).
 
         Why this order: a random order makes the voted pairs at any time a uniform random subset of the pool,
-        so what the judges have seen is representative of it; the drawn pairs go first because a judge's value
-        can only be measured on labelled pairs that it voted on (a pair labelled but never voted tells nothing
-        about the judge). Both are functions of the seed and of past draws, never of a label, so the sampler's
-        predictions stay predictable (docs/statistics.md). A pair's votes are stored once every judge still
-        voting has voted it; a stopped judge's vote is missing (None) on the pairs it never reached."""
+        so what the judges have seen is representative of it; the labelled pairs go first because a judge's
+        value can only be measured on labelled pairs that it voted on. Both are functions of the seed and of
+        the processed draws only (never of a pending draw), so the sampler's predictions stay predictable
+        (docs/statistics.md). A pair's votes are stored once every judge still voting has voted it; a stopped
+        judge's vote is missing (None) on the pairs it never reached."""
         svc = self.service
         todo = svc.unvoted_pairs(rid)
         if not todo:
@@ -293,15 +293,16 @@ class Pipeline:
                 if self.metrics:
                     self.metrics.votes.inc(len(done))
 
-        def next_batch(voted: set[int], cursor: list[int], drawn: list[int]) -> list[tuple]:
-            """Up to batch_size pairs: drawn ones not voted yet, then the next ones in the random order.
-            ``cursor`` = [position in the random order, draws already seen]; ``drawn`` = drawn, not yet voted."""
-            new_draws = svc.drawn_pairs(rid, cursor[1])
+        def next_batch(voted: set[int], cursor: list[int], labelled: list[int]) -> list[tuple]:
+            """Up to batch_size pairs: labelled ones not voted yet, then the next ones in the random order.
+            ``cursor`` = [position in the random order, processed draws already seen]; ``labelled`` = labelled
+            pairs not yet voted."""
+            new_draws = svc.labelled_pairs(rid, cursor[1])
             cursor[1] += len(new_draws)
-            drawn.extend(i for i in new_draws if i in rows)
+            labelled.extend(i for i in new_draws if i in rows)
             batch: list[int] = []
-            while drawn and len(batch) < self.batch_size:
-                i = drawn.pop(0)
+            while labelled and len(batch) < self.batch_size:
+                i = labelled.pop(0)
                 if i not in voted and i not in batch:
                     batch.append(i)
             while len(batch) < self.batch_size and cursor[0] < len(order):
@@ -313,9 +314,9 @@ class Pipeline:
 
         def judge_loop(name: str, handle: Any) -> None:
             voted: set[int] = set()
-            cursor, drawn = [0, 0], []
+            cursor, labelled = [0, 0], []
             while True:
-                batch = next_batch(voted, cursor, drawn)
+                batch = next_batch(voted, cursor, labelled)
                 if not batch:
                     return
                 if self.mode == "local":

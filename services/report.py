@@ -54,7 +54,7 @@ class JudgeWorthRow(BaseModel):
     interval: list[float]
     level: float = 0.9
     labels: int = 0                              # labelled pairs it is measured on
-    labels_saved: float = 0.0
+    labels_saved: float | None = 0.0
     labels_saved_interval: list[float | None] = Field(default_factory=list)
     cpu_s: float | None = None
     pairs_voted: int | None = None
@@ -359,7 +359,8 @@ def _judge_worth_table(d: ReportData) -> str:
     for j in d.judge_worth:
         hi = j.labels_saved_interval[1] if len(j.labels_saved_interval) > 1 else None
         lo = j.labels_saved_interval[0] if j.labels_saved_interval else None
-        saved = (f"{j.labels_saved:.1f} ({_f(lo, 1)}, {'∞' if hi is None else _f(hi, 1)})")
+        saved = (f"{'∞' if j.labels_saved is None else f'{j.labels_saved:.1f}'} "
+                 f"({'∞' if lo is None else _f(lo, 1)}, {'∞' if hi is None else _f(hi, 1)})")
         rows.append(f"<tr><td>{_e(j.name)}</td><td>{_e(j.state or '')}</td>"
                     f"<td class=n>{'' if j.pairs_voted is None else j.pairs_voted}</td>"
                     f"<td class=n>{'' if j.cpu_s is None else _f(j.cpu_s, 1)}</td>"

@@ -125,8 +125,8 @@ class RunCreate(Strict):
     method: Literal["classical", "ppi", "active"] | None = None
     labels_per_pair: int = Field(1, ge=1, le=20, description="annotators per pair (their verdicts are averaged)")
     judge_budget: Literal["all", "auto"] = Field(
-        "all", description='"all": every judge votes on every pair; "auto": judge in a random order (pairs the '
-                           "sampler drew first) and stop a judge once its value interval shows it saves < 5 % of "
+        "all", description='"all": every judge votes on every pair; "auto": judge in a random order (labelled pairs '
+                           "first) and stop a judge once its value interval shows it saves < 5 % of "
                            "the labels (docs/concepts.md)")
     lease_ttl_s: float | None = Field(None, gt=0, le=7 * 86400, description="seconds an annotator holds a pair")
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
@@ -196,7 +196,8 @@ class JudgeValueStatus(BaseModel):
     interval: list[float] = Field(description="interval for the value (level below; Fisher z)")
     level: float
     labels: int = Field(description="labelled pairs (processed by the sampler) with this judge's vote")
-    labels_saved: float = Field(description="labels this run saved so far: labels x value / (1 - value)")
+    labels_saved: float | None = Field(description="labels this run saved so far: labels x value / (1 - value) "
+                                                   "(null: unbounded, a judge that explains every label)")
     labels_saved_interval: list[float | None]
     cpu_s: float | None = Field(None, description="CPU-seconds spent voting in this run (not for the jury)")
     pairs_voted: int | None = None

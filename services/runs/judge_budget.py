@@ -19,6 +19,7 @@ pairs: nothing was spent here).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -64,12 +65,16 @@ def work(rt: RunRuntime, name: str) -> dict:
     return w.setdefault(name, {"pairs": 0, "cpu_s": 0.0, "state": "running"})
 
 
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a judge that explains every label saves unboundedly many (None)."""
+    return round(x, 2) if math.isfinite(x) else None
+
+
 def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
     saved, saved_lo, saved_hi = v.labels_saved(labels)
     out: dict[str, Any] = {
         "value": round(v.r2, 4), "interval": [round(v.lower, 4), round(v.upper, 4)], "level": v.level,
-        "labels": v.n, "labels_saved": round(saved, 2),
-        "labels_saved_interval": [round(saved_lo, 2), round(saved_hi, 2) if saved_hi != float("inf") else None],
+        "labels": v.n, "labels_saved": _finite(saved), "labels_saved_interval": [_finite(saved_lo), _finite(saved_hi)],
     }
     if rec is not None:
         out.update(cpu_s=round(float(rec.get("cpu_s", 0.0)), 3), pairs_voted=int(rec.get("pairs", 0)),

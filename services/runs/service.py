@@ -154,13 +154,15 @@ class RunService:
         with rt.lock:
             return judge_budget.stopped(rt)
 
-    def drawn_pairs(self, rid: str, start: int = 0) -> list[int]:
-        """Pairs the sampler has drawn (labelled or handed out), in draw order from draw ``start`` on: the
-        pipeline judges them first."""
+    def labelled_pairs(self, rid: str, start: int = 0) -> list[int]:
+        """Pairs of the sampler's *processed* draws (their labels are in), in draw order from draw ``start`` on:
+        the pipeline judges them first. Not the pending draws: a vote that came sooner because its pair was
+        drawn could enter a refit before that draw is processed and make g depend on the draw
+        (docs/statistics.md, "Judges that must earn their compute")."""
         rt = self.runtime(rid)
         with rt.lock:
             comp = rt.comps.get(OVERALL)
-            return [d.item for d in comp.draws[start:]] if comp is not None else []
+            return [d.item for d in comp.draws[start:comp.processed]] if comp is not None else []
 
     def judging_finished(self, rid: str) -> None:
         rt = self.runtime(rid)

@@ -82,12 +82,14 @@ def test_jury_value_uses_both_judges_and_equals_the_judge_for_one() -> None:
     assert jury_value(np.column_stack([a, b_missing]), y).n == 400
 
 
-def _budget_null_false_decisions(runs: int, alpha: float, seed: int) -> tuple[int, int]:
+def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: int = 1) -> tuple[int, int]:
     """Symmetrized null (theta = 1/2 exactly) run like judge_budget "auto" (services/pipeline.py): two judges
-    (one informative, one noise) each vote one pair per draw, pairs already drawn first, then a random order; a
-    pair's votes are handed to the sampler once every running judge voted it; after each draw a judge is stopped
-    when ``worthless`` on the *processed* labels (a permissive rule, threshold 0.3 from 8 pairs, so that stops
-    happen often and early). Returns (false decisions, runs with a stop)."""
+    (one informative, one noise) each vote one pair before every label, labelled (processed) pairs first, then
+    a random order; a pair's votes are handed to the sampler once every running judge voted it; a judge is
+    stopped when ``worthless`` on the *processed* labels (a permissive rule, threshold 0.3 from 8 pairs, so that
+    stops happen often and early). ``pending`` > 1: draws are handed out ``pending`` at a time and labelled in a
+    random order (out-of-order labels, votes arriving while draws are pending). Returns (false decisions, runs
+    with a stop)."""
     from sampler.engine import Comparison, ComparisonConfig
     from sampler.replay import ReplayPool
 
@@ -108,11 +110,12 @@ def _budget_null_false_decisions(runs: int, alpha: float, seed: int) -> tuple[in
         order = [int(i) for i in run_rng.permutation(size)]
         have = np.full_like(votes, np.nan)          # votes made so far (not yet all handed to the sampler)
         running, sent = [True, True], np.zeros(size, dtype=bool)
-        while not c.finished:
-            drawn = [d.item for d in c.draws]
+
+        def machines() -> None:
+            labelled = [d.item for d in c.draws[: c.processed]]     # labelled pairs first (as the pipeline)
             for j in (0, 1):
                 if running[j]:
-                    todo = [i for i in drawn + order if np.isnan(have[i, j])]
+                    todo = [i for i in labelled + order if np.isnan(have[i, j])]
                     if todo:
                         have[todo[0], j] = votes[todo[0], j]
             processed = [d.item for d in c.draws[: c.processed]]
@@ -126,10 +129,15 @@ def _budget_null_false_decisions(runs: int, alpha: float, seed: int) -> tuple[in
             if done:
                 c.add_votes(done, have[done])
                 sent[done] = True
-            items = c.next_items(1)
+
+        while not c.finished:
+            machines()
+            items = c.next_items(pending)
             if not items:
                 break
-            c.record_label(items[0], y[items[0]])
+            for k in run_rng.permutation(len(items)):
+                machines()
+                c.record_label(items[k], y[items[k]])
         wrong += c.decision.value in ("better", "worse")
         stops += not all(running)
     return wrong, stops
@@ -145,6 +153,17 @@ def test_false_decisions_at_most_alpha_when_judges_are_stopped_on_past_labels():
     assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
 
 
+def test_false_decisions_at_most_alpha_when_judges_are_stopped_with_labels_out_of_order():
+    """As above with 3 draws handed out at a time, labelled in a random order (votes arrive while draws are
+    pending): 200 runs at alpha = 0.3."""
+    import math
+
+    runs, alpha = 200, 0.3
+    wrong, stops = _budget_null_false_decisions(runs, alpha, seed=33, pending=3)
+    assert stops >= runs // 3
+    assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
+
+
 @pytest.mark.slow
 def test_false_decisions_at_most_alpha_when_judges_are_stopped_on_past_labels_1000_runs():
     import math
@@ -153,3 +172,17 @@ def test_false_decisions_at_most_alpha_when_judges_are_stopped_on_past_labels_10
     wrong, stops = _budget_null_false_decisions(runs, alpha, seed=32)
     assert stops >= runs // 3
     assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
+
+
+def test_a_perfect_judge_saves_unboundedly_many_labels_and_the_status_stays_json():
+    """labels x R^2 / (1 - R^2) is infinite at R^2 = 1: the status says null (JSON has no infinity)."""
+    import json
+
+    from services.runs.judge_budget import _view
+
+    y = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.5, 0.0])
+    v = judge_value(y.copy(), y)
+    assert v.r2 == pytest.approx(1.0)
+    view = _view(v, 8, None)
+    json.dumps(view, allow_nan=False)
+    assert view["labels_saved"] is None or view["labels_saved"] > 1e6
