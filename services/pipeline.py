@@ -314,7 +314,8 @@ class Pipeline:
 
         def judge_loop(name: str, handle: Any) -> None:
             voted: set[int] = set()
-            cursor, labelled = [0, 0], []
+            cursor: list[int] = [0, 0]
+            labelled: list[int] = []
             while True:
                 batch = next_batch(voted, cursor, labelled)
                 if not batch:
