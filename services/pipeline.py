@@ -337,7 +337,7 @@ class Pipeline:
                     # with a stop: also the pairs that were waiting only for this judge
                     flush(list(partial) if not keep else [int(i) for i in result])
                 if not keep:
-                    log.info("run %s: judge %s stopped (judge_budget auto: worthless on the labels so far)",
+                    log.info("run %s: judge %s stopped (worthless on the labels so far, or the run is decided)",
                              rid, name)
                     return
 

@@ -201,7 +201,8 @@ class JudgeValueStatus(BaseModel):
     labels_saved_interval: list[float | None]
     cpu_s: float | None = Field(None, description="CPU-seconds spent voting in this run (not for the jury)")
     pairs_voted: int | None = None
-    state: str | None = Field(None, description="running | stopped-worthless | finished | supplied")
+    state: str | None = Field(None, description="running | stopped-worthless | stopped-decided | finished | "
+                                                "supplied")
     stopped_at_labels: int | None = None
 
 

@@ -13,8 +13,9 @@ their compute"). Labels that arrived out of order and are not yet processed are 
 them could be the label of a pair whose prediction the stop would still change.
 
 States: ``running`` (the pipeline votes with it), ``stopped-worthless`` (auto budget: stopped; pairs it voted keep
-their votes, the others have none from it), ``finished`` (it voted every pair), ``supplied`` (votes given with the
-pairs: nothing was spent here).
+their votes, the others have none from it), ``stopped-decided`` (every verdict of the run is final, whatever the
+budget: no vote can change anything any more), ``finished`` (it voted every pair), ``supplied`` (votes given with
+the pairs: nothing was spent here).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float) -> bool:
     rec["cpu_s"] = float(rec["cpu_s"]) + float(cpu_s)
     if rec["state"] != "running":
         return False
+    if rt.comps and all(c.finished for c in rt.comps.values()):
+        # every verdict is final: nothing more is drawn, so no vote can change anything (any budget)
+        rec.update(state="stopped-decided")
+        return False
     if rt.meta.get("judge_budget", "all") != "auto":
         return True
     per, _, labels = values(rt.meta, rt.comps.get(OVERALL))
@@ -127,7 +132,8 @@ def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float) -> bool:
 
 def stopped(rt: RunRuntime) -> set[str]:
     """Judges the auto budget has stopped (they never vote again in this run, also after a restart)."""
-    return {n for n, r in (rt.meta.get("judge_work") or {}).items() if r.get("state") == "stopped-worthless"}
+    return {n for n, r in (rt.meta.get("judge_work") or {}).items()
+            if r.get("state") in ("stopped-worthless", "stopped-decided")}
 
 
 def finish(rt: RunRuntime, names: list[str]) -> None:

@@ -150,6 +150,7 @@ class RunService:
         return keep
 
     def judges_stopped(self, rid: str) -> set[str]:
+        """Judges that vote no more in this run (worthless under the auto budget, or the run is decided)."""
         rt = self.runtime(rid)
         with rt.lock:
             return judge_budget.stopped(rt)

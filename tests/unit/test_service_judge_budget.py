@@ -116,3 +116,21 @@ def test_experiments_pass_judge_budget_to_their_runs_and_refuse_a_bad_one():
     with pytest.raises(ExperimentError) as e:
         experiment_record({**body, "judge_budget": "half"})
     assert e.value.field == "judge_budget"
+
+
+def test_a_decided_run_stops_its_judges_whatever_the_budget(store):
+    """Labels that decide the run before the pipeline starts: the judge stops after one batch (state
+    stopped-decided) and the run still leaves 'judging' with every pair's votes stored."""
+    svc = RunService(store)
+    pairs = _pairs(3)
+    rid = svc.create_run({"name": "decided", "pairs": pairs, "judges": [JUDGE], "seed": 6, "alpha": 0.05})
+    while (v := svc.next_pair(rid, "ann")) is not None:       # the tuned answer always wins: decided soon
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann", "lease_id": v["lease_id"],
+                               "verdict": "left" if v["left"] == pairs[int(v["pair_id"][1:])]["tuned"] else "right"})
+    st = svc.status(rid)
+    assert st["decision"] == "better" and st["finished"] and st["status"] == "judging"
+    Pipeline(svc, mode="local", batch_size=4).run(rid)
+    st = svc.status(rid)
+    v = st["judges_value"][JUDGE]
+    assert v["state"] == "stopped-decided" and v["pairs_voted"] == 4, v
+    assert st["status"] == "ready" and st["judged"] == N_PAIRS
