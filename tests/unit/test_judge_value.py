@@ -82,6 +82,27 @@ def test_jury_value_uses_both_judges_and_equals_the_judge_for_one() -> None:
     assert jury_value(np.column_stack([a, b_missing]), y).n == 400
 
 
+def _machines(c, order: list[int], votes: np.ndarray, have: np.ndarray, running: list[bool],
+              sent: np.ndarray) -> None:
+    """The pipeline between two labels: each running judge votes one pair (labelled pairs first, then the random
+    order), the stop rule runs on the processed labels, complete pairs go to the sampler."""
+    labelled = [d.item for d in c.draws[: c.processed]]
+    for j in (0, 1):
+        if running[j]:
+            todo = [i for i in labelled + order if np.isnan(have[i, j])]
+            if todo:
+                have[todo[0], j] = votes[todo[0], j]
+    labels = np.array([c.labels[i] for i in labelled])
+    for j in (0, 1):
+        if running[j] and labelled and worthless(judge_value(c.votes_received()[labelled, j], labels), 0.3, 8):
+            running[j] = False
+    done = [i for i in range(len(sent)) if not sent[i]
+            and all(not running[j] or not np.isnan(have[i, j]) for j in (0, 1))]
+    if done:
+        c.add_votes(done, have[done])
+        sent[done] = True
+
+
 def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: int = 1) -> tuple[int, int]:
     """Symmetrized null (theta = 1/2 exactly) run like judge_budget "auto" (services/pipeline.py): two judges
     (one informative, one noise) each vote one pair before every label, labelled (processed) pairs first, then
@@ -111,32 +132,13 @@ def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: in
         have = np.full_like(votes, np.nan)          # votes made so far (not yet all handed to the sampler)
         running, sent = [True, True], np.zeros(size, dtype=bool)
 
-        def machines() -> None:
-            labelled = [d.item for d in c.draws[: c.processed]]     # labelled pairs first (as the pipeline)
-            for j in (0, 1):
-                if running[j]:
-                    todo = [i for i in labelled + order if np.isnan(have[i, j])]
-                    if todo:
-                        have[todo[0], j] = votes[todo[0], j]
-            processed = [d.item for d in c.draws[: c.processed]]
-            labels = np.array([c.labels[i] for i in processed])
-            for j in (0, 1):
-                if running[j] and processed and worthless(judge_value(c.votes_received()[processed, j], labels),
-                                                          0.3, 8):
-                    running[j] = False
-            done = [i for i in range(size) if not sent[i]
-                    and all(not running[j] or not np.isnan(have[i, j]) for j in (0, 1))]
-            if done:
-                c.add_votes(done, have[done])
-                sent[done] = True
-
         while not c.finished:
-            machines()
+            _machines(c, order, votes, have, running, sent)
             items = c.next_items(pending)
             if not items:
                 break
             for k in run_rng.permutation(len(items)):
-                machines()
+                _machines(c, order, votes, have, running, sent)
                 c.record_label(items[k], y[items[k]])
         wrong += c.decision.value in ("better", "worse")
         stops += not all(running)
