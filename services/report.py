@@ -363,7 +363,7 @@ def _judge_worth_table(d: ReportData) -> str:
                  f"({'∞' if lo is None else _f(lo, 1)}, {'∞' if hi is None else _f(hi, 1)})")
         rows.append(f"<tr><td>{_e(j.name)}</td><td>{_e(j.state or '')}</td>"
                     f"<td class=n>{'' if j.pairs_voted is None else j.pairs_voted}</td>"
-                    f"<td class=n>{'' if j.cpu_s is None else _f(j.cpu_s, 1)}</td>"
+                    f"<td class=n>{'' if j.cpu_s is None else f'{j.cpu_s:.3g}'}</td>"
                     f"<td class=n>{_pct(j.value)} ({_pct(j.interval[0])}, {_pct(j.interval[1])})</td>"
                     f"<td class=n>{j.labels}</td><td class=n>{saved}</td></tr>")
     level = f"{100 * d.judge_worth[0].level:.0f}"
