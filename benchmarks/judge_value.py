@@ -80,6 +80,65 @@ def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min
                           "median_stop": float(np.median(a)) if (a < 10**9).mean() > 0.5 else None}), flush=True)
 
 
+def cpu_share(runs: int, rates: list[float], judge: str, seed: int) -> None:
+    """What share of today's judging a judge costs under judge_budget "auto", on recorded Arena pools (model
+    pairs with >= 300 battles) with one recorded judge. The judge votes ``rate`` pairs per human label
+    (labelled pairs first, then a random order, as services/pipeline.py), the run stops at its verdict, and
+    judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
+    pair is voted. Today ("all") the judge votes every pair. Prints per rate: mean share of the pool voted,
+    how judging ended, and labels to the verdict against the same runs with the judge never stopped."""
+    from sampler.engine import Comparison, ComparisonConfig
+    from sampler.judge_value import worthless
+    from services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+
+    items = load_items(DATA / "chatbot_arena_ppr.jsonl")
+    pools = select_pools(items, all_pairs=True, min_items=300, judges=[judge])
+    for rate in rates:
+        shares, ends, labels_auto, labels_all = [], {"decided": 0, "worthless": 0, "all voted": 0}, [], []
+        for k, op in enumerate(pools):
+            pool = op.pool
+            n = len(pool.votes)
+            for r in range(runs):
+                for auto in (True, False):
+                    rng = np.random.default_rng((seed, k, r))
+                    cfg = ComparisonConfig(method="active")
+                    c = Comparison(np.full_like(pool.judge_votes, np.nan), config=cfg, rng=rng,
+                                   voted=np.zeros(n, dtype=bool))
+                    order = [int(i) for i in np.random.default_rng((seed, k, r, 7)).permutation(n)]
+                    voted: set[int] = set()
+                    credit, stopped, end = rate, False, "all voted"
+                    while not c.finished:
+                        labelled = [d.item for d in c.draws[: c.processed]]
+                        while credit >= 1 and not stopped and len(voted) < n:
+                            i = next(i for i in labelled + order if i not in voted)
+                            voted.add(i)
+                            c.add_votes([i], pool.judge_votes[[i]])
+                            credit -= 1
+                        if auto and not stopped and labelled:
+                            ys = np.array([c.labels[i] for i in labelled])
+                            if worthless(judge_value(c.votes_received()[labelled, 0], ys), THRESHOLD, MIN_PAIRS):
+                                stopped, end = True, "worthless"
+                        items_ = c.next_items(1)
+                        if not items_:
+                            break
+                        v = pool.votes[items_[0]]
+                        c.record_label(items_[0], float(v[rng.integers(v.size)]) if v.size > 1 else float(v[0]))
+                        credit += rate
+                    if auto:
+                        if not stopped and len(voted) < n:
+                            end = "decided"
+                        ends[end] += 1
+                        shares.append(len(voted) / n)
+                        labels_auto.append(len(c.labels))
+                    else:
+                        labels_all.append(len(c.labels))
+        print(json.dumps({"judge": judge, "rate_pairs_per_label": rate, "pools": len(pools), "runs": len(shares),
+                          "mean_share_of_pool_voted": round(float(np.mean(shares)), 3),
+                          "max_share": round(float(np.max(shares)), 3), "ended": ends,
+                          "labels_auto": round(float(np.mean(labels_auto)), 1),
+                          "labels_never_stopped": round(float(np.mean(labels_all)), 1)}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=200)
@@ -87,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--simulate", action="store_true", help="coverage on simulated data of known value instead")
     ap.add_argument("--stops", action="store_true", help="when the auto budget stops judges of known value")
+    ap.add_argument("--cpu-share", default=None, metavar="JUDGE",
+                    help="share of the pool a recorded Arena judge votes under the auto budget")
+    ap.add_argument("--rates", default="1,0.2", help="--cpu-share: judge pairs per human label")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -95,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.stops:
         stop_times(a.reps, rng)
+        return
+    if a.cpu_share:
+        cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed)
         return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):

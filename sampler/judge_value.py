@@ -98,11 +98,14 @@ def _r2_interval(r: float, dof: float, level: float) -> tuple[float, float]:
 
 def _cross_fitted_r2(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """(cross-fitted R^2 clipped to [0, 1], leave-one-out predictions) of least squares y ~ 1 + x."""
-    res = loo_residuals(x, y, grid=(0.0,))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res = loo_residuals(x, y, grid=(0.0,))
     fit, ref = res[0], res[-1]
-    den = float(ref @ ref)
-    r2 = 1.0 - float(fit @ fit) / den if den > 0 else 0.0
-    return min(1.0, max(0.0, r2)), y - fit
+    # a pair of leverage 1 (the only one with its vote) has no leave-one-out prediction: left out
+    ok = np.isfinite(fit) & np.isfinite(ref)
+    den = float(ref[ok] @ ref[ok])
+    r2 = 1.0 - float(fit[ok] @ fit[ok]) / den if den > 0 else 0.0
+    return min(1.0, max(0.0, r2)), np.where(ok, y - fit, np.nan)
 
 
 def judge_value(votes: np.ndarray, labels: np.ndarray, level: float = 0.9) -> JudgeValue:
@@ -140,7 +143,8 @@ def jury_value(votes: np.ndarray, labels: np.ndarray, level: float = 0.9) -> Jud
     if x.shape[1] == 0:
         return _unknown(m, level)
     r2, pred = _cross_fitted_r2(x, y)
-    r = float(np.corrcoef(pred, y)[0, 1]) if np.ptp(pred) > 0 else math.nan
+    ok = np.isfinite(pred)
+    r = float(np.corrcoef(pred[ok], y[ok])[0, 1]) if ok.sum() >= 3 and np.ptp(pred[ok]) > 0 else math.nan
     lo, hi = _r2_interval(r, m - 3 - (x.shape[1] - 1), level)
     return JudgeValue(m, r2, lo, hi, level, r)
 

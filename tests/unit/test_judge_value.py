@@ -188,3 +188,17 @@ def test_a_perfect_judge_saves_unboundedly_many_labels_and_the_status_stays_json
     view = _view(v, 8, None)
     json.dumps(view, allow_nan=False)
     assert view["labels_saved"] is None or view["labels_saved"] > 1e6
+
+
+def test_a_vote_given_to_one_pair_only_has_no_leave_one_out_prediction_and_is_left_out():
+    """Leverage 1 (the only pair with its vote value): its leave-one-out residual is undefined; no warning, no
+    infinite value."""
+    import warnings
+
+    x = np.array([1.0] * 9 + [0.5])
+    y = np.array([1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 1.0, 0.0, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v = judge_value(x, y)
+        j = jury_value(np.column_stack([x, x]), y)
+    assert 0.0 <= v.r2 <= 1.0 and 0.0 <= j.r2 <= 1.0 and 0.0 <= v.upper <= 1.0
