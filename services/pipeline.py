@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -320,6 +321,7 @@ class Pipeline:
                 batch = next_batch(voted, cursor, labelled)
                 if not batch:
                     return
+                t0 = time.perf_counter()
                 if self.mode == "local":
                     result, cpu_s = handle.call("vote_costed", batch, clock=clock)
                 else:
@@ -327,7 +329,7 @@ class Pipeline:
                     result, cpu_s = ray.get(handle.vote_costed.remote(batch, clock=clock))
                 voted.update(int(r[0]) for r in batch)
                 # the work is recorded first: the batch's votes (add_votes) write it with them
-                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s)
+                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s, time.perf_counter() - t0)
                 with lock:
                     for idx, row in result.items():
                         if int(idx) in partial:

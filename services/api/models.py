@@ -204,6 +204,8 @@ class JudgeValueStatus(BaseModel):
     state: str | None = Field(None, description="running | stopped-worthless | stopped-decided | finished | "
                                                 "supplied")
     stopped_at_labels: int | None = None
+    eta_s: float | None = Field(None, description="while running: seconds to vote the pairs it has not voted, at its "
+                                                  "pace so far (a stop or the verdict may end it sooner)")
 
 
 class RunStatus(BaseModel):

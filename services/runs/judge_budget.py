@@ -71,7 +71,7 @@ def _finite(x: float) -> float | None:
     return round(x, 2) if math.isfinite(x) else None
 
 
-def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
+def _view(v: JudgeValue, labels: int, rec: dict | None, n_pairs: int = 0) -> dict[str, Any]:
     saved, saved_lo, saved_hi = v.labels_saved(labels)
     out: dict[str, Any] = {
         "value": round(v.r2, 4), "interval": [round(v.lower, 4), round(v.upper, 4)], "level": v.level,
@@ -80,6 +80,10 @@ def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
     if rec is not None:
         out.update(cpu_s=round(float(rec.get("cpu_s", 0.0)), 3), pairs_voted=int(rec.get("pairs", 0)),
                    state=rec.get("state", "running"))
+        done, wall = int(rec.get("pairs", 0)), float(rec.get("wall_s", 0.0))
+        if out["state"] == "running" and done and wall > 0 and n_pairs:
+            # at the judge's pace so far; the pairs it still has to vote (a stop or the verdict may come first)
+            out["eta_s"] = round(wall / done * max(0, n_pairs - done), 1)
         if rec.get("stopped_at_labels") is not None:
             out["stopped_at_labels"] = rec["stopped_at_labels"]
     return out
@@ -87,10 +91,10 @@ def _view(v: JudgeValue, labels: int, rec: dict | None) -> dict[str, Any]:
 
 def judges_value(rt: RunRuntime) -> dict[str, Any]:
     """The status field ``judges_value``: per judge and ``"jury"`` (call under ``rt.lock``)."""
-    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted)
+    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted, len(rt.pair_ids))
 
 
-def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int) -> dict[str, Any]:
+def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int, n_pairs: int = 0) -> dict[str, Any]:
     """``judges_value`` from a run's meta and overall comparison (the report renders it from its copy)."""
     names = list(meta.get("judge_names") or [])
     if not names:
@@ -101,19 +105,19 @@ def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int) -> dict[s
     for n in names:
         rec = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
                else (meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
-        out[n] = _view(per[n], labels, rec) if n in per else _view(JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")),
-                                                                    labels, rec)
+        out[n] = _view(per.get(n) or JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")), labels, rec, n_pairs)
     if jury is not None and len(names) > 1:
         out["jury"] = _view(jury, labels, None)
     return out
 
 
-def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float) -> bool:
+def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float, wall_s: float = 0.0) -> bool:
     """Add one batch's work to the judge's record; with ``judge_budget: "auto"`` apply the stop rule. Returns
     whether the pipeline should keep voting with this judge (call under ``rt.lock``; the caller writes meta)."""
     rec = work(rt, name)
     rec["pairs"] = int(rec["pairs"]) + int(pairs)
     rec["cpu_s"] = float(rec["cpu_s"]) + float(cpu_s)
+    rec["wall_s"] = float(rec.get("wall_s", 0.0)) + float(wall_s)
     if rec["state"] != "running":
         return False
     if rt.comps and all(c.finished for c in rt.comps.values()):

@@ -140,11 +140,12 @@ class RunService:
 
     # judge_budget (services/runs/judge_budget.py): the pipeline reports each judge's batches and asks whether
     # to go on; the stop rule reads only the labels already processed by the sampler
-    def judge_batch_done(self, rid: str, name: str, pairs: int, cpu_s: float) -> bool:
-        """Record a judge's batch (pairs, CPU-seconds); False when the judge must stop voting in this run."""
+    def judge_batch_done(self, rid: str, name: str, pairs: int, cpu_s: float, wall_s: float = 0.0) -> bool:
+        """Record a judge's batch (pairs, CPU-seconds, wall seconds); False when the judge must stop voting in
+        this run."""
         rt = self.runtime(rid)
         with rt.lock:
-            keep = judge_budget.record_batch(rt, name, pairs, cpu_s)
+            keep = judge_budget.record_batch(rt, name, pairs, cpu_s, wall_s)
             if not keep:        # a stop is written at once; the work counts go with the batch's votes (add_votes)
                 self.writer.commit(rt, meta=rt.meta)
         return keep

@@ -82,7 +82,7 @@ def test_a_judge_without_signal_is_stopped_and_says_so(store):
 def test_a_judge_with_signal_keeps_voting(store):
     svc, rid, st = _run(store, longer_wins=True, labels=60)
     v = st["judges_value"][JUDGE]
-    assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS
+    assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS and "eta_s" not in v
     assert v["value"] > 0.5 and v["interval"][0] > THRESHOLD
     assert v["labels_saved"] > 60
     html = svc.report_html(rid)
@@ -129,8 +129,18 @@ def test_a_decided_run_stops_its_judges_whatever_the_budget(store):
                                "verdict": "left" if v["left"] == pairs[int(v["pair_id"][1:])]["tuned"] else "right"})
     st = svc.status(rid)
     assert st["decision"] == "better" and st["finished"] and st["status"] == "judging"
+    assert "eta_s" not in st["judges_value"][JUDGE]            # nothing voted yet: no pace to go by
     Pipeline(svc, mode="local", batch_size=4).run(rid)
     st = svc.status(rid)
     v = st["judges_value"][JUDGE]
     assert v["state"] == "stopped-decided" and v["pairs_voted"] == 4, v
     assert st["status"] == "ready" and st["judged"] == N_PAIRS
+
+
+def test_a_running_judge_has_an_eta_at_its_pace_so_far():
+    from services.runs.judge_budget import judges_value_of
+
+    meta = {"judge_names": [JUDGE], "judges": [JUDGE],
+            "judge_work": {JUDGE: {"pairs": 40, "cpu_s": 8.0, "wall_s": 10.0, "state": "running"}}}
+    v = judges_value_of(meta, None, 40, 400)[JUDGE]
+    assert v["eta_s"] == pytest.approx(10.0 / 40 * 360) and v["cpu_s"] == 8.0 and v["pairs_voted"] == 40
