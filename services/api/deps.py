@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.errors import Forbidden, TooLarge, Unauthorized
 from services.runs import RunService
 from services.store import RedisStore
 from services.tokens import Principal, TokenRegistry
@@ -28,13 +29,12 @@ async def get_runs(request: Request) -> RunService:
     return request.app.state.runs
 
 
-def unauthorized(msg: str) -> HTTPException:
-    return HTTPException(401, [{"loc": ["header", "Authorization"], "msg": msg, "type": "unauthorized"}],
-                         headers={"WWW-Authenticate": "Bearer"})
+def unauthorized(msg: str) -> Unauthorized:
+    return Unauthorized(msg)
 
 
-def forbidden(msg: str, loc: list | None = None) -> HTTPException:
-    return HTTPException(403, [{"loc": loc or ["header", "Authorization"], "msg": msg, "type": "forbidden"}])
+def forbidden(msg: str, loc: list | None = None) -> Forbidden:
+    return Forbidden(msg, loc=loc or ["header", "Authorization"], type_="forbidden")
 
 
 MISSING = "missing token: send 'Authorization: Bearer TOKEN'"
@@ -127,8 +127,7 @@ class GuardMiddleware:
             auth = headers.get(b"authorization")
             p, why = resolve_header(self.tokens, auth.decode("latin-1") if auth else None)
             if p is None:
-                await _error(send, 401, ["header", "Authorization"], why, "unauthorized",
-                             [(b"www-authenticate", b"Bearer")])
+                await _send_error(send, Unauthorized(why))
                 return
             # in place: the outer MeasureMiddleware reads the matched route from this same scope dict
             scope["tiebreak.principal"] = p
@@ -144,7 +143,7 @@ class GuardMiddleware:
             except ValueError:
                 n = -1
             if n > limit:
-                await _error(send, 413, ["body"], _too_large(limit), "too_large")
+                await _send_error(send, _too_large(limit))
                 return
         seen = [0]
 
@@ -153,22 +152,27 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    raise HTTPException(413, [{"loc": ["body"], "msg": _too_large(limit), "type": "too_large"}])
+                    # as an HTTPException: FastAPI turns any other exception from reading the body into a 400
+                    err = _too_large(limit)
+                    raise HTTPException(err.status_code, err.detail())
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _too_large(limit: int) -> str:
-    return (f"request body over {limit / 2**20:.0f} MiB (TIEBREAK_MAX_BODY_MB); send the pairs in batches: create "
-            "the run with the first batch, then POST /v1/runs/{id}/pairs for the rest")
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"request body over {limit / 2**20:.0f} MiB (TIEBREAK_MAX_BODY_MB); send the pairs in batches: "
+                    "create the run with the first batch, then POST /v1/runs/{id}/pairs for the rest",
+                    loc=["body"], type_="too_large")
 
 
-async def _error(send, status: int, loc: list, msg: str, typ: str, extra: list | None = None) -> None:
+async def _send_error(send, exc: Unauthorized | TooLarge) -> None:
+    """The error body of services/errors.py, sent before any route (and its exception handlers) runs."""
     import json
 
-    body = json.dumps({"detail": [{"loc": loc, "msg": msg, "type": typ}]}).encode()
-    await send({"type": "http.response.start", "status": status,
+    body = json.dumps(exc.body()).encode()
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+    await send({"type": "http.response.start", "status": exc.status_code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *(extra or [])]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})

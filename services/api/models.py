@@ -320,4 +320,5 @@ class ErrorItem(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: list[ErrorItem] | str
+    """Every 4xx/5xx body (services/errors.py; docs/api.md, "Errors")."""
+    detail: list[ErrorItem]
