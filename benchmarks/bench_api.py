@@ -23,7 +23,7 @@ import time
 import httpx
 import numpy as np
 
-from services.testing import ServeProcess, shutdown_embedded_redis
+from tests.support.serve_process import ServeProcess, shutdown_embedded_redis
 
 ADMIN = "bench-admin-token-0123"
 

@@ -27,9 +27,8 @@ def serve(
              "its owner); default http://HOST:PORT, with the host name when HOST is 0.0.0.0"),
 ) -> None:
     """Run the API (OpenAPI at /docs; annotation page at /annotate?run=RUN_ID#token=TOKEN)."""
-    import uvicorn
-
     from services.app import create_app
+    from services.runner import AppServer
     from services.settings import Settings
     from services.store import RedisStore
 
@@ -64,6 +63,6 @@ def serve(
     app = create_app(store=store, settings=settings, close_store=True)
     typer.echo(f"tiebreak serving on http://{host}:{port} (docs: /docs, store: {store.url()})", err=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        AppServer(app, host=host, port=port, log_level=log_level).run()
     finally:
         store.close()                         # e.g. the port was taken (a no-op after a normal shutdown)

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from services.testing import ServeProcess, free_port, redis_server_binary, shutdown_embedded_redis
+from support.serve_process import ServeProcess, free_port, redis_server_binary, shutdown_embedded_redis
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token"

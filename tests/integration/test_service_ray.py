@@ -101,7 +101,7 @@ def test_two_node_cluster(tmp_path):
     """`ray start --head` + `ray start --address` on this machine; the pipeline connects by address."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    from services.testing import free_port
+    from support.serve_process import free_port
 
     port = free_port()
     temp = f"/tmp/tbray{port}"            # unique: only the processes of this cluster are stopped afterwards
