@@ -23,8 +23,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from judges.evaluate import three_way_agreement
-
-DECISIONS = ("running", "better", "worse", "equivalent", "undecided")
+from sampler.decision import Decision
 
 
 class PairsByIndex(Protocol):
@@ -629,5 +628,5 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
             i = nxt[0]
             c.record_label(i, float(rng.choice(items[i])))
         used.append(len(c.labels))
-        decided += c.decision.value in ("better", "worse", "equivalent")
+        decided += c.decision.final and c.decision is not Decision.UNDECIDED
     return Baseline(labels=float(np.mean(used)), runs=runs, decided_share=decided / runs, note=note)

@@ -9,11 +9,13 @@ from typing import Any
 
 import httpx
 
+from sampler.decision import Decision
 from services.settings import ClientSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINAL = ("better", "worse", "equivalent", "undecided")
+FINAL = frozenset(d.value for d in Decision if d.final)      # better, worse, equivalent, undecided
+DECIDED = FINAL - {Decision.UNDECIDED.value}
 
 
 class ApiError(Exception):
@@ -95,8 +97,8 @@ class Client:
 
 def decision_exit_code(decision: str) -> int:
     """0 decided (better/worse/equivalent), 3 undecided at budget; a still-running run is an error (1)."""
-    if decision in ("better", "worse", "equivalent"):
+    if decision in DECIDED:
         return EXIT_OK
-    if decision == "undecided":
+    if decision == Decision.UNDECIDED:
         return EXIT_UNDECIDED
     return EXIT_ERROR

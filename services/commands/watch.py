@@ -20,6 +20,8 @@ from pathlib import Path
 
 import typer
 
+from sampler.decision import Decision
+
 MARKERS = ("config.json", "adapter_config.json", "trainer_state.json", "model.safetensors")
 
 
@@ -56,7 +58,7 @@ def find_checkpoints(root: Path, seen: dict[str, tuple[int, int]]) -> list[Path]
     return sorted(out, key=_step)
 
 
-FINAL = ("better", "worse", "equivalent", "undecided")
+FINAL = frozenset(d.value for d in Decision if d.final)
 
 
 def decision_line(row: dict) -> str:
