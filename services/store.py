@@ -150,11 +150,20 @@ def stop_embedded(client: Any, timeout: float = 15.0) -> None:
     pid = client.pid
     if not pid:
         return
+    # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE) on a connection of its own: through the
+    # client, redis-py's retry policy reconnects to the vanished socket with backoff, ~3 s per stop
+    conn = client.connection_pool.make_connection()
     try:
-        client.shutdown(save=True)        # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE)
+        conn.send_command("SHUTDOWN", "SAVE")
+        conn.read_response()              # an error reply: the server refused to stop
+        raise redis.ResponseError("SHUTDOWN returned instead of closing the connection")
+    except redis.ConnectionError:
+        pass                              # the server closed the connection: it is exiting
     except redis.RedisError as e:
         log.warning("redis SHUTDOWN failed (%s); terminating pid %s", e, pid)
         _signal(pid, signal.SIGTERM)
+    finally:
+        conn.disconnect()
     t0 = time.time()
     while _alive(pid) and time.time() - t0 < timeout:
         time.sleep(0.05)
