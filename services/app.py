@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,7 +111,7 @@ class WeakAdminToken(ValueError):
 
 def error_response(request: Request, exc: Exception) -> JSONResponse:
     """The one exception handler: every error leaves in the shape of services/errors.py."""
-    headers: dict[str, str] | None = None
+    headers: Mapping[str, str] | None = None
     if isinstance(exc, ServiceError):
         status, detail, headers = exc.status_code, exc.detail(), exc.headers
     elif isinstance(exc, RequestValidationError):
@@ -137,7 +138,7 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
 
 def _install_handlers(app: FastAPI, services: AppServices) -> None:
     for exc_class in (ServiceError, RequestValidationError, StarletteHTTPException, redis.RedisError, Exception):
-        app.add_exception_handler(exc_class, error_response)  # type: ignore[arg-type]
+        app.add_exception_handler(exc_class, error_response)
     app.add_middleware(GuardMiddleware, tokens=services.tokens, max_body_bytes=services.settings.max_body_bytes)
     app.add_middleware(MeasureMiddleware, metrics=services.metrics)
 

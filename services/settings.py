@@ -34,8 +34,8 @@ class _EnvSettings(BaseSettings):
 class StoreSettings(_EnvSettings):
     """What services/store.py reads: where the embedded Redis keeps its files, and its AOF fsync policy."""
 
-    data_dir: str | None = Field(None, validation_alias=_env("TIEBREAK_DATA_DIR"))
-    appendfsync: str | None = Field(None, validation_alias=_env("TIEBREAK_APPENDFSYNC"))   # always | everysec
+    data_dir: str | None = Field(default=None, validation_alias=_env("TIEBREAK_DATA_DIR"))
+    appendfsync: str | None = Field(default=None, validation_alias=_env("TIEBREAK_APPENDFSYNC"))   # always | everysec
 
     def resolved_data_dir(self) -> Path:
         """Where the embedded Redis keeps its files: ``data_dir``, else ~/.local/share/tiebreak."""
@@ -43,38 +43,38 @@ class StoreSettings(_EnvSettings):
 
 
 class Settings(StoreSettings):
-    admin_token: str = Field("", validation_alias=_env("TIEBREAK_ADMIN_TOKEN"))
-    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    admin_token: str = Field(default="", validation_alias=_env("TIEBREAK_ADMIN_TOKEN"))
+    redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL"))
     lease_ttl_s: float = 600.0
     pipeline: str = "ray"                  # "ray" | "local" | "off"
-    ray_address: str | None = Field(None, validation_alias=_env("RAY_ADDRESS"))
+    ray_address: str | None = Field(default=None, validation_alias=_env("RAY_ADDRESS"))
     batch_size: int = 4
-    max_pipelines: int = Field(2, validation_alias=_env("TIEBREAK_MAX_PIPELINES"))
-    webhook_url: str | None = Field(None, validation_alias=_env("TIEBREAK_WEBHOOK_URL"))
+    max_pipelines: int = Field(default=2, validation_alias=_env("TIEBREAK_MAX_PIPELINES"))
+    webhook_url: str | None = Field(default=None, validation_alias=_env("TIEBREAK_WEBHOOK_URL"))
     webhook_retries: int = 5
     webhook_backoff_s: float = 0.5
     public_url: str | None = None          # for links in exported tasks (Label Studio / Argilla)
     # several replicas on one Redis (services/runs.py, docs/deploy.md): where the others reach this one, and
     # how long a run's ownership lease lasts without renewal (a killed replica's runs move after this)
-    advertise_url: str | None = Field(None, validation_alias=_env("TIEBREAK_ADVERTISE_URL"))
-    owner_ttl_s: float = Field(10.0, validation_alias=_env("TIEBREAK_OWNER_TTL_S"))
+    advertise_url: str | None = Field(default=None, validation_alias=_env("TIEBREAK_ADVERTISE_URL"))
+    owner_ttl_s: float = Field(default=10.0, validation_alias=_env("TIEBREAK_OWNER_TTL_S"))
     # request bodies above this get 413 before they are read (a 10,000-pair run with ~1 KB texts is ~30 MB);
     # bigger runs: POST /v1/runs/{id}/pairs in batches. Set in MiB (TIEBREAK_MAX_BODY_MB) or bytes.
-    max_body_mb: float = Field(32.0, gt=0, validation_alias=_env("TIEBREAK_MAX_BODY_MB"))
+    max_body_mb: float = Field(default=32.0, gt=0, validation_alias=_env("TIEBREAK_MAX_BODY_MB"))
     max_body_bytes: int = 0                # 0: from max_body_mb
     # GET /metrics without a token (e.g. scraped only from inside the cluster); else admin or a metrics token
-    metrics_public: bool = Field(False, validation_alias=_env("TIEBREAK_METRICS_PUBLIC"))
+    metrics_public: bool = Field(default=False, validation_alias=_env("TIEBREAK_METRICS_PUBLIC"))
     # label responses tell annotator tokens the run's decision (a blinding leak in a study: off by default)
-    annotators_see_decision: bool = Field(False, validation_alias=_env("TIEBREAK_ANNOTATORS_SEE_DECISION"))
+    annotators_see_decision: bool = Field(default=False, validation_alias=_env("TIEBREAK_ANNOTATORS_SEE_DECISION"))
     # outbound requests (judge/generator base_url, webhook_url): see services/outbound.py
     outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                            validation_alias=_env("TIEBREAK_OUTBOUND_ALLOW"))
-    outbound_allow_loopback: bool = Field(False, validation_alias=_env("TIEBREAK_OUTBOUND_ALLOW_LOOPBACK"))
-    outbound_allow_link_local: bool = Field(False, validation_alias=_env("TIEBREAK_OUTBOUND_ALLOW_LINK_LOCAL"))
+    outbound_allow_loopback: bool = Field(default=False, validation_alias=_env("TIEBREAK_OUTBOUND_ALLOW_LOOPBACK"))
+    outbound_allow_link_local: bool = Field(default=False, validation_alias=_env("TIEBREAK_OUTBOUND_ALLOW_LINK_LOCAL"))
     # how often the experiment watcher re-evaluates the stop signal of running experiments (services/experiments.py)
-    signal_interval_s: float = Field(2.0, gt=0, validation_alias=_env("TIEBREAK_SIGNAL_INTERVAL_S"))
+    signal_interval_s: float = Field(default=2.0, gt=0, validation_alias=_env("TIEBREAK_SIGNAL_INTERVAL_S"))
     # True when no admin token was configured and one was generated (``tiebreak serve`` prints it)
-    generated_admin_token: bool = Field(False, exclude=True)
+    generated_admin_token: bool = Field(default=False, exclude=True)
 
     @field_validator("outbound_allow", mode="before")
     @classmethod
@@ -98,10 +98,10 @@ class Settings(StoreSettings):
 class ClientSettings(_EnvSettings):
     """The CLI's view of the environment: which server, with which token."""
 
-    server_url: str | None = Field(None, validation_alias=_env("TIEBREAK_URL", "TIEBREAK_SERVER"))
-    admin_token: str = Field("", validation_alias=_env("TIEBREAK_ADMIN_TOKEN"))
-    token: str | None = Field(None, validation_alias=_env("TIEBREAK_TOKEN"))      # e.g. a trainer token
-    vote_cache: str = Field("~/.cache/tiebreak/votes.sqlite", validation_alias=_env("TIEBREAK_VOTE_CACHE"))
+    server_url: str | None = Field(default=None, validation_alias=_env("TIEBREAK_URL", "TIEBREAK_SERVER"))
+    admin_token: str = Field(default="", validation_alias=_env("TIEBREAK_ADMIN_TOKEN"))
+    token: str | None = Field(default=None, validation_alias=_env("TIEBREAK_TOKEN"))      # e.g. a trainer token
+    vote_cache: str = Field(default="~/.cache/tiebreak/votes.sqlite", validation_alias=_env("TIEBREAK_VOTE_CACHE"))
 
 
 def ray_env_defaults() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,7 +42,7 @@ def serve(
         raise typer.Exit(2)
     ray_env_defaults()
     # options given on the command line win over the environment (Settings reads it)
-    given = {"redis_url": redis_url, "data_dir": str(data_dir) if data_dir else None, "ray_address": ray_address,
+    given: dict[str, Any] = {"redis_url": redis_url, "data_dir": str(data_dir) if data_dir else None, "ray_address": ray_address,
              "advertise_url": advertise_url}
     try:
         settings = Settings(pipeline=pipeline, lease_ttl_s=lease_ttl,
