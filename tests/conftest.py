@@ -45,6 +45,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture
+def ray_local():
+    """A local Ray shared by consecutive tests that need it (starting one costs ~5-10 s on 2 cores): started by
+    the first, shut down after the last of a run of such tests (``pytest_runtest_teardown`` below), so it does
+    not idle under the rest of the suite."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if "ray_local" in getattr(item, "fixturenames", ()) and "ray_local" not in getattr(nextitem, "fixturenames", ()):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 def _redis_servers_under(d: str) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["name", "cmdline", "status"]):

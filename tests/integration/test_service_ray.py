@@ -19,15 +19,6 @@ pytestmark = pytest.mark.integration
 JUDGE = "gemma-3-270m-base"
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield ray
-    ray.shutdown()
-
 
 def _worker_pids(name: str) -> list[int]:
     import psutil
