@@ -13,6 +13,9 @@
    the decision; the HTML report is fetched from ``GET /v1/runs/{id}/report``, written, and its path printed.
 
 Only the live view's judge-agreement line reads the store directly (the annotators never see votes).
+
+Over 400 lines: its four parts (the embedded service, the simulated annotator, the live view, the driver) belong to one
+command and are read top to bottom.
 """
 
 from __future__ import annotations

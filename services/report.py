@@ -8,6 +8,9 @@ whatever the caller knows about pairs, judges and criteria) and, if you want the
 The report shows: the verdict and the guarantee in one sentence, the confidence-sequence trajectory against
 labels, per-criterion verdicts, labels used against the uniform-sampling baseline, judge agreement and bias
 on the labelled pairs, and a few labelled pairs (prompt text escaped).
+
+Over 400 lines: one page's data model, its SVG figures and its HTML sections, each section a short function;
+split by page section it would scatter one template over several files.
 """
 
 from __future__ import annotations
