@@ -130,7 +130,9 @@ def error_response(request: Request, exc: Exception) -> JSONResponse:
                              "store_unavailable")]
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        status = 500
+        # Starlette re-raises after this answer and uvicorn then drops the connection: tell the client not to
+        # reuse it (a keep-alive client would otherwise send its next request into a reset)
+        status, headers = 500, {"Connection": "close"}
         detail = [error_item([], f"internal error ({type(exc).__name__}); this is a bug in tiebreak, please "
                                  "report it", "internal_error")]
     return JSONResponse(error_body(detail), status_code=status, headers=headers)

@@ -59,8 +59,6 @@ def test_every_failure_has_the_one_error_shape(server):
              ["header", "Authorization"], "unauthorized"),                          # dependency
             (c.build_request("POST", "/v1/runs", json={"pairs": [pair]}, headers=ann_h), 403,
              ["header", "Authorization"], "forbidden"),
-            (c.build_request("POST", "/v1/runs", content=b"x" * 5000,
-                             headers={**admin, "Content-Type": "application/json"}), 413, ["body"], "too_large"),
             (c.build_request("POST", "/v1/runs", content=iter([b"[" + b" " * 3000, b" " * 3000 + b"]"]),
                              headers={**admin, "Content-Type": "application/json"}), 413, ["body"], "too_large"),
             (c.build_request("GET", "/no/such/route"), 404, [], "not_found"),
@@ -70,9 +68,15 @@ def test_every_failure_has_the_one_error_shape(server):
             (c.build_request("POST", "/v1/runs", content=b"{not json", headers={**admin,
                              "Content-Type": "application/json"}), 422, None, "json_invalid"),
             (c.build_request("GET", "/boom"), 500, [], "internal_error"),
+            (c.build_request("GET", "/v1/experiments/exp_nope", headers=admin), 404, None, None),
+            (c.build_request("POST", "/v1/experiments", json={"name": "x", "alpha": 7}, headers=admin), 422,
+             None, None),
         ]
         for i, (req, status, loc, typ) in enumerate(cases):
-            r = c.send(req)
+            try:
+                r = c.send(req)
+            except httpx.ReadError as e:
+                raise AssertionError(f"case {i}: {req.method} {req.url}") from e
             if status == 401:
                 assert r.headers.get("www-authenticate") == "Bearer", (i, r.headers)
             assert r.status_code == status, (req.method, req.url, r.status_code, r.text)
@@ -81,6 +85,29 @@ def test_every_failure_has_the_one_error_shape(server):
                 assert d[0]["loc"] == loc, (req.url, d)
             if typ is not None:
                 assert d[0]["type"] == typ, (req.url, d)
+
+
+def test_body_over_the_limit_by_content_length(server):
+    """413 from GuardMiddleware before any body is read. Only the headers are sent: a body the server never reads
+    would make its close a TCP reset that can beat the answer to the client (a flaky test, not a server bug)."""
+    import http.client
+    import json
+
+    srv, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/runs")
+        for k, v in {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json",
+                     "Content-Length": "5000"}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        body = json.loads(r.read())
+    finally:
+        conn.close()
+    assert r.status == 413
+    assert body["detail"][0]["loc"] == ["body"] and body["detail"][0]["type"] == "too_large"
+    assert set(body) == {"detail"} and set(body["detail"][0]) == {"loc", "msg", "type"}
 
 
 def test_openapi_documents_the_one_shape(server):
