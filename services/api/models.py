@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sampler.decision import Decision
+
 Verdict = Literal["left", "right", "tie"]
-DecisionName = Literal["running", "better", "worse", "equivalent", "undecided"]
+DecisionName = Decision         # sampler/decision.py: running | better | worse | equivalent | undecided
 
 MAX_TEXT = 200_000
 MAX_SLICES = 50          # = sampler.slices.MAX_SLICES: slices of interest one run follows (each costs alpha)
@@ -320,4 +322,5 @@ class ErrorItem(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: list[ErrorItem] | str
+    """Every 4xx/5xx body (services/errors.py; docs/api.md, "Errors")."""
+    detail: list[ErrorItem]

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from sampler.engine import Comparison, ComparisonConfig
-from services.testing import ServeProcess, free_port, redis_server_binary
+from support.serve_process import ServeProcess, free_port, redis_server_binary
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-replica-token"

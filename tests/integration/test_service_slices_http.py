@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token-slices"

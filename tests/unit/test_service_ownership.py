@@ -16,7 +16,7 @@ import redis
 
 from services.runs import OwnershipLost, RunService
 from services.store import RedisStore
-from services.testing import free_port, redis_server_binary
+from support.serve_process import free_port, redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 
