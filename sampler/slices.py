@@ -311,6 +311,14 @@ class SliceTracker:
                 theta, slack = self.sums[k] / size, self._noise(size, size) / size
                 self.cs[k].exclude_outside(theta - slack, theta + slack)
 
+    def settle(self, comp, k: int, decision: Decision) -> None:
+        """Slice k's verdict given by the family's multiple-testing step (sampler.family); persisted with the
+        decisions. Freezes the slice's evidence like any verdict."""
+        if not decision.final:
+            raise ValueError("settle takes a final decision")
+        if not self.decisions[k].final:
+            self.decisions[k] = decision
+
     def catch_up(self, comp) -> None:
         """After the overall verdict: process the draws whose labels are in, in order, with the frozen g."""
         while (not self.finished and self.processed < len(comp.draws)
