@@ -160,6 +160,46 @@ def null_false_decisions(runs: int, method: str, alpha: float, seed: int, multip
             "pairs": len(tags), "questions": len(fam.status().questions)}
 
 
+def design_correlated_null(rng: np.random.Generator, half: int = 60):
+    """A null the shared design can get wrong: group A (judge 2 missing, overall labels unpredictable from
+    judge 1) and group B (both judges present and right); every pair twinned with A/B swapped, so theta = 1/2.
+    The criterion is 1 on every A pair and 0 on every B pair: theta_c = 1/2 too, but the active design
+    (residual spread: large on A) draws A pairs more often, so a criterion that ignored pi_t -- weighting its
+    draws as if uniform -- would drift to "better". Returns (y, y_criterion, overall judge votes)."""
+    y_a = rng.choice([0.0, 1.0], size=half)
+    v_a = np.column_stack([0.5 + rng.normal(0, 0.05, half), np.full(half, np.nan)])
+    y_b = rng.choice([0.0, 1.0], size=half)
+    v_b = np.column_stack([0.1 + 0.8 * y_b, 0.1 + 0.8 * y_b]) + rng.normal(0, 0.05, (half, 2))
+    y = np.concatenate([y_a, 1 - y_a, y_b, 1 - y_b])
+    votes = np.vstack([v_a, np.column_stack([1 - v_a[:, 0], v_a[:, 1]]), v_b, 1 - v_b])
+    yc = np.concatenate([np.ones(2 * half), np.zeros(2 * half)])
+    return y, yc, np.clip(votes, 0, 1)
+
+
+def criterion_null_false_decisions(runs: int, alpha: float, seed: int, multiplicity: str = "holm",
+                                   batch: int = 4) -> dict:
+    """design_correlated_null runs (overall + one criterion, active design), batches answered shuffled, to
+    the end. Counts runs with any better/worse (all false) and how often the active design was in use."""
+    bad = active = asked = 0
+    for r in range(runs):
+        rng = np.random.default_rng([seed, r])
+        y, yc, votes = design_correlated_null(rng)
+        fam = ComparisonFamily.create({OVERALL: votes, "criterion": None}, ComparisonConfig(
+            alpha=alpha, method="active", grid_resolution=40, pool_growth_alpha_share=0.0), rng,
+            multiplicity=multiplicity)
+        while not fam.finished:
+            items = fam.next_items(batch)
+            if not items:
+                break
+            active += fam.leader.active_in_use
+            asked += 1
+            for i in rng.permutation(items):
+                fam.record_labels(int(i), {OVERALL: y[i], "criterion": yc[i]})
+        bad += any(q.decision in (Decision.BETTER, Decision.WORSE) for q in fam.status().questions)
+    return {"runs": runs, "alpha": alpha, "multiplicity": multiplicity, "runs_with_a_false_verdict": bad,
+            "active_share_of_batches": active / max(asked, 1)}
+
+
 def _arena_pool(path: Path):
     from services.data import load_items, select_pools
 
@@ -260,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--symmetrize", action="store_true")
     a = ap.parse_args(argv)
     if a.table == "null":
+        for mult in ("bonferroni", "holm"):
+            t0 = time.time()
+            row = criterion_null_false_decisions(a.runs, a.alpha, a.seed, mult)
+            print(json.dumps({"table": "design-correlated null", **row, "seconds": round(time.time() - t0, 1)}),
+                  flush=True)
         for method in a.methods:
             for mult in ("bonferroni", "holm"):
                 t0 = time.time()
