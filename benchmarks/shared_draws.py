@@ -203,7 +203,7 @@ def criterion_null_false_decisions(runs: int, alpha: float, seed: int, multiplic
 def _arena_pool(path: Path):
     from services.data import load_items, select_pools
 
-    items = load_items(path)
+    items = load_items(Path(path))
     return select_pools(items, base="field", tuned="vicuna-13b", slices_from="slices")[0].pool
 
 
@@ -254,7 +254,7 @@ def vicuna_table(runs: int, seed: int, path: Path, method: str, symmetrize: bool
     random crowd vote per label, label_noise). Same seeds for both: the runs differ only by the procedure."""
     from services.data import load_items, select_pools
 
-    pools = [p.pool for p in select_pools(load_items(path), all_pairs=True, slices_from="meta.category")]
+    pools = [p.pool for p in select_pools(load_items(Path(path)), all_pairs=True, slices_from="meta.category")]
     rows = []
     for mult in ("bonferroni", "holm"):
         t0 = time.time()
