@@ -59,7 +59,7 @@ API for the service (plain arrays in, frozen dataclasses out, deterministic give
     ComparisonFamily.create(votes, config, rng, slices=None, voted=None, multiplicity="holm")
     next_items(k) -> list[int];  pending_items() -> list[int];  needs(item) -> list[str]
     record_labels(item, {question: y}) -> bool;  offer_labels(item, {question: y}) -> bool
-    add_votes(question, items, votes);  add_items({question: votes}, slice_member, voted)
+    add_votes(question, items, votes);  add_items(n_new, {question: votes}, slice_member, voted)
     status() -> FamilyStatus;  finished;  to_dict(include_votes) / from_dict(d, votes)
 """
 
@@ -333,6 +333,7 @@ class ComparisonFamily:
     def status(self) -> FamilyStatus:
         qs, holm, total = self._holm()
         out = []
+        slice_sts = {n: list(c.slice_statuses().values()) for n, c in self.comps.items()}
         for j, (name, k, cs) in enumerate(qs):
             c = self.comps[name]
             lp, lm = float(holm.levels[2 * j]), float(holm.levels[2 * j + 1])
@@ -341,7 +342,7 @@ class ComparisonFamily:
                 st = c.status()
                 n_items, labels, est = st.n_items, st.processed, st.estimate
             else:
-                ss = list(c.slice_statuses().values())[k]
+                ss = slice_sts[name][k]
                 n_items, labels, est = ss.n_items, ss.labels, ss.estimate
             est = min(max(est, iv.lower), iv.upper)
             out.append(QuestionVerdict(name, None if k is None else c.slices.names[k], n_items, labels,  # type: ignore[union-attr]
@@ -354,12 +355,16 @@ class ComparisonFamily:
     def add_votes(self, question: str, items, judge_votes) -> None:
         self.comps[question].add_votes(items, judge_votes)
 
-    def add_items(self, votes: Mapping[str, np.ndarray], slice_member: np.ndarray | None = None,
-                  voted: np.ndarray | None = None) -> None:
-        """Append pairs to every question (before the first draw the pool just grows; afterwards every
-        comparison starts a new pool version, sampler.engine)."""
+    def add_items(self, n_new: int, votes: Mapping[str, np.ndarray | None] | None = None,
+                  slice_member: np.ndarray | None = None, voted: np.ndarray | None = None) -> None:
+        """Append n_new pairs to every question (before the first draw the pool just grows; afterwards every
+        comparison starts a new pool version, sampler.engine). votes[name]: (n_new x judges) or None/absent
+        (no votes: all missing)."""
         for name, c in self.comps.items():
-            c.add_items(votes[name], slice_member=slice_member, voted=voted if c.votes.shape[1] else None)
+            v = (votes or {}).get(name)
+            width = c.votes.shape[1]
+            v = np.full((n_new, width), np.nan) if v is None else np.asarray(v, dtype=float).reshape(n_new, width)
+            c.add_items(v, slice_member=slice_member, voted=voted if width else None)
 
     # -------------------------------------------------------------------------------------- persistence
     def to_dict(self, include_votes: bool = True) -> dict:

@@ -239,3 +239,16 @@ def test_batches_shuffled_to_exhaustion_on_a_symmetrized_pool_finish_every_quest
     tags, ys, votes = symmetrized_pool(rng)
     fam, _ = run_family(tags, ys, votes, "active", 0.05, rng, "holm", batch=5)
     assert fam.finished and all(q.decision.final for q in fam.status().questions)
+
+
+def test_added_pairs_reach_every_question_and_start_a_new_version() -> None:
+    fam = ComparisonFamily.create({OVERALL: None, "accuracy": None}, ComparisonConfig(method="classical"),
+                                  np.random.default_rng(0), slices=(["a"], np.arange(20)[:, None] < 10), n_items=20)
+    fam.add_items(4, slice_member=np.ones((4, 1), dtype=bool))        # before any draw: the pool just grows
+    assert all(c.n_items == 24 and c.pool_version == 0 for c in fam.comps.values())
+    for _ in range(3):
+        i = fam.next_items(1)[0]
+        fam.record_labels(i, {OVERALL: 1.0, "accuracy": 1.0})
+    fam.add_items(2)
+    assert all(c.n_items == 26 and c.pool_version == 1 for c in fam.comps.values())
+    assert fam.status().question("accuracy", "a").n_items == 14
