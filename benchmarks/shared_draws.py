@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def symmetrized_pool(rng: np.random.Generator, sizes=(8, 12, 5), overlap: int = 
     criterion too), so every theta_c and theta_{c,s} is exactly 1/2; `overlap` pairs of slice 0 are also in
     slice 1; 6 pairs in no slice. Judges informative for each question (g and active weights non-trivial)."""
     names = [f"s{k}" for k in range(len(sizes))]
-    tags, rows = [], []
+    tags: list[list[str]] = []
     for k, half in enumerate(sizes):
         for j in range(half):
             tags.append([names[k]] + ([names[1]] if k == 0 and j < overlap else []))
@@ -107,7 +106,7 @@ def run_separate(tags, ys: np.ndarray, votes: np.ndarray | None, method: str, al
     slices = membership_matrix(tags) if any(tags) else None
     per = alpha / ((1 + (len(slices[0]) if slices else 0)) * q)
     comps = []
-    for j, nm in enumerate(names):
+    for j in range(len(names)):
         cfg = ComparisonConfig(alpha=per, method=method, grid_resolution=40 if n < 200 else 400,
                                pool_growth_alpha_share=0.0)
         v = votes[:, j, :] if votes is not None and method != "classical" else None
@@ -238,8 +237,8 @@ def labels_table(runs: int, seed: int, arena: Path, slices_of_interest: list[str
     return rows
 
 
-def _thetas(fam: ComparisonFamily, tags, ys: np.ndarray) -> dict:
-    out = {}
+def _thetas(fam: ComparisonFamily, tags, ys: np.ndarray) -> dict[tuple[str, str | None], float]:
+    out: dict[tuple[str, str | None], float] = {}
     names = question_names(ys.shape[1] - 1)
     slice_names = fam.leader.slices.names if fam.leader.slices is not None else []
     for j, nm in enumerate(names):
@@ -262,7 +261,7 @@ def vicuna_table(runs: int, seed: int, path: Path, method: str, symmetrize: bool
         labels, at_overall, decided, slice_decided, wrong_runs, wrong = [], [], 0, 0, 0, 0
         for pool in pools:
             pool = pool.symmetrized() if symmetrize else pool
-            tags = [list(t) for t in pool.slices]
+            tags = [list(t) for t in pool.slices or ()]
             ys = np.empty((len(pool.votes), 1), dtype=object)
             for i, v in enumerate(pool.votes):
                 ys[i, 0] = v
