@@ -2,6 +2,7 @@
 
     python -m benchmarks.shared_draws null --runs 1000            # family-wise error on symmetrized nulls
     python -m benchmarks.shared_draws criterion-null --runs 1000  # a null where ignoring pi_t would fail
+    python -m benchmarks.shared_draws mixed-null --runs 1000      # null slices beside strong effects (Holm)
     python -m benchmarks.shared_draws labels --runs 20            # shared draws vs separate draws (criteria)
     python -m benchmarks.shared_draws vicuna --runs 20 [--symmetrize]   # Holm vs Bonferroni, Vicuna-80 categories
 
@@ -200,6 +201,47 @@ def criterion_null_false_decisions(runs: int, alpha: float, seed: int, multiplic
             "active_share_of_batches": active / max(asked, 1)}
 
 
+def mixed_pool(rng: np.random.Generator, strong: int = 6, strong_size: int = 20, null_half: int = 15):
+    """Where Holm's later steps matter: `strong` slices with theta = 0.9 for the overall label and the
+    criterion (they and the pool are decided quickly, which loosens Holm's levels for the rest) and two slices
+    where every theta is exactly 1/2 (pairs twinned with A/B swapped). Only verdicts on the two null slices can
+    be wrong. Returns (tags, ys (N, 2), votes (N, 2, 2), names of the null slices)."""
+    tags: list[list[str]] = []
+    rows = []
+    for k in range(strong):
+        y = (rng.random(strong_size) < 0.9).astype(float)
+        yc = np.where(rng.random(strong_size) < 0.8, y, (rng.random(strong_size) < 0.9).astype(float))
+        rows.append(np.column_stack([y, yc]))
+        tags += [[f"strong{k}"]] * strong_size
+    for k in range(2):
+        y = rng.choice([0.0, 0.5, 1.0], p=[0.4, 0.2, 0.4], size=null_half)
+        yc = np.where(rng.random(null_half) < 0.7, y, rng.choice([0.0, 1.0], size=null_half))
+        half = np.column_stack([y, yc])
+        rows.append(np.vstack([half, 1.0 - half]))
+        tags += [[f"null{k}"]] * (2 * null_half)
+    ys = np.vstack(rows)
+    votes = np.clip(0.2 + 0.6 * ys[:, :, None] + rng.normal(0, 0.2, ys.shape + (2,)), 0, 1)
+    return tags, ys, votes, ["null0", "null1"]
+
+
+def mixed_null_false_decisions(runs: int, method: str, alpha: float, seed: int, multiplicity: str,
+                               batch: int = 4) -> dict:
+    """Runs on mixed_pool to the end: runs with a better/worse on a null slice (overall or criterion)."""
+    bad = labels = 0
+    decided_strong = 0
+    for r in range(runs):
+        rng = np.random.default_rng([seed, r])
+        tags, ys, votes, nulls = mixed_pool(rng)
+        fam, _ = run_family(tags, ys, votes, method, alpha, rng, multiplicity, batch)
+        qs = fam.status().questions
+        bad += any(q.slice in nulls and q.decision in (Decision.BETTER, Decision.WORSE) for q in qs)
+        decided_strong += sum(q.decision is Decision.BETTER for q in qs if q.slice not in nulls)
+        labels += len(fam.leader.draws)
+    return {"runs": runs, "method": method, "alpha": alpha, "multiplicity": multiplicity,
+            "runs_with_a_false_verdict": bad, "mean_labels": labels / runs,
+            "better_verdicts_on_effects_per_run": decided_strong / runs}
+
+
 def _arena_pool(path: Path):
     from services.data import load_items, select_pools
 
@@ -289,7 +331,7 @@ def vicuna_table(runs: int, seed: int, path: Path, method: str, symmetrize: bool
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", choices=["null", "criterion-null", "labels", "vicuna"])
+    ap.add_argument("table", choices=["null", "criterion-null", "mixed-null", "labels", "vicuna"])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--alpha", type=float, default=0.05)
@@ -305,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
             row = criterion_null_false_decisions(a.runs, a.alpha, a.seed, mult)
             print(json.dumps({"table": "design-correlated null", **row, "seconds": round(time.time() - t0, 1)}),
                   flush=True)
+    elif a.table == "mixed-null":
+        for method in a.methods:
+            for mult in ("bonferroni", "holm"):
+                t0 = time.time()
+                row = mixed_null_false_decisions(a.runs, method, a.alpha, a.seed, mult)
+                print(json.dumps({"table": "mixed null", **row, "seconds": round(time.time() - t0, 1)}), flush=True)
     elif a.table == "null":
         for method in a.methods:
             for mult in ("bonferroni", "holm"):
