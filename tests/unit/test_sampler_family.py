@@ -50,6 +50,12 @@ def test_one_sided_p_values_agree_with_the_confidence_sequence() -> None:
     assert cs.one_sided_p_values(0.5)[0] < alpha / 2       # it got there
     again = BettingConfidenceSequence.from_dict(cs.to_dict())
     assert again.one_sided_p_values(0.3) == cs.one_sided_p_values(0.3)
+    old = cs.to_dict()
+    del old["max_log"]                       # a state saved before the running max was kept
+    older = BettingConfidenceSequence.from_dict(old)
+    assert older.interval() == cs.interval()
+    for m in (0.3, 0.5, 0.7):                # today's capital stands in: never a smaller p-value
+        assert all(a >= b for a, b in zip(older.one_sided_p_values(m), cs.one_sided_p_values(m), strict=True))
 
 
 def graded_pool(rng: np.random.Generator, n: int = 300):
