@@ -258,7 +258,10 @@ class ComparisonFamily:
     def pending_items(self) -> list[int]:
         """Drawn pairs some running question still needs a label for, in draw order."""
         running = [c for c in self.comps.values() if not c.finished]
-        return [i for i in dict.fromkeys(d.item for d in self.leader.draws)
+        if not running:
+            return []
+        start = min(c.processed for c in running)  # every draw before it is labelled for every running question
+        return [i for i in dict.fromkeys(d.item for d in self.leader.draws[start:])
                 if any(i not in c.labels for c in running)]
 
     # ------------------------------------------------------------------------------------------- labels
