@@ -235,6 +235,7 @@ class Comparison:
         self._moments = [0.0, 0.0, 0.0, 0.0, 0.0]  # processed, mean and M2 of the labels, mean and M2 of x
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
+        self._settled: Decision | None = None    # a verdict given by the family's procedure (settle)
         self._decision = Decision.RUNNING
         self._update_decision()
         if self.slices is not None:
@@ -354,6 +355,36 @@ class Comparison:
             elif draw.item not in pending:
                 out.append(draw.item)
         return out
+
+    def follow(self, draw: Draw, slice_pre: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+               remove: bool = True) -> None:
+        """Take a draw made by a shared design (sampler.family): the same pair, probability q_t(I_t), |R_t| and
+        predictable max weight, so this comparison's observation of the draw is its own prediction-powered
+        increment under that design. slice_pre: the design's per-slice (n^s, q_t(s), min q_t) taken before
+        the draw (SliceTracker.before_draw on the drawing comparison, or the uniform design's). remove=False
+        when this comparison's own sampler made the draw (it has already removed the pair)."""
+        if self.with_replacement:
+            raise ValueError("a shared draw sequence needs the without-replacement design")
+        if remove:
+            self.sampler.remove(draw.item)
+        if self.slices is not None:
+            if slice_pre is None:
+                raise ValueError("a comparison with slices needs the design's per-slice probabilities")
+            self.slices.after_draw(len(self.draws), draw, slice_pre)
+        self.draws.append(draw)
+        if draw.item in self.labels:
+            self._process_ready()
+
+    def settle(self, decision: Decision) -> None:
+        """A verdict reached by the family's multiple-testing procedure (sampler.family: Holm) rather than by
+        this comparison's own alpha: it freezes the evidence as any verdict does."""
+        if not decision.final:
+            raise ValueError("settle takes a final decision")
+        if self._decision.final:
+            return
+        self._decision = self._settled = decision
+        if self.slices is not None:
+            self.slices.catch_up(self)
 
     def record_label(self, item: int, y: float) -> bool:
         """Store the human verdict for a drawn pair (1 tuned better, 0.5 tie, 0 base better).
@@ -565,7 +596,8 @@ class Comparison:
         # The budget ends a run only once every drawn pair is processed: otherwise labels that arrived out of
         # order (received, not yet processed) would count against the budget before they count as evidence.
         labels_for_budget = len(self.labels) if self.processed == len(self.draws) else 0
-        self._decision = rule.decide(iv.lower, iv.upper, labels_for_budget, exhausted, closed=iv.closed)
+        self._decision = self._settled or rule.decide(iv.lower, iv.upper, labels_for_budget, exhausted,
+                                                      closed=iv.closed)
         self._estimate = float(est)
         if record and self.processed and (not self.trajectory or self.trajectory[-1][0] != len(self.labels)):
             self.trajectory.append([len(self.labels), est, iv.lower, iv.upper])
@@ -634,6 +666,7 @@ class Comparison:
             "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
+            **({"settled": self._settled.value} if self._settled is not None else {}),
             **({"slices": self.slices.to_dict()} if self.slices is not None else {}),
         }
 
@@ -698,6 +731,7 @@ class Comparison:
         self._est_num, self._est_den = d["estimate"]
         self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
+        self._settled = Decision(d["settled"]) if d.get("settled") else None
         self._update_decision(record=False)  # the trajectory is restored as saved
         if d.get("slices"):
             self.slices = SliceTracker.from_dict(d["slices"], self)
