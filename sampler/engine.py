@@ -497,19 +497,22 @@ class Comparison:
         self._update_decision()
 
     def _bet_variance_factor(self) -> float:
-        """Variance-adaptive bets: the bet grid was tuned for labels-only observations; a Kelly-type bet is
+        """Variance-adaptive bets: the bet grid was tuned for labels-only observations, and a Kelly-type bet is
         ~ effect / variance (Waudby-Smith & Ramdas 2024, Sec. 5: predictable plug-in bets), so when the
-        prediction-powered observations are less variable than the labels the bets grow by the ratio
-            f_t = (1/4 + M2_y) / (1/4 + M2_x),   clipped to [1/2, 4],
-        of the running sums of squared deviations of the labels and of the observations over the draws
-        processed *before* t (one pseudo-observation of variance 1/4 each). Predictable, so every factor of
-        the capital process keeps conditional mean 1; the caps clip / (c - lo) still apply. For classical
-        x = y and f = 1 exactly.
+        prediction-powered observations are less variable than the labels the bets grow by the predicted ratio
+            f_t = Var(Y) / E[(Y - g_t)^2],   clipped to [1/2, 4],
+        both estimated out of sample (leave-one-out) on the labels of the fit that made g_t
+        (JudgeCalibration.variance_ratio; with a carried prior, pooled with the prior's own estimates). Under
+        uniform sampling Ytilde_t - c_t(m) varies only through Y_I - g_t(I), so f_t is the ratio of the
+        observations' variances. f_t is fixed at the refit before the draw (predictable), so each factor of the
+        capital process keeps conditional mean 1 and the caps clip / (c - lo) still hold. For classical g = 0,
+        the calibration is constant and f = 1 exactly; a judge with weight 0 also gets f = 1.
+        (It used the running sums of squared deviations of past labels and observations, which lagged: early
+        draws, made before the judges were trusted, weighed on it for the rest of the run.)
         """
-        if not self.config.variance_adaptive_bets:
+        if not self.config.variance_adaptive_bets or not self.uses_judges:
             return 1.0
-        m2_y, m2_x = self._moments[2], self._moments[4]
-        return float(min(4.0, max(0.5, (0.25 + m2_y) / (0.25 + m2_x))))
+        return float(min(4.0, max(0.5, self.calibration.variance_ratio)))
 
     def _update_moments(self, y: float, x: float) -> None:
         m = self._moments
@@ -719,7 +722,7 @@ def _checked_votes(judge_votes) -> np.ndarray:
 
 def _calibration_from_dict(c: dict) -> JudgeCalibration:
     return JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"], tuple(c["var_coef"]),
-                            c["n_labels"])
+                            c["n_labels"], c.get("label_var", 0.25), c.get("resid_var", 0.25))
 
 
 def _nan_to_none(rows: list) -> list:
