@@ -96,7 +96,7 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
        judge whose slope is k standard errors gets (1 - 2/k^2) of its fitted weight. (Before, s was taken as
        sd(r d) / sqrt(n), the unconditional spread of the products; for a judge explaining a share R2 of the
        variance that is larger by about sqrt((1 + R2) / (1 - R2)), so a good judge was trusted later; Arena
-       ppi 2,858 -> 2,842 labels with the conditional one.)
+       ppi 2,858 -> 2,842 labels with the conditional one, same seeds, both with the new bet scaling.)
     3. The predicted variance ratio of labels to residuals, V / (V - 2 w C_post + w^2 D) with V = mean(r^2):
        the leave-one-out error of the label mean over the posterior-expected leave-one-out error of the
        weighted fit (C replaced by its empirical-Bayes posterior mean, so that the noise in C_hat does not
