@@ -144,10 +144,10 @@ def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
             limit = f"{r['limit']:.3f}" if strong else "1"
             won = (f"{(1 - r['labels']['ppi'] / c) / (1 - r['limit']):.2f}, "
                    f"{(1 - r['labels']['active'] / c) / (1 - r['limit']):.2f}") if strong else "-"
-            oracle = f"{r['labels']['oracle'] / c:.3f}" if strong else "-"
+            oracle_ratio = f"{r['labels']['oracle'] / c:.3f}" if strong else "-"
             lines.append(f"| theta {r['theta']}, pool seed {r['pool_seed']} | {r['judge']} | {c:.1f} | "
                          f"{r['labels']['ppi'] / c:.3f} | {r['labels']['active'] / c:.3f} | {limit} | {won} | "
-                         f"{oracle} | {r['wrong']} |")
+                         f"{oracle_ratio} | {r['wrong']} |")
     return lines, rows
 
 

@@ -232,7 +232,6 @@ class Comparison:
             self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
         self.labelled_processed: set[int] = set()
         self._est_num = 0.0
-        self._moments = [0.0, 0.0, 0.0, 0.0, 0.0]  # processed, mean and M2 of the labels, mean and M2 of x
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
         self._decision = Decision.RUNNING
@@ -472,7 +471,6 @@ class Comparison:
             scale *= self._bet_variance_factor()
             self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
                            null_mean_minus=null_mean - slack)
-        self._update_moments(y, x)
         # Point estimate: precision-weighted mean of the Z_t (weights (N/|R_t|)^2 are predictable).
         w = (n / rem) ** 2
         self._est_num += w * z
@@ -513,14 +511,6 @@ class Comparison:
         if not self.config.variance_adaptive_bets or not self.uses_judges:
             return 1.0
         return float(min(4.0, max(0.5, self.calibration.variance_ratio)))
-
-    def _update_moments(self, y: float, x: float) -> None:
-        m = self._moments
-        m[0] += 1.0
-        for k, v in ((1, y), (3, x)):  # Welford
-            delta = v - m[k]
-            m[k] += delta / m[0]
-            m[k + 1] += delta * (v - m[k])
 
     def _refit(self) -> None:
         # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
@@ -634,7 +624,6 @@ class Comparison:
             "score_min": self.sampler.score_min,
             "cs": self.cs.to_dict(),
             "estimate": [self._est_num, self._est_den],
-            "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
             **({"slices": self.slices.to_dict()} if self.slices is not None else {}),
@@ -699,7 +688,6 @@ class Comparison:
         if self.with_replacement:
             self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
-        self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
         self._update_decision(record=False)  # the trajectory is restored as saved
         if d.get("slices"):
