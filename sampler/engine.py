@@ -232,6 +232,7 @@ class Comparison:
             self.cs = BettingConfidenceSequence(self.cs_alpha, candidate_grid(cfg.grid_resolution, extra), cfg.bets)
         self.labelled_processed: set[int] = set()
         self._est_num = 0.0
+        self._moments = [0.0, 0.0, 0.0, 0.0, 0.0]  # processed, mean and M2 of the labels, mean and M2 of x
         self._est_den = 0.0
         self.trajectory: list[list[float]] = []  # [labels, estimate, lower, upper]
         self._decision = Decision.RUNNING
@@ -471,6 +472,7 @@ class Comparison:
             scale *= self._bet_variance_factor()
             self.cs.update(x, null_mean + slack, lo, hi, scale, mean_lo=0.0, mean_hi=1.0,
                            null_mean_minus=null_mean - slack)
+        self._update_moments(y, x)
         # Point estimate: precision-weighted mean of the Z_t (weights (N/|R_t|)^2 are predictable).
         w = (n / rem) ** 2
         self._est_num += w * z
@@ -497,20 +499,37 @@ class Comparison:
     def _bet_variance_factor(self) -> float:
         """Variance-adaptive bets: the bet grid was tuned for labels-only observations, and a Kelly-type bet is
         ~ effect / variance (Waudby-Smith & Ramdas 2024, Sec. 5: predictable plug-in bets), so when the
-        prediction-powered observations are less variable than the labels the bets grow by the predicted ratio
-            f_t = Var(Y) / E[(Y - g_t)^2],   clipped to [1/2, 4],
-        both estimated out of sample (leave-one-out) on the labels of the fit that made g_t
-        (JudgeCalibration.variance_ratio; with a carried prior, pooled with the prior's own estimates). Under
-        uniform sampling Ytilde_t - c_t(m) varies only through Y_I - g_t(I), so f_t is the ratio of the
-        observations' variances. f_t is fixed at the refit before the draw (predictable), so each factor of the
-        capital process keeps conditional mean 1 and the caps clip / (c - lo) still hold. For classical g = 0,
-        the calibration is constant and f = 1 exactly; a judge with weight 0 also gets f = 1.
-        (It used the running sums of squared deviations of past labels and observations, which lagged: early
-        draws, made before the judges were trusted, weighed on it for the rest of the run.)
+        prediction-powered observations are less variable than the labels the bets grow by
+            f_t = min(rho_pred, rho_seen),   clipped to [1/2, 4],
+        rho_pred = Var(Y) / E[(Y - g_t)^2] as the calibration that made g_t predicts it out of sample
+        (JudgeCalibration.variance_ratio: leave-one-out, with C replaced by its empirical-Bayes posterior mean),
+        rho_seen = (1/4 + M2_y) / (1/4 + M2_x), the ratio of the running sums of squared deviations of the
+        labels and of the observations over the draws processed *before* t (one pseudo-observation of variance
+        1/4 each). Under uniform sampling Ytilde_t - c_t(m) varies only through Y_I - g_t(I), so both estimate
+        the ratio of the observations' variances: rho_pred reacts at once when the judges earn trust (rho_seen
+        lags: draws made before that weigh on it for the rest of the run), rho_seen corrects a spurious weight
+        (a useless judge given some trust by chance makes the observations *more* variable, rho_seen < 1, while
+        rho_pred > 1 -- with rho_pred alone the shuffled-judge PandaLM pools cost up to 1.028x classical, against
+        1.015x before). With a carried prior rho_pred alone is used: it rests on the prior's labels (pooled with
+        this pool's), so the bets fit the judges from the first draw. f_t is fixed before draw t (predictable),
+        so each factor of the capital process keeps conditional mean 1 and the caps clip / (c - lo) still hold;
+        f = 1 exactly for classical; a judge with weight 0 (and no prior) has rho_pred = 1, so f <= 1.
         """
         if not self.config.variance_adaptive_bets or not self.uses_judges:
             return 1.0
-        return float(min(4.0, max(0.5, self.calibration.variance_ratio)))
+        predicted = self.calibration.variance_ratio
+        if self.prior is None:
+            m2_y, m2_x = self._moments[2], self._moments[4]
+            predicted = min(predicted, (0.25 + m2_y) / (0.25 + m2_x))
+        return float(min(4.0, max(0.5, predicted)))
+
+    def _update_moments(self, y: float, x: float) -> None:
+        m = self._moments
+        m[0] += 1.0
+        for k, v in ((1, y), (3, x)):  # Welford
+            delta = v - m[k]
+            m[k] += delta / m[0]
+            m[k + 1] += delta * (v - m[k])
 
     def _refit(self) -> None:
         # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
@@ -624,6 +643,7 @@ class Comparison:
             "score_min": self.sampler.score_min,
             "cs": self.cs.to_dict(),
             "estimate": [self._est_num, self._est_den],
+            "moments": list(self._moments),
             "trajectory": pack(self.trajectory),
             "rng": self.rng.bit_generator.state,
             **({"slices": self.slices.to_dict()} if self.slices is not None else {}),
@@ -688,6 +708,7 @@ class Comparison:
         if self.with_replacement:
             self.labelled_processed = {dr.item for dr in self.draws[: self.processed]}
         self._est_num, self._est_den = d["estimate"]
+        self._moments = list(d.get("moments", [0.0] * 5))
         self.trajectory = unpack(d["trajectory"]).reshape(-1, 4).tolist()
         self._update_decision(record=False)  # the trajectory is restored as saved
         if d.get("slices"):

@@ -130,8 +130,8 @@ def test_active_sampling_waits_for_enough_labels_for_the_spread_model():
 
 
 def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_judge():
-    """The bet factor of each draw is the calibration's predicted variance ratio, fixed before the draw's
-    label (a refit after the label changes only the next draws' factor); 1 exactly for labels only."""
+    """The bet factor of each draw is min(the calibration's predicted variance ratio, the ratio seen so far),
+    fixed before the draw's label; 1 exactly for labels only."""
     rng = np.random.default_rng(2)
     n = 400
     y = np.tile([0.0, 1.0, 0.5, 1.0], n // 4)
@@ -145,9 +145,12 @@ def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_jud
         for _ in range(120):
             (i,) = cmp.next_items(1)
             before = cmp._bet_variance_factor()
-            cal = cmp.calibration
-            assert before == min(4.0, max(0.5, cal.variance_ratio)) or cmp.config.method == "classical"
+            m = list(cmp._moments)
+            seen_ratio = (0.25 + m[2]) / (0.25 + m[4])
+            expected = min(4.0, max(0.5, min(cmp.calibration.variance_ratio, seen_ratio)))
+            assert before == (1.0 if cmp.config.method == "classical" else expected)
             cmp.record_label(i, float(y[i]))
+            assert m[0] + 1 == cmp._moments[0]  # the factor used for a draw was fixed before its label
             seen.append(before)
         factors.append(seen)
     assert set(factors[0]) == {1.0}
@@ -187,3 +190,31 @@ def test_useless_judges_cost_at_most_a_few_percent_of_labels():
               for m in ("classical", "ppi", "active")}
     assert labels["ppi"] <= 1.05 * labels["classical"]
     assert labels["active"] <= 1.05 * labels["classical"]
+
+
+def test_bets_shrink_when_the_observations_turn_out_more_variable_than_the_labels():
+    """A judge trusted by chance (predicted ratio > 1) whose observations have in fact been more variable than
+    the labels gets smaller bets, not larger (the useless-judge guard); with a carried prior the prior's
+    prediction is used as it is."""
+    from sampler.calibration import JudgeCalibration
+    rng = np.random.default_rng(31)
+    n = 200
+    votes = rng.random((n, 1))
+    y = rng.choice([0.0, 1.0], size=n)
+    spurious = JudgeCalibration(0.0, (1.0, 0.0), 0.2, (0.0, 0.0), 30, label_var=0.25, resid_var=0.15)
+    cmp = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(1))
+    for _ in range(30):
+        (i,) = cmp.next_items(1)
+        cmp.record_label(i, float(y[i]))
+    cmp.calibration = spurious
+    cmp._apply_calibration()
+    for _ in range(40):   # g = the votes, independent of y: Ytilde varies more than Y
+        (i,) = cmp.next_items(1)
+        cmp.record_label(i, float(y[i]))
+        cmp.calibration = spurious  # keep the spurious trust (refits would drop it)
+        cmp._apply_calibration()
+    assert spurious.variance_ratio > 1.6
+    assert cmp._bet_variance_factor() < 1.0
+    with_prior = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(1),
+                            prior=spurious)
+    assert with_prior._bet_variance_factor() == pytest.approx(spurious.variance_ratio)
