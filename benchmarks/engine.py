@@ -265,7 +265,7 @@ def main() -> None:
         "(sampler/confseq.py), alpha = 0.05 (a replayed pool is closed, so the whole alpha is spent on it; the "
         "service keeps 5 % for pool growth), margin 0, no budget (a run ends at its decision or when the pool is "
         "exhausted). Calibration: fit chosen by leave-one-out on past labels, trusted with an empirical-Bayes "
-        "weight (docs/statistics.md).",
+        "weight; bets scaled by min(predicted, observed) ratio of label to residual variance (docs/statistics.md).",
         "",
         "### Labels to decision, Chatbot Arena (47 pairs with >= 200 battles, all |theta - 1/2| >= 0.03)",
         "",
