@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from sampler.decision import Decision
 from services.report import _COLORS, _CSS, _badge, _conf, _e, _f
 
 
@@ -36,7 +37,7 @@ class ComparisonRow(BaseModel):
 
     run_id: str = ""
     against: str = "base"                        # the reference side: "base" or a checkpoint name
-    decision: str = "running"
+    decision: str = Decision.RUNNING.value
     estimate: float = 0.5
     lower: float = 0.0
     upper: float = 1.0
@@ -52,7 +53,7 @@ class CheckpointRow(BaseModel):
     status: str = "ready"                        # ready | generating | failed (outputs not generated yet / failed)
     vs_base: ComparisonRow
     vs_best: ComparisonRow | None = None         # None: the best was the base when it arrived
-    decision: str = "running"                    # its verdict against the best so far
+    decision: str = Decision.RUNNING.value       # its verdict against the best so far
     labels: int = 0                              # human labels of its comparisons together
 
 
@@ -279,7 +280,7 @@ td.runs{font-size:11px;word-break:break-all;max-width:84px}
 
 def _legend() -> str:
     return " &nbsp;".join(f'<span class="dot" style="background:{_COLORS[k]}"></span> {k}'
-                          for k in ("better", "worse", "equivalent", "undecided", "running"))
+                          for k in (*(d for d in Decision if d.final), Decision.RUNNING))
 
 
 def _cmp_cells(r: ComparisonRow | None, against: bool) -> str:
