@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from sampler.decision import Decision
+from services.experiments.signal import ComparisonView
 from services.report import _COLORS, _CSS, _badge, _conf, _e, _f
 
 
@@ -89,10 +90,10 @@ def file_run_href(run_id: str) -> str:
     return f"tiebreak-report-{run_id}.html"
 
 
-def _row(view: Any, href: Callable[[str], str] | None) -> ComparisonRow:
-    return ComparisonRow(run_id=view.run_id, against=view.against, decision=view.decision,
-                         estimate=view.estimate, lower=view.lower, upper=view.upper, labels=view.labels,
-                         alpha=view.alpha, href=href(view.run_id) if href and view.run_id else None)
+def _row(view: ComparisonView, href: Callable[[str], str] | None) -> ComparisonRow:
+    """The signal's view of one comparison (its ``to_dict``; per-slice verdicts are not shown here), linked."""
+    row = {k: v for k, v in view.to_dict().items() if k != "slices"}
+    return ComparisonRow(**row, href=href(view.run_id) if href and view.run_id else None)
 
 
 def experiment_report_data(service: Any, exp_id: str, *, run_href: Callable[[str], str] | None = api_run_href,
