@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sampler.engine import Comparison
-from services.errors import ServiceError, Unavailable
+from services.errors import ServiceError, Unavailable, error_item
 
 OVERALL = "overall"
 VERDICTS = ("left", "right", "tie")
@@ -149,8 +149,7 @@ class RemoteError(ServiceError):
             detail = response.text
         super().__init__(str(detail))
         self.status_code = status
-        self._detail = detail if isinstance(detail, list) else [{"loc": [], "msg": str(detail),
-                                                                  "type": "RemoteError"}]
+        self._detail = detail if isinstance(detail, list) else [error_item([], str(detail), "RemoteError")]
 
     def detail(self) -> list[dict]:
         return self._detail

@@ -7,14 +7,6 @@ import pytest
 
 from services.errors import BadInput
 from services.runs import RunService
-from services.store import RedisStore
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _pairs(n: int, tag=lambda i: ["edge-case"] if i < 60 else ["billing"], votes=True):
