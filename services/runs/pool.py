@@ -3,8 +3,11 @@ hooks (status, generated pairs, streamed votes).
 
 Owns what a run is made of and how its comparisons are built: validation of a new run (criteria, slices of
 interest and their up-front warnings, pair ids, supplied judge votes), the stored pair rows (the blind
-left/right order is drawn here), and activation: pairs [n_active, n) go into one ``Comparison`` for the overall
-verdict plus one per criterion, with alpha split by Bonferroni over (1 + slices) x (1 + criteria) questions
+left/right order is drawn here), and activation: pairs [n_active, n) go into the run's
+``sampler.family.ComparisonFamily`` -- the overall question, each criterion and each slice of interest on one
+draw sequence, Holm's step-down over them (``services.runs.shared_draws``; runs created with ``draws: "shared"``
+in their meta) -- or, for a run stored before it, into one ``Comparison`` for the overall verdict plus one per
+criterion, with alpha split by Bonferroni over (1 + slices) x (1 + criteria) questions
 (``sampler.slices.slice_alpha``). Pairs are labellable at once, whether or not their judge votes have arrived
 (a streaming run: votes that arrive later go through ``add_votes``, see sampler.engine).
 
