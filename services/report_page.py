@@ -72,5 +72,5 @@ def _family_verdicts(data: Any, fam: Any) -> Any:
                            lower=q.lower, upper=q.upper, labels=q.labels, alpha=question_alpha(fam, q))
               for q in fs.questions if q.criterion == OVERALL and q.slice is not None]
     return data.model_copy(update={"decision": ov.decision.value, "estimate": ov.estimate, "lower": ov.lower,
-                                   "upper": ov.upper, "alpha": fs.alpha, "criteria": crit, "slices": slices,
+                                   "upper": ov.upper, "alpha": question_alpha(fam, ov), "criteria": crit, "slices": slices,
                                    "alpha_split": fs.alpha_split if len(fs.questions) > 1 else None})

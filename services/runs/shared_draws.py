@@ -166,12 +166,12 @@ def question_alpha(fam: ComparisonFamily, q: QuestionVerdict) -> float:
 
 def family_status(rt: RunRuntime, out: dict) -> None:
     """Fill a run's status dict (status.status_of's shape, docs/api.md) from the family's verdicts: each
-    question's estimate, interval and decision are read at its Holm level (``question_alpha``); the top-level
-    ``alpha`` is the family's bound on P(any verdict of the run is wrong)."""
+    question's estimate, interval and decision are read at its Holm level (``question_alpha``). The top-level
+    fields are the overall question's, as on the old path; the run's alpha (the bound on P(any verdict of the
+    run is wrong)) is stated in ``alpha_split``."""
     fam = rt.family
     assert fam is not None
     fs = fam.status()
-    out["alpha"] = fs.alpha
     if len(fs.questions) > 1:     # one question: nothing is split (as on the old path)
         out["multiplicity"], out["alpha_split"] = fs.multiplicity, fs.alpha_split
     out["finished"] = fs.finished
@@ -188,9 +188,7 @@ def family_status(rt: RunRuntime, out: dict) -> None:
             by_name[q.criterion]["slices"][q.slice] = {"n_pairs": q.n_items, "labels": q.labels, **entry}
     for name, d in by_name.items():
         if name == OVERALL:
-            top_alpha = out["alpha"]
             out.update(d)
-            out["alpha"] = top_alpha
             out["pending"] = len(fam.pending_items())
             out["progress"]["labels"] = d["labels"]
         else:
