@@ -161,7 +161,8 @@ def question_alpha(fam: ComparisonFamily, q: QuestionVerdict) -> float:
     times Holm's relief, 2 x its one-sided Holm level / its CS alpha (1 until some claim of the run is
     established, up to Q / (Q + 1) x 2 later; sampler/family.py)."""
     comp = fam.comps[q.criterion]
-    return min(1.0, comp.reported_alpha * 2 * q.level / comp.cs_alpha)
+    relief = 2 * q.level / comp.cs_alpha
+    return comp.reported_alpha if relief <= 1 + 1e-9 else min(1.0, comp.reported_alpha * relief)
 
 
 def family_status(rt: RunRuntime, out: dict) -> None:
