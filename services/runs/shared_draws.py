@@ -87,6 +87,24 @@ def draw_family(rt: RunRuntime, k: int) -> list[int]:
     return fam.next_items(k)
 
 
+def stalled(rt: RunRuntime) -> bool:
+    """Every running question waits on a pair that can get no more verdicts: its labels_per_pair labels are in
+    and none of them gives this question's verdict (criteria are optional in a label). A question processes its
+    draws in draw order and may never skip one (skipping on a missing verdict could select on its value), so
+    such a question stays running for good; new draws would serve no one, and the run stops handing out pairs."""
+    fam = rt.family
+    assert fam is not None
+    for comp in fam.comps.values():
+        if comp.finished:
+            continue
+        if comp.processed >= len(comp.draws):
+            return False                                  # it can use the next draw
+        idx = comp.draws[comp.processed].item
+        if idx in comp.labels or len(rt.labels.get(idx, {})) < rt.required:
+            return False                                  # its next pair may still get its verdict
+    return True
+
+
 def choose_family(rt: RunRuntime, eligible: Callable[[int], bool]) -> tuple[int | None, bool]:
     """The pair to lease (drawn pairs a running question still needs first, in draw order; else new draws),
     and whether anything was drawn."""
@@ -96,7 +114,7 @@ def choose_family(rt: RunRuntime, eligible: Callable[[int], bool]) -> tuple[int 
         if eligible(idx):
             return idx, False
     drew = False
-    for _ in range(8):
+    for _ in range(8 if not stalled(rt) else 0):
         new = draw_family(rt, 1)
         if not new:
             break
@@ -113,7 +131,7 @@ def batch_family(rt: RunRuntime, k: int) -> tuple[list[int], bool]:
     assert fam is not None
     order = [i for i in fam.pending_items() if len(rt.labels.get(i, {})) < rt.required]
     drew = False
-    while len(dict.fromkeys(order)) < k and not fam.finished:
+    while len(dict.fromkeys(order)) < k and not fam.finished and not stalled(rt):
         new = draw_family(rt, min(k, 256))
         if not new:
             break

@@ -200,3 +200,18 @@ def test_bad_labels_on_a_shared_run_are_refused_and_change_nothing(store):
     assert svc.runtime(rid).family.to_dict(include_votes=False) == state
     with pytest.raises(Conflict):     # annotation tools may label drawn pairs only
         svc.submit_label(rid, {"pair_id": "p58", "annotator": "ls", "verdict": "left", "source": "label-studio"})
+
+
+def test_a_criterion_left_out_holds_its_question_and_the_run_stops_drawing(store):
+    """Criteria are optional in a label; a question never skips a draw, so one whose pair got its labels
+    without its verdict stays running, and once only such questions are left no more pairs are handed out
+    (instead of the whole pool)."""
+    svc = RunService(store)
+    rid = svc.create_run({"name": "m", "pairs": _pairs(160), "criteria": ["tone"], "seed": 7})
+    first = _label(svc, rid, 1, criteria=[])            # no tone verdict on the first pair
+    seen = first + _label(svc, rid, 400, criteria=["tone"])
+    st = svc.status(rid)
+    assert st["decision"] == "better" and st["criteria"]["tone"]["decision"] == "running"
+    assert st["criteria"]["tone"]["labels"] == len(seen) - 1 and st["finished"] is False
+    assert len(seen) < 160 and svc.next_pair(rid, "b") is None
+    assert svc.draw_batch(rid, 5) == []
