@@ -215,3 +215,20 @@ def test_a_criterion_left_out_holds_its_question_and_the_run_stops_drawing(store
     assert st["criteria"]["tone"]["labels"] == len(seen) - 1 and st["finished"] is False
     assert len(seen) < 160 and svc.next_pair(rid, "b") is None
     assert svc.draw_batch(rid, 5) == []
+
+
+def test_pairs_added_mid_run_join_every_question_and_reload_exactly(store):
+    svc = RunService(store)
+    pairs = _pairs(200)
+    rid = svc.create_run({"name": "g", "pairs": pairs[:120], "criteria": CRITERIA, "seed": 9})
+    _label(svc, rid, 10)
+    assert svc.add_pairs(rid, pairs[120:])["n_pairs"] == 200
+    fam = svc.runtime(rid).family
+    assert all(c.n_items == 200 and c.pool_version == 1 for c in fam.comps.values())
+    assert svc.status(rid)["slices"]["billing"]["n_pairs"] == 160
+    _label(svc, rid, 10)
+    before = fam.to_dict(include_votes=False)
+    svc.close()
+    svc = RunService(store)
+    assert svc.runtime(rid).family.to_dict(include_votes=False) == before
+    assert _label(svc, rid, 400) and svc.status(rid)["pool_version"] == 1
