@@ -11,16 +11,8 @@ import pytest
 
 from services.errors import BadInput, Conflict
 from services.runs import OVERALL, RunService
-from services.store import RedisStore
 
 CRITERIA = ["accuracy", "tone"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _pairs(n: int, votes: bool = True):
