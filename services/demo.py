@@ -249,11 +249,13 @@ def worth_line(rows: list[dict]) -> str:
         d = ref["labels"] - r["labels"]
         who = "the local jury" if r["lane"] == "live" else "the recorded GPT-4 verdicts"
         if d > 0:
-            parts.append(f"{who} saved {d} labels ({r['labels']} vs {ref['labels']} labels-only)")
+            parts.append(f"{who} saved {d} label{'s' if d > 1 else ''} ({r['labels']} vs {ref['labels']} "
+                         "labels-only)")
         elif d == 0:
             parts.append(f"{who} bought nothing ({r['labels']} labels, as labels-only)")
         else:
-            parts.append(f"{who} cost {-d} more labels ({r['labels']} vs {ref['labels']} labels-only)")
+            parts.append(f"{who} cost {-d} more label{'s' if d < -1 else ''} ({r['labels']} vs {ref['labels']} "
+                         "labels-only)")
     return ("On this run " + "; ".join(parts) + ".") if parts else ""
 
 
