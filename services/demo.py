@@ -583,11 +583,6 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
             html = html.replace(anchor, section + anchor, 1) if anchor in html else \
                 html.replace("</body>", section + "</body>", 1)
         out.write_text(html)
-        if not use_live and len(lanes) > 1:
-            for r in rows:
-                lo, hi = r["interval"]
-                console.print(f"  {r['title']:<28} judges {r['judges']:<48} {r['labels']:>3} labels → "
-                              f"{r['decision']} ({lo:.3f}, {hi:.3f})", soft_wrap=True)
         st = main.status
         return DemoResult(run_id=main.run_id, decision=st["decision"], labels=st["labels"],
                           estimate=st.get("estimate"), interval=st["interval"], report_path=out.resolve(),

@@ -85,9 +85,11 @@ def demo(
     if len(res.comparison) > 1:
         from services.demo import RECORDED_NOTE, worth_line
 
-        console.print("side by side (same pairs, same crowd answers): " + "; ".join(
-            f"{r['title']} ({r['judges']}) {r['labels']} labels → {r['decision']}" for r in res.comparison),
-            soft_wrap=True)
+        console.print("side by side (same pairs, same crowd answers, same α):")
+        for r in res.comparison:
+            lo, hi = r["interval"]
+            console.print(f"  {r['title']:<26} judges {r['judges']:<52} {r['labels']:>3} labels → "
+                          f"{r['decision']} ({lo:.3f}, {hi:.3f})", soft_wrap=True, highlight=False)
         if any(r["lane"] == "recorded" for r in res.comparison):
             console.print(f"[dim]{RECORDED_NOTE}.[/dim]", soft_wrap=True)
         worth = worth_line(res.comparison)

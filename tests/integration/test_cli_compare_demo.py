@@ -125,7 +125,7 @@ def test_demo_side_by_side_names_the_recorded_judge_and_prints_each_runs_labels(
     assert rows["recorded"]["judges"] == "recorded:gpt-4" and rows["labels-only"]["judges"] == "none"
     text = " ".join(proc.stderr.split())      # rich wraps lines
     assert "recorded:gpt-4" in text and "recorded, not computed" in text
-    side = re.search(r"side by side \(same pairs, same crowd answers\): (.*?) report:", text)
+    side = re.search(r"side by side \(same pairs, same crowd answers, same α\):(.*?) report:", text)
     assert side, text[-1500:]
     printed = [int(n) for n in re.findall(r"(\d+) labels →", side.group(1))]
     assert printed == [r["labels"] for r in summary["comparison"]]
