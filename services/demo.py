@@ -248,7 +248,12 @@ def worth_line(rows: list[dict]) -> str:
             continue
         d = ref["labels"] - r["labels"]
         who = "the local jury" if r["lane"] == "live" else "the recorded GPT-4 verdicts"
-        if d > 0:
+        if "undecided" in (r["decision"], ref["decision"]):
+            # at the label budget the label counts say nothing: compare how far each interval narrowed
+            w, w0 = (r["interval"][1] - r["interval"][0]), (ref["interval"][1] - ref["interval"][0])
+            parts.append(f"{who}: {r['decision']} after {r['labels']} labels with interval width {w:.3f}, "
+                         f"labels-only {ref['decision']} after {ref['labels']} with width {w0:.3f}")
+        elif d > 0:
             parts.append(f"{who} saved {d} label{'s' if d > 1 else ''} ({r['labels']} vs {ref['labels']} "
                          "labels-only)")
         elif d == 0:
