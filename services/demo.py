@@ -465,8 +465,9 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
     try:
         base_pairs = [{"id": it["id"], "prompt": it["prompt"], "base": it["base"], "tuned": it["tuned"]}
                       for it in items]
-        common = {"alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
+        common: dict[str, Any] = {"alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
         for ln in lanes:
+            body: dict[str, Any]
             name = f"Vicuna-80: {TUNED_NAME} vs {BASE_NAME}"
             if ln.key == "recorded":
                 pairs = [{**p, "judge_votes": {RECORDED_JUDGE: recorded_vote(by_id[p["id"]])}} for p in base_pairs]

@@ -98,7 +98,7 @@ def test_worth_line_reads_the_label_counts():
 def test_comparison_shows_in_live_view_and_report_with_the_recorded_note():
     lanes = [Lane("live", "local jury, voting live", "feature:length"), Lane("labels-only", "labels only", "none"),
              Lane("recorded", "GPT-4 verdicts, recorded", RECORDED_JUDGE)]
-    for ln, n in zip(lanes, (21, 23, 22)):
+    for ln, n in zip(lanes, (21, 23, 22), strict=True):
         ln.status = {"labels": n, "decision": "better", "estimate": 0.6, "interval": [0.51, 0.7], "votes": 4,
                      "n_pairs": 4}
     st = LiveState(status={"name": "x", "n_pairs": 4, "votes": 4, "labels": 21, "interval": [0.51, 0.7],
