@@ -285,7 +285,8 @@ def comparison_html(rows: list[dict], links: dict[str, str], alpha: float) -> st
         trs.append(f"<tr><td>{name}</td><td>{e(r['judges'])}</td><td><b>{r['labels']}</b></td>"
                    f"<td>{e(r['decision'])}</td><td>{est}</td><td>({iv[0]:.3f}, {iv[1]:.3f})</td></tr>")
     worth = worth_line(rows)
-    return ("<h2>Side by side: the same comparison, decided three ways</h2>"
+    ways = {2: "two", 3: "three"}.get(len(rows), str(len(rows)))
+    return (f"<h2>Side by side: the same comparison, decided {ways} ways</h2>"
             "<p class=\"note\">The same pairs, the same recorded crowd answer to each pair, the same α: only the "
             "judges differ. Labels = human labels the run used to reach its decision. "
             f"{e(RECORDED_NOTE)}.</p>"
