@@ -429,7 +429,7 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
              budget: int | None = None, seed: int = 0, human: bool = False, data_dir: Path | None = None,
              out: Path | None = None, port: int = 0, label_delay: float = 0.2, data_file: Path | None = None,
              pipeline: str = "ray", live: bool = True, timeout_s: float = 3600.0, console: Any = None,
-             open_browser: bool = True, compare: bool = True) -> DemoResult:
+             open_browser: bool = True, compare: bool = True, wait_for_votes: bool = False) -> DemoResult:
     """The demo. With ``compare`` (and no ``human``) two more runs go side by side with the live one, on the same
     pairs with the same crowd answers: labels only (no judges) and the GPT-4 verdicts recorded in the data
     supplied as ``judge_votes`` under ``recorded:gpt-4`` — so the reader sees what each judge buys in labels."""
@@ -502,13 +502,13 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                     pass
         else:
             # streaming runs: pairs are labellable while the judges vote, so every annotator starts at once
+            # (wait_for_votes: once its run has every vote, the order before streaming, to time the judges)
             for ln in lanes:
                 crowd = f"recorded-crowd-{ln.run_id[:8]}"
                 token = client.create_annotator(crowd, [ln.run_id])
                 ln.annotator = SimulatedAnnotator(client, ln.run_id, token, by_id, seed=seed, delay_s=label_delay,
                                                   name=crowd, votes=draws)
                 ln.thread = threading.Thread(target=ln.annotator.run, name=f"annotator-{ln.key}", daemon=True)
-                ln.thread.start()
         annot = main.annotator
         use_live = live and console.is_terminal
         last_print = [-1, ""]
@@ -558,6 +558,9 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 if live_obj is not None:
                     live_obj.update(render_live(state))
                 for ln in lanes:
+                    if (ln.thread is not None and not ln.thread.is_alive() and ln.thread.ident is None
+                            and (not wait_for_votes or ln.status.get("status") == "ready")):
+                        ln.thread.start()
                     if ln.status.get("status") == "failed":
                         raise RuntimeError(f"run {ln.key} failed: {ln.status.get('error')}")
                     if ln.annotator is not None and ln.annotator.error:

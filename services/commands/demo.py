@@ -36,6 +36,9 @@ def demo(
     pipeline: str = typer.Option("ray", "--pipeline", help="ray (local Ray actors) | local (in-process)"),
     port: int = typer.Option(0, "--port", help="service port (default: a free one)"),
     json_out: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
+    wait_for_votes: bool = typer.Option(False, "--wait-for-votes",
+                                        help="start labelling only once every pair has its judge votes (the "
+                                             "order before streaming runs; times the judges)"),
     compare: bool = typer.Option(True, "--compare/--no-compare",
                                  help="also decide the same comparison side by side, labels only and with GPT-4's "
                                       "verdicts recorded in the data (recorded:gpt-4); off with --human"),
@@ -67,7 +70,7 @@ def demo(
     try:
         res = run_demo(n_pairs=pairs, judges=names, alpha=alpha, margin=margin, budget=budget, seed=seed,
                        human=human, data_dir=ddir, out=out, port=port, label_delay=label_delay, pipeline=pipeline,
-                       console=console, compare=compare)
+                       console=console, compare=compare, wait_for_votes=wait_for_votes)
     except ApiError as e:
         fail(e.msg, e.exit_code)
         return
@@ -104,6 +107,6 @@ def demo(
                                "estimate": res.estimate, "interval": res.interval, "n_pairs": res.n_pairs,
                                "truth": res.truth, "seconds": round(res.seconds, 1),
                                "judging_seconds": res.judging_seconds, "report": str(res.report_path),
-                               "comparison": res.comparison,
+                               "votes": res.status.get("votes"), "comparison": res.comparison,
                                "reports": {k: str(v) for k, v in res.reports.items()}}))
     raise typer.Exit(decision_exit_code(res.decision))

@@ -162,11 +162,11 @@ def test_demo_with_a_real_judge_on_ray(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo", "--judges", "gemma-3-270m-base", "--pairs", "6",
-         "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+         "--label-delay", "0", "--wait-for-votes", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None
+    assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None and summary["votes"] == 6
     html = out.read_text()
     assert "gemma-3-270m-base" in html and "Judge agreement and bias" in html
 
@@ -180,11 +180,11 @@ def test_demo_default_jury_on_ray(tmp_path):
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0",
+        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0", "--wait-for-votes",
          "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["n_pairs"] == 12 and summary["judging_seconds"] is not None
+    assert summary["n_pairs"] == 12 and summary["judging_seconds"] is not None and summary["votes"] == 12
     html = out.read_text()
     assert all(name in html for name in DEFAULT_JURY)
