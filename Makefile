@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-slow test-all bench bench-api bench-judges bench-judges-free lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-unit test-slow test-all bench bench-api bench-judges bench-judges-free lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,10 @@ run: $(BIN)/python
 
 test: $(BIN)/python
 	$(BIN)/python -m pytest
+
+# Unit tests only: no redis-server, Ray, model or subprocess is started (seconds).
+test-unit: $(BIN)/python
+	$(BIN)/python -m pytest -m 'not integration and not slow and not gpu'
 
 test-slow: $(BIN)/python
 	$(BIN)/python -m pytest -m slow

@@ -16,14 +16,19 @@ import argparse
 import http.client
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-from services.testing import ServeProcess, shutdown_embedded_redis
+# the test harness (a real `tiebreak serve` process) is not part of the installed package: tests/support/. By
+# path: a `tests` package installed by some dependency would shadow this checkout's tests/ folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.serve_process import ServeProcess, shutdown_embedded_redis  # noqa: E402
 
 ADMIN = "bench-admin-token-0123"
 

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from judges import env as env_vars
+
 Messages = list[dict[str, str]]
 PromptLike = str | Messages
 
@@ -159,7 +161,6 @@ class GGUFBackend:
 
     def __init__(self, path: str | Path, *, n_ctx: int = 4096, n_threads: int | None = None, name: str | None = None,
                  verbose: bool = False):
-        import os
 
         import xllamacpp as xlc
 
@@ -172,7 +173,7 @@ class GGUFBackend:
         p.n_ctx = n_ctx
         p.n_parallel = 1
         p.cache_prompt = True
-        threads = n_threads or int(os.environ.get("TIEBREAK_THREADS", "0")) or (os.cpu_count() or 2)
+        threads = n_threads or env_vars.threads() or (os.cpu_count() or 2)
         p.cpuparams.n_threads = threads
         p.cpuparams_batch.n_threads = threads
         p.warmup = False
@@ -243,14 +244,14 @@ class GGUFBackend:
 # --------------------------------------------------------------------------- OpenAI-compatible HTTP
 
 
-DEFAULT_KEY_HOSTS = "OPENAI_API_KEY=api.openai.com"
+DEFAULT_KEY_HOSTS = env_vars.DEFAULT_KEY_HOSTS
 
 
 def key_hosts() -> dict[str, set[str]]:
     """Which environment variable holding an API key may be sent to which hosts:
     ``TIEBREAK_API_KEY_HOSTS="OPENAI_API_KEY=api.openai.com;MY_KEY=vllm.internal,judge.internal"`` (default:
     OPENAI_API_KEY to api.openai.com only). A key is never sent anywhere else, whatever a request says."""
-    raw = os.environ.get("TIEBREAK_API_KEY_HOSTS", DEFAULT_KEY_HOSTS)
+    raw = env_vars.api_key_hosts_spec()
     out: dict[str, set[str]] = {}
     for part in raw.split(";"):
         name, _, hosts = part.partition("=")
@@ -295,10 +296,10 @@ def env_api_key(base_url: str, api_key_env: str | None) -> str | None:
         why = api_key_problem({"api_key_env": api_key_env, "base_url": base_url})
         if why:
             raise ValueError(why)
-        return os.environ.get(api_key_env)
+        return env_vars.secret(api_key_env)
     for name, hosts in bindings.items():
-        if host in hosts and os.environ.get(name):
-            return os.environ[name]
+        if host in hosts and env_vars.secret(name):
+            return env_vars.secret(name)
     return None
 
 

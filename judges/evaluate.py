@@ -89,6 +89,26 @@ def verdict(p: float) -> str:
     return "B" if p > 0.5 else "A"
 
 
+def three_way_agreement(votes: Sequence[float] | np.ndarray, human: Sequence[float] | np.ndarray) -> float:
+    """Share of pairs on which the judge's three-way verdict equals the human's.
+
+    Judge: tuned if vote > 1/2, base if vote < 1/2, tie at exactly 1/2 (or a missing vote, NaN) -- the same side
+    as ``verdict`` and decisive agreement. Human: ``y`` in {1 (tuned), 0 (base), 1/2 (tie)}.
+
+    Why no tie band (e.g. 0.4-0.6): the local judges' votes sit within ~0.01 of 1/2 (their signal is a small
+    shift between the two orders, docs/benchmarks.md "Judges"), so a band would call every such vote a tie and
+    the metric would measure only how often humans tie. A judge that means "tie" says 1/2 (recorded judges do).
+    """
+    v = np.asarray(votes, dtype=float)
+    y = np.asarray(human, dtype=float)
+    if v.shape != y.shape:
+        raise ValueError(f"votes and human labels differ in length ({v.shape} vs {y.shape})")
+    if not v.size:
+        return math.nan
+    judge = np.where(np.isnan(v), 0.5, np.sign(v - 0.5) * 0.5 + 0.5)
+    return float(np.mean(judge == y))
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
@@ -215,7 +235,7 @@ def _metrics(ps: np.ndarray, orders: np.ndarray, picks: list[tuple], secs: np.nd
         "n": len(labels),
         "n_decisive": len(dec),
         "decisive_agreement": (sum(a == h for a, h in dec) / len(dec)) if dec else None,
-        "three_way_agreement": float(np.mean([a == h for a, h in zip(v, labels, strict=True)])),
+        "three_way_agreement": three_way_agreement(ps, y),
         "swap_consistency": None if pointwise else ((sum(a == b for a, b in both) / len(both)) if both else None),
         "p_pick_a": (sum(flat_picks) / len(flat_picks)) if flat_picks else None,
         "seconds_per_pair": float(np.mean(secs)),
@@ -308,12 +328,8 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
     # ensemble injection flip: re-vote the injected pairs with every judge (cached from the per-judge pass)
     for i, it in enumerate(items[:injection_limit]):
         side = verdict(comb[i])
-        if side == "tie":
-            continue
-        target = "base" if side == "B" else "tuned"
-        inj = [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
-               for j in judges]
-        flips_e.append(verdict(ensemble(inj)[0]) != side)
+        if side != "tie":
+            flips_e.append(verdict(ensemble(_injected_votes(it, judges, side, cache))[0]) != side)
     ens = _metrics(np.array(comb), np.array(orders), picks, np.array(secs), labels, flips_e,
                    all(j.mode != "pairwise" for j in judges))
     X = np.hstack([cols[n] for n in names])
@@ -336,6 +352,14 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
                             "penalty": penalty, "folds": folds, "seed": seed, "per_order_columns": per_order}}
 
 
+def _injected_votes(it: dict, judges: Sequence[Any], side: str, cache) -> list[JudgeVote]:
+    """Every judge's vote on item ``it`` with the injection payload on the response the verdict ``side`` ("A":
+    base, "B": tuned preferred) disfavours: a robust jury keeps its verdict."""
+    target = "base" if side == "B" else "tuned"
+    return [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
+            for j in judges]
+
+
 def _calibrated_flip_rate(items: Sequence[dict], judges: Sequence[Any], names: list[str], cal, cache,
                           per_order: bool) -> float | None:
     """Share of pairs whose calibrated-jury verdict flips when the response it disfavours carries the
@@ -348,9 +372,7 @@ def _calibrated_flip_rate(items: Sequence[dict], judges: Sequence[Any], names: l
         side = verdict(g)
         if side == "tie":
             continue
-        target = "base" if side == "B" else "tuned"
-        inj = [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
-               for j in judges]
+        inj = _injected_votes(it, judges, side, cache)
         xi = np.hstack([vote_columns(j.mode, [v], per_order) for j, v in zip(judges, inj, strict=True)])
         flips.append(verdict(float(cal.predict(judge_features(xi))[0])) != side)
     return (sum(flips) / len(flips)) if flips else None

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from judges import env as env_vars
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -72,7 +74,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def model_dir() -> Path:
-    d = Path(os.environ.get("TIEBREAK_MODEL_DIR") or Path.home() / ".cache" / "tiebreak" / "models")
+    d = env_vars.model_dir()
     d.mkdir(parents=True, exist_ok=True)
     return d
 

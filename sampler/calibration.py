@@ -44,6 +44,7 @@ def judge_features(judge_votes: np.ndarray) -> np.ndarray:
 
 
 PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior calibration
+PRIOR_VARIANCE_LABELS = 20.0  # a prior's variance estimates count as this many labels of the current pool
 EB_NOISE = 2.0  # kappa in the weight (1 - kappa s^2 / C^2)+ of select_fit (1: plain empirical Bayes)
 PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  # 0.25 .. 4096, then infinity
 
@@ -71,7 +72,7 @@ def loo_squared_errors(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = P
 
 
 def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
-               grid: tuple[float, ...] = PENALTY_GRID) -> tuple[int, float, float]:
+               grid: tuple[float, ...] = PENALTY_GRID) -> tuple[int, float, float, float]:
     """Choose (base, penalty, weight) for g = ybar + w (b0 + x (base + delta) - ybar), delta the ridge fit of
     y - x base: a continuous (empirical-Bayes) amount of trust in the judges instead of an all-or-nothing rule.
 
@@ -81,23 +82,35 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
        covariances taken on leave-one-out predictions so that the fit's own overfitting is not rewarded):
        with r_i = y_i - ybar_(-i) and d_i = yhat_(-i) - ybar_(-i) (the fit's leave-one-out departure from the
        leave-one-out mean), the LOO error of ybar + w d is V - 2 w C + w^2 D, C = mean(r d), D = mean(d^2),
-       least at w = C / D. C is estimated with standard error s = sd(r d) / sqrt(n); treating
-       C_hat ~ N(C, s^2) with C ~ N(0, tau^2), tau^2 estimated by (C_hat^2 - s^2)+, the posterior mean of C is
-       C_hat (1 - s^2 / C_hat^2)+ (positive-part James-Stein / empirical Bayes; Efron & Morris 1973), so
-           w = clip( (C_hat / D) (1 - kappa s^2 / C_hat^2)+ , 0, 1 ),   kappa = EB_NOISE = 2.
+       least at w = C / D: the least-squares slope of r on d through the origin. Its noise is that of a
+       regression slope given the d's, Var(w_hat | d) = sigma^2 / (n D) with sigma^2 = sum (r - w_hat d)^2 /
+       (n - 1), i.e. C_hat has standard error s, s^2 = sigma^2 D / n, and C_hat / s is the slope's ordinary
+       t-statistic (tests cross-check it against statsmodels' OLS). Treating C_hat ~ N(C, s^2) with
+       C ~ N(0, tau^2), tau^2 estimated by (C_hat^2 - s^2)+, the posterior mean of C is C_hat (1 - s^2 /
+       C_hat^2)+ (positive-part James-Stein / empirical Bayes; Efron & Morris 1973), so
+           C_post = C_hat (1 - kappa s^2 / C_hat^2)+,   w = min(1, C_post / D),   kappa = EB_NOISE = 2.
        kappa = 1 is that posterior mean; kappa = 2 because C_hat is taken for the best of 2 x 16 candidates on
-       the same residuals (optimistic) and s is estimated from the same n heavy-tailed products, so a useless
-       judge clears kappa = 1 too often (measured: useless-judge worst case 1.026x classical with kappa = 1,
-       1.015x with kappa = 2; docs/statistics.md). A useless judge has C_hat ~ N(0, s^2): w = 0 unless
-       |t| = C_hat / s > sqrt(2), and small then; a judge whose LOO covariance is k standard errors gets
-       (1 - 2/k^2) of its fitted weight.
-    Returns (index of the base, penalty, w); w = 0 means g = the label mean (bases[0] with penalty infinity:
-    the reference). Needs only the labels given (the caller passes past labels only), so it is predictable.
+       the same residuals (optimistic), so a useless judge clears kappa = 1 too often (measured on the
+       shuffled-judge PandaLM pools: worst 1.040x classical with kappa = 1, 1.025x with kappa = 2;
+       docs/statistics.md). A useless judge has t ~ N(0, 1): w = 0 unless |t| > sqrt(2), and small then; a
+       judge whose slope is k standard errors gets (1 - 2/k^2) of its fitted weight. (Before, s was taken as
+       sd(r d) / sqrt(n), the unconditional spread of the products; for a judge explaining a share R2 of the
+       variance that is larger by about sqrt((1 + R2) / (1 - R2)), so a good judge was trusted later; Arena
+       ppi 2,858 -> 2,842 labels with the conditional one, same seeds, both with the new bet scaling.)
+    3. The predicted variance ratio of labels to residuals, V / (V - 2 w C_post + w^2 D) with V = mean(r^2):
+       the leave-one-out error of the label mean over the posterior-expected leave-one-out error of the
+       weighted fit (C replaced by its empirical-Bayes posterior mean, so that the noise in C_hat does not
+       inflate the predicted gain: for w = C_post / D < 1 it is 1 / (1 - C_post^2 / (D V))). It is exactly 1
+       when w = 0 and grows only as the judges earn trust. The confidence sequence scales its bets by it
+       (variance-adaptive bets, sampler.engine).
+    Returns (index of the base, penalty, w, variance ratio); w = 0 means g = the label mean (bases[0] with
+    penalty infinity: the reference) and ratio 1. Needs only the labels given (the caller passes past labels
+    only), so it is predictable.
     """
     n = y.size
     inf = float("inf")
     if n < 3:
-        return 0, inf, 0.0
+        return 0, inf, 0.0, 1.0
     pens = np.asarray(list(grid) + [inf])
     res = [loo_residuals(x, y - x @ b, grid) for b in bases]
     ref = res[0][-1]
@@ -107,24 +120,31 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
     c_hat = float(np.mean(ref * d))
     d2 = float(np.mean(d * d))
     if c_hat <= 0.0 or d2 <= 1e-15 * max(float(np.mean(ref * ref)), 1e-300):
-        return 0, inf, 0.0
-    s2 = float(np.var(ref * d, ddof=1)) / n
-    w = min(1.0, c_hat / d2 * max(0.0, 1.0 - EB_NOISE * s2 / c_hat**2))
+        return 0, inf, 0.0, 1.0
+    w_hat = c_hat / d2
+    # the regression of r on d through the origin: Var(w_hat | d) = sigma^2 / (n D), sigma^2 the residual
+    # variance, so t^2 = w_hat^2 n D / sigma^2; s^2 = sigma^2 D / n is the matching variance of C_hat
+    s2 = float(np.sum((ref - w_hat * d) ** 2)) / (n - 1) * d2 / n
+    c_post = c_hat * max(0.0, 1.0 - EB_NOISE * s2 / c_hat**2)
+    w = min(1.0, c_post / d2)
     if w <= 0.0:
-        return 0, inf, 0.0
-    return int(k), float(pens[j]), w
+        return 0, inf, 0.0, 1.0
+    v = float(np.mean(ref * ref))
+    ratio = v / max(v - 2.0 * w * c_post + w * w * d2, 1e-12 * v)
+    return int(k), float(pens[j]), w, ratio
 
 
-def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, float]:
     """Intercept and coefficients of ybar + w (b0 + x (base + delta) - ybar), with (base, penalty, w) chosen by
-    select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are)."""
+    select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are), and select_fit's
+    out-of-sample variance ratio (labels over residuals)."""
     bases = [np.zeros(x.shape[1]), identity_coef(x.shape[1])]
-    k, pen, w = select_fit(x, y, bases)
+    k, pen, w, ratio = select_fit(x, y, bases)
     y_mean = float(y.mean())
     if w == 0.0:
-        return y_mean, np.zeros(x.shape[1])
+        return y_mean, np.zeros(x.shape[1]), 1.0
     b0, delta = ridge_fit(x, y - x @ bases[k], pen)
-    return (1.0 - w) * y_mean + w * b0, w * (bases[k] + delta)
+    return (1.0 - w) * y_mean + w * b0, w * (bases[k] + delta), ratio
 
 
 def identity_coef(n_features: int) -> np.ndarray:
@@ -147,13 +167,23 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, penalty: float) -> tuple[float, np.n
 
 @dataclass(frozen=True)
 class JudgeCalibration:
-    """g(x) = clip(b0 + x.beta, 0, 1) and v(x) = clip(c0 + x.gamma, v_min, 1/4); fitted on n_labels labels."""
+    """g(x) = clip(b0 + x.beta, 0, 1) and v(x) = clip(c0 + x.gamma, v_min, 1/4); fitted on n_labels labels.
+
+    label_var and resid_var: out-of-sample (leave-one-out) estimates of Var(Y) and of E[(Y - g(x))^2] on the
+    labels of the fit; their ratio is what the judges are predicted to save per label (variance_ratio)."""
 
     intercept: float
     coef: tuple[float, ...]
     var_intercept: float
     var_coef: tuple[float, ...]
     n_labels: int
+    label_var: float = 0.25
+    resid_var: float = 0.25
+
+    @property
+    def variance_ratio(self) -> float:
+        """Var(Y) / E[(Y - g)^2], estimated out of sample; 1 for a constant calibration."""
+        return self.label_var / self.resid_var if self.resid_var > 0 else 1.0
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return np.clip(self.intercept + features @ np.asarray(self.coef), 0.0, 1.0)
@@ -193,16 +223,42 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | N
         penalty = PRIOR_PENALTY
     if penalty is None:
         # how much to trust the judges (none, some, all of the fit) and which fit, from these labels (select_fit)
-        b0, beta = shrunk_ridge_fit(features, labels)
+        b0, beta, ratio = shrunk_ridge_fit(features, labels)
+        label_var = _loo_label_variance(labels)
+        resid_var = label_var / ratio
     else:
         b0, delta = ridge_fit(features, labels - features @ base_coef, float(penalty))
         beta = base_coef + delta
+        label_var = _loo_label_variance(labels)
+        resid_var = _loo_resid_variance(features, labels - features @ base_coef, float(penalty), label_var)
+    if prior is not None:
+        # the prior's estimates, worth PRIOR_VARIANCE_LABELS labels, pooled with this pool's out-of-sample ones
+        k = PRIOR_VARIANCE_LABELS
+        label_var = (k * prior.label_var + n * label_var) / (k + n)
+        resid_var = (k * prior.resid_var + n * resid_var) / (k + n)
     g = np.clip(b0 + features @ beta, 0.0, 1.0)
     target_v = (labels - g) ** 2 - features @ base_var
     if penalty is None:
-        c0, delta_v = shrunk_ridge_fit(features, target_v)
+        c0, delta_v, _ = shrunk_ridge_fit(features, target_v)
     else:
         c0, delta_v = ridge_fit(features, target_v, float(penalty))
     n_total = n + (prior.n_labels if prior is not None else 0)
-    return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple((base_var + delta_v).tolist()), n_total)
+    return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple((base_var + delta_v).tolist()), n_total,
+                            label_var, resid_var)
 
+
+def _loo_label_variance(y: np.ndarray) -> float:
+    """Leave-one-out mean squared error of the label mean, mean((y - ybar)^2) (n / (n - 1))^2 -- the V of
+    select_fit; 1/4 (the largest variance of a [0, 1] label) when n < 3 or the labels are all equal."""
+    n = y.size
+    if n < 3 or np.ptp(y) == 0:
+        return 0.25
+    return float(np.mean((y - y.mean()) ** 2)) * (n / (n - 1.0)) ** 2
+
+
+def _loo_resid_variance(x: np.ndarray, target: np.ndarray, penalty: float, label_var: float) -> float:
+    """Exact leave-one-out mean squared error of the ridge fit (fixed penalty) of ``target`` (labels minus a
+    prior's prediction); label_var when n < 3."""
+    if target.size < 3:
+        return label_var
+    return max(float(np.mean(loo_residuals(x, target, (penalty,))[0] ** 2)), 1e-12)

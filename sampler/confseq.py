@@ -95,6 +95,11 @@ class BettingConfidenceSequence:
         self.excluded_above = np.zeros(self.grid.size, dtype=bool)  # theta < m established
         self._lambdas = np.asarray(bets.lambdas, dtype=float)
         self._threshold = math.log(2.0 / self.alpha) + math.log(k)  # mixture: log(mean) >= log(2/alpha)
+        # running max over time of log(mean capital) per candidate (+inf: excluded deterministically), so the
+        # CS can be read at any one-sided level beta: m excluded from below iff max_log_plus[m] >= log(1/beta)
+        # (sampler.family: Holm's step-down levels; Ville's inequality holds for the running max)
+        self.max_log_plus = np.zeros(self.grid.size)
+        self.max_log_minus = np.zeros(self.grid.size)
 
     def update(self, x: float, null_mean: np.ndarray, lo: float, hi: float, scale: float = 1.0,
                mean_lo: float = -np.inf, mean_hi: float = np.inf,
@@ -121,15 +126,47 @@ class BettingConfidenceSequence:
         lam_minus = np.minimum(lam[None, :], (clip / np.maximum(hi - c_minus, tol_minus))[:, None])
         self.log_k_plus += np.log1p(np.maximum(lam_plus * (x - c_plus)[:, None], -clip))
         self.log_k_minus += np.log1p(np.maximum(-lam_minus * (x - c_minus)[:, None], -clip))
-        self.excluded_below |= ((_logsumexp_rows(self.log_k_plus) >= self._threshold)
-                                | (c_plus < mean_lo - tol_plus) | (c_plus < lo - tol_plus))
-        self.excluded_above |= ((_logsumexp_rows(self.log_k_minus) >= self._threshold)
-                                | (c_minus > mean_hi + tol_minus) | (c_minus > hi + tol_minus))
+        lse_plus, lse_minus = _logsumexp_rows(self.log_k_plus), _logsumexp_rows(self.log_k_minus)
+        sure_below = (c_plus < mean_lo - tol_plus) | (c_plus < lo - tol_plus)
+        sure_above = (c_minus > mean_hi + tol_minus) | (c_minus > hi + tol_minus)
+        self.excluded_below |= (lse_plus >= self._threshold) | sure_below
+        self.excluded_above |= (lse_minus >= self._threshold) | sure_above
+        log_k = math.log(len(self.bets.lambdas))
+        self.max_log_plus = np.where(sure_below, np.inf, np.maximum(self.max_log_plus, lse_plus - log_k))
+        self.max_log_minus = np.where(sure_above, np.inf, np.maximum(self.max_log_minus, lse_minus - log_k))
 
     def exclude_outside(self, lower: float, upper: float) -> None:
         """Deterministic knowledge (e.g. the whole pool is labelled): theta lies in [lower, upper]."""
         self.excluded_below |= self.grid < lower
         self.excluded_above |= self.grid > upper
+        self.max_log_plus[self.grid < lower] = np.inf
+        self.max_log_minus[self.grid > upper] = np.inf
+
+    def one_sided_p_values(self, m: float) -> tuple[float, float]:
+        """Anytime-valid p-values (p_plus, p_minus) for H+: theta <= m and H-: theta >= m.
+
+            p_plus_t = 1 / min_{grid point m' <= m} max_{s <= t} mean_k K+_s(m'; lam_k)
+
+        If theta = m0 <= m (m0 a grid point), p_plus_t <= 1 / max_s K+_s(m0), and Ville's inequality for the
+        test martingale K+(m0) gives P(exists t: p_plus_t <= beta) <= beta. Non-increasing in t. p_plus <= beta
+        is this CS's "theta > m" read at the one-sided level beta (the CS itself uses beta = alpha/2 a side).
+        """
+        below, above = self.grid <= m + 1e-12, self.grid >= m - 1e-12
+        lp = float(self.max_log_plus[below].min()) if below.any() else np.inf
+        lm = float(self.max_log_minus[above].min()) if above.any() else np.inf
+        return math.exp(-lp) if lp < 745 else 0.0, math.exp(-lm) if lm < 745 else 0.0
+
+    def interval_at(self, beta_plus: float, beta_minus: float) -> Interval:
+        """The interval with the lower side read at one-sided level beta_plus and the upper at beta_minus
+        (the CS's own interval is interval_at(alpha/2, alpha/2), up to its exclusions at alpha)."""
+        below = self.excluded_below | (self.max_log_plus >= math.log(1.0 / beta_plus))
+        above = self.excluded_above | (self.max_log_minus >= math.log(1.0 / beta_minus))
+        first_kept = int(np.argmin(below)) if not below.all() else below.size
+        lower = float(self.grid[first_kept - 1]) if first_kept > 0 else 0.0
+        top = above[::-1]
+        first_kept_top = int(np.argmin(top)) if not top.all() else top.size
+        upper = float(self.grid[::-1][first_kept_top - 1]) if first_kept_top > 0 else 1.0
+        return Interval(lower, upper)
 
     def interval(self) -> Interval:
         """(lower, upper) with theta > lower and theta < upper unless equal to a bound, w.p. >= 1 - alpha.
@@ -161,6 +198,7 @@ class BettingConfidenceSequence:
             "log_k_minus": pack(self.log_k_minus),
             "excluded_below": pack(self.excluded_below, "u1"),
             "excluded_above": pack(self.excluded_above, "u1"),
+            "max_log": [pack(self.max_log_plus), pack(self.max_log_minus)],
         }
 
     @classmethod
@@ -171,6 +209,12 @@ class BettingConfidenceSequence:
         cs.log_k_minus = unpack(d["log_k_minus"]).reshape(cs.log_k_minus.shape)
         cs.excluded_below = unpack(d["excluded_below"], "u1").astype(bool)
         cs.excluded_above = unpack(d["excluded_above"], "u1").astype(bool)
+        if "max_log" in d:
+            cs.max_log_plus, cs.max_log_minus = unpack(d["max_log"][0]), unpack(d["max_log"][1])
+        else:  # a state saved before the running max was kept: today's capital is a valid (smaller) stand-in
+            log_k = math.log(len(cs.bets.lambdas))
+            cs.max_log_plus = np.where(cs.excluded_below, np.inf, _logsumexp_rows(cs.log_k_plus) - log_k)
+            cs.max_log_minus = np.where(cs.excluded_above, np.inf, _logsumexp_rows(cs.log_k_minus) - log_k)
         return cs
 
 

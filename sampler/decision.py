@@ -11,7 +11,8 @@ that the CS has *excluded* (sampler.confseq) --
 Because the CS covers theta at every time simultaneously, these hold under optional stopping.
 
 Several criteria (overall, accuracy, ...) split alpha by Bonferroni: alpha_c = alpha / n_criteria, so the
-probability that *any* criterion's verdict is wrong is <= alpha. A sequence of checkpoints spends alpha with
+probability that *any* criterion's verdict is wrong is <= alpha (sampler.family: the same CSs read with Holm's
+step-down, never later than Bonferroni). A sequence of checkpoints spends alpha with
 alpha_k = alpha * 6 / (pi^2 k^2), k = 1, 2, ...  (sum_k 6/(pi^2 k^2) = 1), so the family-wise error of every
 better/worse verdict of an experiment, however many checkpoints arrive, stays <= alpha.
 """
@@ -33,6 +34,11 @@ class Decision(StrEnum):
     @property
     def final(self) -> bool:
         return self is not Decision.RUNNING
+
+
+# better, worse, equivalent, undecided. Members of a StrEnum hash and compare as their values, so the decision
+# strings of a JSON status test against it directly ("better" in FINAL_DECISIONS).
+FINAL_DECISIONS = frozenset(d for d in Decision if d.final)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ draw (a predictable choice: factor 1). Labels of pairs outside every running sli
 
 Multiplicity. The family is the overall verdict plus one verdict per slice (per criterion when criteria exist).
 Each question is tested at alpha / ((1 + K) C) (Bonferroni, ``slice_alpha``): the probability that any of
-them is wrong is <= alpha by the union bound, whatever the dependence between overlapping slices. Label noise
+them is wrong is <= alpha by the union bound, whatever the dependence between overlapping slices
+(sampler.family runs criteria and slices on one draw sequence and reads these same CSs with Holm's step-down,
+which gives every verdict Bonferroni gives and more). Label noise
 and pool versions are handled per slice exactly as for the overall comparison (sampler.engine docstring).
 
 Stop rule: a run is finished when the overall verdict is final and every slice's verdict is final -- better /
@@ -310,6 +312,14 @@ class SliceTracker:
             if size and not self.decisions[k].final:
                 theta, slack = self.sums[k] / size, self._noise(size, size) / size
                 self.cs[k].exclude_outside(theta - slack, theta + slack)
+
+    def settle(self, comp, k: int, decision: Decision) -> None:
+        """Slice k's verdict given by the family's multiple-testing step (sampler.family); persisted with the
+        decisions. Freezes the slice's evidence like any verdict."""
+        if not decision.final:
+            raise ValueError("settle takes a final decision")
+        if not self.decisions[k].final:
+            self.decisions[k] = decision
 
     def catch_up(self, comp) -> None:
         """After the overall verdict: process the draws whose labels are in, in order, with the frozen g."""

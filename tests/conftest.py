@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -24,6 +25,36 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _state.update(dir=d, old=os.environ.get("TMPDIR", ""))
     os.environ["TMPDIR"] = d
     tempfile.tempdir = d
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ and tests/slow/ is marked ``integration``: tests/unit/ starts no process
+    (no redis-server, no subprocess), which is what `make test-unit` runs."""
+    for item in items:
+        if {"integration", "slow"} & set(Path(str(item.fspath)).parts[-2:-1]):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def ray_local():
+    """A local Ray shared by consecutive tests that need it (starting one costs ~5-10 s on 2 cores): started by
+    the first, shut down after the last of a run of such tests (``pytest_runtest_teardown`` below), so it does
+    not idle under the rest of the suite."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if "ray_local" in getattr(item, "fixturenames", ()) and "ray_local" not in getattr(nextitem, "fixturenames", ()):
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _redis_servers_under(d: str) -> list[psutil.Process]:

@@ -1,4 +1,8 @@
-"""Dependencies: the service objects (from app.state) and the caller's identity (Bearer tokens, services/tokens.py).
+"""Dependencies: the service objects and the caller's identity (Bearer tokens, services/tokens.py).
+
+The app's objects live in one typed ``AppServices`` (``app.state.services``, built by ``create_app``); routes take
+them as typed parameters, e.g. ``def route(runs: RunsDep, settings: SettingsDep)``, never through
+``request.app.state``.
 
 All are ``async def``: FastAPI runs a plain ``def`` dependency in the threadpool, one thread hop each, which was
 most of the per-request cost of the label hot path. A token is resolved once per request: by ``GuardMiddleware``
@@ -6,35 +10,90 @@ for requests with a body (before the body is read), else here; lookups are cache
 
 from __future__ import annotations
 
-from fastapi import Depends, HTTPException, Request
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.errors import Forbidden, TooLarge, Unauthorized
+from services.metrics import Metrics
 from services.runs import RunService
+from services.settings import Settings
 from services.store import RedisStore
 from services.tokens import Principal, TokenRegistry
+from services.webhooks import WebhookSender
 
-__all__ = ["Principal", "admin", "get_runs", "get_store", "principal", "run_access", "integration_access",
-           "experiment_access", "metrics_access"]
+__all__ = ["AppServices", "MetricsDep", "Principal", "RunsDep", "ServicesDep", "SettingsDep", "StoreDep",
+           "TokensDep", "WebhooksDep", "admin", "experiment_access", "get_runs", "get_store", "integration_access",
+           "metrics_access", "principal", "run_access", "services_of"]
 
 bearer = HTTPBearer(auto_error=False, description="TIEBREAK_ADMIN_TOKEN or a token from POST /v1/annotators or "
                                                   "POST /v1/tokens")
 
 
+@dataclass
+class AppServices:
+    """Everything a route may need, typed (``create_app`` builds it once per app)."""
+    settings: Settings
+    store: RedisStore
+    runs: RunService
+    metrics: Metrics
+    webhooks: WebhookSender
+    tokens: TokenRegistry
+    pipeline: Any                 # services.pipeline.Pipeline, or None when the pipeline is off
+    # services.experiments.ExperimentService: built on first use (services/api/experiments.py, ExperimentsDep) so
+    # that an app whose clients never call /v1/experiments starts no signal watcher; the only field set later
+    experiments: Any = None
+
+
+def services_of(app: FastAPI | Any) -> AppServices:
+    return app.state.services
+
+
+async def get_services(request: Request) -> AppServices:
+    return request.app.state.services
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.services.settings
+
+
 async def get_store(request: Request) -> RedisStore:
-    return request.app.state.store
+    return request.app.state.services.store
 
 
 async def get_runs(request: Request) -> RunService:
-    return request.app.state.runs
+    return request.app.state.services.runs
 
 
-def unauthorized(msg: str) -> HTTPException:
-    return HTTPException(401, [{"loc": ["header", "Authorization"], "msg": msg, "type": "unauthorized"}],
-                         headers={"WWW-Authenticate": "Bearer"})
+async def get_metrics(request: Request) -> Metrics:
+    return request.app.state.services.metrics
 
 
-def forbidden(msg: str, loc: list | None = None) -> HTTPException:
-    return HTTPException(403, [{"loc": loc or ["header", "Authorization"], "msg": msg, "type": "forbidden"}])
+async def get_webhooks(request: Request) -> WebhookSender:
+    return request.app.state.services.webhooks
+
+
+async def get_tokens(request: Request) -> TokenRegistry:
+    return request.app.state.services.tokens
+
+
+ServicesDep = Annotated[AppServices, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[RedisStore, Depends(get_store)]
+RunsDep = Annotated[RunService, Depends(get_runs)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]
+TokensDep = Annotated[TokenRegistry, Depends(get_tokens)]
+
+
+def unauthorized(msg: str) -> Unauthorized:
+    return Unauthorized(msg)
+
+
+def forbidden(msg: str, loc: list | None = None) -> Forbidden:
+    return Forbidden(msg, loc=loc or ["header", "Authorization"], type_="forbidden")
 
 
 MISSING = "missing token: send 'Authorization: Bearer TOKEN'"
@@ -50,13 +109,14 @@ def resolve_header(tokens: TokenRegistry, value: str | None) -> tuple[Principal 
     return tokens.resolve(cred.strip())
 
 
-async def principal(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+async def principal(request: Request, tokens: TokensDep,
+                    cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
     got = request.scope.get("tiebreak.principal")
     if got is not None:
         return got
     if cred is None or not cred.credentials:
         raise unauthorized(MISSING)
-    p, why = request.app.state.tokens.resolve(cred.credentials)
+    p, why = tokens.resolve(cred.credentials)
     if p is None:
         raise unauthorized(why)
     return p
@@ -91,11 +151,11 @@ async def experiment_access(exp: str, p: Principal = Depends(principal)) -> Prin
     return p
 
 
-async def metrics_access(request: Request) -> None:
+async def metrics_access(request: Request, settings: SettingsDep, tokens: TokensDep) -> None:
     """/metrics: open when ``settings.metrics_public``; otherwise the admin token or a metrics token."""
-    if request.app.state.settings.metrics_public:
+    if settings.metrics_public:
         return
-    p, why = resolve_header(request.app.state.tokens, request.headers.get("authorization"))
+    p, why = resolve_header(tokens, request.headers.get("authorization"))
     if p is None:
         raise unauthorized(why + " (or start the server with TIEBREAK_METRICS_PUBLIC=1)")
     if not (p.is_admin or p.role == "metrics"):
@@ -127,8 +187,7 @@ class GuardMiddleware:
             auth = headers.get(b"authorization")
             p, why = resolve_header(self.tokens, auth.decode("latin-1") if auth else None)
             if p is None:
-                await _error(send, 401, ["header", "Authorization"], why, "unauthorized",
-                             [(b"www-authenticate", b"Bearer")])
+                await _send_error(send, Unauthorized(why))
                 return
             # in place: the outer MeasureMiddleware reads the matched route from this same scope dict
             scope["tiebreak.principal"] = p
@@ -144,7 +203,7 @@ class GuardMiddleware:
             except ValueError:
                 n = -1
             if n > limit:
-                await _error(send, 413, ["body"], _too_large(limit), "too_large")
+                await _send_error(send, _too_large(limit))
                 return
         seen = [0]
 
@@ -153,22 +212,27 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 seen[0] += len(message.get("body", b""))
                 if seen[0] > limit:
-                    raise HTTPException(413, [{"loc": ["body"], "msg": _too_large(limit), "type": "too_large"}])
+                    # as an HTTPException: FastAPI turns any other exception from reading the body into a 400
+                    err = _too_large(limit)
+                    raise HTTPException(err.status_code, err.detail())
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _too_large(limit: int) -> str:
-    return (f"request body over {limit / 2**20:.0f} MiB (TIEBREAK_MAX_BODY_MB); send the pairs in batches: create "
-            "the run with the first batch, then POST /v1/runs/{id}/pairs for the rest")
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"request body over {limit / 2**20:.0f} MiB (TIEBREAK_MAX_BODY_MB); send the pairs in batches: "
+                    "create the run with the first batch, then POST /v1/runs/{id}/pairs for the rest",
+                    loc=["body"], type_="too_large")
 
 
-async def _error(send, status: int, loc: list, msg: str, typ: str, extra: list | None = None) -> None:
+async def _send_error(send, exc: Unauthorized | TooLarge) -> None:
+    """The error body of services/errors.py, sent before any route (and its exception handlers) runs."""
     import json
 
-    body = json.dumps({"detail": [{"loc": loc, "msg": msg, "type": typ}]}).encode()
-    await send({"type": "http.response.start", "status": status,
+    body = json.dumps(exc.body()).encode()
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+    await send({"type": "http.response.start", "status": exc.status_code,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *(extra or [])]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})

@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sampler.decision import Decision
+
 Verdict = Literal["left", "right", "tie"]
-DecisionName = Literal["running", "better", "worse", "equivalent", "undecided"]
+DecisionName = Decision         # sampler/decision.py: running | better | worse | equivalent | undecided
 
 MAX_TEXT = 200_000
 MAX_SLICES = 50          # = sampler.slices.MAX_SLICES: slices of interest one run follows (each costs alpha)
@@ -234,6 +236,9 @@ class RunStatus(BaseModel):
     error: str | None
     created_at: float
     alpha_split: str | None = None
+    multiplicity: str | None = Field(None, description="how alpha is shared over the run's questions: 'holm' "
+                                                       "(one draw sequence) or null (a run stored before it: "
+                                                       "bonferroni, as alpha_split says)")
     pool_version: int | None = None
     slices: dict[str, SliceStatus] = Field(default_factory=dict, description="per-slice verdicts (overall)")
     slice_warnings: list[str] = Field(default_factory=list,
@@ -346,4 +351,5 @@ class ErrorItem(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    detail: list[ErrorItem] | str
+    """Every 4xx/5xx body (services/errors.py; docs/api.md, "Errors")."""
+    detail: list[ErrorItem]

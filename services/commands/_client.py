@@ -5,14 +5,17 @@ Errors carry the CLI exit code they map to: 1 (server unreachable, 5xx, unexpect
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
 
+from sampler.decision import FINAL_DECISIONS, Decision
+from services.settings import ClientSettings
+
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINAL = ("better", "worse", "equivalent", "undecided")
+FINAL = FINAL_DECISIONS      # better, worse, equivalent, undecided
+DECIDED = FINAL - {Decision.UNDECIDED}
 
 
 class ApiError(Exception):
@@ -39,8 +42,9 @@ def _detail(r: httpx.Response) -> str:
 
 class Client:
     def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 60.0):
-        self.server = (server or os.environ.get("TIEBREAK_URL") or os.environ.get("TIEBREAK_SERVER") or DEFAULT_SERVER).rstrip("/")
-        self.token = token if token is not None else os.environ.get("TIEBREAK_ADMIN_TOKEN", "")
+        env = ClientSettings()
+        self.server = (server or env.server_url or DEFAULT_SERVER).rstrip("/")
+        self.token = token if token is not None else env.admin_token
         self.http = httpx.Client(base_url=self.server, timeout=timeout,
                                  headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
 
@@ -93,8 +97,8 @@ class Client:
 
 def decision_exit_code(decision: str) -> int:
     """0 decided (better/worse/equivalent), 3 undecided at budget; a still-running run is an error (1)."""
-    if decision in ("better", "worse", "equivalent"):
+    if decision in DECIDED:
         return EXIT_OK
-    if decision == "undecided":
+    if decision == Decision.UNDECIDED:
         return EXIT_UNDECIDED
     return EXIT_ERROR

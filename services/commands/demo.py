@@ -36,6 +36,12 @@ def demo(
     pipeline: str = typer.Option("ray", "--pipeline", help="ray (local Ray actors) | local (in-process)"),
     port: int = typer.Option(0, "--port", help="service port (default: a free one)"),
     json_out: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
+    wait_for_votes: bool = typer.Option(False, "--wait-for-votes",
+                                        help="start labelling only once every pair has its judge votes (the "
+                                             "order before streaming runs; times the judges)"),
+    compare: bool = typer.Option(True, "--compare/--no-compare",
+                                 help="also decide the same comparison side by side, labels only and with GPT-4's "
+                                      "verdicts recorded in the data (recorded:gpt-4); off with --human"),
 ) -> None:
     from rich.console import Console
 
@@ -64,7 +70,7 @@ def demo(
     try:
         res = run_demo(n_pairs=pairs, judges=names, alpha=alpha, margin=margin, budget=budget, seed=seed,
                        human=human, data_dir=ddir, out=out, port=port, label_delay=label_delay, pipeline=pipeline,
-                       console=console)
+                       console=console, compare=compare, wait_for_votes=wait_for_votes)
     except ApiError as e:
         fail(e.msg, e.exit_code)
         return
@@ -79,10 +85,28 @@ def demo(
     console.print(f"\n[bold]{res.decision.upper()}[/bold] after {res.labels} human labels on {res.n_pairs} pairs: "
                   f"estimate {res.estimate:.3f}, {100 * (1 - alpha):g}% interval ({lo:.3f}, {hi:.3f}) "
                   f"(recorded crowd θ on this pool: {res.truth:.3f}); {res.seconds:.0f} s in all{judged}.")
+    if len(res.comparison) > 1:
+        from services.demo import RECORDED_NOTE, worth_line
+
+        console.print("side by side (same pairs, same crowd answers, same α):")
+        for r in res.comparison:
+            lo, hi = r["interval"]
+            console.print(f"  {r['title']:<26} judges {r['judges']:<52} {r['labels']:>3} labels → "
+                          f"{r['decision']} ({lo:.3f}, {hi:.3f})", soft_wrap=True, highlight=False)
+        if any(r["lane"] == "recorded" for r in res.comparison):
+            console.print(f"[dim]{RECORDED_NOTE}.[/dim]", soft_wrap=True)
+        worth = worth_line(res.comparison)
+        if worth:
+            console.print(worth, soft_wrap=True)
     console.print(f"report: {res.report_path}")
+    for key, path in res.reports.items():
+        if path != res.report_path:
+            console.print(f"report ({key}): {path}", soft_wrap=True)
     if json_out:
         typer.echo(json.dumps({"run_id": res.run_id, "decision": res.decision, "labels": res.labels,
                                "estimate": res.estimate, "interval": res.interval, "n_pairs": res.n_pairs,
                                "truth": res.truth, "seconds": round(res.seconds, 1),
-                               "judging_seconds": res.judging_seconds, "report": str(res.report_path)}))
+                               "judging_seconds": res.judging_seconds, "report": str(res.report_path),
+                               "votes": res.status.get("votes"), "comparison": res.comparison,
+                               "reports": {k: str(v) for k, v in res.reports.items()}}))
     raise typer.Exit(decision_exit_code(res.decision))

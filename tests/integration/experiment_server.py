@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-import uvicorn
+
+from services.runner import AppServer
 
 ADMIN = "admin-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -37,20 +31,10 @@ def serve_app(data_dir, pipeline: str = "off") -> Iterator[tuple[str, object]]:
     settings = Settings(admin_token=ADMIN, pipeline=pipeline, webhook_backoff_s=0.05,
                         outbound_allow_loopback=True)       # the webhook receiver listens on 127.0.0.1
     app = create_app(store=store, settings=settings, routers=routers)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    t0 = time.time()
-    while not server.started:
-        if time.time() - t0 > 30 or not th.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        with AppServer(app) as server:
+            yield server.url, app
     finally:
-        server.should_exit = True
-        th.join(10)
         store.close()       # stops the embedded redis-server (saved: a later open of data_dir reads it back)
 
 

@@ -101,6 +101,60 @@ def test_demo_labels_only_end_to_end(tmp_path):
     assert Path(summary["report"]) == out.resolve() and "Vicuna-80" in out.read_text()
 
 
+def _labels_in_report(html: str) -> int:
+    """The label count a run's own report states (the service renders it from the run's state)."""
+    m = re.search(r"<b>(\d+)</b><span>human labels", html)
+    assert m, "the report states no label count"
+    return int(m.group(1))
+
+
+def test_demo_side_by_side_names_the_recorded_judge_and_prints_each_runs_labels(tmp_path):
+    """`tiebreak demo` (default free jury, in-process pipeline) decides the same comparison three ways — the local
+    jury, labels only, GPT-4's recorded verdicts as judge_votes — and says the recorded judge is recorded. The label
+    counts it prints are those of the three runs: each matches the count in that run's own service report."""
+    out = tmp_path / "demo.html"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--pairs", "16", "--pipeline", "local", "--seed", "2",
+         "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["lane"]: r for r in summary["comparison"]}
+    assert set(rows) == {"live", "labels-only", "recorded"}
+    assert rows["recorded"]["judges"] == "recorded:gpt-4" and rows["labels-only"]["judges"] == "none"
+    text = " ".join(proc.stderr.split())      # rich wraps lines
+    assert "recorded:gpt-4" in text and "recorded, not computed" in text
+    side = re.search(r"side by side \(same pairs, same crowd answers, same α\):(.*?) report:", text)
+    assert side, text[-1500:]
+    printed = [int(n) for n in re.findall(r"(\d+) labels →", side.group(1))]
+    assert printed == [r["labels"] for r in summary["comparison"]]
+    reports = {k: Path(v) for k, v in summary["reports"].items()}
+    assert reports["live"] == out.resolve()
+    for lane, row in rows.items():
+        html = reports[lane].read_text()
+        assert _labels_in_report(html) == row["labels"] >= 1
+    main_html = out.read_text()
+    assert "Side by side" in main_html and "recorded, not computed" in main_html
+    assert reports["recorded"].name in main_html and "recorded:gpt-4" in reports["recorded"].read_text()
+    d = rows["labels-only"]["labels"] - rows["live"]["labels"]
+    verb = "saved" if d > 0 else "bought nothing" if d == 0 else "cost"
+    assert f"On this run the local jury {verb}" in text
+
+
+def test_demo_no_compare_runs_one_run(tmp_path):
+    out = tmp_path / "demo.html"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo", "--judges", "none", "--no-compare", "--pairs", "10",
+         "--pipeline", "local", "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out),
+         "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["lane"] for r in summary["comparison"]] == ["labels-only"]
+    assert "Side by side" not in out.read_text() and "recorded:gpt-4" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_demo_with_a_real_judge_on_ray(tmp_path):
     """`make run` in miniature: local Ray, the Gemma-270M GGUF judge voting live, simulated annotator, report."""
@@ -108,11 +162,11 @@ def test_demo_with_a_real_judge_on_ray(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "services.cli", "demo", "--judges", "gemma-3-270m-base", "--pairs", "6",
-         "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
+         "--label-delay", "0", "--wait-for-votes", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None
+    assert summary["n_pairs"] == 6 and summary["judging_seconds"] is not None and summary["votes"] == 6
     html = out.read_text()
     assert "gemma-3-270m-base" in html and "Judge agreement and bias" in html
 
@@ -126,11 +180,11 @@ def test_demo_default_jury_on_ray(tmp_path):
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0",
+        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0", "--wait-for-votes",
          "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["n_pairs"] == 12 and summary["judging_seconds"] is not None
+    assert summary["n_pairs"] == 12 and summary["judging_seconds"] is not None and summary["votes"] == 12
     html = out.read_text()
     assert all(name in html for name in DEFAULT_JURY)

@@ -1,6 +1,5 @@
 """The Ray actor shell around JudgeWorker, with a real Ray (local, 2 CPUs) and the real Qwen-0.5B."""
 
-import os
 
 import pytest
 
@@ -11,7 +10,7 @@ pytest.importorskip("xllamacpp")
 PAIRS = [("What is 2+2?", "5", "4"), ("Capital of France?", "Paris", "Lyon"), ("Say hi", "hi", "hello")]
 
 
-def test_plain_worker_and_ray_actors_agree():
+def test_plain_worker_and_ray_actors_agree(ray_local):
     from judges.actors import JudgeWorker, judge_with_actors
 
     try:
@@ -20,15 +19,7 @@ def test_plain_worker_and_ray_actors_agree():
         pytest.skip(str(e))
     local = w.vote_batch(PAIRS)
     assert len(local) == 3 and all(0 <= r[0]["p_tuned_better"] <= 1 for r in local)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        votes, secs = judge_with_actors(PAIRS, ["qwen2.5-coder-0.5b:pointwise"], n_actors=2)
-    finally:
-        if started:
-            ray.shutdown()
+    votes, secs = judge_with_actors(PAIRS, ["qwen2.5-coder-0.5b:pointwise"], n_actors=2)   # the session's Ray
     assert secs > 0 and len(votes) == 3
     for (_, base, tuned), a, b in zip(PAIRS, local, votes, strict=True):
         assert b[0]["judge"] == a[0]["judge"]

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token"

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from services.testing import ServeProcess, free_port, redis_server_binary, shutdown_embedded_redis
+from support.serve_process import ServeProcess, free_port, redis_server_binary, shutdown_embedded_redis
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token"
@@ -88,7 +88,7 @@ def test_full_flow_status_report_metrics(server):
             v = r.json()
             assert v["criteria"] == ["tone"]
             lab = {"pair_id": v["pair_id"], "lease_id": v["lease_id"], "verdict": _verdict(v),
-                   "criteria": {"tone": "tie"}}
+                   "criteria": {"tone": _verdict(v)}}
             r = c.post(f"/v1/runs/{rid}/labels", json=lab)
             assert r.status_code == 200 and r.json()["duplicate"] is False
             assert c.post(f"/v1/runs/{rid}/labels", json=lab).json()["duplicate"] is True   # idempotent
@@ -96,8 +96,11 @@ def test_full_flow_status_report_metrics(server):
             assert n < 200
     st = httpx.get(f"{u}/v1/runs/{rid}", headers=H).json()
     assert st["decision"] == "better" and st["labels"] == n and st["annotations"] == n
-    assert st["interval"][0] > 0.5 and st["alpha"] == pytest.approx(0.05)      # Bonferroni over 2
-    assert st["criteria"]["tone"]["alpha"] == pytest.approx(0.05) and st["votes"] == 200
+    # Holm over 2 questions: each starts at 0.1/2, a question decided at the second step is read at 0.1*2/3
+    assert st["interval"][0] > 0.5 and st["multiplicity"] == "holm" and "family alpha 0.1" in st["alpha_split"]
+    for a in (st["alpha"], st["criteria"]["tone"]["alpha"]):
+        assert a == pytest.approx(0.05) or a == pytest.approx(0.1 * 2 / 3)
+    assert st["criteria"]["tone"]["decision"] == "better" and st["votes"] == 200
     rep = httpx.get(f"{u}/v1/runs/{rid}/report", headers=H)
     assert rep.status_code == 200 and "<svg" in rep.text and "better" in rep.text and "http" not in \
         rep.text.replace("http://www.w3.org", "")
@@ -237,6 +240,25 @@ def test_kill9_api_then_restart_loses_nothing(tmp_path):
     shutdown_embedded_redis(tmp_path)    # (a no-op by now)
 
 
+def _wait_for_redis(port: int, timeout: float = 30.0) -> None:
+    """Poll until a redis-server on ``port`` answers PING (it loads its AOF before it does)."""
+    import redis
+
+    client = redis.Redis(port=port, socket_connect_timeout=1, retry=None)
+    t0 = time.monotonic()
+    try:
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() - t0 > timeout:
+                    raise
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
 def test_redis_restart_with_aof_loses_nothing(tmp_path):
     port = free_port()
     conf = (tmp_path / "redis.conf")
@@ -247,7 +269,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path):
     red = subprocess.Popen([redis_server_binary(), str(conf)], stdout=subprocess.DEVNULL)
     s = ServeProcess(tmp_path, admin_token=ADMIN, redis_url=f"redis://127.0.0.1:{port}/0")
     try:
-        time.sleep(0.5)
+        _wait_for_redis(port)
         s.start()
         rid = _run(s, n=500)
         A = _annotator(s, "r", [rid])
@@ -261,7 +283,7 @@ def test_redis_restart_with_aof_loses_nothing(tmp_path):
         r = httpx.get(f"{s.url}/v1/runs/{rid}/next", headers=A)
         assert r.status_code in (200, 503)          # in-memory copy, or "store unavailable" — never a 500
         red = subprocess.Popen([redis_server_binary(), str(conf)], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
+        _wait_for_redis(port)            # it has replayed its AOF once it answers PING
         s.kill9()
         s.start()                        # a fresh API process reads everything back from the restarted Redis
         after = httpx.get(f"{s.url}/v1/runs/{rid}", headers=H).json()

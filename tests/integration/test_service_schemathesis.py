@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token"

@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-trust-test-token"

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from services.testing import ServeProcess, free_port
+from support.serve_process import ServeProcess, free_port
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-outbox-token"

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from services.integrations import parse_ls_webhook
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 LS_URL = os.environ.get("LABEL_STUDIO_URL", "").rstrip("/")

@@ -263,3 +263,31 @@ def test_engine_bookkeeping_matches_brute_force_at_every_draw():
         assert d.max_weight >= (1.0 / (alive.sum() * q[alive])).max() - 1e-12
         cmp.record_label(item, float(y[item]))
     assert cmp.decision.value == "undecided" and cmp.calibration.n_labels > 0
+
+
+@pytest.mark.parametrize("prior_kind", ["right", "misleading"])
+def test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting(prior_kind):
+    """A carried prior scales the bets by its own predicted variance ratio from the first draw (capped at 4).
+    Whether that prior is right (learnt where the judge agrees with the labels) or misleading (learnt where it
+    disagrees: g is then anti-correlated with Y and the bets still grow 4x), the CS keeps its level: theta = 1/2
+    exactly, alpha = 0.2, labels asked in batches of random size and answered shuffled, most runs exhaust the
+    pool, ppi and active alternating. 1,000 runs; tolerance 2.5 binomial standard deviations (0.2 + 0.032)."""
+    from sampler.calibration import fit_calibration, judge_features
+    rng0 = np.random.default_rng(99)
+    y0 = rng0.choice([0.0, 0.5, 1.0], size=3000)
+    v0 = y0 if prior_kind == "right" else 1.0 - y0
+    prior = fit_calibration(judge_features(v0[:, None].repeat(2, axis=1)), y0, penalty=20.0)
+    assert prior.variance_ratio > 4  # both fit their own training labels well: the prior claims a 4x saving
+    runs, wrong, exhausted = 1000, 0, 0
+    for r in range(runs):
+        y, votes = _symmetric_pool(10, seed=20_000 + r, judge_noise=0.2)
+        rng = np.random.default_rng([3, r])
+        cmp = Comparison(votes, config=ComparisonConfig(method=("ppi", "active")[r % 2], alpha=0.2,
+                                                        grid_resolution=20, pool_growth_alpha_share=0.0),
+                         rng=rng, prior=prior)
+        assert cmp._bet_variance_factor() == 4.0
+        _drive_batched(cmp, y, rng, batch=int(rng.integers(1, 9)))
+        wrong += cmp.decision.value in ("better", "worse")
+        exhausted += cmp.processed == y.size
+    assert exhausted > runs / 4
+    assert wrong / runs <= 0.2 + 2.5 * math.sqrt(0.2 * 0.8 / runs)

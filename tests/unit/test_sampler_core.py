@@ -1,4 +1,4 @@
-"""Unit and property tests of the pure statistics: Fenwick sampling, calibration, decisions, estimators."""
+"""Unit and property tests of the pure statistics: Fenwick sampling, calibration, decisions, the PPI observation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sklearn.linear_model import Ridge
 from sampler.calibration import JudgeCalibration, fit_calibration, judge_features, ridge_fit
 from sampler.confseq import BetSchedule, BettingConfidenceSequence, asymptotic_cs_radius, candidate_grid
 from sampler.decision import Decision, DecisionRule, spend_alpha, split_alpha
-from sampler.estimators import naive_judge_mean, ppi_mean
+from sampler.engine import Comparison, ComparisonConfig
 from sampler.fenwick import FenwickTree
 from sampler.policy import WithoutReplacementSampler
 
@@ -107,20 +107,28 @@ def test_alpha_spending_sums_to_alpha_and_split():
     assert split_alpha(0.05, 4) == pytest.approx(0.0125)
 
 
-def test_ppi_estimate_and_interval_match_ppi_py():
+def test_engine_ppi_observations_average_to_ppi_py_point_estimate():
+    """The engine's prediction-powered observations, with a fixed calibration and uniform draws with
+    replacement, average to PPI's point estimate mean(g over the pool) + mean(y - g) over the draws (lam = 1)
+    as computed by ppi_py (Angelopoulos et al. 2023's reference implementation). (Replaces the cross-check of
+    sampler/estimators.py, a fixed-sample PPI++ estimator the engine never used, now deleted.)"""
     rng = np.random.default_rng(4)
-    y = rng.choice([0.0, 0.5, 1.0], size=120)
-    f_lab = np.clip(y * 0.6 + rng.random(120) * 0.4, 0, 1)
-    f_unlab = rng.random(2000)
-    for lam in (None, 1.0, 0.0):
-        ours = ppi_mean(y, f_lab, f_unlab, alpha=0.1, lam=lam)
-        lo, hi = ppi_py.ppi_mean_ci(y, f_lab, f_unlab, alpha=0.1, lam=lam)
-        assert ours.lower == pytest.approx(float(lo[0]), abs=1e-10)
-        assert ours.upper == pytest.approx(float(hi[0]), abs=1e-10)
-        if lam is not None:
-            est = ppi_py.ppi_mean_pointestimate(y, f_lab, f_unlab, lam=lam)
-            assert ours.estimate == pytest.approx(float(np.ravel(est)[0]), abs=1e-12)
-    assert naive_judge_mean(np.array([0.2, np.nan, 0.4])) == pytest.approx(0.3)
+    n = 300
+    y = rng.choice([0.0, 0.5, 1.0], size=n)
+    votes = np.clip(y * 0.6 + rng.random(n) * 0.4, 0, 1)[:, None]
+    prior = JudgeCalibration(0.1, (0.7, 0.0), 0.2, (0.0, 0.0), 1000)
+    cfg = ComparisonConfig(method="ppi", design="with-replacement", confidence_sequence="asymptotic",
+                           min_labels_to_calibrate=10**9, alpha=1e-9)
+    cmp = Comparison(votes, config=cfg, rng=np.random.default_rng(5), prior=prior)
+    for _ in range(150):  # a pair drawn again is consumed free, so there are more draws than labels
+        for i in cmp.next_items(1):
+            cmp.record_label(i, float(y[i]))
+    assert cmp.processed == len(cmp.draws) > 150
+    drawn = [d.item for d in cmp.draws]
+    g = prior.predict(cmp.features)
+    ours = cmp.cs.mean
+    est = ppi_py.ppi_mean_pointestimate(y[drawn], g[drawn], g, lam=1.0)
+    assert ours == pytest.approx(float(np.ravel(est)[0]), abs=1e-12)
 
 
 def test_asymptotic_cs_is_wider_than_the_fixed_time_interval_and_shrinks():

@@ -56,13 +56,17 @@ def test_a_strong_judge_is_trusted_after_a_few_labels_and_a_useless_one_is_dropp
 
 
 def test_the_judge_weight_is_the_shrunk_out_of_sample_power_tuning_coefficient():
-    """w = clip((C/D)(1 - kappa s^2/C^2)+, 0, 1) from leave-one-out predictions computed by refitting without
-    each pair (brute force), for the (base, penalty) select_fit chose."""
+    """w = min(1, C_post / D), C_post = C (1 - kappa / t^2)+ with t the t-statistic of the regression of r on d
+    through the origin, from leave-one-out predictions computed by refitting without each pair (brute force)
+    for the (base, penalty) select_fit chose; t cross-checked against statsmodels' OLS; and the variance
+    ratio V / (V - 2 w C_post + w^2 D) the bets use."""
+    import statsmodels.api as sm
+
     from sampler.calibration import EB_NOISE
     rng = np.random.default_rng(11)
     x, y = _judged(40, 0.5, rng)
     bases = [np.zeros(4), identity_coef(4)]
-    k, pen, w = select_fit(x, y, bases)
+    k, pen, w, ratio = select_fit(x, y, bases)
     assert 0 < w < 1
     n = y.size
     r, d = np.empty(n), np.empty(n)
@@ -72,13 +76,39 @@ def test_the_judge_weight_is_the_shrunk_out_of_sample_power_tuning_coefficient()
         mean_i = y[keep].mean()
         r[i] = y[i] - mean_i
         d[i] = b0 + x[i] @ (bases[k] + delta) - mean_i
-    c, dd, s2 = np.mean(r * d), np.mean(d * d), np.var(r * d, ddof=1) / n
-    assert w == pytest.approx(min(1.0, c / dd * max(0.0, 1 - EB_NOISE * s2 / c**2)), rel=1e-7)
-    # and the calibration is the label mean moved w of the way to that fit
+    c, dd, v = np.mean(r * d), np.mean(d * d), np.mean(r * r)
+    t = float(sm.OLS(r, d[:, None]).fit().tvalues[0])   # an established implementation of the OLS t
+    c_post = c * max(0.0, 1 - EB_NOISE / t**2)
+    assert w == pytest.approx(min(1.0, c_post / dd), rel=1e-7)
+    assert ratio == pytest.approx(v / (v - 2 * w * c_post + w * w * dd), rel=1e-7)
+    assert ratio > 1
+    # and the calibration is the label mean moved w of the way to that fit, carrying V and V / ratio
     cal = fit_calibration(x, y)
     b0, delta = ridge_fit(x, y - x @ bases[k], pen)
     full = b0 + x @ (bases[k] + delta)
     assert np.clip(y.mean() + w * (full - y.mean()), 0, 1) == pytest.approx(cal.predict(x), abs=1e-9)
+    assert cal.label_var == pytest.approx(v, rel=1e-9)
+    assert cal.variance_ratio == pytest.approx(ratio, rel=1e-9)
+
+
+def test_a_useless_judge_leaves_the_bets_as_labels_only_and_a_prior_sets_them_from_the_first_draw():
+    rng = np.random.default_rng(21)
+    x, y = _judged(30, 0.0, np.random.default_rng(3))
+    assert fit_calibration(x, y).variance_ratio == 1.0          # weight 0: ratio exactly 1
+    # a carried prior: its own (out-of-sample) variances are used before any label of this pool
+    xs, ys = _judged(2000, 0.85, rng)
+    prior = fit_calibration(xs, ys, penalty=20.0)
+    assert prior.variance_ratio > 1.5
+    cmp = Comparison(np.full((50, 2), 0.5), config=ComparisonConfig(method="ppi"),
+                     rng=np.random.default_rng(1), prior=prior)
+    assert cmp._bet_variance_factor() == pytest.approx(min(4.0, prior.variance_ratio))
+    # pooled with this pool's LOO estimates as labels arrive (prior worth PRIOR_VARIANCE_LABELS labels)
+    from sampler.calibration import PRIOR_VARIANCE_LABELS
+    x2, y2 = _judged(20, 0.85, rng)
+    cal = fit_calibration(x2, y2, prior=prior)
+    lv = np.mean((y2 - y2.mean()) ** 2) * (20 / 19) ** 2
+    k = PRIOR_VARIANCE_LABELS
+    assert cal.label_var == pytest.approx((k * prior.label_var + 20 * lv) / (k + 20), rel=1e-9)
 
 
 def test_active_sampling_waits_for_enough_labels_for_the_spread_model():
@@ -100,6 +130,8 @@ def test_active_sampling_waits_for_enough_labels_for_the_spread_model():
 
 
 def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_judge():
+    """The bet factor of each draw is min(the calibration's predicted variance ratio, the ratio seen so far),
+    fixed before the draw's label; 1 exactly for labels only."""
     rng = np.random.default_rng(2)
     n = 400
     y = np.tile([0.0, 1.0, 0.5, 1.0], n // 4)
@@ -109,15 +141,20 @@ def test_variance_adaptive_bets_are_one_for_labels_only_and_grow_with_a_good_jud
     ppi = Comparison(votes, config=ComparisonConfig(method="ppi", alpha=1e-9), rng=np.random.default_rng(3))
     factors = []
     for cmp in (classical, ppi):
+        seen = []
         for _ in range(120):
             (i,) = cmp.next_items(1)
             before = cmp._bet_variance_factor()
             m = list(cmp._moments)
+            seen_ratio = (0.25 + m[2]) / (0.25 + m[4])
+            expected = min(4.0, max(0.5, min(cmp.calibration.variance_ratio, seen_ratio)))
+            assert before == (1.0 if cmp.config.method == "classical" else expected)
             cmp.record_label(i, float(y[i]))
             assert m[0] + 1 == cmp._moments[0]  # the factor used for a draw was fixed before its label
-        factors.append(before)
-    assert factors[0] == 1.0
-    assert factors[1] > 1.5
+            seen.append(before)
+        factors.append(seen)
+    assert set(factors[0]) == {1.0}
+    assert factors[1][0] == 1.0 and factors[1][-1] > 1.5
 
 
 def test_active_sampling_only_where_it_is_predicted_to_pay():
@@ -153,3 +190,31 @@ def test_useless_judges_cost_at_most_a_few_percent_of_labels():
               for m in ("classical", "ppi", "active")}
     assert labels["ppi"] <= 1.05 * labels["classical"]
     assert labels["active"] <= 1.05 * labels["classical"]
+
+
+def test_bets_shrink_when_the_observations_turn_out_more_variable_than_the_labels():
+    """A judge trusted by chance (predicted ratio > 1) whose observations have in fact been more variable than
+    the labels gets smaller bets, not larger (the useless-judge guard); with a carried prior the prior's
+    prediction is used as it is."""
+    from sampler.calibration import JudgeCalibration
+    rng = np.random.default_rng(31)
+    n = 200
+    votes = rng.random((n, 1))
+    y = rng.choice([0.0, 1.0], size=n)
+    spurious = JudgeCalibration(0.0, (1.0, 0.0), 0.2, (0.0, 0.0), 30, label_var=0.25, resid_var=0.15)
+    cmp = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(1))
+    for _ in range(30):
+        (i,) = cmp.next_items(1)
+        cmp.record_label(i, float(y[i]))
+    cmp.calibration = spurious
+    cmp._apply_calibration()
+    for _ in range(40):   # g = the votes, independent of y: Ytilde varies more than Y
+        (i,) = cmp.next_items(1)
+        cmp.record_label(i, float(y[i]))
+        cmp.calibration = spurious  # keep the spurious trust (refits would drop it)
+        cmp._apply_calibration()
+    assert spurious.variance_ratio > 1.6
+    assert cmp._bet_variance_factor() < 1.0
+    with_prior = Comparison(votes, config=ComparisonConfig(method="ppi"), rng=np.random.default_rng(1),
+                            prior=spurious)
+    assert with_prior._bet_variance_factor() == pytest.approx(spurious.variance_ratio)

@@ -1,10 +1,11 @@
-"""Helpers for tests and benchmarks: run `tiebreak serve` as a real process on a free local port."""
+"""Test and benchmark harness (not part of the installed package): `tiebreak serve` as a real process on a free
+local port, and the cleanup of what it leaves (process groups, embedded redis-servers). Needs psutil (the dev
+extra)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,11 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from services.runner import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ServeProcess", "free_port", "redis_server_binary", "shutdown_embedded_redis"]
 
 
 class ServeProcess:
@@ -50,7 +49,7 @@ class ServeProcess:
         log = open(self.log_path, "ab")
         # its own session (process group): stop() ends it with everything it started (Ray, ...)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
+                                     cwd=str(Path(__file__).resolve().parents[2]))
         log.close()
         self._groups.append(self.proc.pid)
         t0 = time.time()
