@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from services.testing import ServeProcess
+from support.serve_process import ServeProcess
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-test-token"
