@@ -38,21 +38,37 @@ LEVEL = 0.9
 JUDGE_BUDGETS = ("all", "auto")
 
 
-def _labelled_votes(comp: Comparison | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(labels, votes (m, J)) of the overall comparison's processed draws; None without comparison or judges."""
+def horizon(rt: RunRuntime) -> int:
+    """How many of the overall comparison's draws every question still running has processed. On one draw
+    sequence (a family run) a criterion or slice question may lag the overall one (its label is missing); a stop
+    decided on an overall label it has not processed yet could change the votes of its own next refit through
+    that draw, so the stop rule and the pipeline's "labelled first" look only this far."""
+    ov = rt.comps.get(OVERALL)
+    if ov is None:
+        return 0
+    family = getattr(rt, "family", None)
+    lagging = [c.processed for c in family.comps.values() if not c.finished] if family is not None else []
+    return min([ov.processed, *lagging])
+
+
+def _labelled_votes(comp: Comparison | None, upto: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, votes (m, J)) of the overall comparison's processed draws (the first ``upto`` of them);
+    None without comparison or judges."""
     if comp is None or comp.votes.shape[1] == 0:
         return None
-    items = [d.item for d in comp.draws[: comp.processed]]
+    items = [d.item for d in comp.draws[: comp.processed if upto is None else min(upto, comp.processed)]]
     unique = list(dict.fromkeys(items))      # with replacement a pair can recur: its first draw counts
     labels = np.array([comp.labels[i] for i in unique], dtype=float)
     votes = comp.votes_received()[np.asarray(unique, dtype=int)] if unique else np.empty((0, comp.votes.shape[1]))
     return labels, votes
 
 
-def values(meta: dict, comp: Comparison | None) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
-    """({judge: value}, the jury's value, labels processed) on the overall comparison's labels so far."""
+def values(meta: dict, comp: Comparison | None, upto: int | None = None
+           ) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
+    """({judge: value}, the jury's value, labels processed) on the overall comparison's labels so far (its
+    first ``upto`` processed draws)."""
     names = list(meta.get("judge_names") or [])
-    got = _labelled_votes(comp)
+    got = _labelled_votes(comp, upto)
     if got is None or not names:
         return {}, None, 0
     labels, votes = got
@@ -126,7 +142,7 @@ def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float, wall_s: fl
         return False
     if rt.meta.get("judge_budget", "all") != "auto":
         return True
-    per, _, labels = values(rt.meta, rt.comps.get(OVERALL))
+    per, _, labels = values(rt.meta, rt.comps.get(OVERALL), horizon(rt))
     v = per.get(name)
     if v is not None and worthless(v, THRESHOLD, MIN_PAIRS):
         rec.update(state="stopped-worthless", stopped_at_labels=labels, stopped_value=v.to_dict())

@@ -164,7 +164,7 @@ class RunService:
         rt = self.runtime(rid)
         with rt.lock:
             comp = rt.comps.get(OVERALL)
-            return [d.item for d in comp.draws[start:comp.processed]] if comp is not None else []
+            return [d.item for d in comp.draws[start:judge_budget.horizon(rt)]] if comp is not None else []
 
     def judging_finished(self, rid: str) -> None:
         rt = self.runtime(rid)

@@ -144,3 +144,23 @@ def test_a_running_judge_has_an_eta_at_its_pace_so_far():
             "judge_work": {JUDGE: {"pairs": 40, "cpu_s": 8.0, "wall_s": 10.0, "state": "running"}}}
     v = judges_value_of(meta, None, 40, 400)[JUDGE]
     assert v["eta_s"] == pytest.approx(10.0 / 40 * 360) and v["cpu_s"] == 8.0 and v["pairs_voted"] == 40
+
+
+def test_the_stop_rule_looks_only_at_draws_every_running_question_has_processed(store):
+    """One draw sequence with a criterion: labels without the criterion's verdict make it lag; the horizon of
+    the stop rule (and of "labelled first") is the lagging question's, not the overall one's."""
+    from services.runs.judge_budget import horizon
+
+    svc = RunService(store)
+    pairs = _pairs(4)
+    rid = svc.create_run({"name": "lag", "pairs": pairs, "judges": [JUDGE], "seed": 7, "alpha": 0.001,
+                          "criteria": ["tone"]})
+    for k in range(8):
+        v = svc.next_pair(rid, "ann")
+        crit = {"tone": "left"} if k < 5 else {}
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann", "verdict": "left",
+                               "lease_id": v["lease_id"], "criteria": crit})
+    rt = svc.runtime(rid)
+    with rt.lock:
+        assert rt.comps["overall"].processed == 8 and horizon(rt) == 5
+    assert len(svc.labelled_pairs(rid)) == 5
