@@ -328,17 +328,19 @@ class Pipeline:
                     ray = self._ensure_ray()
                     result, cpu_s = ray.get(handle.vote_costed.remote(batch, clock=clock))
                 voted.update(int(r[0]) for r in batch)
-                # the work is recorded first: the batch's votes (add_votes) write it with them
-                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s, time.perf_counter() - t0)
+                wall_s = time.perf_counter() - t0
                 with lock:
                     for idx, row in result.items():
                         if int(idx) in partial:
                             partial[int(idx)][name] = row
-                    if not keep:
-                        stopped.add(name)
-                    # with a stop: also the pairs that were waiting only for this judge
-                    flush(list(partial) if not keep else [int(i) for i in result])
+                    flush([int(i) for i in result])
+                # after the batch's votes are in, so the stop rule sees them (the work counts are written with
+                # the next votes, a stop at once)
+                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s, wall_s)
                 if not keep:
+                    with lock:
+                        stopped.add(name)
+                        flush(list(partial))       # the pairs that were waiting only for this judge
                     log.info("run %s: judge %s stopped (worthless on the labels so far, or the run is decided)",
                              rid, name)
                     return

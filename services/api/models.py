@@ -206,6 +206,7 @@ class JudgeValueStatus(BaseModel):
     state: str | None = Field(None, description="running | stopped-worthless | stopped-decided | finished | "
                                                 "supplied")
     stopped_at_labels: int | None = None
+    stopped_at_interval: list[float] | None = Field(None, description="the value interval the stop was decided on")
     eta_s: float | None = Field(None, description="while running: seconds to vote the pairs it has not voted, at its "
                                                   "pace so far (a stop or the verdict may end it sooner)")
 

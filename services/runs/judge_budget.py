@@ -102,6 +102,8 @@ def _view(v: JudgeValue, labels: int, rec: dict | None, n_pairs: int = 0) -> dic
             out["eta_s"] = round(wall / done * max(0, n_pairs - done), 1)
         if rec.get("stopped_at_labels") is not None:
             out["stopped_at_labels"] = rec["stopped_at_labels"]
+            if rec.get("stopped_value"):      # the value the stop was decided on (labels may have come since)
+                out["stopped_at_interval"] = [round(x, 4) for x in rec["stopped_value"]["interval"]]
     return out
 
 

@@ -53,6 +53,6 @@ def test_a_worthless_judge_is_stopped_after_a_restart_and_status_and_report_say_
         v = st["judges_value"][JUDGE]
         assert st["status"] == "ready" and st["judged"] == 400, st
         assert v["state"] == "stopped-worthless" and v["stopped_at_labels"] == 200, v
-        assert v["pairs_voted"] < 240 and v["interval"][1] < 0.05 and v["cpu_s"] >= 0
+        assert v["pairs_voted"] < 240 and v["stopped_at_interval"][1] < 0.05 and v["cpu_s"] >= 0
         rep = httpx.get(f"{u}/v1/runs/{rid}/report", headers=H, timeout=60).text
         assert "What the judges were worth" in rep and "stopped-worthless" in rep

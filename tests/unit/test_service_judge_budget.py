@@ -65,7 +65,8 @@ def test_a_judge_without_signal_is_stopped_and_says_so(store):
     v = st["judges_value"][JUDGE]
     assert st["judge_budget"] == "auto"
     assert v["state"] == "stopped-worthless", v
-    assert v["interval"][1] < THRESHOLD and v["labels"] >= MIN_PAIRS
+    assert v["stopped_at_interval"][1] < THRESHOLD and v["labels"] >= MIN_PAIRS
+    assert v["interval"] == v["stopped_at_interval"]        # no label nor vote of it came after the stop
     assert v["stopped_at_labels"] == 200
     # it voted the drawn pairs it needed and stopped: well under the pool, and the run still became ready
     assert v["pairs_voted"] < 0.6 * N_PAIRS
