@@ -190,3 +190,52 @@ def test_calibration_from_over_http(tmp_path):
             assert r.status_code == 422 and "does not exist" in r.text
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+def _experiment(svc, n: int, carry: bool | None) -> str:
+    body = {"name": "ladder", "prompts": [{"id": str(i), "text": f"q {i}"} for i in range(n)],
+            "base": {"outputs": {str(i): f"B{i}" for i in range(n)}}, "judges": ["qwen2.5-coder-0.5b"]}
+    if carry is not None:
+        body["carry_calibration"] = carry
+    return svc.create_experiment(body)
+
+
+def _vote_and_label(rs: RunService, rid: str, n: int, k: int, seed: int) -> None:
+    """What the judge pipeline and the annotators would do: a strong vote per pair, then k labels (the truth of
+    the "s" pairs: half of them tuned-better, so the run stays undecided)."""
+    rng = np.random.default_rng(seed)
+    rs.add_votes(rid, {i: {OVERALL: [float(np.clip((0.8 if _truth(i, "s") else 0.2) + rng.normal(0, 0.1), 0, 1))]}
+                       for i in range(n)})
+    for _ in range(k):
+        v = rs.next_pair(rid, "ann")
+        i = int(v["pair_id"])
+        rs.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann", "verdict": _verdict(v, _truth(i, "s")),
+                              "lease_id": v["lease_id"]})
+
+
+@pytest.mark.parametrize("carry", [None, False])
+def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store, carry):
+    """Through the service's RunBackend (POST /v1/runs validation) on real Redis: checkpoint 2's run starts from
+    the calibration of checkpoint 1's run (default), or from none when the experiment turns it off."""
+    from services.api.experiments import _RunServiceBackend
+    from services.experiments import ExperimentService
+
+    rs = RunService(store)
+    svc = ExperimentService(_RunServiceBackend(rs), notifier=lambda url, payload: None)
+    n = 120
+    exp = _experiment(svc, n, carry)
+    c1 = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {str(i): f"T{i}" for i in range(n)}})
+    assert c1["calibration_from"] == []             # nothing earlier to carry
+    _vote_and_label(rs, c1["vs_base"], n, 25, seed=1)
+    c2 = svc.add_checkpoint(exp, {"checkpoint": "c2", "outputs": {str(i): f"U{i}" for i in range(n)}})
+    st = rs.status(c2["vs_base"])
+    recorded = next(c for c in svc.get(exp)["checkpoints"] if c["checkpoint"] == "c2")
+    if carry is False:
+        assert c2["calibration_from"] == [] and st["calibration_prior"] is None
+        assert "calibration_from" not in recorded
+        return
+    assert c2["calibration_from"] == [c1["vs_base"]] == recorded["calibration_from"]
+    assert st["calibration_prior"]["from"] == [c1["vs_base"]] and st["calibration_prior"]["labels"] == 25
+    _vote_and_label(rs, c2["vs_base"], n, 3, seed=2)   # votes stream in after creation; the prior is used
+    assert rs.runtime(c2["vs_base"]).comps[OVERALL].prior.n_labels == 25
