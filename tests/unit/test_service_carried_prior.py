@@ -236,6 +236,29 @@ def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store,
         assert "calibration_from" not in recorded
         return
     assert c2["calibration_from"] == [c1["vs_base"]] == recorded["calibration_from"]
+    from services.experiment_report import experiment_report_data, render_experiment_report
+    data = experiment_report_data(svc, exp)
+    assert [c.calibration_from for c in data.checkpoints] == [[], [c1["vs_base"]]]
+    assert "judge calibration carried from 1 earlier run" in render_experiment_report(data)
     assert st["calibration_prior"]["from"] == [c1["vs_base"]] and st["calibration_prior"]["labels"] == 25
     _vote_and_label(rs, c2["vs_base"], n, 3, seed=2)   # votes stream in after creation; the prior is used
     assert rs.runtime(c2["vs_base"]).comps[OVERALL].prior.n_labels == 25
+
+
+def test_local_runs_carry_calibration_as_the_service_does():
+    """LocalRuns (the in-process RunBackend of the ladder benchmark) fits the same prior from its own runs."""
+    from services.experiments import LocalRuns
+
+    runs = LocalRuns(seed=0)
+    src_pairs = _pairs(200, "s", seed=13)
+    src = runs.create_run({"name": "a", "pairs": src_pairs, "judges": ["j1", "j2"]})
+    runs.annotate(lambda p: 1.0 if _truth(int(p["id"][1:]), "s") else 0.0, [src], max_labels=30)
+    labelled = sorted(runs._runs[src]["cmp"].labels)
+    x = np.array([[src_pairs[i]["judge_votes"][j] for j in ("j1", "j2")] for i in labelled])
+    y = np.array([runs._runs[src]["cmp"].labels[i] for i in labelled])
+    rid = runs.create_run({"name": "b", "pairs": _pairs(100, "n", seed=14), "calibration_from": [src]})
+    assert runs._runs[rid]["cmp"].prior == prior_calibration(x, y)
+    assert runs.run_status(rid)["calibration_prior"] == {"from": [src], "labels": 30}
+    with pytest.raises(BadInput) as e:
+        runs.create_run({"name": "c", "pairs": _pairs(10, "o", seed=15, judges=("j1",)), "calibration_from": [src]})
+    assert e.value.field == "calibration_from.0"
