@@ -195,7 +195,7 @@ def test_calibration_from_over_http(tmp_path):
 # ------------------------------------------------------------------------------------------------ experiments
 def _experiment(svc, n: int, carry: bool | None) -> str:
     body = {"name": "ladder", "prompts": [{"id": str(i), "text": f"q {i}"} for i in range(n)],
-            "base": {"outputs": {str(i): f"B{i}" for i in range(n)}}, "judges": ["qwen2.5-coder-0.5b"]}
+            "base": {"outputs": {str(i): f"base {i}" for i in range(n)}}, "judges": ["qwen2.5-coder-0.5b"]}
     if carry is not None:
         body["carry_calibration"] = carry
     return svc.create_experiment(body)
@@ -225,10 +225,10 @@ def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store,
     svc = ExperimentService(_RunServiceBackend(rs), notifier=lambda url, payload: None)
     n = 120
     exp = _experiment(svc, n, carry)
-    c1 = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {str(i): f"T{i}" for i in range(n)}})
+    c1 = svc.add_checkpoint(exp, {"checkpoint": "c1", "outputs": {str(i): f"tuned {i}" for i in range(n)}})
     assert c1["calibration_from"] == []             # nothing earlier to carry
     _vote_and_label(rs, c1["vs_base"], n, 25, seed=1)
-    c2 = svc.add_checkpoint(exp, {"checkpoint": "c2", "outputs": {str(i): f"U{i}" for i in range(n)}})
+    c2 = svc.add_checkpoint(exp, {"checkpoint": "c2", "outputs": {str(i): f"tuned2 {i}" for i in range(n)}})
     st = rs.status(c2["vs_base"])
     recorded = next(c for c in svc.get(exp)["checkpoints"] if c["checkpoint"] == "c2")
     if carry is False:
@@ -262,3 +262,44 @@ def test_local_runs_carry_calibration_as_the_service_does():
     with pytest.raises(BadInput) as e:
         runs.create_run({"name": "c", "pairs": _pairs(10, "o", seed=15, judges=("j1",)), "calibration_from": [src]})
     assert e.value.field == "calibration_from.0"
+
+
+def test_criteria_carry_their_own_calibration_when_their_votes_exist(store):
+    """A criterion's comparison gets a prior fitted on the criterion's labels and votes; a run whose criteria have
+    no votes (supplied votes are overall only) carries the overall one and says why the criterion has none."""
+    rs = RunService(store)
+    judge = ["qwen2.5-coder-0.5b"]
+    n = 80
+    plain = [{"id": f"s{i}", "prompt": f"q {i}", "base": f"base {i}", "tuned": f"tuned {i}"} for i in range(n)]
+    src = rs.create_run({"name": "judged", "pairs": plain, "judges": judge, "criteria": ["style"], "seed": 51})
+    rng = np.random.default_rng(5)
+    overall_votes = rng.uniform(size=n)
+    style_votes = np.array([0.9 if i % 3 else 0.1 for i in range(n)])
+    rs.add_votes(src, {i: {OVERALL: [float(overall_votes[i])], "style": [float(style_votes[i])]} for i in range(n)})
+    seen = []
+    for _ in range(20):
+        v = rs.next_pair(src, "ann")
+        i = int(v["pair_id"][1:])
+        rs.submit_label(src, {"pair_id": v["pair_id"], "annotator": "ann", "lease_id": v["lease_id"],
+                              "verdict": _verdict(v, _truth(i, "s")),
+                              "criteria": {"style": _verdict(v, bool(i % 3))}})
+        seen.append(i)
+    seen.sort()
+    rid = rs.create_run({"name": "next", "pairs": [dict(p, id=f"n{k}") for k, p in enumerate(plain)],
+                         "judges": judge, "criteria": ["style"], "seed": 52, "calibration_from": [src]})
+    rt = rs.runtime(rid)
+    rs.add_votes(rid, {i: {OVERALL: [0.5], "style": [0.5]} for i in range(n)})
+    expected_style = prior_calibration(style_votes[seen][:, None], np.array([float(bool(i % 3)) for i in seen]))
+    assert rt.comps["style"].prior == expected_style
+    assert rt.comps[OVERALL].prior == prior_calibration(overall_votes[seen][:, None],
+                                                        np.array([float(_truth(i, "s")) for i in seen]))
+    assert rs.status(rid)["calibration_prior"]["comparisons"]["style"]["labels"] == 20
+
+    supplied = _pairs(60, "s", seed=16)
+    src2 = rs.create_run({"name": "supplied", "pairs": supplied, "criteria": ["style"], "seed": 53, "budget": 10})
+    _label(rs, src2, "s", 10)
+    rid2 = rs.create_run({"name": "next", "pairs": _pairs(60, "n", seed=17), "criteria": ["style"],
+                          "calibration_from": [src2]})
+    cp = rs.status(rid2)["calibration_prior"]
+    assert set(cp["comparisons"]) == {OVERALL} and "style" in cp["not_carried"]
+    assert rs.runtime(rid2).comps["style"].prior is None
