@@ -328,12 +328,8 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
     # ensemble injection flip: re-vote the injected pairs with every judge (cached from the per-judge pass)
     for i, it in enumerate(items[:injection_limit]):
         side = verdict(comb[i])
-        if side == "tie":
-            continue
-        target = "base" if side == "B" else "tuned"
-        inj = [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
-               for j in judges]
-        flips_e.append(verdict(ensemble(inj)[0]) != side)
+        if side != "tie":
+            flips_e.append(verdict(ensemble(_injected_votes(it, judges, side, cache))[0]) != side)
     ens = _metrics(np.array(comb), np.array(orders), picks, np.array(secs), labels, flips_e,
                    all(j.mode != "pairwise" for j in judges))
     X = np.hstack([cols[n] for n in names])
@@ -356,6 +352,14 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
                             "penalty": penalty, "folds": folds, "seed": seed, "per_order_columns": per_order}}
 
 
+def _injected_votes(it: dict, judges: Sequence[Any], side: str, cache) -> list[JudgeVote]:
+    """Every judge's vote on item ``it`` with the injection payload on the response the verdict ``side`` ("A":
+    base, "B": tuned preferred) disfavours: a robust jury keeps its verdict."""
+    target = "base" if side == "B" else "tuned"
+    return [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
+            for j in judges]
+
+
 def _calibrated_flip_rate(items: Sequence[dict], judges: Sequence[Any], names: list[str], cal, cache,
                           per_order: bool) -> float | None:
     """Share of pairs whose calibrated-jury verdict flips when the response it disfavours carries the
@@ -368,9 +372,7 @@ def _calibrated_flip_rate(items: Sequence[dict], judges: Sequence[Any], names: l
         side = verdict(g)
         if side == "tie":
             continue
-        target = "base" if side == "B" else "tuned"
-        inj = [j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache, inject=target)
-               for j in judges]
+        inj = _injected_votes(it, judges, side, cache)
         xi = np.hstack([vote_columns(j.mode, [v], per_order) for j, v in zip(judges, inj, strict=True)])
         flips.append(verdict(float(cal.predict(judge_features(xi))[0])) != side)
     return (sum(flips) / len(flips)) if flips else None

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from judges.jury import INJECTION_PAYLOAD, JudgeVote
+from judges.jury import JudgeVote, with_pointwise_injection
 
 _WORD = re.compile(r"[a-z0-9']+")
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)
@@ -169,9 +169,7 @@ class FeatureJudge:
              inject: str | None = None) -> JudgeVote:
         """``cache`` is accepted and ignored (recomputing is cheaper than a lookup); ``inject`` appends the
         pointwise injection payload to that response, as for the model judges' flip-rate measurement."""
-        pay = INJECTION_PAYLOAD["pointwise"]
-        b = base + pay if inject == "base" else base
-        t = tuned + pay if inject == "tuned" else tuned
+        b, t = with_pointwise_injection(base, tuned, inject)
         c0, t0 = time.process_time(), time.perf_counter()
         p = self.p_tuned_more(prompt or "", b or "", t or "")
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -36,6 +36,11 @@ class Decision(StrEnum):
         return self is not Decision.RUNNING
 
 
+# better, worse, equivalent, undecided. Members of a StrEnum hash and compare as their values, so the decision
+# strings of a JSON status test against it directly ("better" in FINAL_DECISIONS).
+FINAL_DECISIONS = frozenset(d for d in Decision if d.final)
+
+
 @dataclass(frozen=True)
 class DecisionRule:
     margin: float = 0.0

@@ -80,9 +80,8 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         if pipeline is not None:
             pipeline.resume_all()       # runs whose generation/judging was interrupted by a restart
         yield
-        experiments = getattr(app.state, "experiments", None)
-        if experiments is not None and hasattr(experiments, "stop_watcher"):
-            experiments.stop_watcher()        # before the store it reads goes away
+        if services.experiments is not None:
+            services.experiments.stop_watcher()   # before the store it reads goes away
         runs.close()                          # release every run: other replicas take them over at once
         webhooks.close()
         if own_store:
@@ -96,9 +95,6 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     services = AppServices(settings=settings, store=store, runs=runs, metrics=metrics, webhooks=webhooks,
                            tokens=TokenRegistry(store, settings.admin_token), pipeline=pipeline)
     app.state.services = services       # typed: routes take it through services/api/deps.py (RunsDep, ...)
-    # the same objects by name, for code not yet on the typed dependencies
-    for name in ("settings", "store", "runs", "metrics", "webhooks", "pipeline", "tokens"):
-        setattr(app.state, name, getattr(services, name))
     for name in routers if routers is not None else ROUTERS:
         app.include_router(importlib.import_module(name).router)
     _install_handlers(app, services)

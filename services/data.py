@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,26 +34,33 @@ class OrientedPool:
     judges: tuple[str, ...]
 
 
-def load_items(path: Path) -> list[dict]:
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    items = []
+def jsonl_rows(path: Path, error: Callable[[str], Exception] = DataError) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON Lines file; a line that is not JSON raises
+    ``error("PATH:LINE: not valid JSON (why)")`` (the CLI passes its BadInput: exit code 2)."""
     with path.open() as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            missing = [f for f in REQUIRED_FIELDS if f not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)} "
-                                f"(schema: shared/data/README.md)")
-            votes = row["human_votes"]
-            if not isinstance(votes, list) or not votes or any(v not in VOTE_VALUE for v in votes):
-                raise DataError(f"{path}:{lineno}: human_votes must be a non-empty list of \"A\", \"B\", \"tie\"")
-            items.append(row)
+                raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            yield lineno, value
+
+
+def load_items(path: Path) -> list[dict]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    items = []
+    for lineno, row in jsonl_rows(path):
+        missing = [f for f in REQUIRED_FIELDS if f not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field(s) {', '.join(missing)} "
+                            f"(schema: shared/data/README.md)")
+        votes = row["human_votes"]
+        if not isinstance(votes, list) or not votes or any(v not in VOTE_VALUE for v in votes):
+            raise DataError(f"{path}:{lineno}: human_votes must be a non-empty list of \"A\", \"B\", \"tie\"")
+        items.append(row)
     if not items:
         raise DataError(f"{path}: no items")
     return items

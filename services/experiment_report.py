@@ -28,6 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from sampler.decision import Decision
+from services.experiments.signal import ComparisonView
 from services.report import _COLORS, _CSS, _badge, _conf, _e, _f
 
 
@@ -36,7 +38,7 @@ class ComparisonRow(BaseModel):
 
     run_id: str = ""
     against: str = "base"                        # the reference side: "base" or a checkpoint name
-    decision: str = "running"
+    decision: str = Decision.RUNNING.value
     estimate: float = 0.5
     lower: float = 0.0
     upper: float = 1.0
@@ -52,7 +54,7 @@ class CheckpointRow(BaseModel):
     status: str = "ready"                        # ready | generating | failed (outputs not generated yet / failed)
     vs_base: ComparisonRow
     vs_best: ComparisonRow | None = None         # None: the best was the base when it arrived
-    decision: str = "running"                    # its verdict against the best so far
+    decision: str = Decision.RUNNING.value       # its verdict against the best so far
     labels: int = 0                              # human labels of its comparisons together
     calibration_from: list[str] = Field(default_factory=list)  # earlier runs whose judge calibration it carried
 
@@ -89,10 +91,10 @@ def file_run_href(run_id: str) -> str:
     return f"tiebreak-report-{run_id}.html"
 
 
-def _row(view: Any, href: Callable[[str], str] | None) -> ComparisonRow:
-    return ComparisonRow(run_id=view.run_id, against=view.against, decision=view.decision,
-                         estimate=view.estimate, lower=view.lower, upper=view.upper, labels=view.labels,
-                         alpha=view.alpha, href=href(view.run_id) if href and view.run_id else None)
+def _row(view: ComparisonView, href: Callable[[str], str] | None) -> ComparisonRow:
+    """The signal's view of one comparison (its ``to_dict``; per-slice verdicts are not shown here), linked."""
+    row = {k: v for k, v in view.to_dict().items() if k != "slices"}
+    return ComparisonRow(**row, href=href(view.run_id) if href and view.run_id else None)
 
 
 def experiment_report_data(service: Any, exp_id: str, *, run_href: Callable[[str], str] | None = api_run_href,
@@ -282,7 +284,7 @@ td.runs{font-size:11px;word-break:break-all;max-width:84px}
 
 def _legend() -> str:
     return " &nbsp;".join(f'<span class="dot" style="background:{_COLORS[k]}"></span> {k}'
-                          for k in ("better", "worse", "equivalent", "undecided", "running"))
+                          for k in (*(d for d in Decision if d.final), Decision.RUNNING))
 
 
 def _cmp_cells(r: ComparisonRow | None, against: bool) -> str:

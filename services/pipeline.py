@@ -201,10 +201,10 @@ class Pipeline:
 
     def _work(self, rid: str) -> None:
         svc = self.service
-        meta = svc.runtime(rid).meta
+        meta = svc.run_meta(rid)      # a copy, taken under the run's lock
         if meta.get("generate") and meta["status"] == "generating":
             self._generate(rid, meta)
-        meta = svc.runtime(rid).meta
+        meta = svc.run_meta(rid)
         if meta["judges"] and meta["status"] == "judging":
             self._judge(rid, meta)
 

@@ -52,4 +52,25 @@ def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) ->
                      else f"Bonferroni over {1 + len(crits)} comparisons" if crits else None),
         notes=[f"annotations: {run.n_annotations} from {run.n_annotators} annotators; labels per pair: "
                f"{run.labels_per_pair}"])
+    if run.family is not None:
+        data = _family_verdicts(data, run.family)
     return render_report(data)
+
+
+def _family_verdicts(data: Any, fam: Any) -> Any:
+    """A run on one draw sequence: every verdict, interval and the alpha split as the family gives them (Holm,
+    services.runs.shared_draws.question_alpha)."""
+    from services.report import CriterionVerdict, SliceVerdict
+    from services.runs.shared_draws import question_alpha
+
+    fs = fam.status()
+    ov = fs.question(OVERALL)
+    crit = [CriterionVerdict(criterion=q.criterion, decision=q.decision.value, estimate=q.estimate, lower=q.lower,
+                             upper=q.upper, labels=q.labels, alpha=question_alpha(fam, q))
+            for q in fs.questions if q.criterion != OVERALL and q.slice is None]
+    slices = [SliceVerdict(slice=q.slice, n_pairs=q.n_items, decision=q.decision.value, estimate=q.estimate,
+                           lower=q.lower, upper=q.upper, labels=q.labels, alpha=question_alpha(fam, q))
+              for q in fs.questions if q.criterion == OVERALL and q.slice is not None]
+    return data.model_copy(update={"decision": ov.decision.value, "estimate": ov.estimate, "lower": ov.lower,
+                                   "upper": ov.upper, "alpha": question_alpha(fam, ov), "criteria": crit, "slices": slices,
+                                   "alpha_split": fs.alpha_split if len(fs.questions) > 1 else None})

@@ -54,7 +54,7 @@ class Settings(StoreSettings):
     webhook_retries: int = 5
     webhook_backoff_s: float = 0.5
     public_url: str | None = None          # for links in exported tasks (Label Studio / Argilla)
-    # several replicas on one Redis (services/runs.py, docs/deploy.md): where the others reach this one, and
+    # several replicas on one Redis (services/runs/ownership.py, docs/deploy.md): where the others reach this one, and
     # how long a run's ownership lease lasts without renewal (a killed replica's runs move after this)
     advertise_url: str | None = Field(default=None, validation_alias=_env("TIEBREAK_ADVERTISE_URL"))
     owner_ttl_s: float = Field(default=10.0, validation_alias=_env("TIEBREAK_OWNER_TTL_S"))

@@ -12,9 +12,11 @@ Key layout (prefix ``tb:``)::
     tb:run:{rid}:index           hash pair_id -> "idx,tuned_left" (small: rebuilt into memory on load)
     tb:run:{rid}:votes           hash idx -> JSON {criterion: [P(tuned better) per judge, null = missing]}
     tb:run:{rid}:outputs         hash "{side}:{prompt_id}" -> generated text (generation survives crashes)
-    tb:run:{rid}:state           hash comparison -> Comparison.to_json(include_votes=False) (a snapshot),
+    tb:run:{rid}:state           hash "_family" -> ComparisonFamily.to_dict(include_votes=False) as JSON (a
+                                 snapshot; a run stored before shared draws: comparison -> Comparison.to_json),
                                  "_ops_at" -> how many logged operations the snapshot contains
-    tb:run:{rid}:ops             list of sampler operations (["next", comparison, k] / ["offer", comparison,
+    tb:run:{rid}:ops             list of sampler operations (["fnext", k] / ["flabels", idx, {question: y}] /
+                                 ["votes", items]; older runs ["next", comparison, k] / ["offer", comparison,
                                  idx, y]) replayed on load after the snapshot: exact, the sampler is deterministic
     tb:run:{rid}:labels          hash "{idx}|{annotator}" -> JSON {verdict, y, criteria, at}
     tb:run:{rid}:leases          hash lease_id -> JSON {idx, annotator, expires}

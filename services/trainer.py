@@ -1,5 +1,6 @@
 # Over 400 lines: the whole trainer-side SDK (client + HF/Lightning callbacks) is one module, importable alone.
-"""Trainer side of the stop-training signal: light to import (httpx + stdlib; no Ray, vLLM, numpy needed).
+"""Trainer side of the stop-training signal: light to import (httpx, stdlib, and sampler.decision, itself
+stdlib only; no Ray, vLLM, numpy needed).
 
     from services.trainer import TiebreakClient, TiebreakTrainerCallback
     client = TiebreakClient("http://tiebreak:8000", experiment="exp_…", token=os.environ["TIEBREAK_TOKEN"])
@@ -59,6 +60,8 @@ from typing import Any
 
 import httpx
 
+from sampler.decision import FINAL_DECISIONS, Decision
+
 log = logging.getLogger("tiebreak.trainer")
 
 
@@ -82,7 +85,8 @@ class TiebreakError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------ logged scalars
-DECISION_CODES = {"better": 1.0, "equivalent": 0.0, "worse": -1.0, "running": 2.0, "undecided": 3.0}
+DECISION_CODES: dict[str, float] = {Decision.BETTER: 1.0, Decision.EQUIVALENT: 0.0, Decision.WORSE: -1.0,
+                                    Decision.RUNNING: 2.0, Decision.UNDECIDED: 3.0}
 REASON_CODES = {None: 0.0, "target": 1.0, "regression": 2.0, "plateau": 3.0, "budget": 4.0,
                 "slice-regression": 5.0}
 METRIC_KEYS = ("tiebreak/theta_vs_base", "tiebreak/lower", "tiebreak/upper", "tiebreak/theta_vs_best",
@@ -105,12 +109,13 @@ def checkpoint_metrics(row: dict | None, signal: dict) -> dict[str, float]:
     m: dict[str, float] = {}
     if row is not None:
         base, best = row["vs_base"], row.get("vs_best") or row["vs_base"]
+        running = DECISION_CODES[Decision.RUNNING]
         m = {"tiebreak/theta_vs_base": float(base["estimate"]), "tiebreak/lower": float(base["lower"]),
              "tiebreak/upper": float(base["upper"]), "tiebreak/theta_vs_best": float(best["estimate"]),
              "tiebreak/lower_vs_best": float(best["lower"]), "tiebreak/upper_vs_best": float(best["upper"]),
              "tiebreak/labels": float(row.get("labels", 0)),
-             "tiebreak/decision": DECISION_CODES.get(str(row.get("decision")), DECISION_CODES["running"]),
-             "tiebreak/decision_vs_base": DECISION_CODES.get(str(base.get("decision")), DECISION_CODES["running"]),
+             "tiebreak/decision": DECISION_CODES.get(str(row.get("decision")), running),
+             "tiebreak/decision_vs_base": DECISION_CODES.get(str(base.get("decision")), running),
              "tiebreak/alpha": float(row.get("alpha", 0.0)),
              "tiebreak/checkpoint_step": float(checkpoint_step(row["checkpoint"], int(row.get("index", 0))))}
     m["tiebreak/stop"] = 1.0 if signal.get("stop") else 0.0
@@ -143,7 +148,7 @@ class SignalNews:
         for row in signal.get("checkpoints", []):
             if not row.get("vs_base", {}).get("run_id"):
                 continue   # outputs still being generated: no comparison yet
-            if row.get("labels", 0) == 0 and row.get("decision") not in ("better", "worse", "equivalent", "undecided"):
+            if row.get("labels", 0) == 0 and row.get("decision") not in FINAL_DECISIONS:
                 continue
             key = self._key(row)
             if self._seen.get(row["checkpoint"]) != key:

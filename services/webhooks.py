@@ -7,7 +7,7 @@ connection error is retried with exponential backoff (``retries`` times, then th
 and redelivery, so receivers de-duplicate on it.
 
 At least once: a ``run.decided`` entry is written in the same Redis transaction as the decision
-(``RunService._decided_event``), so an event exists exactly when its decision does. A delivery thread on
+(``services.runs.status.DecidedEvents.check``), so an event exists exactly when its decision does. A delivery thread on
 every replica claims due entries for ``claim_s`` seconds (a Lua script: no two replicas take the same entry
 at once), posts, then deletes the entry. A process killed before, during or after a delivery leaves the entry
 in Redis; it is due again once its claim runs out, and whichever replica runs next delivers it (again, with

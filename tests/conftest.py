@@ -27,21 +27,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     tempfile.tempdir = d
 
 
-# Modules under tests/unit/ whose tests start real processes (an embedded redis-server through RedisStore, a
-# Python subprocess): integration tests by what they run, marked so here until they move to tests/integration/
-# (they test code being split up in parallel: issue 13). `make test-unit` runs the rest: no process started.
-STARTS_PROCESSES = {
-    "test_service_integrations.py", "test_service_label_intake.py", "test_service_outbound_tokens.py",
-    "test_service_ownership.py", "test_service_runs.py", "test_service_slices.py", "test_service_streaming.py",
-    "test_trainer_client.py",
-}
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Everything under tests/integration/ and tests/slow/, and the modules above, is marked ``integration``."""
+    """Everything under tests/integration/ and tests/slow/ is marked ``integration``: tests/unit/ starts no process
+    (no redis-server, no subprocess), which is what `make test-unit` runs."""
     for item in items:
-        path = Path(str(item.fspath))
-        if {"integration", "slow"} & set(path.parts[-2:-1]) or path.name in STARTS_PROCESSES:
+        if {"integration", "slow"} & set(Path(str(item.fspath)).parts[-2:-1]):
             item.add_marker(pytest.mark.integration)
 
 

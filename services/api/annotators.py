@@ -12,20 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from services.api.deps import admin, get_store
+from services.api.deps import ServicesDep, StoreDep, TokensDep, admin
 from services.api.models import AnnotatorCreate, AnnotatorOut, ErrorOut, TokenCreate, TokenInfo, TokenOut
 from services.errors import BadInput, NotFound
 from services.store import RedisStore
-from services.tokens import TokenRegistry
 
 router = APIRouter(tags=["tokens"], dependencies=[Depends(admin)],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
-
-
-def _tokens(request: Request) -> TokenRegistry:
-    return request.app.state.tokens
 
 
 def _check_runs(store: RedisStore, runs: list[str]) -> None:
@@ -35,8 +30,7 @@ def _check_runs(store: RedisStore, runs: list[str]) -> None:
 
 
 @router.post("/v1/annotators", response_model=AnnotatorOut, status_code=201, responses={409: {"model": ErrorOut}})
-def create_annotator(body: AnnotatorCreate, store: RedisStore = Depends(get_store),
-                     tokens: TokenRegistry = Depends(_tokens)) -> AnnotatorOut:
+def create_annotator(body: AnnotatorCreate, store: StoreDep, tokens: TokensDep) -> AnnotatorOut:
     """A new token for annotator `name` (unique among live annotator tokens), valid for `next`/`labels` of the
     listed runs only, until `expires_in_s` seconds from now (default: until revoked)."""
     _check_runs(store, body.runs)
@@ -46,51 +40,52 @@ def create_annotator(body: AnnotatorCreate, store: RedisStore = Depends(get_stor
 
 
 @router.get("/v1/annotators", response_model=list[TokenInfo])
-def list_annotators(tokens: TokenRegistry = Depends(_tokens)) -> list[dict[str, Any]]:
+def list_annotators(tokens: TokensDep) -> list[dict[str, Any]]:
     return tokens.list("annotator")
 
 
 @router.delete("/v1/annotators/{token_id}", status_code=204, responses={404: {"model": ErrorOut}})
-def revoke_annotator(token_id: str, tokens: TokenRegistry = Depends(_tokens)) -> Response:
+def revoke_annotator(token_id: str, tokens: TokensDep) -> Response:
     tokens.revoke(token_id)
     return Response(status_code=204)
 
 
 @router.post("/v1/tokens", response_model=TokenOut, status_code=201, responses={409: {"model": ErrorOut}})
-def create_token(body: TokenCreate, request: Request, store: RedisStore = Depends(get_store),
-                 tokens: TokenRegistry = Depends(_tokens)) -> dict[str, Any]:
+def create_token(body: TokenCreate, services: ServicesDep) -> dict[str, Any]:
     """A scoped token: `integration` (the Label Studio / Argilla webhooks, for labels of `runs`), `trainer` (the
     routes of one `experiment`), `metrics` (GET /metrics) or `annotator` (as POST /v1/annotators)."""
     if body.kind in ("integration", "annotator"):
         if not body.runs:
             raise BadInput(f"a {body.kind} token needs 'runs' (the run ids it may label)", "runs")
-        _check_runs(store, body.runs)
+        _check_runs(services.store, body.runs)
     if body.kind == "trainer":
         if not body.experiment:
             raise BadInput("a trainer token needs 'experiment' (the id POST /v1/experiments returned)", "experiment")
         from services.api.experiments import experiment_service
 
-        if _experiment_missing(experiment_service(request), body.experiment):
+        if _experiment_missing(experiment_service(services), body.experiment):
             raise NotFound(f"experiment {body.experiment!r} does not exist", "experiment")
-    token, rec = tokens.create(body.kind, name=body.name, runs=body.runs, experiment=body.experiment,
-                               expires_in_s=body.expires_in_s)
+    token, rec = services.tokens.create(body.kind, name=body.name, runs=body.runs, experiment=body.experiment,
+                                        expires_in_s=body.expires_in_s)
     return {**rec, "token_id": rec["id"], "token": token}
 
 
 def _experiment_missing(svc: Any, exp: str) -> bool:
     try:
-        return svc.get(exp) is None
-    except Exception:  # noqa: BLE001 - an unknown experiment raises in ExperimentService
+        svc.get(exp)
+    except NotFound:        # ExperimentService.get raises services.experiments.errors.NotFound, one of these
         return True
+    return False
 
 
 @router.get("/v1/tokens", response_model=list[TokenInfo])
-def list_tokens(kind: str | None = Query(None, pattern="^(annotator|integration|trainer|metrics)$"),
-                tokens: TokenRegistry = Depends(_tokens)) -> list[dict[str, Any]]:
+def list_tokens(tokens: TokensDep,
+                kind: str | None = Query(None, pattern="^(annotator|integration|trainer|metrics)$")
+                ) -> list[dict[str, Any]]:
     return tokens.list(kind)
 
 
 @router.delete("/v1/tokens/{token_id}", status_code=204, responses={404: {"model": ErrorOut}})
-def revoke_token(token_id: str, tokens: TokenRegistry = Depends(_tokens)) -> Response:
+def revoke_token(token_id: str, tokens: TokensDep) -> Response:
     tokens.revoke(token_id)
     return Response(status_code=204)

@@ -32,7 +32,7 @@ bearer = HTTPBearer(auto_error=False, description="TIEBREAK_ADMIN_TOKEN or a tok
                                                   "POST /v1/tokens")
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppServices:
     """Everything a route may need, typed (``create_app`` builds it once per app)."""
     settings: Settings
@@ -42,6 +42,9 @@ class AppServices:
     webhooks: WebhookSender
     tokens: TokenRegistry
     pipeline: Any                 # services.pipeline.Pipeline, or None when the pipeline is off
+    # services.experiments.ExperimentService: built on first use (services/api/experiments.py, ExperimentsDep) so
+    # that an app whose clients never call /v1/experiments starts no signal watcher; the only field set later
+    experiments: Any = None
 
 
 def services_of(app: FastAPI | Any) -> AppServices:

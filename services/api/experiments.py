@@ -16,13 +16,13 @@ Statistics: services/experiments/__init__.py; the signal rule: services/experime
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.api.deps import admin, experiment_access
+from services.api.deps import AppServices, ServicesDep, SettingsDep, admin, experiment_access
 from services.api.models import Utf8Str
 from services.experiments import ExperimentService, RedisKV
 from services.outbound import check_request
@@ -98,62 +98,57 @@ class _RunServiceBackend:
         return self.rs.status(run_id)
 
 
-def _notifier(app_state: Any):
-    sender = getattr(app_state, "webhooks", None)
-    if sender is None:
-        return None
-    return signal_notifier(sender)
-
-
-def experiment_service(request: Request) -> ExperimentService:
-    """The app's ExperimentService, built on first use from app.state (runs, store, webhooks)."""
-    st = request.app.state
-    svc = getattr(st, "experiments", None)
+def experiment_service(services: AppServices) -> ExperimentService:
+    """The app's ExperimentService (``services.experiments``), built on first use over its runs, store, webhook
+    sender and pipeline; its signal watcher polls every ``settings.signal_interval_s``."""
+    svc = services.experiments
     if svc is not None:
         return svc
     with _lock:
-        svc = getattr(st, "experiments", None)
+        svc = services.experiments
         if svc is None:
-            runs = getattr(st, "runs", None) or getattr(st, "run_service", None)
-            store = getattr(st, "store", None)
-            kv = RedisKV(store.r) if store is not None and hasattr(store, "r") else None
-            pipeline = getattr(st, "pipeline", None)   # checkpoints generate through the runs' actors
-            svc = ExperimentService(_RunServiceBackend(runs), kv=kv, notifier=_notifier(st),
+            pipeline = services.pipeline      # checkpoints generate through the runs' actors
+            svc = ExperimentService(_RunServiceBackend(services.runs), kv=RedisKV(services.store.r),
+                                    notifier=signal_notifier(services.webhooks),
                                     generator=pipeline.generate_outputs if pipeline is not None else None,
                                     async_generation=True)
-            svc.start_watcher(float(getattr(getattr(st, "settings", None), "signal_interval_s", 2.0)))
-            st.experiments = svc
+            svc.start_watcher(services.settings.signal_interval_s)
+            services.experiments = svc
     return svc
+
+
+def get_experiments(services: ServicesDep) -> ExperimentService:
+    return experiment_service(services)
+
+
+ExperimentsDep = Annotated[ExperimentService, Depends(get_experiments)]
 
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 
 
 @router.post("", status_code=201, dependencies=[Depends(admin)])
-def create_experiment(body: ExperimentCreate, request: Request,
-                      svc: ExperimentService = Depends(experiment_service)):
-    check_request(request.app.state.settings, urls=[("webhook", body.webhook)],
+def create_experiment(body: ExperimentCreate, svc: ExperimentsDep, settings: SettingsDep):
+    check_request(settings, urls=[("webhook", body.webhook)],
                   specs=[("base", body.base), *((f"judges.{i}", j) for i, j in enumerate(body.judges))])
     return {"experiment": svc.create_experiment(body.model_dump(exclude_none=True))}
 
 
 @router.post("/{exp}/checkpoints", status_code=201, dependencies=[Depends(experiment_access)])
-def add_checkpoint(exp: str, body: CheckpointIn, request: Request,
-                   svc: ExperimentService = Depends(experiment_service)):
-    check_request(request.app.state.settings, specs=[("model", body.model)])
+def add_checkpoint(exp: str, body: CheckpointIn, svc: ExperimentsDep, settings: SettingsDep):
+    check_request(settings, specs=[("model", body.model)])
     return svc.add_checkpoint(exp, body.model_dump(exclude_none=True))
 
 
 @router.get("/{exp}/signal", dependencies=[Depends(experiment_access)])
-def get_signal(exp: str, svc: ExperimentService = Depends(experiment_service)):
+def get_signal(exp: str, svc: ExperimentsDep):
     return svc.signal(exp)
 
 
 @router.get("/{exp}/report", response_class=HTMLResponse, dependencies=[Depends(experiment_access)])
-def get_report(exp: str, links: Literal["api", "files"] = Query(
+def get_report(exp: str, svc: ExperimentsDep, links: Literal["api", "files"] = Query(
         "api", description="run-report links: 'api' = ../../runs/{id}/report (this service), 'files' = "
-                           "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)"),
-        svc: ExperimentService = Depends(experiment_service)):
+                           "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)")):
     """The experiment as one self-contained HTML page: every checkpoint vs the base and the best so far."""
     from services.experiment_report import (
         api_run_href,
@@ -166,7 +161,7 @@ def get_report(exp: str, links: Literal["api", "files"] = Query(
 
 
 @router.get("/{exp}", dependencies=[Depends(experiment_access)])
-def get_experiment(exp: str, svc: ExperimentService = Depends(experiment_service)):
+def get_experiment(exp: str, svc: ExperimentsDep):
     rec = svc.get(exp)
     rec.pop("outputs", None)
     rec["signal"] = svc.signal(exp)

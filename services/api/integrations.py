@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query
 
 from services import integrations as ig
-from services.api.deps import Principal, admin, get_runs, integration_access
+from services.api.deps import Principal, RunsDep, admin, integration_access
 from services.api.models import ErrorOut
 from services.api.runs import RunId
 from services.errors import Forbidden
@@ -23,8 +23,7 @@ Payload = Body(..., description="the tool's webhook JSON, as documented by the t
 
 
 @router.get("/label-studio/{run_id}/tasks", dependencies=[Depends(admin)])
-def label_studio_tasks(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
-                       runs: RunService = Depends(get_runs)) -> dict[str, Any]:
+def label_studio_tasks(runs: RunsDep, run_id: str = RunId, k: int = Query(50, ge=1, le=5000)) -> dict[str, Any]:
     """Tasks to import into Label Studio, with ``predictions[].score`` = the sampler's priority."""
     meta = runs.run_meta(run_id)
     return {"label_config": ig.label_config(meta.get("criteria") or []),
@@ -32,7 +31,7 @@ def label_studio_tasks(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
 
 
 @router.post("/label-studio/webhook")
-def label_studio_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs),
+def label_studio_webhook(runs: RunsDep, payload: dict[str, Any] = Payload,
                          who: Principal = Depends(integration_access)) -> dict:
     """Ingest ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED``; other actions are acknowledged and ignored."""
     got = ig.parse_ls_webhook(payload)
@@ -42,16 +41,16 @@ def label_studio_webhook(payload: dict[str, Any] = Payload, runs: RunService = D
 
 
 @router.get("/argilla/{run_id}/records", dependencies=[Depends(admin)])
-def argilla_records(run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
-                    suggestions: bool = Query(False, description="attach the judges' consensus as suggestions"),
-                    runs: RunService = Depends(get_runs)) -> dict[str, Any]:
+def argilla_records(runs: RunsDep, run_id: str = RunId, k: int = Query(50, ge=1, le=5000),
+                    suggestions: bool = Query(False, description="attach the judges' consensus as suggestions")
+                    ) -> dict[str, Any]:
     meta = runs.run_meta(run_id)
     return {"settings": ig.argilla_settings(meta.get("criteria") or [], meta.get("slices") or []),
             "records": ig.argilla_records(run_id, runs.draw_batch(run_id, k), meta["judge_names"], suggestions)}
 
 
 @router.post("/argilla/webhook")
-def argilla_webhook(payload: dict[str, Any] = Payload, runs: RunService = Depends(get_runs),
+def argilla_webhook(runs: RunsDep, payload: dict[str, Any] = Payload,
                     who: Principal = Depends(integration_access)) -> dict:
     """Ingest ``response.created`` (submitted responses); other events are acknowledged and ignored."""
     got = ig.parse_argilla_webhook(payload)

@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path
 
-from services.api.deps import admin, get_runs
-from services.runs import ROUTED, RunService
+from services.api.deps import RunsDep, admin
+from services.runs import ROUTED
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"], dependencies=[Depends(admin)],
                    include_in_schema=False)
 
 
 @router.post("/runs/{run_id}/{method}")
-def forwarded_call(run_id: str = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"),
+def forwarded_call(runs: RunsDep, run_id: str = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$"),
                    method: str = Path(..., pattern="^(" + "|".join(ROUTED) + ")$"),
-                   body: dict[str, Any] = Body(...), runs: RunService = Depends(get_runs)) -> dict:
+                   body: dict[str, Any] = Body(...)) -> dict:
     args = body.get("args")
     return {"result": runs.local_call(method, run_id, args if isinstance(args, list) else [])}

@@ -234,6 +234,9 @@ class RunStatus(BaseModel):
     error: str | None
     created_at: float
     alpha_split: str | None = None
+    multiplicity: str | None = Field(None, description="how alpha is shared over the run's questions: 'holm' "
+                                                       "(one draw sequence) or null (a run stored before it: "
+                                                       "bonferroni, as alpha_split says)")
     pool_version: int | None = None
     slices: dict[str, SliceStatus] = Field(default_factory=dict, description="per-slice verdicts (overall)")
     slice_warnings: list[str] = Field(default_factory=list,

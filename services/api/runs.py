@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import HTMLResponse
 
-from services.api.deps import Principal, admin, get_runs, run_access
+from services.api.deps import Principal, RunsDep, SettingsDep, admin, run_access
 from services.api.models import (
     ErrorOut,
     LabelIn,
@@ -21,8 +21,8 @@ from services.api.models import (
     RunStatus,
     RunSummary,
 )
+from services.errors import BadInput, Forbidden
 from services.outbound import check_request
-from services.runs import RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})
@@ -31,13 +31,13 @@ RunId = Path(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", desc
 
 
 @router.post("", response_model=RunCreated, status_code=201, dependencies=[Depends(admin)])
-def create_run(body: RunCreate, request: Request, runs: RunService = Depends(get_runs)) -> RunCreated:
+def create_run(body: RunCreate, runs: RunsDep, settings: SettingsDep) -> RunCreated:
     """Create a run from ready pairs (optionally with judge votes) or from models + prompts to generate.
     URLs (`webhook_url`, OpenAI-compatible `base_url`s) must pass the server's outbound policy (422 otherwise)."""
     specs = [(f"judges.{i}", j) for i, j in enumerate(body.judges or [])]
     if body.generate is not None:
         specs += [("generate.base", body.generate.base), ("generate.tuned", body.generate.tuned)]
-    check_request(request.app.state.settings, urls=[("webhook_url", body.webhook_url)], specs=specs)
+    check_request(settings, urls=[("webhook_url", body.webhook_url)], specs=specs)
     rid = runs.create_run(body.model_dump())
     pairs = body.pairs if body.pairs is not None else body.generate.prompts if body.generate else []
     if any(p.slices for p in pairs):   # slices that only labelling every pair can decide: said up front
@@ -46,20 +46,20 @@ def create_run(body: RunCreate, request: Request, runs: RunService = Depends(get
 
 
 @router.get("", response_model=list[RunSummary], dependencies=[Depends(admin)])
-def list_runs(runs: RunService = Depends(get_runs)) -> list[dict]:
+def list_runs(runs: RunsDep) -> list[dict]:
     return runs.list_runs()
 
 
 @router.post("/{run_id}/pairs", response_model=PairsAdded, responses={404: {"model": ErrorOut}},
              dependencies=[Depends(admin)])
-def add_pairs(body: PairsAdd, run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
+def add_pairs(body: PairsAdd, runs: RunsDep, run_id: str = RunId) -> dict:
     """Append pairs (same shape as in POST /v1/runs); after labels exist this starts a new pool version."""
     return runs.add_pairs(run_id, [p.model_dump() for p in body.pairs])
 
 
 @router.get("/{run_id}", response_model=RunStatus, responses={404: {"model": ErrorOut}},
             dependencies=[Depends(admin)])
-def get_run(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> dict:
+def get_run(runs: RunsDep, run_id: str = RunId) -> dict:
     return runs.status(run_id)
 
 
@@ -80,12 +80,12 @@ def _utc_iso(ts: float) -> str:
 @router.get("/{run_id}/next", response_model=NextPair,
             responses={204: {"description": "nothing to label now (decided, or every pair leased/labelled)"},
                        404: {"model": ErrorOut}})
-async def next_pair(run_id: str = RunId,
+async def next_pair(runs: RunsDep, run_id: str = RunId,
                     annotator: str | None = Query(None, min_length=1, max_length=200, pattern=r"^[^|]+$",
                                                   description="who labels; defaults to the annotator token's name"),
-                    who: Principal = Depends(run_access), runs: RunService = Depends(get_runs)) -> Response:
+                    who: Principal = Depends(run_access)) -> Response:
     """Lease one blind pair: prompt and two responses in random order, no model names, no judge votes."""
-    name = _annotator(who, annotator)
+    name = _annotator(who, annotator, "query")
     got = await runs.next_pair_async(run_id, name)
     if got is None:
         return Response(status_code=204)
@@ -94,40 +94,40 @@ async def next_pair(run_id: str = RunId,
 
 
 @router.post("/{run_id}/labels", response_model=LabelOut, responses={404: {"model": ErrorOut}})
-async def post_label(body: LabelIn, request: Request, run_id: str = RunId, who: Principal = Depends(run_access),
-                     runs: RunService = Depends(get_runs)) -> Response:
+async def post_label(body: LabelIn, runs: RunsDep, settings: SettingsDep, run_id: str = RunId,
+                     who: Principal = Depends(run_access)) -> Response:
     """One verdict on one pair, from the holder of its lease (`lease_id` from `next`; without it, the lease this
     annotator holds on the pair). Idempotent per (pair_id, annotator): a repeat is accepted and counted once.
     409 (nothing stored) for a pair not leased to this annotator. `decision` is null for annotator tokens
     unless the server runs with TIEBREAK_ANNOTATORS_SEE_DECISION=1 (a blind study must not show it)."""
     d = body.model_dump()
-    d["annotator"] = _annotator(who, body.annotator)
+    d["annotator"] = _annotator(who, body.annotator, "body")
     res = await runs.submit_label_async(run_id, d)
-    if not who.is_admin and not request.app.state.settings.annotators_see_decision:
+    if not who.is_admin and not settings.annotators_see_decision:
         res = {**res, "decision": None}
     return _json(res)
 
 
 @router.get("/{run_id}/report", response_class=HTMLResponse, responses={404: {"model": ErrorOut}},
             dependencies=[Depends(admin)])
-def report(run_id: str = RunId, runs: RunService = Depends(get_runs)) -> HTMLResponse:
+def report(runs: RunsDep, run_id: str = RunId) -> HTMLResponse:
     """Self-contained HTML report (no external assets)."""
     return HTMLResponse(runs.report_html(run_id))
 
 
-def _annotator(who: Principal, given: str | None) -> str:
+def _annotator(who: Principal, given: str | None, where: str) -> str:
+    """Who labels: the annotator token's own name, or (admin token) the one ``given`` in the query or body."""
+    loc = [where, "annotator"]
     if who.is_admin:
         if not given:
-            raise HTTPException(422, [{"loc": ["query", "annotator"], "type": "missing",
-                                       "msg": "with the admin token, say who labels: ?annotator=NAME "
-                                              "(or 'annotator' in the body)"}])
+            raise BadInput("with the admin token, say who labels: ?annotator=NAME (or 'annotator' in the body)",
+                           loc=loc, type_="missing")
         try:
             given.encode("utf-8")
         except UnicodeEncodeError:
-            raise HTTPException(422, [{"loc": ["query", "annotator"], "type": "value_error",
-                                       "msg": "annotator is not valid Unicode text"}]) from None
+            raise BadInput("annotator is not valid Unicode text", loc=loc, type_="value_error") from None
         return given
     if given and given != who.name:
-        raise HTTPException(403, f"this token belongs to annotator {who.name!r}, not {given!r}")
+        raise Forbidden(f"this token belongs to annotator {who.name!r}, not {given!r}", loc=loc, type_="forbidden")
     assert who.name is not None
     return who.name

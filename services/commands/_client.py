@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 
-from sampler.decision import Decision
+from sampler.decision import FINAL_DECISIONS, Decision
 from services.settings import ClientSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-FINAL = frozenset(d.value for d in Decision if d.final)      # better, worse, equivalent, undecided
-DECIDED = FINAL - {Decision.UNDECIDED.value}
+FINAL = FINAL_DECISIONS      # better, worse, equivalent, undecided
+DECIDED = FINAL - {Decision.UNDECIDED}
 
 
 class ApiError(Exception):

@@ -33,23 +33,17 @@ LABEL_MODES = ("terminal", "browser", "votes", "none")
 
 
 def _read_jsonl_or_json(path: Path) -> list[Any]:
-    text = path.read_text()
     if path.suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise BadInput(f"{path}: not valid JSON ({e.msg})") from None
         if not isinstance(data, list):
             raise BadInput(f"{path}: expected a JSON list")
         return data
-    out = []
-    for k, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path}:{k}: not valid JSON ({e.msg})") from None
-    return out
+    from services.data import jsonl_rows
+
+    return [row for _, row in jsonl_rows(path, BadInput)]
 
 
 def load_prompts(path: Path) -> list[dict]:

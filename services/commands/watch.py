@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from sampler.decision import Decision
+from sampler.decision import FINAL_DECISIONS
 
 MARKERS = ("config.json", "adapter_config.json", "trainer_state.json", "model.safetensors")
 
@@ -58,7 +58,7 @@ def find_checkpoints(root: Path, seen: dict[str, tuple[int, int]]) -> list[Path]
     return sorted(out, key=_step)
 
 
-FINAL = frozenset(d.value for d in Decision if d.final)
+FINAL = FINAL_DECISIONS
 
 
 def decision_line(row: dict) -> str:

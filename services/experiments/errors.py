@@ -30,5 +30,6 @@ class NotFound(ExperimentError, errors.NotFound):
     """No such experiment: 404, located in the path (not the body)."""
     status_code = 404
 
-    def detail(self) -> list[dict]:
-        return [{"loc": ["path", self.field], "msg": self.msg, "type": type(self).__name__}]
+    def __init__(self, field: str, message: str):
+        super().__init__(field, message)
+        self.loc = ["path", field]

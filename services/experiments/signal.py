@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sampler.decision import FINAL_DECISIONS, Decision
 from services.experiments.errors import ExperimentError
 
-FINAL = ("better", "worse", "equivalent", "undecided")
+FINAL = FINAL_DECISIONS
 REASONS = ("target", "regression", "plateau", "budget")
 
 
@@ -16,7 +17,7 @@ REASONS = ("target", "regression", "plateau", "budget")
 class ComparisonView:
     """What the signal needs from one run (a GET /v1/runs/{id} subset)."""
     run_id: str
-    decision: str = "running"
+    decision: str = Decision.RUNNING.value
     estimate: float = 0.5
     lower: float = 0.0
     upper: float = 1.0
@@ -36,7 +37,7 @@ class ComparisonView:
     def from_status(cls, run_id: str, st: dict, against: str) -> ComparisonView:
         iv = st.get("interval") or [0.0, 1.0]
         est = st.get("estimate")
-        return cls(run_id, str(st.get("decision") or "running"), 0.5 if est is None else float(est),
+        return cls(run_id, str(st.get("decision") or Decision.RUNNING), 0.5 if est is None else float(est),
                    float(iv[0]), float(iv[1]), int(st.get("labels", 0)), float(st.get("alpha", 0.05)), against,
                    st.get("slices") or None)
 
@@ -106,7 +107,7 @@ class SignalRule:
             labels = sum(r["labels"] for r in rows)
         best_i = -1
         for i, c in enumerate(cks):
-            if c.decision == "better" and not self._worse_on_protected(c):
+            if c.decision == Decision.BETTER and not self._worse_on_protected(c):
                 best_i = i
         best = cks[best_i].checkpoint if best_i >= 0 else None
         best_name = best or "the base"
@@ -124,12 +125,13 @@ class SignalRule:
             c = guarded[-1]
             return out(True, "slice-regression", f"{c.checkpoint} is worse than the base on protected slice(s) "
                                                  f"{', '.join(self._worse_on_protected(c))}")
-        plateau_set = {"equivalent", "worse"} | ({"undecided"} if self.undecided_is_plateau else set())
+        plateau_set = {Decision.EQUIVALENT, Decision.WORSE} | ({Decision.UNDECIDED} if self.undecided_is_plateau
+                                                              else set())
         after = [c for c in cks[best_i + 1:] if c.decision in FINAL]
         last = after[-self.patience:]
         if len(last) == self.patience and all(c.decision in plateau_set for c in last):
             names = ", ".join(f"{c.checkpoint}: {c.decision}" for c in last)
-            if all(c.decision == "worse" for c in last):
+            if all(c.decision == Decision.WORSE for c in last):
                 return out(True, "regression", f"the last {self.patience} checkpoint(s) are worse than {best_name} ({names})")
             return out(True, "plateau", f"the last {self.patience} checkpoint(s) are not better than {best_name} ({names})")
         if self.budget is not None and labels >= self.budget:
@@ -144,4 +146,4 @@ class SignalRule:
                 if s in sl and sl[s].get("decision") in FINAL}
 
     def _worse_on_protected(self, c: CheckpointVerdict) -> list[str]:
-        return [s for s, d in self._protected_verdicts(c).items() if d == "worse"]
+        return [s for s, d in self._protected_verdicts(c).items() if d == Decision.WORSE]

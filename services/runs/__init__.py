@@ -6,10 +6,13 @@ from Redis into a ``RunRuntime`` (``loader``) on first use, and every change is 
 fenced write (``writer`` -> ``RedisStore.apply``) before the call returns, so a restart (or kill -9) resumes
 every run exactly.
 
-A run has one ``Comparison`` for the overall verdict plus one per criterion, and each follows a verdict per
-slice of interest; alpha is split by Bonferroni over (1 + slices) x (1 + criteria) questions (``pool``). The
-overall comparison drives the draws; a comparison is ``finished`` when its verdict and every slice verdict are
-final; the run hands out pairs until the overall comparison is finished (``leases``). With ``labels_per_pair``
+A run asks the overall question, one per criterion, and each of those per slice of interest, all on ONE draw
+sequence (``sampler.family.ComparisonFamily``, ``shared_draws``): the overall question's design picks every
+pair, one label serves every question the pair belongs to, Holm's step-down keeps P(any verdict wrong) <= alpha,
+and the run hands out pairs until every question is final. A run stored before that (no ``draws`` flag in its
+meta) keeps its old shape and loads and continues as written: one ``Comparison`` for the overall verdict plus
+one per criterion, each drawing its own pairs, alpha split by Bonferroni over (1 + slices) x (1 + criteria)
+questions (``pool``), pairs handed out until the overall comparison is finished (``leases``). With ``labels_per_pair``
 = k > 1 a pair is handed to k different annotators and the sampler gets the mean of their verdicts once all k
 are in (``intake``). A decision's ``run.decided`` webhook is written to the Redis outbox in the same write
 (``status.DecidedEvents``; services/webhooks.py delivers it at least once).

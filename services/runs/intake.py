@@ -100,7 +100,8 @@ class LabelIntake:
                            "Ask GET /v1/runs/{id}/next for another pair", "pair_id")
         source = label.get("source", "api")
         if source != "api":
-            drawn = any(idx in comp.pending_items() for comp in rt.comps.values())
+            drawn = idx in rt.family.pending_items() if rt.family is not None else \
+                any(idx in comp.pending_items() for comp in rt.comps.values())
             if not drawn:
                 raise Conflict(f"pair {pid!r} was not handed out for labelling (import the tasks/records that "
                                "tiebreak exported; it exports the pairs the sampler drew)", "pair_id")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.runs.model import OVERALL, Lease, Pending, RunRuntime, feed, next_items
+from services.runs.shared_draws import batch_family, choose_family
 from services.runs.status import DecidedEvents
 from services.runs.writer import RunWriter
 from services.store import RedisStore
@@ -57,7 +58,7 @@ class Leases:
     def next_pair(self, rt: RunRuntime, annotator: str) -> Pending:
         """Lease the next pair of run ``rt`` for ``annotator`` (the answer: the blind view, or None when nothing
         is to be labelled now). Call with ``rt.lock`` held; the write is queued (``Pending``)."""
-        if not rt.comps or rt.comps[OVERALL].finished:
+        if not rt.comps or rt.finished:
             return Pending(None, lambda _: None)
         now = self.clock()
         dead = sweep_leases(rt, now)
@@ -75,35 +76,10 @@ class Leases:
             anns = rt.labels.get(idx, {})
             return annotator not in anns and len(anns) + leased.get(idx, 0) < k
 
-        chosen = None
-        for comp in rt.comps.values():
-            if comp.finished and comp is not rt.comps[OVERALL]:
-                continue
-            for idx in comp.pending_items():
-                if eligible(idx):
-                    chosen = idx
-                    break
-            if chosen is not None:
-                break
-        drew = False
-        if chosen is None:
-            for comp in rt.comps.values():
-                if comp.finished:
-                    continue
-                for _ in range(8):
-                    new = next_items(rt, comp, 1)
-                    if not new:
-                        break
-                    drew = True
-                    # labels given before the draw (several annotators, webhooks) are fed now
-                    feed(rt, new[0])
-                    if new[0] in comp.labels:
-                        continue
-                    if eligible(new[0]):
-                        chosen = new[0]
-                        break
-                if chosen is not None:
-                    break
+        if rt.family is not None:     # one draw sequence for every question (services.runs.shared_draws)
+            chosen, drew = choose_family(rt, eligible)
+        else:
+            chosen, drew = self._choose_per_comparison(rt, eligible)
         if chosen is None:
             if not drew:
                 if dead:
@@ -133,6 +109,41 @@ class Leases:
 
         return Pending(fut, finish)
 
+    @staticmethod
+    def _choose_per_comparison(rt: RunRuntime, eligible: Callable[[int], bool]) -> tuple[int | None, bool]:
+        """The pair to lease in a run stored before shared draws: pending draws of the overall comparison (and
+        of unfinished criteria), else new draws of each unfinished comparison in turn."""
+        chosen = None
+        drew = False
+        for comp in rt.comps.values():
+            if comp.finished and comp is not rt.comps[OVERALL]:
+                continue
+            for idx in comp.pending_items():
+                if eligible(idx):
+                    chosen = idx
+                    break
+            if chosen is not None:
+                break
+        if chosen is None:
+            for comp in rt.comps.values():
+                if comp.finished:
+                    continue
+                for _ in range(8):
+                    new = next_items(rt, comp, 1)
+                    if not new:
+                        break
+                    drew = True
+                    # labels given before the draw (several annotators, webhooks) are fed now
+                    feed(rt, new[0])
+                    if new[0] in comp.labels:
+                        continue
+                    if eligible(new[0]):
+                        chosen = new[0]
+                        break
+                if chosen is not None:
+                    break
+        return chosen, drew
+
     def _lease_view(self, rt: RunRuntime, le: Lease, pair: dict | None = None) -> dict:
         if pair is None:
             pair = self.store.get_pair(rt.rid, le.idx)
@@ -150,27 +161,36 @@ class Leases:
         run's lock itself (the draws are written before it returns)."""
         rid = rt.rid
         with rt.lock:
-            if not rt.comps or rt.comps[OVERALL].finished:
+            if not rt.comps or rt.finished:
                 return []
-            order: list[int] = []
-            for comp in rt.comps.values():
-                if not comp.finished:
-                    order += [i for i in comp.pending_items() if len(rt.labels.get(i, {})) < rt.required]
-            drew = False
-            ov = rt.comps[OVERALL]
-            while len(dict.fromkeys(order)) < k and not ov.finished:
-                new = next_items(rt, ov, min(k, 256))
-                if not new:
-                    break
-                drew = True
-                for i in new:
-                    feed(rt, i)
-                order += [i for i in new if i not in ov.labels]
+            if rt.family is not None:
+                idxs, drew = batch_family(rt, k)
+            else:
+                idxs, drew = self._batch_per_comparison(rt, k)
             if drew:
                 self.writer.commit(rt)
-            idxs = list(dict.fromkeys(order))[:k]
             pairs = self.store.get_pairs(rid, idxs)
             votes = self.store.all_votes(rid) if rt.meta["judge_names"] else {}
             n = max(len(idxs), 1)
             return [(p, 1.0 - r / n, votes.get(i)) for r, (i, p) in enumerate(zip(idxs, pairs, strict=True))
                     if p is not None]
+
+    @staticmethod
+    def _batch_per_comparison(rt: RunRuntime, k: int) -> tuple[list[int], bool]:
+        """draw_batch for a run stored before shared draws: each comparison's pending draws, then the overall
+        comparison's new draws."""
+        order: list[int] = []
+        for comp in rt.comps.values():
+            if not comp.finished:
+                order += [i for i in comp.pending_items() if len(rt.labels.get(i, {})) < rt.required]
+        drew = False
+        ov = rt.comps[OVERALL]
+        while len(dict.fromkeys(order)) < k and not ov.finished:
+            new = next_items(rt, ov, min(k, 256))
+            if not new:
+                break
+            drew = True
+            for i in new:
+                feed(rt, i)
+            order += [i for i in new if i not in ov.labels]
+        return list(dict.fromkeys(order))[:k], drew

@@ -17,6 +17,7 @@ import numpy as np
 from sampler.engine import Comparison
 from services.errors import NotFound
 from services.runs.model import OVERALL, Lease, RunRuntime, no_votes, offer_label
+from services.runs.shared_draws import STATE_KEY, load_family
 from services.store import RedisStore
 
 
@@ -47,6 +48,30 @@ def vote_matrices(store: RedisStore, rt: RunRuntime, lo: int, hi: int
     return out, voted
 
 
+def _load_comparisons(rt: RunRuntime, states: dict[str, str], mats: dict[str, np.ndarray | None], n: int,
+                      ops: list[str]) -> None:
+    """A run's per-criterion comparisons from their snapshots, then the ops logged after them replayed."""
+    for name, s in states.items():
+        d = json.loads(s)
+        m = mats.get(name)
+        if m is None or m.shape[1] != d["n_judges"]:   # a comparison without judge votes
+            m = no_votes(n, d["n_judges"]) if d["n_judges"] else no_votes(n)
+        rt.comps[name] = Comparison.from_dict(d, m)
+    for op in ops:
+        o = json.loads(op)
+        if o[0] == "next":
+            rt.comps[o[1]].next_items(o[2])
+        elif o[0] == "votes":                 # votes streamed in (add_votes), in log order
+            for name, comp in rt.comps.items():
+                m = mats.get(name)
+                if comp.votes.shape[1] and m is not None and m.shape[1] == comp.votes.shape[1]:
+                    comp.add_votes(o[1], m[o[1]])
+        else:
+            offer_label(rt.comps[o[1]], o[2], o[3])
+    # keep the overall comparison first
+    rt.comps = {k: rt.comps[k] for k in [OVERALL, *rt.criteria] if k in rt.comps}
+
+
 def load_run(store: RedisStore, rid: str, clock: Callable[[], float]) -> tuple[RunRuntime, list[str]]:
     """Run ``rid`` as stored, and the ids of its leases past their grace (to delete with the next write).
     The caller holds the run's ownership lease and sets ``owner`` / ``owned_until``."""
@@ -65,27 +90,12 @@ def load_run(store: RedisStore, rid: str, clock: Callable[[], float]) -> tuple[R
         mats, _ = vote_matrices(store, rt, 0, n)
         states = store.load_states(rid)
         rt.ops_at_snapshot = int(states.pop("_ops_at", 0))
-        for name, s in states.items():
-            d = json.loads(s)
-            m = mats.get(name)
-            if m is None or m.shape[1] != d["n_judges"]:   # a comparison without judge votes
-                m = no_votes(n, d["n_judges"]) if d["n_judges"] else no_votes(n)
-            rt.comps[name] = Comparison.from_dict(d, m)
         ops = store.load_ops(rid)
         rt.ops_total = len(ops)
-        for op in ops[rt.ops_at_snapshot:]:       # replay what happened after the snapshot
-            o = json.loads(op)
-            if o[0] == "next":
-                rt.comps[o[1]].next_items(o[2])
-            elif o[0] == "votes":                 # votes streamed in (add_votes), in log order
-                for name, comp in rt.comps.items():
-                    m = mats.get(name)
-                    if comp.votes.shape[1] and m is not None and m.shape[1] == comp.votes.shape[1]:
-                        comp.add_votes(o[1], m[o[1]])
-            else:
-                offer_label(rt.comps[o[1]], o[2], o[3])
-        # keep the overall comparison first
-        rt.comps = {k: rt.comps[k] for k in [OVERALL, *rt.criteria] if k in rt.comps}
+        if STATE_KEY in states:                   # one draw sequence (services.runs.shared_draws)
+            load_family(rt, states[STATE_KEY], mats, n, ops[rt.ops_at_snapshot:])
+        else:                                     # a run stored before shared draws: one comparison each
+            _load_comparisons(rt, states, mats, n, ops[rt.ops_at_snapshot:])
     for idx, ann, rec in store.load_labels(rid):
         rt.labels.setdefault(idx, {})[ann] = rec
         rt.n_annotations += 1

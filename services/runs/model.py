@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sampler.engine import Comparison
-from services.errors import ServiceError, Unavailable
+from services.errors import ServiceError, Unavailable, error_item
+
+if TYPE_CHECKING:
+    from sampler.family import ComparisonFamily
 
 OVERALL = "overall"
 VERDICTS = ("left", "right", "tie")
@@ -52,6 +55,8 @@ class RunRuntime:
     pair_index: dict[str, tuple[int, bool]]          # pair_id -> (idx, tuned_left)
     pair_ids: list[str]                               # idx -> pair_id
     comps: dict[str, Comparison] = field(default_factory=dict)
+    family: ComparisonFamily | None = None          # one draw sequence (services.runs.shared_draws); comps is
+                                                   # then its dict. None: a run stored before it (old path)
     labels: dict[int, dict[str, dict]] = field(default_factory=dict)   # idx -> annotator -> record
     leases: dict[str, Lease] = field(default_factory=dict)
     n_voted: int = 0
@@ -76,6 +81,13 @@ class RunRuntime:
     @property
     def required(self) -> int:
         return int(self.meta.get("labels_per_pair", 1))
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more to hand out: every question final (shared draws), else the overall comparison's."""
+        if self.family is not None:
+            return self.family.finished
+        return OVERALL in self.comps and self.comps[OVERALL].finished
 
     def pending_tail(self) -> Future | None:
         """The run's last queued write while it is not stored yet (an answer that must wait for it)."""
@@ -106,7 +118,12 @@ def offer_label(comp: Comparison, idx: int, y: float) -> bool:
 
 def feed(rt: RunRuntime, idx: int) -> bool:
     """Offer pair idx's mean verdict to every comparison that lacks it and has enough labels (logged as an
-    "offer" op). Returns True if the overall comparison now has pair idx labelled."""
+    "offer" op). Returns True if the overall comparison now has pair idx labelled. A run on one draw sequence
+    takes all of them in one step (services.runs.shared_draws.feed_family)."""
+    if rt.family is not None:
+        from services.runs.shared_draws import feed_family
+
+        return feed_family(rt, idx)
     anns = rt.labels.get(idx, {})
     for name, comp in rt.comps.items():
         given = [r["y"] if name == OVERALL else (r.get("criteria") or {}).get(name) for r in anns.values()]
@@ -149,8 +166,7 @@ class RemoteError(ServiceError):
             detail = response.text
         super().__init__(str(detail))
         self.status_code = status
-        self._detail = detail if isinstance(detail, list) else [{"loc": [], "msg": str(detail),
-                                                                  "type": "RemoteError"}]
+        self._detail = detail if isinstance(detail, list) else [error_item([], str(detail), "RemoteError")]
 
     def detail(self) -> list[dict]:
         return self._detail

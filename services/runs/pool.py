@@ -3,8 +3,11 @@ hooks (status, generated pairs, streamed votes).
 
 Owns what a run is made of and how its comparisons are built: validation of a new run (criteria, slices of
 interest and their up-front warnings, pair ids, supplied judge votes), the stored pair rows (the blind
-left/right order is drawn here), and activation: pairs [n_active, n) go into one ``Comparison`` for the overall
-verdict plus one per criterion, with alpha split by Bonferroni over (1 + slices) x (1 + criteria) questions
+left/right order is drawn here), and activation: pairs [n_active, n) go into the run's
+``sampler.family.ComparisonFamily`` -- the overall question, each criterion and each slice of interest on one
+draw sequence, Holm's step-down over them (``services.runs.shared_draws``; runs created with ``draws: "shared"``
+in their meta) -- or, for a run stored before it, into one ``Comparison`` for the overall verdict plus one per
+criterion, with alpha split by Bonferroni over (1 + slices) x (1 + criteria) questions
 (``sampler.slices.slice_alpha``). Pairs are labellable at once, whether or not their judge votes have arrived
 (a streaming run: votes that arrive later go through ``add_votes``, see sampler.engine).
 
@@ -27,6 +30,7 @@ from services.errors import BadInput, Conflict
 from services.runs.loader import vote_matrices
 from services.runs.model import OVERALL, RunRuntime, no_votes
 from services.runs.prior import carried_prior, prior_for
+from services.runs.shared_draws import SHARED, grow_family, start_family, uses_family
 from services.runs.writer import RunWriter
 from services.store import RedisStore
 
@@ -59,6 +63,7 @@ class RunPool:
             "lease_ttl_s": spec.get("lease_ttl_s") or self.default_lease_ttl_s,
             "webhook_url": spec.get("webhook_url"), "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbits(32),
             "n_active": 0, "generate": None, "progress": {}, "error": None, "decided_notified": False,
+            "draws": SHARED,    # one draw sequence for every question (services.runs.shared_draws)
         }
         for c in meta["criteria"]:
             if c == OVERALL:
@@ -220,13 +225,33 @@ class RunPool:
         if hi <= lo:
             return False
         mats, voted = vote_matrices(self.store, rt, lo, hi)
-        crits = rt.criteria
         slice_names = list(meta.get("slices") or [])
         member = None
         if slice_names:
             rows = self.store.get_pairs(rt.rid, range(lo, hi))
             _, member = membership_matrix([(r or {}).get("slices") for r in rows], slice_names)
-        # Bonferroni over (overall + slices) x (overall verdict + criteria); no slices: alpha / (1 + C)
+        if uses_family(meta):
+            if rt.family is None:
+                start_family(rt, mats, voted, (slice_names, member) if member is not None else None, hi - lo)
+            else:
+                grow_family(rt, hi - lo, mats, voted, member)
+        else:
+            self._activate_per_comparison(rt, mats, voted, slice_names, member, hi - lo)
+        meta["n_active"] = hi
+        rt.n_voted = self.store.n_votes(rt.rid)
+        if meta["status"] in ("judging", "generating"):   # labellable now; "judging" while votes still arrive
+            meta["status"] = "judging" if votes_missing(rt) else "ready"
+        # a snapshot that includes every operation so far (add_items is not a logged operation)
+        self.writer.commit(rt, meta=meta, snapshot=True)
+        return True
+
+    @staticmethod
+    def _activate_per_comparison(rt: RunRuntime, mats: dict, voted: np.ndarray | None, slice_names: list[str],
+                                 member: np.ndarray | None, n_new: int) -> None:
+        """Activation of a run stored before shared draws: one comparison per criterion, each drawing its own
+        pairs, Bonferroni over (overall + slices) x (overall verdict + criteria); no slices: alpha / (1 + C)."""
+        meta = rt.meta
+        crits = rt.criteria
         alpha_each = slice_alpha(meta["alpha"], len(slice_names), 1 + len(crits))
         for k, name in enumerate([OVERALL, *crits]):
             mat = mats.get(name)
@@ -236,24 +261,17 @@ class RunPool:
                 if mat is not None and mat.shape[1] == width:
                     comp.add_items(mat, slice_member=member, voted=voted if width else None)
                 else:
-                    comp.add_items(no_votes(hi - lo, width), slice_member=member)
+                    comp.add_items(no_votes(n_new, width), slice_member=member)
             else:
                 has_votes = mat is not None and mat.shape[1] > 0
                 method = (meta.get("method") or "active") if has_votes else "classical"
                 cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
                 rng = np.random.default_rng([int(meta["seed"]), k])
-                rt.comps[name] = Comparison(mat if has_votes else no_votes(hi - lo), config=cfg, rng=rng,
+                rt.comps[name] = Comparison(mat if has_votes else no_votes(n_new), config=cfg, rng=rng,
                                             voted=voted if has_votes else None,
                                             prior=prior_for(meta, name) if method != "classical" else None)
                 if member is not None:
                     rt.comps[name].set_slices(slice_names, member)
-        meta["n_active"] = hi
-        rt.n_voted = self.store.n_votes(rt.rid)
-        if meta["status"] in ("judging", "generating"):   # labellable now; "judging" while votes still arrive
-            meta["status"] = "judging" if votes_missing(rt) else "ready"
-        # a snapshot that includes every operation so far (add_items is not a logged operation)
-        self.writer.commit(rt, meta=meta, snapshot=True)
-        return True
 
     # ------------------------------------------------------------------------------------- pipeline
     # The pipeline's calls run only on the run's owner (the replica that started the pipeline, or took the run

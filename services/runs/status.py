@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sampler.engine import Comparison
+from sampler.family import ComparisonFamily
 from sampler.slices import alpha_split_text
 from services.runs.model import OVERALL, RunRuntime
 from services.runs.prior import prior_summary
+from services.runs.shared_draws import family_status
 from services.store import RedisStore
 from services.webhooks import outbox_entry
 
@@ -33,7 +35,7 @@ def status_of(rt: RunRuntime) -> dict:
         "error": meta.get("error"), "created_at": meta["created_at"],
         "alpha_split": f"bonferroni over {1 + len(rt.criteria)} comparisons" if rt.criteria else None,
         "slices": {}, "slice_warnings": list(meta.get("slice_warnings") or []),
-        "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()),
+        "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()), "multiplicity": None,
         "calibration_prior": prior_summary(meta),
     }
     # progress of the machines and the humans (a streaming run labels while the first two still grow)
@@ -43,6 +45,9 @@ def status_of(rt: RunRuntime) -> dict:
     out["progress"] = dict(progress)
     if meta.get("slices"):
         out["alpha_split"] = alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(rt.criteria))
+    if rt.family is not None:     # one draw sequence, Holm over every question (services.runs.shared_draws)
+        family_status(rt, out)
+        return out
     for name, comp in rt.comps.items():
         s = comp.status()
         d = {"labels": s.labels, "estimate": s.estimate, "interval": [s.lower, s.upper], "alpha": s.alpha,
@@ -70,6 +75,7 @@ class ReportCopy:
     n_annotations: int
     n_annotators: int
     labels_per_pair: int
+    family: ComparisonFamily | None = None   # a run on one draw sequence: the copy of its family (comps are its)
 
 
 def report_copy(rt: RunRuntime) -> ReportCopy:
@@ -77,9 +83,10 @@ def report_copy(rt: RunRuntime) -> ReportCopy:
     # judge votes are never changed in place (add_items makes a new matrix): share them, copy the rest
     comps = {name: copy.deepcopy(c, memo={id(c.votes): c.votes}) for name, c in rt.comps.items()} \
         if OVERALL in rt.comps else {}
+    family = ComparisonFamily(comps, rt.family.multiplicity) if rt.family is not None and comps else None
     return ReportCopy(rid=rt.rid, meta=copy.deepcopy(rt.meta), comps=comps, n_pairs=len(rt.pair_ids),
                       n_votes=rt.n_voted, n_annotations=rt.n_annotations, n_annotators=len(rt.per_annotator),
-                      labels_per_pair=rt.required)
+                      labels_per_pair=rt.required, family=family)
 
 
 def list_runs(store: RedisStore) -> list[dict]:

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from services.runs.model import OwnershipLost, RunRuntime
+from services.runs.shared_draws import family_state
 from services.store import RedisStore
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class RunWriter:
         states = None
         total = rt.ops_total + len(ops)
         if rt.comps and (snapshot or total - rt.ops_at_snapshot > max(200, n_labels // 2)):
-            states = {n: c.to_json(include_votes=False) for n, c in rt.comps.items()}
+            states = family_state(rt) if rt.family is not None else \
+                {n: c.to_json(include_votes=False) for n, c in rt.comps.items()}
             states["_ops_at"] = str(total)
         meta = kw.pop("meta", None)
         outbox, rt.outbox = rt.outbox, []

@@ -38,7 +38,7 @@ def test_compare_pairs_with_slices_reports_the_worse_slice(tmp_path):
     assert summary["decision"] == "better"
     assert summary["slices"]["edge-case"]["decision"] == "worse"
     assert summary["slices"]["billing"]["decision"] == "better"
-    assert summary["alpha_split"].startswith("bonferroni over 3 questions")
+    assert summary["alpha_split"].startswith("holm over 3 questions")
     assert "slice edge-case: worse" in res.output
     assert "Per-slice verdicts" in out.read_text()
 

@@ -51,6 +51,9 @@ def test_every_failure_has_the_one_error_shape(server):
         assert tok.status_code in (200, 201), tok.text
         ann_h = {"Authorization": f"Bearer {tok.json()['token']}"}
         pair = {"id": "p1", "prompt": "p", "base": "a", "tuned": "b"}
+        rid = c.post("/v1/runs", json={"name": "shape", "pairs": [pair]}, headers=admin).json()["run_id"]
+        ann = c.post("/v1/annotators", json={"name": "ann", "runs": [rid]}, headers=admin).json()["token"]
+        label_h = {"Authorization": f"Bearer {ann}"}
         cases = [
             # (request, status, loc of the first item or None to skip, type of the first item or None)
             (c.build_request("POST", "/v1/runs", json={"pairs": [pair]}), 401, ["header", "Authorization"],
@@ -68,7 +71,12 @@ def test_every_failure_has_the_one_error_shape(server):
             (c.build_request("POST", "/v1/runs", content=b"{not json", headers={**admin,
                              "Content-Type": "application/json"}), 422, None, "json_invalid"),
             (c.build_request("GET", "/boom"), 500, [], "internal_error"),
-            (c.build_request("GET", "/v1/experiments/exp_nope", headers=admin), 404, None, None),
+            (c.build_request("GET", "/v1/experiments/exp_nope", headers=admin), 404, ["path", "experiment"], None),
+            # who labels: named where it was given (the query of `next`, the body of `labels`)
+            (c.build_request("GET", f"/v1/runs/{rid}/next", headers=admin), 422, ["query", "annotator"], "missing"),
+            (c.build_request("POST", f"/v1/runs/{rid}/labels", json={"pair_id": "p1", "verdict": "left",
+                                                                    "annotator": "bob"}, headers=label_h), 403,
+             ["body", "annotator"], "forbidden"),
             (c.build_request("POST", "/v1/experiments", json={"name": "x", "alpha": 7}, headers=admin), 422,
              None, None),
         ]

@@ -9,6 +9,8 @@ import httpx
 import pytest
 from experiment_server import ADMIN, label_runs, serve_app, webhook_receiver
 
+from services.api.deps import services_of
+
 pytestmark = pytest.mark.integration
 
 N = 10
@@ -134,7 +136,7 @@ def test_judged_checkpoints_reuse_the_vote_cache(tmp_path):
             httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as c:
         exp = c.post("/v1/experiments", json={"name": "judged", "prompts": PROMPTS[:3], "judges": ["gemma-3-270m-base"],
                                               "base": {"outputs": outs("base")}}).json()["experiment"]
-        cache = app.state.store.r
+        cache = services_of(app).store.r
 
         def judged(run_id: str) -> dict:
             t0 = time.time()

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from sampler.engine import Comparison, ComparisonConfig
+from sampler.family import OVERALL, ComparisonFamily
 from support.serve_process import ServeProcess, free_port, redis_server_binary
 
 pytestmark = pytest.mark.integration
@@ -87,19 +88,19 @@ def _redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
 
 
 def _replay(meta: dict, n: int, ops: list[list]) -> Comparison:
-    """A single process replaying the run's operation sequence (every draw and label offer, in the order the
-    service logged them) on a fresh comparison with the run's seed: the engine fed directly, no service code."""
-    from services.runs import offer_label
-
+    """A single process replaying the run's operation sequence (every draw and label, in the order the service
+    logged them) on a fresh one-draw-sequence family with the run's seed: the sampler fed directly, no service
+    code. Returns its overall comparison."""
     cfg = ComparisonConfig(alpha=meta["alpha"], margin=meta["margin"], budget=meta["budget"], method="classical")
-    comp = Comparison(np.full((n, 1), np.nan), config=cfg, rng=np.random.default_rng([int(meta["seed"]), 0]))
+    fam = ComparisonFamily.create({OVERALL: None}, cfg, rng=np.random.default_rng([int(meta["seed"]), 0]),
+                                  n_items=n)
     for op in ops:
-        assert op[1] == "overall"
-        if op[0] == "next":
-            comp.next_items(op[2])
+        if op[0] == "fnext":
+            fam.next_items(op[1])
         else:
-            assert offer_label(comp, op[2], op[3]), f"label of pair {op[2]} offered twice"
-    return comp
+            assert op[0] == "flabels" and list(op[2]) == [OVERALL], op
+            assert fam.record_labels(op[1], op[2]), f"label of pair {op[1]} given twice"
+    return fam.leader
 
 
 def _check_run(red: redis.Redis, status: dict, rid: str, answers: list[tuple[str, str, bool]]) -> None:
@@ -117,7 +118,7 @@ def _check_run(red: redis.Redis, status: dict, rid: str, answers: list[tuple[str
     assert stored == want
     assert status["labels"] == len({p for p, _ in accepted}) == status["annotations"]
     ops = [json.loads(o) for o in red.lrange(f"tb:run:{rid}:ops", 0, -1)]
-    offered = {o[2]: o[3] for o in ops if o[0] == "offer"}
+    offered = {o[1]: o[2][OVERALL] for o in ops if o[0] == "flabels"}
     assert offered == {index[p]: _y(p) for p, _ in accepted}
     comp = _replay(json.loads(red.get(f"tb:run:{rid}:meta")), len(index), ops)
     st = comp.status()

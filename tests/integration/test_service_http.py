@@ -88,7 +88,7 @@ def test_full_flow_status_report_metrics(server):
             v = r.json()
             assert v["criteria"] == ["tone"]
             lab = {"pair_id": v["pair_id"], "lease_id": v["lease_id"], "verdict": _verdict(v),
-                   "criteria": {"tone": "tie"}}
+                   "criteria": {"tone": _verdict(v)}}
             r = c.post(f"/v1/runs/{rid}/labels", json=lab)
             assert r.status_code == 200 and r.json()["duplicate"] is False
             assert c.post(f"/v1/runs/{rid}/labels", json=lab).json()["duplicate"] is True   # idempotent
@@ -96,8 +96,11 @@ def test_full_flow_status_report_metrics(server):
             assert n < 200
     st = httpx.get(f"{u}/v1/runs/{rid}", headers=H).json()
     assert st["decision"] == "better" and st["labels"] == n and st["annotations"] == n
-    assert st["interval"][0] > 0.5 and st["alpha"] == pytest.approx(0.05)      # Bonferroni over 2
-    assert st["criteria"]["tone"]["alpha"] == pytest.approx(0.05) and st["votes"] == 200
+    # Holm over 2 questions: each starts at 0.1/2, a question decided at the second step is read at 0.1*2/3
+    assert st["interval"][0] > 0.5 and st["multiplicity"] == "holm" and "family alpha 0.1" in st["alpha_split"]
+    for a in (st["alpha"], st["criteria"]["tone"]["alpha"]):
+        assert a == pytest.approx(0.05) or a == pytest.approx(0.1 * 2 / 3)
+    assert st["criteria"]["tone"]["decision"] == "better" and st["votes"] == 200
     rep = httpx.get(f"{u}/v1/runs/{rid}/report", headers=H)
     assert rep.status_code == 200 and "<svg" in rep.text and "better" in rep.text and "http" not in \
         rep.text.replace("http://www.w3.org", "")

@@ -39,7 +39,7 @@ def test_slices_over_http(tmp_path):
         assert set(st["slices"]) == {"edge-case", "es"} and st["finished"] is False
         assert st["slices"]["es"] == {"n_pairs": 30, "labels": 0, "estimate": 0.5, "interval": [0.0, 1.0],
                                       "alpha": pytest.approx(0.05 / 3), "decision": "running"}
-        assert st["alpha_split"].startswith("bonferroni over 3 questions")
+        assert st["alpha_split"].startswith("holm over 3 questions") and st["multiplicity"] == "holm"
         nxt = httpx.get(f"{u}/v1/runs/{rid}/next", params={"annotator": "a"}, headers=H)
         assert nxt.status_code == 200
         assert "slices" not in nxt.json() and "edge" not in nxt.text and "billing" not in nxt.text

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from experiment_server import ADMIN, label_runs, serve_app
 
+from services.api.deps import services_of
 from services.api.experiments import _RunServiceBackend
 from services.experiments import ExperimentService, RedisKV
 
@@ -48,8 +49,9 @@ def test_watch_submits_new_checkpoints_in_step_order(tmp_path):
     (out / "model-step20.gguf").write_text("gguf-20")
     (out / "notes.txt").write_text("ignored")
     with serve_app(tmp_path / "redis") as (url, app):
-        app.state.experiments = ExperimentService(_RunServiceBackend(app.state.runs), kv=RedisKV(app.state.store.r),
-                                                  generator=files_generator)
+        services = services_of(app)
+        services.experiments = ExperimentService(_RunServiceBackend(services.runs), kv=RedisKV(services.store.r),
+                                                 generator=files_generator)
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
             exp = c.post("/v1/experiments", json={"name": "w", "prompts": PROMPTS,
                                                   "base": {"outputs": {"a": "base a", "b": "base b"}}}).json()["experiment"]

@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from sampler.calibration import prior_calibration
-from sampler.engine import Comparison, ComparisonConfig
+from sampler.engine import ComparisonConfig
+from sampler.family import ComparisonFamily
 from services.app import create_app
 from services.errors import BadInput
 from services.runs import OVERALL, RunService
@@ -92,28 +93,30 @@ def test_carried_prior_is_the_sampler_fit_is_reported_and_draws_as_the_sampler(s
     assert svc.runtime(rid).comps[OVERALL].prior == expected
     assert svc.status(src)["calibration_prior"] is None
 
-    # the same draws, estimate and interval as the sampler given the same votes, seed and prior
+    # the same draws, estimate, interval and decision as the sampler (the run's one draw sequence,
+    # sampler.family) given the same votes, seed and prior
     cfg = ComparisonConfig(alpha=0.05, margin=0.0, budget=None, method="active")
     assert svc.runtime(rid).comps[OVERALL].config == cfg
     votes = np.array([[p["judge_votes"]["j1"], p["judge_votes"]["j2"]] for p in new_pairs])
-    ref = Comparison(votes, config=cfg, rng=np.random.default_rng([12, 0]), prior=expected)
-    without = Comparison(votes, config=cfg, rng=np.random.default_rng([12, 0]))
-    seq = []
-    while not ref.decision.final and len(seq) < 300:
-        i = ref.next_items(1)[0]
-        seq.append(i)
-        ref.record_label(i, 1.0 if _truth(i, "n") else 0.0)
-    got = _label(svc, rid, "n", len(seq))
-    assert got == seq
+
+    def sampler_run(priors):
+        fam = ComparisonFamily.create({OVERALL: votes}, cfg, rng=np.random.default_rng([12, 0]),
+                                      n_items=len(votes), multiplicity="holm", priors=priors)
+        seq = []
+        while not fam.finished and len(seq) < 300:
+            i = fam.next_items(1)[0]
+            seq.append(i)
+            fam.record_labels(i, {OVERALL: 1.0 if _truth(i, "n") else 0.0})
+        q = fam.status().question(OVERALL)
+        return seq, (len(seq), q.estimate, [q.lower, q.upper], q.decision.value)
+
+    seq, ref = sampler_run({OVERALL: expected})
+    got = _label(svc, rid, "n", len(seq) + 5)
+    assert got == seq and ref[3] == "better"
     st = svc.status(rid)
-    rs = ref.status()
-    assert (st["labels"], st["estimate"], st["interval"], st["decision"]) == \
-           (rs.labels, rs.estimate, [rs.lower, rs.upper], rs.decision.value)
-    assert rs.decision.value == "better"
-    for _ in seq:                                   # the prior matters: without it the run has not decided yet
-        without.next_items(1)
-        without.record_label(without.draws[-1].item, 1.0 if _truth(without.draws[-1].item, "n") else 0.0)
-    assert (without.status().estimate, without.status().lower) != (rs.estimate, rs.lower)
+    assert (st["labels"], st["estimate"], st["interval"], st["decision"]) == ref
+    seq_without, _ = sampler_run(None)              # the prior matters: without it the run takes longer
+    assert len(seq_without) > len(seq)
 
 
 def test_reload_keeps_the_prior_and_the_run_exactly(store):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from services.api.deps import services_of
 from services.app import create_app
 from services.settings import Settings
 from services.store import RedisStore
@@ -68,7 +69,7 @@ def test_label_studio_tasks_and_webhooks(client):
     assert r.json()["duplicate"] is True
     st = client.get(f"/v1/runs/{rid}", headers=H).json()
     assert st["annotations"] == 1 and st["labels"] == 1
-    comp = client.app.state.runs.runtime(rid).comps["overall"]
+    comp = services_of(client.app).runs.runtime(rid).comps["overall"]
     assert list(comp.labels.values()) == [1.0 if tuned_left else 0.0]
     # other actions are acknowledged and ignored; malformed payloads are 4xx naming the field
     r = client.post("/v1/integrations/label-studio/webhook", json={"action": "TASKS_CREATED"}, headers=H)
@@ -115,5 +116,5 @@ def test_argilla_records_and_webhook(client):
     assert client.post("/v1/integrations/argilla/webhook", json=draft, headers=H).json()["accepted"] is False
     st = client.get(f"/v1/runs/{rid}", headers=H).json()
     assert st["labels"] == 1
-    comp = client.app.state.runs.runtime(rid).comps["overall"]
+    comp = services_of(client.app).runs.runtime(rid).comps["overall"]
     assert list(comp.labels.values()) == [0.5]

@@ -9,14 +9,6 @@ import numpy as np
 import pytest
 
 from services.runs import OVERALL, RunService
-from services.store import RedisStore
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _pairs(n, prefix="p"):

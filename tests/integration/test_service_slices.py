@@ -7,14 +7,6 @@ import pytest
 
 from services.errors import BadInput
 from services.runs import RunService
-from services.store import RedisStore
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _pairs(n: int, tag=lambda i: ["edge-case"] if i < 60 else ["billing"], votes=True):
@@ -44,7 +36,7 @@ def test_worse_slice_is_found_blind_and_survives_a_restart(store):
     rid = svc.create_run({"name": "s", "pairs": _pairs(240), "seed": 3})
     st = svc.status(rid)
     assert set(st["slices"]) == {"edge-case", "billing"} and st["finished"] is False
-    assert "0.05/3" in st["alpha_split"]
+    assert st["alpha_split"].startswith("holm over 3 questions") and st["multiplicity"] == "holm"
     # the base model wins every edge case; the tuned one wins 3 in 4 of the rest
     views = _label_until_done(svc, rid, lambda i: i >= 60 and i % 4 != 0)
     assert views and all("edge" not in str(v) and "billing" not in str(v) and "slices" not in v for v in views)
@@ -81,7 +73,8 @@ def test_small_slice_is_warned_up_front_and_criteria_split_alpha(store):
                           "criteria": ["tone"], "budget": 50})
     st = svc.status(rid)
     assert len(st["slice_warnings"]) == 1 and "'tiny' has 4 pairs" in st["slice_warnings"][0]
-    assert st["alpha_split"].startswith("bonferroni over 6 questions")
+    assert st["alpha_split"].startswith("holm over 6 questions")
+    # nothing established yet: every question at Holm's first step, its Bonferroni share
     assert st["criteria"]["tone"]["slices"]["big"]["alpha"] == pytest.approx(0.05 / 6)
 
 
@@ -93,7 +86,7 @@ def test_report_has_the_slice_table_and_forest_plot(store):
     assert "Per-slice verdicts" in html and 'aria-label="slice intervals against one half"' in html
     forest = html.split('aria-label="slice intervals against one half"')[1].split("</svg>")[0]
     assert "edge-case (60)" in forest and "billing (180)" in forest and forest.count("<circle") == 3
-    assert "bonferroni over 3 questions" in html
+    assert "holm over 3 questions" in html
 
 
 def test_report_without_slices_has_no_slice_section(store):

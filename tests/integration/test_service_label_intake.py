@@ -10,13 +10,6 @@ from services.runs import OVERALL, RunService
 from services.store import RedisStore
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
-
-
 @pytest.fixture
 def clock():
     """The lease clock (RunService(clock=...)): tests move it instead of sleeping."""

@@ -7,14 +7,6 @@ import pytest
 
 from services.errors import BadInput, Conflict, NotFound
 from services.runs import OVERALL, OwnershipLost, RunService
-from services.store import RedisStore
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _pairs(n, p_tuned=0.8, votes=True, seed=0, prefix="p"):

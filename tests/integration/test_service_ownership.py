@@ -173,8 +173,8 @@ def test_a_write_resent_by_redis_py_retry_is_applied_once(tmp_path):
                                      "lease_id": v["lease_id"]})
         assert proxy.dropped == 1 and out["labels"] == 6
         ops = [json.loads(o) for o in direct.lrange(store.k(rid, "ops"), 0, -1)]
-        offers = [o for o in ops if o[0] == "offer"]
-        assert len(offers) == 6 and len({o[2] for o in offers}) == 6
+        offers = [o for o in ops if o[0] == "flabels"]
+        assert len(offers) == 6 and len({o[1] for o in offers}) == 6
         before = svc.status(rid)
         svc.close()
         fresh = RunService(RedisStore(direct))
