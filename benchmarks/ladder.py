@@ -80,7 +80,8 @@ def theta(items: dict, base: str, tuned: str) -> float:
 
 
 def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float, patience: int,
-                budget_per_checkpoint: int | None, method: str | None, annotator_kind: str = "vote") -> dict:
+                budget_per_checkpoint: int | None, method: str | None, annotator_kind: str = "vote",
+                carry_calibration: bool = True) -> dict:
     rng = np.random.default_rng(seed)
     model_of = {"base": BASE, **{m: m for m in LADDER}}
 
@@ -101,7 +102,8 @@ def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float,
     judges = [] if method == "classical" else ["gpt-4(a_first)", "gpt-4(b_first)"]
     exp = svc.create_experiment({"name": "guanaco ladder", "prompts": prompts, "judges": judges,
                                  "base": {"outputs": outputs[BASE]}, "alpha": alpha, "margin": margin,
-                                 "patience": patience, "budget_per_checkpoint": budget_per_checkpoint})
+                                 "patience": patience, "budget_per_checkpoint": budget_per_checkpoint,
+                                 "carry_calibration": carry_calibration})
     steps = []
     for m in LADDER:
         res = svc.add_checkpoint(exp, {"checkpoint": m, "outputs": outputs[m]})
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: active with the recorded GPT-4 judges")
     ap.add_argument("--annotator", choices=("vote", "panel"), default="vote",
                     help="vote: one recorded vote drawn per request; panel: the mean of the pair's recorded votes")
+    ap.add_argument("--no-carry", action="store_true",
+                    help="each checkpoint's runs start without the earlier checkpoints' judge calibration "
+                         "(the experiment option carry_calibration=false)")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--json", action="store_true", help="one JSON summary line at the end")
     ap.add_argument("--report", type=Path, default=None, metavar="PATH",
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts, outputs, items = load(a.data)
     print(f"Vicuna-80 Guanaco ladder: base {BASE}, checkpoints {' → '.join(LADDER)}; {len(prompts)} prompts; "
           f"alpha={a.alpha} margin={a.margin} patience={a.patience} method={a.method or 'active'} "
-          f"annotator={a.annotator} "
+          f"annotator={a.annotator} carry_calibration={not a.no_carry} "
           f"budget/checkpoint={a.budget_per_checkpoint}")
     print("full-pool θ (mean human vote): " + ", ".join(
         f"{t} vs {b}: {theta(items, b, t):.3f}" for b, t in
@@ -167,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     first_stop: collections.Counter = collections.Counter()
     final_best: collections.Counter = collections.Counter()
     labels_total = []
+    labels_by_ck: list[dict[str, int]] = []
     wrong = 0
     for r in range(a.runs):
         out = replay_once(prompts, outputs, items, a.seed + r, a.alpha, a.margin, a.patience,
-                          a.budget_per_checkpoint, a.method, a.annotator)
+                          a.budget_per_checkpoint, a.method, a.annotator, not a.no_carry)
         last = out["steps"][-1]["signal"]
         seq = tuple(f"{c['checkpoint'].split('-')[1]}:{c['vs_base']['decision']}/{c['decision']}"
                     for c in last["checkpoints"])
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         first_stop[stop_at] += 1
         final_best[last["best_checkpoint"]] += 1
         labels_total.append(last["labels"])
+        labels_by_ck.append({c["checkpoint"]: c["vs_base"]["labels"] + (c["vs_best"]["labels"] if
+                             c["vs_best"]["against"] != "base" else 0) for c in last["checkpoints"]})
         for c in last["checkpoints"]:
             for slot in ("vs_base", "vs_best"):
                 v = c[slot]
@@ -207,11 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     print("  best checkpoint at the end: " + ", ".join(f"{k} ×{n}" for k, n in final_best.most_common()))
     print(f"  human labels per experiment: mean {np.mean(labels_total):.1f}, median {np.median(labels_total):.0f} "
           f"(3 checkpoints, 5 comparisons × 80 pairs = 400 if exhaustive)")
+    per_ck = {m: float(np.mean([x[m] for x in labels_by_ck])) for m in LADDER}
+    print("  human labels per checkpoint (its runs): " + ", ".join(f"{m} {v:.1f}" for m, v in per_ck.items()))
     print(f"  better/worse verdicts against the full-pool θ's sign: {wrong} wrong; {time.time() - t0:.1f} s")
     if a.json:
         print(json.dumps({"summary": True, "runs": a.runs, "sequences": {" ".join(k): v for k, v in seqs.items()},
                           "first_stop": dict(first_stop), "best": {str(k): v for k, v in final_best.items()},
-                          "mean_labels": float(np.mean(labels_total)), "wrong": wrong}))
+                          "mean_labels": float(np.mean(labels_total)), "wrong": wrong,
+                          "mean_labels_per_checkpoint": per_ck}))
     return 0
 
 

@@ -262,3 +262,26 @@ def _loo_resid_variance(x: np.ndarray, target: np.ndarray, penalty: float, label
     if target.size < 3:
         return label_var
     return max(float(np.mean(loo_residuals(x, target, (penalty,))[0] ** 2)), 1e-12)
+
+
+def prior_calibration(judge_votes: np.ndarray, labels: np.ndarray,
+                      penalty: float = PRIOR_PENALTY) -> JudgeCalibration:
+    """A calibration to carry into a *new* comparison as its ``prior``, learnt on other comparisons' labelled
+    pairs: (n, J) judge votes in [0, 1] (NaN = missing) and the n pairs' labels in [0, 1].
+
+    The fit is fit_calibration with a fixed ridge penalty (20: the penalty of the replay's
+    ``--prior other-pairs``, whose figures docs/benchmarks.md gives). Validity of the new comparison needs only
+    that the prior is fixed before its first draw -- a function of *other* comparisons' labels and votes, never
+    of its own -- so every prediction g_t and bet stays predictable (docs/statistics.md, "Carried calibration").
+    The judges' columns must be in the order of the comparison that receives it (2 features per judge).
+    """
+    votes = np.asarray(judge_votes, dtype=float)
+    ys = np.asarray(labels, dtype=float).reshape(-1)
+    if votes.ndim != 2 or votes.shape[0] != ys.size:
+        raise ValueError("judge_votes must be (n pairs x judges) with one label per pair")
+    if ys.size == 0:
+        raise ValueError("a prior needs at least one labelled pair")
+    if np.isnan(ys).any() or ys.min() < 0.0 or ys.max() > 1.0:
+        raise ValueError("labels must lie in [0, 1]")
+    return fit_calibration(judge_features(votes), ys, penalty)
+

@@ -70,6 +70,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sampler.calibration import JudgeCalibration
 from sampler.confseq import BettingConfidenceSequence
 from sampler.decision import Decision
 from sampler.engine import Comparison, ComparisonConfig
@@ -164,10 +165,13 @@ class ComparisonFamily:
     def create(cls, votes: Mapping[str, np.ndarray | None], config: ComparisonConfig,
                rng: np.random.Generator | None = None, slices: tuple[list[str], np.ndarray] | None = None,
                voted: np.ndarray | None = None, n_items: int | None = None,
-               multiplicity: str = "holm") -> ComparisonFamily:
+               multiplicity: str = "holm",
+               priors: Mapping[str, JudgeCalibration | None] | None = None) -> ComparisonFamily:
         """votes: {OVERALL: (N x J) judge votes or None, criterion: ... or None} (overall first). config.alpha is
         the family's alpha; each question's CS runs at alpha / Q (Bonferroni, Holm's first step). A question
-        without votes runs classical. slices: (names, member) as sampler.slices.membership_matrix returns."""
+        without votes runs classical. slices: (names, member) as sampler.slices.membership_matrix returns.
+        priors: {question: a calibration carried from other comparisons} (sampler.calibration.prior_calibration;
+        fixed before the first draw, so each question stays predictable), used by questions with judge votes."""
         names = list(votes)
         if not names or names[0] != OVERALL:
             raise ValueError(f"votes must start with {OVERALL!r}")
@@ -183,8 +187,10 @@ class ComparisonFamily:
             has = v is not None and np.asarray(v).shape[1] > 0
             cfg = replace(config, alpha=per_question, method=config.method if has else "classical")
             # only the overall comparison draws; the others' generators are never used
+            prior = (priors or {}).get(name) if has and cfg.method != "classical" else None
             comps[name] = Comparison(v if has else None, n_items=n, config=cfg,
-                                     rng=rng if k == 0 else np.random.default_rng(0), voted=voted if has else None)
+                                     rng=rng if k == 0 else np.random.default_rng(0), voted=voted if has else None,
+                                     prior=prior)
             if slices is not None:
                 comps[name].set_slices(list(slices[0]), slices[1])
         return cls(comps, multiplicity)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration, fit_calibration, judge_features
+from sampler.calibration import JudgeCalibration, prior_calibration
 from sampler.engine import Comparison, ComparisonConfig
 from sampler.slices import membership_matrix, slice_alpha
 
@@ -174,6 +174,6 @@ def replay(pool: ReplayPool, config: ComparisonConfig, runs: int, seed: int,
 
 def prior_from_pools(pools: list[ReplayPool], penalty: float = 20.0) -> JudgeCalibration:
     """A judge calibration learnt on *other* pools (never the one being replayed): predictable by design."""
-    feats = np.vstack([judge_features(p.judge_votes) for p in pools])
+    votes = np.vstack([p.judge_votes for p in pools])
     labels = np.concatenate([[v.mean() for v in p.votes] for p in pools])
-    return fit_calibration(feats, labels, penalty)
+    return prior_calibration(votes, labels, penalty)

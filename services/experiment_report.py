@@ -56,6 +56,7 @@ class CheckpointRow(BaseModel):
     vs_best: ComparisonRow | None = None         # None: the best was the base when it arrived
     decision: str = Decision.RUNNING.value       # its verdict against the best so far
     labels: int = 0                              # human labels of its comparisons together
+    calibration_from: list[str] = Field(default_factory=list)  # earlier runs whose judge calibration it carried
 
 
 class ExperimentReportData(BaseModel):
@@ -114,13 +115,15 @@ def experiment_report_data(service: Any, exp_id: str, *, run_href: Callable[[str
             stop_at, stop_msg = verdicts[k - 1].checkpoint, s.message
             break
     status = {c["checkpoint"]: c.get("status", "ready") for c in rec["checkpoints"]}
+    carried = {c["checkpoint"]: list(c.get("calibration_from") or []) for c in rec["checkpoints"]}
     rows = []
     for v in verdicts:
         best = _row(v.vs_best, run_href) if v.vs_best is not None else None
         rows.append(CheckpointRow(
             checkpoint=v.checkpoint, index=v.index, alpha=v.alpha, status=status.get(v.checkpoint, "ready"),
             vs_base=_row(v.vs_base, run_href), vs_best=best, decision=v.decision,
-            labels=v.vs_base.labels + (v.vs_best.labels if v.vs_best is not None else 0)))
+            labels=v.vs_base.labels + (v.vs_best.labels if v.vs_best is not None else 0),
+            calibration_from=carried.get(v.checkpoint, [])))
     return ExperimentReportData(
         experiment=exp_id, name=rec["name"], alpha=rec["alpha"], margin=rec["margin"],
         patience=rule.patience, target_margin=rule.target_margin, budget=rule.budget,
@@ -303,6 +306,15 @@ def _run_links(c: CheckpointRow) -> str:
     return "<br>".join(out) or "—"
 
 
+def _carried_note(c: CheckpointRow) -> str:
+    """Which earlier runs' judge calibration the checkpoint's runs started from (carry_calibration)."""
+    n = len(c.calibration_from)
+    if not n:
+        return ""
+    return (f'<br><span class="note" title="{_e(", ".join(c.calibration_from))}">judge calibration carried from '
+            f'{n} earlier run{"s" if n != 1 else ""}</span>')
+
+
 def _table(d: ExperimentReportData) -> str:
     rows, total = [], 0
     for c in d.checkpoints:
@@ -311,7 +323,7 @@ def _table(d: ExperimentReportData) -> str:
         stop = ' <span class="badge" style="background:#c0362c">stop</span>' if c.checkpoint == d.stop_checkpoint else ""
         rows.append(
             f"<tr><td class=n>{c.index}</td><td><b>{_e(c.checkpoint)}</b>{star}{stop}"
-            f"{'' if c.status == 'ready' else ' (' + _e(c.status) + ')'}</td>"
+            f"{'' if c.status == 'ready' else ' (' + _e(c.status) + ')'}{_carried_note(c)}</td>"
             f"<td class=n>{c.alpha:.4f}</td>{_cmp_cells(c.vs_base, False)}"
             f"{_cmp_cells(c.vs_best, True)}<td class=n>{c.labels}</td><td class=n>{total}</td>"
             f"<td class=runs>{_run_links(c)}</td></tr>")

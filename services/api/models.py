@@ -136,6 +136,11 @@ class RunCreate(Strict):
     slices_of_interest: list[str] | None = Field(
         None, description=f"slices that get their own verdict (default: every slice the pairs carry; at most "
                           f"{MAX_SLICES}); alpha is split over the overall verdict and these slices")
+    calibration_from: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=100,
+        description="ids of earlier runs with the same judges and criteria: the new run starts from the judge "
+                    "calibration fitted on their labelled pairs (fixed when this run is created, so validity "
+                    "holds); 422 when a run is unknown, has other judges or criteria, or no labels yet")
 
     @model_validator(mode="after")
     def _one_source(self) -> RunCreate:
@@ -211,6 +216,21 @@ class JudgeValueStatus(BaseModel):
                                                   "pace so far (a stop or the verdict may end it sooner)")
 
 
+class CarriedCalibration(BaseModel):
+    labels: int = Field(description="labelled pairs (with judge votes) of the named runs the prior is fitted on")
+    labels_by_run: dict[str, int]
+    predicted_variance_ratio: float = Field(description="label variance over residual variance that the prior "
+                                                        "predicts (1: the judges are not expected to help)")
+
+
+class CalibrationPrior(BaseModel):
+    from_: list[str] = Field(alias="from", description="the runs named in calibration_from")
+    labels: int = Field(description="labelled pairs the overall comparison's prior is based on")
+    comparisons: dict[str, CarriedCalibration] = Field(description="per comparison (overall, criteria)")
+    not_carried: dict[str, str] = Field(default_factory=dict,
+                                        description="criteria that start without a prior, and why")
+
+
 class RunStatus(BaseModel):
     run_id: str
     name: str
@@ -251,6 +271,8 @@ class RunStatus(BaseModel):
     judges_value: dict[str, JudgeValueStatus] = Field(
         default_factory=dict, description="per judge (and \"jury\" for several): what its calibrated votes are "
                                           "worth on the labels so far, and what it cost (docs/api.md)")
+    calibration_prior: CalibrationPrior | None = Field(
+        None, description="the judge calibration this run started from (calibration_from), or null")
 
 
 class RunSummary(BaseModel):

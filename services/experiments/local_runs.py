@@ -45,16 +45,47 @@ class LocalRuns:
                                budget=spec.get("budget"), method=method, **self.config)
         rng = np.random.default_rng(self._rng.integers(2**63))
         with self._lock:
+            prior = self._prior(spec.get("calibration_from") or [], names) if method != "classical" else None
             run_id = "run_" + uuid.uuid4().hex[:12]
             self._runs[run_id] = {"spec": {k: v for k, v in spec.items() if k != "pairs"}, "pairs": pairs,
-                                  "cmp": Comparison(votes if names else None, n_items=len(pairs), config=cfg, rng=rng)}
+                                  "names": names, "votes": votes,
+                                  "cmp": Comparison(votes if names else None, n_items=len(pairs), config=cfg, rng=rng,
+                                                    prior=prior)}
         return run_id
+
+    def _prior(self, sources: list[str], names: list[str]) -> Any:
+        """The calibration carried from runs ``sources`` (as POST /v1/runs calibration_from, services/runs/
+        prior.py): sampler.calibration.prior_calibration on their labelled pairs, in pair order. None: none."""
+        from sampler.calibration import prior_calibration
+        from services.errors import BadInput
+
+        if not sources:
+            return None
+        xs, ys = [], []
+        for k, rid in enumerate(sources):
+            r = self._runs.get(rid)
+            if r is None:
+                raise BadInput(f"run {rid!r} named in calibration_from does not exist", f"calibration_from.{k}")
+            if sorted(r["names"]) != sorted(names) or not names:
+                raise BadInput(f"run {rid!r} was judged by {r['names']}, this run by {names}: a calibration "
+                               "carries only between runs with the same judges", f"calibration_from.{k}")
+            order = [r["names"].index(n) for n in names]
+            labels = r["cmp"].labels
+            if not labels:
+                raise BadInput(f"run {rid!r} has no labels yet", f"calibration_from.{k}")
+            for i in sorted(labels):
+                xs.append(r["votes"][i, order])
+                ys.append(labels[i])
+        return prior_calibration(np.asarray(xs), np.asarray(ys))
 
     def run_status(self, run_id: str) -> dict:
         with self._lock:
             r = self._runs[run_id]
             st = r["cmp"].status()
-        return {"run_id": run_id, "n_pairs": st.n_items, "labels": st.labels, "estimate": st.estimate,
+        cal = r["cmp"].prior
+        return {"run_id": run_id, "calibration_prior": None if cal is None else {
+                    "from": list(r["spec"].get("calibration_from") or []), "labels": cal.n_labels},
+                "n_pairs": st.n_items, "labels": st.labels, "estimate": st.estimate,
                 "interval": [st.lower, st.upper], "alpha": st.alpha, "decision": st.decision.value,
                 "pending": st.pending}
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from sampler.decision import spend_alpha
+from services.errors import ServiceError
 from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
 from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
 from services.experiments.store import KV, MemoryKV
@@ -142,7 +143,8 @@ class ExperimentService:
             return {"experiment": exp_id, "checkpoint": name, "index": k, "alpha": alpha_k,
                     "runs": [r["run_id"] for r in ck["runs"].values()],
                     "vs_base": ck["runs"]["vs_base"]["run_id"],
-                    "vs_best": ck["runs"].get("vs_best", {}).get("run_id"), "status": "ready"}
+                    "vs_best": ck["runs"].get("vs_best", {}).get("run_id"), "status": "ready",
+                    "calibration_from": ck.get("calibration_from", [])}
 
     def _create_runs(self, exp_id: str, rec: dict, ck: dict) -> None:
         """The checkpoint's runs: vs the base and, once some checkpoint beat the base, vs the best so far."""
@@ -153,6 +155,7 @@ class ExperimentService:
         bpc = rec["budget_per_checkpoint"]
         budget = max(1, bpc // len(refs)) if bpc else None
         tuned = rec["outputs"][name]
+        carried = self._carried_from(rec, ck)
         for ref in refs:
             base_out = rec["outputs"][ref]
             pairs = [{"id": p["id"], "prompt": p["text"], "base": base_out[p["id"]], "tuned": tuned[p["id"]],
@@ -165,9 +168,43 @@ class ExperimentService:
                 spec["method"] = rec["method"]
             if rec.get("judge_budget"):
                 spec["judge_budget"] = rec["judge_budget"]
-            ck["runs"]["vs_base" if ref == "base" else "vs_best"] = {"run_id": self.runs.create_run(spec),
+            ck["runs"]["vs_base" if ref == "base" else "vs_best"] = {"run_id": self._create_run(spec, ck, carried),
                                                                      "against": ref}
         ck["status"] = "ready"
+
+    def _carried_from(self, rec: dict, ck: dict) -> builtins.list[str]:
+        """The runs whose judge calibration this checkpoint's runs start from: every run of the experiment's
+        earlier checkpoints that has labels (same judges by construction). Read when the runs are created and
+        fixed from then on, so each run's prior is a function of other runs' labels only (docs/statistics.md,
+        "Carried calibration"). Empty when the experiment turned it off, has no judges, or is labels-only."""
+        if not rec.get("carry_calibration", True) or not rec.get("judges") or rec.get("method") == "classical":
+            return []
+        out = []
+        for c in rec["checkpoints"]:
+            if c is ck:
+                continue
+            for r in c["runs"].values():
+                labels = (r.get("final") or {}).get("labels")
+                if labels is None:
+                    labels = self.runs.run_status(r["run_id"]).get("labels", 0)
+                if labels:
+                    out.append(r["run_id"])
+        return out
+
+    def _create_run(self, spec: dict, ck: dict, carried: builtins.list[str]) -> str:
+        """Create one run of checkpoint ``ck``, carrying the calibration of ``carried`` when there is one. If the
+        runs cannot give one (e.g. none of their labelled pairs has judge votes yet: a streaming run), the run
+        starts without it and the checkpoint says why (``calibration_not_carried``)."""
+        if carried:
+            try:
+                rid = self.runs.create_run({**spec, "calibration_from": carried})
+                ck["calibration_from"] = carried
+                return rid
+            except ServiceError as e:
+                if not str(getattr(e, "field", "") or "").startswith("calibration_from"):
+                    raise
+                ck["calibration_not_carried"] = str(e)
+        return self.runs.create_run(spec)
 
     def _generate_then_compare(self, exp_id: str, name: str) -> None:
         rec = self.get(exp_id)

@@ -83,13 +83,17 @@ def experiment_record(body: Any, validate_judges: bool = True) -> dict:
                       target_margin=body.get("target_margin"), budget=body.get("budget"),
                       undecided_is_plateau=bool(body.get("undecided_is_plateau", True)),
                       protect_slices=check_protect_slices(body.get("protect_slices"), clean))
+    carry = body.get("carry_calibration", True)
+    if not isinstance(carry, bool):
+        raise ExperimentError("carry_calibration", f"must be true or false (got {carry!r})")
     base_outputs = None
     if "outputs" in base:
         base_outputs = check_outputs("base.outputs", base["outputs"], clean)
     exp_id = "exp_" + uuid.uuid4().hex[:12]
     rec = {"experiment": exp_id, "name": name.strip(), "prompts": clean, "judges": judges,
            "alpha": float(alpha), "margin": float(margin), "budget_per_checkpoint": bpc,
-           "rule": asdict(rule), "webhook": webhook, "method": body.get("method"), "judge_budget": judge_budget,
+           "rule": asdict(rule), "webhook": webhook, "method": body.get("method"), "carry_calibration": carry,
+           "judge_budget": judge_budget,
            "base": None if base_outputs is not None else base,
            "outputs": {"base": base_outputs} if base_outputs is not None else {},
            "checkpoints": [], "last_signal": None, "created_at": time.time()}

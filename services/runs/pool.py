@@ -29,6 +29,7 @@ from sampler.slices import MAX_SLICES, best_case_labels, membership_matrix, slic
 from services.errors import BadInput, Conflict
 from services.runs.loader import vote_matrices
 from services.runs.model import OVERALL, RunRuntime, no_votes
+from services.runs.prior import carried_prior, prior_for
 from services.runs.shared_draws import SHARED, grow_family, start_family, uses_family
 from services.runs.writer import RunWriter
 from services.store import RedisStore
@@ -89,6 +90,7 @@ class RunPool:
             elif judges:
                 meta["judge_names"] = self._judge_names(judges)
                 meta["status"] = "judging"
+            meta["calibration_prior"] = carried_prior(self.store, spec, meta)
             self.store.stage_pairs(rid, *self._pair_rows(meta, pairs))
             self.store.create_run(rid, meta, now)      # the commit point: before it the run does not exist
         else:
@@ -97,6 +99,7 @@ class RunPool:
             meta["status"] = "generating"
             meta["judge_names"] = self._judge_names(judges) if judges else []
             meta["progress"] = {"generated": 0, "to_generate": len(gen["prompts"]), "judged": 0}
+            meta["calibration_prior"] = carried_prior(self.store, spec, meta)
             self.store.create_run(rid, meta, now)
         return rid
 
@@ -266,7 +269,8 @@ class RunPool:
                 cfg = ComparisonConfig(alpha=alpha_each, margin=meta["margin"], budget=meta["budget"], method=method)
                 rng = np.random.default_rng([int(meta["seed"]), k])
                 rt.comps[name] = Comparison(mat if has_votes else no_votes(n_new), config=cfg, rng=rng,
-                                            voted=voted if has_votes else None)
+                                            voted=voted if has_votes else None,
+                                            prior=prior_for(meta, name) if method != "classical" else None)
                 if member is not None:
                     rt.comps[name].set_slices(slice_names, member)
 

@@ -28,6 +28,7 @@ import numpy as np
 from sampler.engine import ComparisonConfig
 from sampler.family import ComparisonFamily, QuestionVerdict
 from services.runs.model import OVERALL, RunRuntime, mean
+from services.runs.prior import prior_for
 
 SHARED = "shared"
 STATE_KEY = "_family"
@@ -47,7 +48,8 @@ def start_family(rt: RunRuntime, mats: dict[str, np.ndarray | None], voted: np.n
     cfg = ComparisonConfig(alpha=meta["alpha"], margin=meta["margin"], budget=meta["budget"],
                            method=(meta.get("method") or "active") if has_votes else "classical")
     rt.family = ComparisonFamily.create(votes, cfg, rng=np.random.default_rng([int(meta["seed"]), 0]),
-                                        slices=slices, voted=voted, n_items=n, multiplicity="holm")
+                                        slices=slices, voted=voted, n_items=n, multiplicity="holm",
+                                        priors={name: prior_for(meta, name) for name in votes})
     rt.comps = rt.family.comps
 
 

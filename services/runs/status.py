@@ -18,6 +18,7 @@ from sampler.family import ComparisonFamily
 from sampler.slices import alpha_split_text
 from services.runs.judge_budget import judges_value
 from services.runs.model import OVERALL, RunRuntime
+from services.runs.prior import prior_summary
 from services.runs.shared_draws import family_status
 from services.store import RedisStore
 from services.webhooks import outbox_entry
@@ -36,6 +37,7 @@ def status_of(rt: RunRuntime) -> dict:
         "alpha_split": f"bonferroni over {1 + len(rt.criteria)} comparisons" if rt.criteria else None,
         "slices": {}, "slice_warnings": list(meta.get("slice_warnings") or []),
         "finished": bool(rt.comps) and all(c.finished for c in rt.comps.values()), "multiplicity": None,
+        "calibration_prior": prior_summary(meta),
     }
     # progress of the machines and the humans (a streaming run labels while the first two still grow)
     progress = meta.get("progress") or {}
