@@ -87,6 +87,17 @@ class JudgeWorker:
             out[idx] = row
         return out
 
+    def vote_costed(self, batch: Sequence[tuple[int, str, str, str]], clock: str = "thread"
+                    ) -> tuple[dict[int, dict[str, float | None]], float]:
+        """``vote`` and the CPU-seconds it took: ``clock="process"`` counts every thread of this process (a Ray
+        actor is a process of its own, so that includes a model's worker threads); ``"thread"`` only the
+        calling thread (in-process workers share the process with the service: a model's own threads are then
+        not counted)."""
+        read = time.process_time if clock == "process" else time.thread_time
+        t0 = read()
+        out = self.vote(batch)
+        return out, max(0.0, read() - t0)
+
     def vote_batch(self, pairs: Sequence[tuple[str, str, str]]) -> list[list[dict[str, Any]]]:
         """Every judge's full vote (``JudgeVote.as_dict``) per (prompt, base, tuned), criteria outermost."""
         out = []

@@ -15,8 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from judges.actors import GenerationWorker, JudgeWorker, ray_actor
 from judges.spec import judge_name, judge_problem
@@ -250,53 +253,121 @@ class Pipeline:
         svc.add_generated_pairs(rid, pairs)
 
     def _judge(self, rid: str, meta: dict) -> None:
+        """Every judge votes on the unvoted pairs, one batch at a time per judge, in a random order (the run's
+        seed) with the pairs whose labels the sampler has processed first; after each batch the service records
+        its CPU-seconds and, with ``judge_budget: "auto"``, may stop the judge (services/runs/judge_budget.py).
+
+        Why this order: a random order makes the voted pairs at any time a uniform random subset of the pool,
+        so what the judges have seen is representative of it; the labelled pairs go first because a judge's
+        value can only be measured on labelled pairs that it voted on. Both are functions of the seed and of
+        the processed draws only (never of a pending draw), so the sampler's predictions stay predictable
+        (docs/statistics.md). A pair's votes are stored once every judge still voting has voted it; a stopped
+        judge's vote is missing (None) on the pairs it never reached."""
         svc = self.service
         todo = svc.unvoted_pairs(rid)
         if not todo:
             svc.add_votes(rid, {})
             return
         criteria = ["overall", *meta.get("criteria", [])]
-        names = meta["judge_names"]
-        rows = [(i, p["prompt"], p["base"], p["tuned"]) for i, p in todo]
-        batches = [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        names = list(meta["judge_names"])
+        rng = np.random.default_rng([int(meta.get("seed") or 0), 0x6A75])
+        order = [todo[k] for k in rng.permutation(len(todo))]
+        rows = {i: (i, p["prompt"], p["base"], p["tuned"]) for i, p in order}
         url = svc.store.url()
-        partial: dict[int, dict[str, dict]] = {}
+        stopped = set(svc.judges_stopped(rid)) & set(names)
+        partial: dict[int, dict[str, dict]] = {i: {} for i, _ in order}
         lock = threading.Lock()
+        clock = "process" if self.mode == "ray" else "thread"
 
-        def cb_for(name: str):
-            def cb(batch: list, result: dict) -> None:
-                done: dict[int, dict] = {}
+        def complete(idx: int) -> bool:
+            return all(n in partial[idx] for n in names if n not in stopped)
+
+        def flush(idxs: list[int]) -> None:
+            """Store the votes of the pairs every running judge has voted (call holding ``lock``)."""
+            done = {}
+            for idx in idxs:
+                if idx in partial and complete(idx):
+                    per = partial.pop(idx)
+                    done[idx] = {c: [(per[n].get(c) if n in per else None) for n in names] for c in criteria}
+            if done:
+                svc.add_votes(rid, done)
+                if self.metrics:
+                    self.metrics.votes.inc(len(done))
+
+        def next_batch(voted: set[int], cursor: list[int], labelled: list[int]) -> list[tuple]:
+            """Up to batch_size pairs: labelled ones not voted yet, then the next ones in the random order.
+            ``cursor`` = [position in the random order, processed draws already seen]; ``labelled`` = labelled
+            pairs not yet voted."""
+            new_draws = svc.labelled_pairs(rid, cursor[1])
+            cursor[1] += len(new_draws)
+            labelled.extend(i for i in new_draws if i in rows)
+            batch: list[int] = []
+            while labelled and len(batch) < self.batch_size:
+                i = labelled.pop(0)
+                if i not in voted and i not in batch:
+                    batch.append(i)
+            while len(batch) < self.batch_size and cursor[0] < len(order):
+                i = order[cursor[0]][0]
+                cursor[0] += 1
+                if i not in voted and i not in batch:
+                    batch.append(i)
+            return [rows[i] for i in batch]
+
+        def judge_loop(name: str, handle: Any) -> None:
+            voted: set[int] = set()
+            cursor: list[int] = [0, 0]
+            labelled: list[int] = []
+            while True:
+                batch = next_batch(voted, cursor, labelled)
+                if not batch:
+                    return
+                t0 = time.perf_counter()
+                if self.mode == "local":
+                    result, cpu_s = handle.call("vote_costed", batch, clock=clock)
+                else:
+                    ray = self._ensure_ray()
+                    result, cpu_s = ray.get(handle.vote_costed.remote(batch, clock=clock))
+                voted.update(int(r[0]) for r in batch)
+                wall_s = time.perf_counter() - t0
                 with lock:
                     for idx, row in result.items():
-                        idx = int(idx)
-                        partial.setdefault(idx, {})[name] = row
-                        if len(partial[idx]) == len(names):
-                            per = partial.pop(idx)
-                            done[idx] = {c: [per[n].get(c) for n in names] for c in criteria}
-                if done:
-                    svc.add_votes(rid, done)
-                    if self.metrics:
-                        self.metrics.votes.inc(len(done))
-            return cb
+                        if int(idx) in partial:
+                            partial[int(idx)][name] = row
+                    flush([int(i) for i in result])
+                # after the batch's votes are in, so the stop rule sees them (the work counts are written with
+                # the next votes, a stop at once)
+                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s, wall_s)
+                if not keep:
+                    with lock:
+                        stopped.add(name)
+                        flush(list(partial))       # the pairs that were waiting only for this judge
+                    log.info("run %s: judge %s stopped (worthless on the labels so far, or the run is decided)",
+                             rid, name)
+                    return
 
         threads = []
         for spec, name in zip(meta["judges"], names, strict=True):
+            if name in stopped:
+                continue
             # a feature juror needs no core of its own; reserving one would leave a model judge unscheduled
             # on a 2-core machine (every actor holds its CPU until all judges are done)
             free = isinstance(spec, str) and spec.startswith("feature:")
             cache = functools.partial(redis_vote_cache, url) if url else None
             h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, cache, self.n_threads,
                             num_cpus=0 if free else None)
-            t = threading.Thread(target=self._map, args=(h, "vote", batches, cb_for(name)))
+            t = threading.Thread(target=judge_loop, args=(name, h), name=f"judge-{rid}-{name}", daemon=True)
             t.start()
             threads.append(t)
         for t in threads:
             t.join()
         for name in names:
             self._kill(f"{rid}:judge:{name}")
+        with lock:
+            flush(list(partial))   # every judge is done or stopped: what is left has all the votes it will get
         left = svc.unvoted_pairs(rid)
         if left:
             raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")
+        svc.judging_finished(rid)
 
 
 def generate_in_process(spec: dict, prompts: list[dict]) -> dict[str, str]:

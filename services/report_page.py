@@ -33,7 +33,8 @@ def _model_name(spec: Any, default: str) -> str:
 def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) -> str:
     """The report of a run from its copy; ``pair_of(i)`` reads pair i (for the example table)."""
     from sampler.slices import alpha_split_text
-    from services.report import ReportData, render_report, report_data_from_comparison
+    from services.report import JudgeWorthRow, ReportData, render_report, report_data_from_comparison
+    from services.runs.judge_budget import judges_value_of
 
     meta, comps = run.meta, run.comps
     if OVERALL not in comps:
@@ -54,6 +55,9 @@ def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) ->
                f"{run.labels_per_pair}"])
     if run.family is not None:
         data = _family_verdicts(data, run.family)
+    worth = judges_value_of(meta, comps[OVERALL], run.n_votes)
+    data.judge_worth = [JudgeWorthRow(name=name, **{k: v for k, v in w.items() if k in JudgeWorthRow.model_fields})
+                        for name, w in worth.items()]
     return render_report(data)
 
 

@@ -62,6 +62,7 @@ class ExperimentCreate(_Strict):
                                                          "worse on one is never best, and the signal stops "
                                                          "(reason 'slice-regression')")
     method: str | None = Field(None, pattern="^(classical|ppi|active)$")
+    judge_budget: Literal["all", "auto"] = Field("all", description="every checkpoint's runs: as in POST /v1/runs")
     carry_calibration: bool = Field(True, description="each checkpoint's runs start from the judge calibration "
                                                       "learnt on the earlier checkpoints' runs (calibration_from)")
     webhook: str | None = Field(None, pattern=r"^https?://", max_length=2000)

@@ -126,6 +126,10 @@ class RunCreate(Strict):
     budget: int | None = Field(None, ge=1, description="maximum number of labelled pairs")
     method: Literal["classical", "ppi", "active"] | None = None
     labels_per_pair: int = Field(1, ge=1, le=20, description="annotators per pair (their verdicts are averaged)")
+    judge_budget: Literal["all", "auto"] = Field(
+        "all", description='"all": every judge votes on every pair; "auto": judge in a random order (labelled pairs '
+                           "first) and stop a judge once its value interval shows it saves < 5 % of "
+                           "the labels (docs/concepts.md)")
     lease_ttl_s: float | None = Field(None, gt=0, le=7 * 86400, description="seconds an annotator holds a pair")
     webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
     seed: int | None = Field(None, ge=0, lt=2**32)
@@ -193,6 +197,25 @@ class CriterionStatus(BaseModel):
     slices: dict[str, SliceStatus] = Field(default_factory=dict)
 
 
+class JudgeValueStatus(BaseModel):
+    value: float = Field(description="share of label variance its calibrated votes explain (cross-fitted R^2) = "
+                                     "share of labels saved against the labels-only test")
+    interval: list[float] = Field(description="interval for the value (level below; Fisher z)")
+    level: float
+    labels: int = Field(description="labelled pairs (processed by the sampler) with this judge's vote")
+    labels_saved: float | None = Field(description="labels this run saved so far: labels x value / (1 - value) "
+                                                   "(null: unbounded, a judge that explains every label)")
+    labels_saved_interval: list[float | None]
+    cpu_s: float | None = Field(None, description="CPU-seconds spent voting in this run (not for the jury)")
+    pairs_voted: int | None = None
+    state: str | None = Field(None, description="running | stopped-worthless | stopped-decided | finished | "
+                                                "supplied")
+    stopped_at_labels: int | None = None
+    stopped_at_interval: list[float] | None = Field(None, description="the value interval the stop was decided on")
+    eta_s: float | None = Field(None, description="while running: seconds to vote the pairs it has not voted, at its "
+                                                  "pace so far (a stop or the verdict may end it sooner)")
+
+
 class CarriedCalibration(BaseModel):
     labels: int = Field(description="labelled pairs (with judge votes) of the named runs the prior is fitted on")
     labels_by_run: dict[str, int]
@@ -244,6 +267,10 @@ class RunStatus(BaseModel):
                                                   "budget) can decide, said when the run is created")
     finished: bool = Field(False, description="the overall verdict and every slice verdict are final: "
                                               "nothing more will be handed out")
+    judge_budget: str = Field("all", description='"all" or "auto" (as created)')
+    judges_value: dict[str, JudgeValueStatus] = Field(
+        default_factory=dict, description="per judge (and \"jury\" for several): what its calibrated votes are "
+                                          "worth on the labels so far, and what it cost (docs/api.md)")
     calibration_prior: CalibrationPrior | None = Field(
         None, description="the judge calibration this run started from (calibration_from), or null")
 

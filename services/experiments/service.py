@@ -166,6 +166,8 @@ class ExperimentService:
                                    "base_ref": ref, "tuned_ref": name}}
             if rec.get("method"):
                 spec["method"] = rec["method"]
+            if rec.get("judge_budget"):
+                spec["judge_budget"] = rec["judge_budget"]
             ck["runs"]["vs_base" if ref == "base" else "vs_best"] = {"run_id": self._create_run(spec, ck, carried),
                                                                      "against": ref}
         ck["status"] = "ready"

@@ -73,6 +73,9 @@ def experiment_record(body: Any, validate_judges: bool = True) -> dict:
     bpc = body.get("budget_per_checkpoint")
     if bpc is not None and (not isinstance(bpc, int) or bpc < 1):
         raise ExperimentError("budget_per_checkpoint", f"must be a positive integer (got {bpc!r})")
+    judge_budget = body.get("judge_budget", "all") or "all"
+    if judge_budget not in ("all", "auto"):
+        raise ExperimentError("judge_budget", f'must be "all" or "auto" (got {judge_budget!r})')
     webhook = body.get("webhook")
     if webhook is not None and (not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))):
         raise ExperimentError("webhook", "must be an http(s) URL")
@@ -90,6 +93,7 @@ def experiment_record(body: Any, validate_judges: bool = True) -> dict:
     rec = {"experiment": exp_id, "name": name.strip(), "prompts": clean, "judges": judges,
            "alpha": float(alpha), "margin": float(margin), "budget_per_checkpoint": bpc,
            "rule": asdict(rule), "webhook": webhook, "method": body.get("method"), "carry_calibration": carry,
+           "judge_budget": judge_budget,
            "base": None if base_outputs is not None else base,
            "outputs": {"base": base_outputs} if base_outputs is not None else {},
            "checkpoints": [], "last_signal": None, "created_at": time.time()}

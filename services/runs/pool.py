@@ -62,6 +62,7 @@ class RunPool:
             "judges": judges, "judge_names": [], "labels_per_pair": spec.get("labels_per_pair") or 1,
             "lease_ttl_s": spec.get("lease_ttl_s") or self.default_lease_ttl_s,
             "webhook_url": spec.get("webhook_url"), "seed": spec["seed"] if spec.get("seed") is not None else secrets.randbits(32),
+            "judge_budget": spec.get("judge_budget") or "all",
             "n_active": 0, "generate": None, "progress": {}, "error": None, "decided_notified": False,
             "draws": SHARED,    # one draw sequence for every question (services.runs.shared_draws)
         }

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from services.errors import NotFound
+from services.runs import judge_budget
 from services.runs.intake import LabelIntake
 from services.runs.leases import Leases
 from services.runs.loader import load_run
-from services.runs.model import Pending, RunRuntime
+from services.runs.model import OVERALL, Pending, RunRuntime
 from services.runs.ownership import Ownership
 from services.runs.pool import RunPool
 from services.runs.status import DecidedEvents, list_runs, report_copy, status_of
@@ -136,6 +137,40 @@ class RunService:
 
     def unvoted_pairs(self, rid: str) -> list[tuple[int, dict]]:
         return self.pool.unvoted_pairs(self.runtime(rid))
+
+    # judge_budget (services/runs/judge_budget.py): the pipeline reports each judge's batches and asks whether
+    # to go on; the stop rule reads only the labels already processed by the sampler
+    def judge_batch_done(self, rid: str, name: str, pairs: int, cpu_s: float, wall_s: float = 0.0) -> bool:
+        """Record a judge's batch (pairs, CPU-seconds, wall seconds); False when the judge must stop voting in
+        this run."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            keep = judge_budget.record_batch(rt, name, pairs, cpu_s, wall_s)
+            if not keep:        # a stop is written at once; the work counts go with the batch's votes (add_votes)
+                self.writer.commit(rt, meta=rt.meta)
+        return keep
+
+    def judges_stopped(self, rid: str) -> set[str]:
+        """Judges that vote no more in this run (worthless under the auto budget, or the run is decided)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            return judge_budget.stopped(rt)
+
+    def labelled_pairs(self, rid: str, start: int = 0) -> list[int]:
+        """Pairs of the sampler's *processed* draws (their labels are in), in draw order from draw ``start`` on:
+        the pipeline judges them first. Not the pending draws: a vote that came sooner because its pair was
+        drawn could enter a refit before that draw is processed and make g depend on the draw
+        (docs/statistics.md, "Judges that must earn their compute")."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            comp = rt.comps.get(OVERALL)
+            return [d.item for d in comp.draws[start:judge_budget.horizon(rt)]] if comp is not None else []
+
+    def judging_finished(self, rid: str) -> None:
+        rt = self.runtime(rid)
+        with rt.lock:
+            judge_budget.finish(rt, list(rt.meta.get("judge_names") or []))
+            self.writer.commit(rt, meta=rt.meta)
 
     def run_meta(self, rid: str) -> dict:
         return self.route("run_meta", rid)

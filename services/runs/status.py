@@ -16,6 +16,7 @@ from typing import Any
 from sampler.engine import Comparison
 from sampler.family import ComparisonFamily
 from sampler.slices import alpha_split_text
+from services.runs.judge_budget import judges_value
 from services.runs.model import OVERALL, RunRuntime
 from services.runs.prior import prior_summary
 from services.runs.shared_draws import family_status
@@ -43,6 +44,8 @@ def status_of(rt: RunRuntime) -> dict:
     out["generated"] = len(rt.pair_ids) if rt.pair_ids else int(progress.get("pairs_generated", 0))
     out["judged"] = rt.n_voted if meta["judge_names"] else 0
     out["progress"] = dict(progress)
+    out["judge_budget"] = meta.get("judge_budget", "all")
+    out["judges_value"] = judges_value(rt)
     if meta.get("slices"):
         out["alpha_split"] = alpha_split_text(meta["alpha"], len(meta["slices"]), 1 + len(rt.criteria))
     if rt.family is not None:     # one draw sequence, Holm over every question (services.runs.shared_draws)

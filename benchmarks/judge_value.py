@@ -1,0 +1,183 @@
+"""Online judge value vs the full-pool value on recorded judge votes (issue 10 item 3).
+
+``python -m benchmarks.judge_value``: for each recorded judge on PandaLM (whole file, one pool) and on the
+Arena model pairs with >= 300 battles, the value (share of label variance its calibrated votes explain,
+sampler/judge_value.py) on the whole pool, then the online estimate on n random labelled pairs
+(n = 30, 100, 300; ``--reps`` subsamples each): mean estimate and how often the 90 % interval contains the
+full-pool value. The full-pool value is the cross-fitted R^2 on every pair (the best stand-in for the truth).
+``--simulate``: the interval's coverage of a known population value on simulated 3-valued labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sampler.judge_value import judge_value
+from services.data import load_items, select_pools
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pools(name: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, labels y = mean human vote, votes of one judge) per (pool, judge)."""
+    items = load_items(DATA / name)
+    if name.startswith("pandalm"):
+        selected = select_pools(items)
+    else:
+        selected = select_pools(items, all_pairs=True, min_items=300)
+    out = []
+    for op in selected:
+        y = np.array([float(np.mean(v)) for v in op.pool.votes])
+        for j, judge in enumerate(op.judges):
+            x = op.pool.judge_votes[:, j]
+            keep = ~np.isnan(x)
+            out.append((f"{name.split('_')[0]} {op.base} vs {op.tuned} / {judge}", y[keep], x[keep]))
+    return out
+
+
+def _simulated(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
+    """3-valued labels from a latent quality z; the vote is a noisy sigmoid of z (as tests/unit/test_judge_value.py)."""
+    z = rng.standard_normal(n)
+    u = z + rng.standard_normal(n)
+    y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
+    x = 1.0 / (1.0 + np.exp(-(signal * z + rng.standard_normal(n))))
+    return x, y
+
+
+def simulate(reps: int, sizes: list[int], rng: np.random.Generator) -> None:
+    """Coverage of the 90 % interval for the known population R^2 (from 2 x 10^6 draws)."""
+    for signal in (0.0, 0.5, 1.5):
+        x, y = _simulated(rng, 2_000_000, signal)
+        rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
+        for n in sizes:
+            vals = [judge_value(*_simulated(rng, n, signal)) for _ in range(reps)]
+            print(json.dumps({"rho2": round(rho2, 4), "n": n, "runs": reps,
+                              "covers": round(float(np.mean([v.lower <= rho2 <= v.upper for v in vals])), 3),
+                              "upper_covers": round(float(np.mean([rho2 <= v.upper for v in vals])), 3),
+                              "mean_r2": round(float(np.mean([v.r2 for v in vals])), 4)}), flush=True)
+
+
+def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min_pairs: int = 30) -> None:
+    """When the auto budget's rule (services/runs/judge_budget.py) stops a judge, checked every 4 labelled pairs
+    as the pipeline's batches do: share of runs stopped by 100 / 200 / 400 / 1,000 labelled pairs."""
+    from sampler.judge_value import worthless
+
+    for signal in (0.0, 0.3, 0.5, 1.5):
+        x, y = _simulated(rng, 2_000_000, signal)
+        rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
+        at = []
+        for _ in range(reps):
+            x, y = _simulated(rng, 1000, signal)
+            at.append(next((n for n in range(min_pairs, 1001, 4)
+                            if worthless(judge_value(x[:n], y[:n]), threshold, min_pairs)), 10**9))
+        a = np.array(at)
+        print(json.dumps({"rho2": round(rho2, 4), "runs": reps,
+                          **{f"stopped_by_{k}": round(float((a <= k).mean()), 3) for k in (100, 200, 400, 1000)},
+                          "median_stop": float(np.median(a)) if (a < 10**9).mean() > 0.5 else None}), flush=True)
+
+
+def cpu_share(runs: int, rates: list[float], judge: str, seed: int) -> None:
+    """What share of today's judging a judge costs under judge_budget "auto", on recorded Arena pools (model
+    pairs with >= 300 battles) with one recorded judge. The judge votes ``rate`` pairs per human label
+    (labelled pairs first, then a random order, as services/pipeline.py), the run stops at its verdict, and
+    judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
+    pair is voted. Today ("all") the judge votes every pair. Prints per rate: mean share of the pool voted,
+    how judging ended, and labels to the verdict against the same runs with the judge never stopped."""
+    from sampler.engine import Comparison, ComparisonConfig
+    from sampler.judge_value import worthless
+    from services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+
+    items = load_items(DATA / "chatbot_arena_ppr.jsonl")
+    pools = select_pools(items, all_pairs=True, min_items=300, judges=[judge])
+    for rate in rates:
+        shares, ends, labels_auto, labels_all = [], {"decided": 0, "worthless": 0, "all voted": 0}, [], []
+        for k, op in enumerate(pools):
+            pool = op.pool
+            n = len(pool.votes)
+            for r in range(runs):
+                for auto in (True, False):
+                    rng = np.random.default_rng((seed, k, r))
+                    cfg = ComparisonConfig(method="active")
+                    c = Comparison(np.full_like(pool.judge_votes, np.nan), config=cfg, rng=rng,
+                                   voted=np.zeros(n, dtype=bool))
+                    order = [int(i) for i in np.random.default_rng((seed, k, r, 7)).permutation(n)]
+                    voted: set[int] = set()
+                    credit, stopped, end = rate, False, "all voted"
+                    while not c.finished:
+                        labelled = [d.item for d in c.draws[: c.processed]]
+                        while credit >= 1 and not stopped and len(voted) < n:
+                            i = next(i for i in labelled + order if i not in voted)
+                            voted.add(i)
+                            c.add_votes([i], pool.judge_votes[[i]])
+                            credit -= 1
+                        if auto and not stopped and labelled:
+                            ys = np.array([c.labels[i] for i in labelled])
+                            if worthless(judge_value(c.votes_received()[labelled, 0], ys), THRESHOLD, MIN_PAIRS):
+                                stopped, end = True, "worthless"
+                        items_ = c.next_items(1)
+                        if not items_:
+                            break
+                        v = pool.votes[items_[0]]
+                        c.record_label(items_[0], float(v[rng.integers(v.size)]) if v.size > 1 else float(v[0]))
+                        credit += rate
+                    if auto:
+                        if not stopped and len(voted) < n:
+                            end = "decided"
+                        ends[end] += 1
+                        shares.append(len(voted) / n)
+                        labels_auto.append(len(c.labels))
+                    else:
+                        labels_all.append(len(c.labels))
+        print(json.dumps({"judge": judge, "rate_pairs_per_label": rate, "pools": len(pools), "runs": len(shares),
+                          "mean_share_of_pool_voted": round(float(np.mean(shares)), 3),
+                          "max_share": round(float(np.max(shares)), 3), "ended": ends,
+                          "labels_auto": round(float(np.mean(labels_auto)), 1),
+                          "labels_never_stopped": round(float(np.mean(labels_all)), 1)}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--sizes", default="30,100,300")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simulate", action="store_true", help="coverage on simulated data of known value instead")
+    ap.add_argument("--stops", action="store_true", help="when the auto budget stops judges of known value")
+    ap.add_argument("--cpu-share", default=None, metavar="JUDGE",
+                    help="share of the pool a recorded Arena judge votes under the auto budget")
+    ap.add_argument("--rates", default="1,0.2", help="--cpu-share: judge pairs per human label")
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(a.seed)
+    sizes = [int(s) for s in a.sizes.split(",")]
+    if a.simulate:
+        simulate(a.reps, sizes, rng)
+        return
+    if a.stops:
+        stop_times(a.reps, rng)
+        return
+    if a.cpu_share:
+        cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed)
+        return
+    for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
+        for label, y, x in pools(data):
+            full = judge_value(x, y)
+            row: dict = {"pool": label, "pairs": int(y.size), "full_r2": round(full.r2, 4),
+                         "full_interval": [round(full.lower, 4), round(full.upper, 4)]}
+            for n in sizes:
+                if n > y.size // 2:
+                    continue
+                est, cover = [], 0
+                for _ in range(a.reps):
+                    idx = rng.choice(y.size, n, replace=False)
+                    v = judge_value(x[idx], y[idx])
+                    est.append(v.r2)
+                    cover += v.lower <= full.r2 <= v.upper
+                row[f"n{n}"] = {"mean_r2": round(float(np.mean(est)), 4), "covers_full": round(cover / a.reps, 3)}
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

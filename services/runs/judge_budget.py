@@ -1,0 +1,166 @@
+"""What each judge of a run is worth, and ``judge_budget: "auto"``: stop spending compute on a judge that is
+shown to be worthless for this run.
+
+Owns: the per-judge work record kept in the run's meta (``meta["judge_work"][name]`` = pairs voted, CPU-seconds,
+state), the value view (``judges_value``: sampler/judge_value.py on the labels so far) and the stop rule.
+
+The value is measured on the overall comparison's *processed* draws only (the labels that have entered its
+confidence sequence, in draw order) and on the votes that have arrived for those pairs. So the decision to stop
+a judge at any time is a function of past labels (and of votes, which never see a label): whichever pairs are
+left without that judge's vote, the prediction g_t of every later draw is fixed at a refit from information
+before that draw, and the run's confidence sequence stays valid (docs/statistics.md, "Judges that must earn
+their compute"). Labels that arrived out of order and are not yet processed are deliberately not used: one of
+them could be the label of a pair whose prediction the stop would still change.
+
+States: ``running`` (the pipeline votes with it), ``stopped-worthless`` (auto budget: stopped; pairs it voted keep
+their votes, the others have none from it), ``stopped-decided`` (every verdict of the run is final, whatever the
+budget: no vote can change anything any more), ``finished`` (it voted every pair), ``supplied`` (votes given with
+the pairs: nothing was spent here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sampler.engine import Comparison
+from sampler.judge_value import JudgeValue, judge_value, jury_value, worthless
+from services.runs.model import OVERALL, RunRuntime
+
+# The stop rule of judge_budget "auto" (stated in docs/concepts.md): on at least MIN_PAIRS labelled pairs with its
+# vote, the upper end of the judge's 90 % interval says it saves < THRESHOLD of the labels.
+THRESHOLD = 0.05
+MIN_PAIRS = 30
+LEVEL = 0.9
+
+JUDGE_BUDGETS = ("all", "auto")
+
+
+def horizon(rt: RunRuntime) -> int:
+    """How many of the overall comparison's draws every question still running has processed. On one draw
+    sequence (a family run) a criterion or slice question may lag the overall one (its label is missing); a stop
+    decided on an overall label it has not processed yet could change the votes of its own next refit through
+    that draw, so the stop rule and the pipeline's "labelled first" look only this far."""
+    ov = rt.comps.get(OVERALL)
+    if ov is None:
+        return 0
+    family = getattr(rt, "family", None)
+    lagging = [c.processed for c in family.comps.values() if not c.finished] if family is not None else []
+    return min([ov.processed, *lagging])
+
+
+def _labelled_votes(comp: Comparison | None, upto: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, votes (m, J)) of the overall comparison's processed draws (the first ``upto`` of them);
+    None without comparison or judges."""
+    if comp is None or comp.votes.shape[1] == 0:
+        return None
+    items = [d.item for d in comp.draws[: comp.processed if upto is None else min(upto, comp.processed)]]
+    unique = list(dict.fromkeys(items))      # with replacement a pair can recur: its first draw counts
+    labels = np.array([comp.labels[i] for i in unique], dtype=float)
+    votes = comp.votes_received()[np.asarray(unique, dtype=int)] if unique else np.empty((0, comp.votes.shape[1]))
+    return labels, votes
+
+
+def values(meta: dict, comp: Comparison | None, upto: int | None = None
+           ) -> tuple[dict[str, JudgeValue], JudgeValue | None, int]:
+    """({judge: value}, the jury's value, labels processed) on the overall comparison's labels so far (its
+    first ``upto`` processed draws)."""
+    names = list(meta.get("judge_names") or [])
+    got = _labelled_votes(comp, upto)
+    if got is None or not names:
+        return {}, None, 0
+    labels, votes = got
+    per = {n: judge_value(votes[:, j], labels, LEVEL) for j, n in enumerate(names)}
+    return per, jury_value(votes, labels, LEVEL), int(labels.size)
+
+
+def work(rt: RunRuntime, name: str) -> dict:
+    """The judge's work record in meta (created on first use)."""
+    w = rt.meta.setdefault("judge_work", {})
+    return w.setdefault(name, {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a judge that explains every label saves unboundedly many (None)."""
+    return round(x, 2) if math.isfinite(x) else None
+
+
+def _view(v: JudgeValue, labels: int, rec: dict | None, n_pairs: int = 0) -> dict[str, Any]:
+    saved, saved_lo, saved_hi = v.labels_saved(labels)
+    out: dict[str, Any] = {
+        "value": round(v.r2, 4), "interval": [round(v.lower, 4), round(v.upper, 4)], "level": v.level,
+        "labels": v.n, "labels_saved": _finite(saved), "labels_saved_interval": [_finite(saved_lo), _finite(saved_hi)],
+    }
+    if rec is not None:
+        out.update(cpu_s=round(float(rec.get("cpu_s", 0.0)), 3), pairs_voted=int(rec.get("pairs", 0)),
+                   state=rec.get("state", "running"))
+        done, wall = int(rec.get("pairs", 0)), float(rec.get("wall_s", 0.0))
+        if out["state"] == "running" and done and wall > 0 and n_pairs:
+            # at the judge's pace so far; the pairs it still has to vote (a stop or the verdict may come first)
+            out["eta_s"] = round(wall / done * max(0, n_pairs - done), 1)
+        if rec.get("stopped_at_labels") is not None:
+            out["stopped_at_labels"] = rec["stopped_at_labels"]
+            if rec.get("stopped_value"):      # the value the stop was decided on (labels may have come since)
+                out["stopped_at_interval"] = [round(x, 4) for x in rec["stopped_value"]["interval"]]
+    return out
+
+
+def judges_value(rt: RunRuntime) -> dict[str, Any]:
+    """The status field ``judges_value``: per judge and ``"jury"`` (call under ``rt.lock``)."""
+    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted, len(rt.pair_ids))
+
+
+def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int, n_pairs: int = 0) -> dict[str, Any]:
+    """``judges_value`` from a run's meta and overall comparison (the report renders it from its copy)."""
+    names = list(meta.get("judge_names") or [])
+    if not names:
+        return {}
+    per, jury, labels = values(meta, comp)
+    supplied = not meta.get("judges")
+    out: dict[str, Any] = {}
+    for n in names:
+        rec = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
+               else (meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+        out[n] = _view(per.get(n) or JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")), labels, rec, n_pairs)
+    if jury is not None and len(names) > 1:
+        out["jury"] = _view(jury, labels, None)
+    return out
+
+
+def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float, wall_s: float = 0.0) -> bool:
+    """Add one batch's work to the judge's record; with ``judge_budget: "auto"`` apply the stop rule. Returns
+    whether the pipeline should keep voting with this judge (call under ``rt.lock``; the caller writes meta)."""
+    rec = work(rt, name)
+    rec["pairs"] = int(rec["pairs"]) + int(pairs)
+    rec["cpu_s"] = float(rec["cpu_s"]) + float(cpu_s)
+    rec["wall_s"] = float(rec.get("wall_s", 0.0)) + float(wall_s)
+    if rec["state"] != "running":
+        return False
+    if rt.comps and all(c.finished for c in rt.comps.values()):
+        # every verdict is final: nothing more is drawn, so no vote can change anything (any budget)
+        rec.update(state="stopped-decided")
+        return False
+    if rt.meta.get("judge_budget", "all") != "auto":
+        return True
+    per, _, labels = values(rt.meta, rt.comps.get(OVERALL), horizon(rt))
+    v = per.get(name)
+    if v is not None and worthless(v, THRESHOLD, MIN_PAIRS):
+        rec.update(state="stopped-worthless", stopped_at_labels=labels, stopped_value=v.to_dict())
+        return False
+    return True
+
+
+def stopped(rt: RunRuntime) -> set[str]:
+    """Judges the auto budget has stopped (they never vote again in this run, also after a restart)."""
+    return {n for n, r in (rt.meta.get("judge_work") or {}).items()
+            if r.get("state") in ("stopped-worthless", "stopped-decided")}
+
+
+def finish(rt: RunRuntime, names: list[str]) -> None:
+    """Judging is over: every judge still running has voted every pair."""
+    for n in names:
+        rec = work(rt, n)
+        if rec["state"] == "running":
+            rec["state"] = "finished"
