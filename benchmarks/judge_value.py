@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler.judge_value import judge_value
-from services.data import load_items, select_pools
+from tiebreak.sampler.judge_value import judge_value
+from tiebreak.services.data import load_items, select_pools
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -64,7 +64,7 @@ def simulate(reps: int, sizes: list[int], rng: np.random.Generator) -> None:
 def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min_pairs: int = 30) -> None:
     """When the auto budget's rule (services/runs/judge_budget.py) stops a judge, checked every 4 labelled pairs
     as the pipeline's batches do: share of runs stopped by 100 / 200 / 400 / 1,000 labelled pairs."""
-    from sampler.judge_value import worthless
+    from tiebreak.sampler.judge_value import worthless
 
     for signal in (0.0, 0.3, 0.5, 1.5):
         x, y = _simulated(rng, 2_000_000, signal)
@@ -87,9 +87,9 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int) -> None:
     judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
     pair is voted. Today ("all") the judge votes every pair. Prints per rate: mean share of the pool voted,
     how judging ended, and labels to the verdict against the same runs with the judge never stopped."""
-    from sampler.engine import Comparison, ComparisonConfig
-    from sampler.judge_value import worthless
-    from services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+    from tiebreak.sampler.engine import Comparison, ComparisonConfig
+    from tiebreak.sampler.judge_value import worthless
+    from tiebreak.services.runs.judge_budget import MIN_PAIRS, THRESHOLD
 
     items = load_items(DATA / "chatbot_arena_ppr.jsonl")
     pools = select_pools(items, all_pairs=True, min_items=300, judges=[judge])

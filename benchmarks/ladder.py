@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.experiments import ExperimentService, LocalRuns
+from tiebreak.services.experiments import ExperimentService, LocalRuns
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "vicuna80_qlora_prd.jsonl"
 if not DATA.exists():  # a checkout elsewhere: the shared data folder next to it, or $TIEBREAK_DATA
@@ -115,7 +115,7 @@ def replay_once(prompts, outputs, items, seed: int, alpha: float, margin: float,
 
 def write_report(out: dict, path: Path, a: argparse.Namespace) -> Path:
     """The experiment report of one replay (``replay_once``'s result) as a self-contained HTML file."""
-    from services.experiment_report import experiment_report_data, render_experiment_report
+    from tiebreak.services.experiment_report import experiment_report_data, render_experiment_report
 
     data = experiment_report_data(out["service"], out["experiment"], run_href=None, notes=[
         f"Replay of recorded labels (benchmarks/ladder.py): base {BASE}, checkpoints {', '.join(LADDER)} on the "

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler.decision import Decision
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.family import OVERALL, ComparisonFamily
-from sampler.slices import membership_matrix
+from tiebreak.sampler.decision import Decision
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.family import OVERALL, ComparisonFamily
+from tiebreak.sampler.slices import membership_matrix
 
 CRITERIA = (("accuracy", 0.8, 0.5), ("tone", 0.5, 0.6))  # (name, rho, p): simulated
 
@@ -243,7 +243,7 @@ def mixed_null_false_decisions(runs: int, method: str, alpha: float, seed: int, 
 
 
 def _arena_pool(path: Path):
-    from services.data import load_items, select_pools
+    from tiebreak.services.data import load_items, select_pools
 
     items = load_items(Path(path))
     return select_pools(items, base="field", tuned="vicuna-13b", slices_from="slices")[0].pool
@@ -294,7 +294,7 @@ def _thetas(fam: ComparisonFamily, tags, ys: np.ndarray) -> dict[tuple[str, str 
 def vicuna_table(runs: int, seed: int, path: Path, method: str, symmetrize: bool) -> list[dict]:
     """Holm vs Bonferroni on Vicuna-80, every model pair, its categories as slices, overall label only (one
     random crowd vote per label, label_noise). Same seeds for both: the runs differ only by the procedure."""
-    from services.data import load_items, select_pools
+    from tiebreak.services.data import load_items, select_pools
 
     pools = [p.pool for p in select_pools(load_items(Path(path)), all_pairs=True, slices_from="meta.category")]
     rows = []

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.replay import ReplayPool
-from services.data import load_items, select_pools
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.replay import ReplayPool
+from tiebreak.services.data import load_items, select_pools
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -32,12 +32,12 @@ def step(name, fn):
         results.append((name, "FAIL", time.perf_counter() - t, f"{type(e).__name__}: {e}"))
         return None
 
-from judges.backends import make_backend
-from judges.jury import Judge
+from tiebreak.judges.backends import make_backend
+from tiebreak.judges.jury import Judge
 
 model = os.environ.get("TIEBREAK_GPU_MODEL")
 if not model:
-    from judges.models import resolve_preset
+    from tiebreak.judges.models import resolve_preset
     model = str(resolve_preset("qwen2.5-coder-0.5b"))
 lora = os.environ.get("TIEBREAK_GPU_LORA")
 spec = {"backend": "vllm", "model": model, "gpu_memory_utilization": 0.5, "max_model_len": 4096}

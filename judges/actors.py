@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from judges.cache import VoteCache
-from judges.jury import JudgeVote
-from judges.spec import judge_model, judge_name
+from tiebreak.judges.cache import VoteCache
+from tiebreak.judges.jury import JudgeVote
+from tiebreak.judges.spec import judge_model, judge_name
 
 
 class GenerationWorker:
     """One model; ``generate`` turns a batch of (prompt_id, text) into {prompt_id: output}."""
 
     def __init__(self, spec: dict, n_threads: int | None = None):
-        from judges.backends import make_backend
+        from tiebreak.judges.backends import make_backend
 
         spec = dict(spec)
         if n_threads and spec.get("backend", "gguf") == "gguf":
@@ -54,9 +54,9 @@ class JudgeWorker:
 
     def __init__(self, specs: Any, criteria: Sequence[str] = ("overall",),
                  cache: VoteCache | Callable[[], VoteCache | None] | None = None, n_threads: int | None = None):
-        from judges.backends import make_backend
-        from judges.features import FeatureJudge
-        from judges.jury import CRITERIA, Judge
+        from tiebreak.judges.backends import make_backend
+        from tiebreak.judges.features import FeatureJudge
+        from tiebreak.judges.jury import CRITERIA, Judge
 
         self.criteria = list(criteria)
         crit = {c: CRITERIA.get(c, c.replace("_", " ")) for c in self.criteria}
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import ray
 
-    from judges.evaluate import load_items
+    from tiebreak.judges.evaluate import load_items
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="../shared/data/pandalm_testset.jsonl")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from judges import env as env_vars
+from tiebreak.judges import env as env_vars
 
 Messages = list[dict[str, str]]
 PromptLike = str | Messages
@@ -482,7 +482,7 @@ def make_backend(spec: dict) -> Backend:
     if why:
         raise ValueError(why)
     if kind == "gguf":
-        from judges.models import PRESETS, resolve_model, resolve_preset
+        from tiebreak.judges.models import PRESETS, resolve_model, resolve_preset
 
         if spec.get("preset") is not None:
             if spec["preset"] not in PRESETS:

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from judges.jury import JudgeVote, ensemble
-from sampler.calibration import fit_calibration, judge_features
+from tiebreak.judges.jury import JudgeVote, ensemble
+from tiebreak.sampler.calibration import fit_calibration, judge_features
 
 HUMAN_Y = {"A": 0.0, "B": 1.0, "tie": 0.5}
 
@@ -348,7 +348,7 @@ def evaluate(items: Sequence[dict], judges: Sequence[Any], cache=None, injection
                  "human_tie_rate": labels.count("tie") / len(labels)}
     return {"judges": per, "ensemble": ens, "baselines": baselines, "items": len(items),
             "wall_seconds": time.time() - t_start,
-            "calibration": {"family": "sampler.calibration.fit_calibration (ridge on judge_features)",
+            "calibration": {"family": "tiebreak.sampler.calibration.fit_calibration (ridge on judge_features)",
                             "penalty": penalty, "folds": folds, "seed": seed, "per_order_columns": per_order}}
 
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from judges.jury import JudgeVote, with_pointwise_injection
+from tiebreak.judges.jury import JudgeVote, with_pointwise_injection
 
 _WORD = re.compile(r"[a-z0-9']+")
 _FENCE = re.compile(r"```([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.S)

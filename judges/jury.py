@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from judges.backends import Backend, PromptLike
-from judges.cache import VoteCache, vote_key
+from tiebreak.judges.backends import Backend, PromptLike
+from tiebreak.judges.cache import VoteCache, vote_key
 
 PROMPT_VERSION = "v1"
 MODES = ("pairwise", "pointwise", "rubric")
@@ -361,9 +361,9 @@ def judges_from_names(names: Sequence[str], **judge_kwargs: Any) -> list[Any]:
     """Judges from names: ``MODEL[:MODE]`` where MODEL is a preset or a .gguf path and MODE pairwise|pointwise;
     ``feature:NAME`` (a free text-feature juror, judges/features.py) or ``features`` (all of them);
     ``recorded:NAME`` (verdicts already in the data file, judge-eval only)."""
-    from judges.backends import make_backend
-    from judges.features import FEATURES, FeatureJudge
-    from judges.spec import judge_model, judge_problem
+    from tiebreak.judges.backends import make_backend
+    from tiebreak.judges.features import FEATURES, FeatureJudge
+    from tiebreak.judges.spec import judge_model, judge_problem
 
     out: list[Any] = []
     for raw in names:
@@ -378,7 +378,7 @@ def judges_from_names(names: Sequence[str], **judge_kwargs: Any) -> list[Any]:
             out.append(FeatureJudge(feat))
             continue
         if raw.startswith(RECORDED_PREFIX):
-            from judges.evaluate import RecordedJudge
+            from tiebreak.judges.evaluate import RecordedJudge
 
             if not raw[len(RECORDED_PREFIX):]:
                 raise ValueError(f"judge {raw!r}: give the recorded judge's name, e.g. recorded:gpt-4")

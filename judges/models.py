@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from judges import env as env_vars
+from tiebreak.judges import env as env_vars
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def parse_model(text: str, field: str = "model") -> dict:
         if not model:
             raise SpecError(field, f"{text!r}: write vllm:MODEL or vllm:MODEL+LORA_DIR")
         return {"backend": "vllm", "model": model, **({"lora": lora} if lora else {})}
-    from judges.models import PRESETS
+    from tiebreak.judges.models import PRESETS
 
     if s in PRESETS:
         return {"backend": "gguf", "preset": s}
@@ -84,13 +84,13 @@ def model_of_name(model: str) -> dict:
 # ----------------------------------------------------------------------------------------------- judges
 def judge_problem(spec: Any) -> str | None:
     """None when ``spec`` names a judge we can build; otherwise the reason (no model is loaded)."""
-    from judges.backends import BACKENDS
-    from judges.jury import MODES
-    from judges.models import PRESETS
+    from tiebreak.judges.backends import BACKENDS
+    from tiebreak.judges.jury import MODES
+    from tiebreak.judges.models import PRESETS
 
     if isinstance(spec, str):
         if spec.startswith("feature:"):
-            from judges.features import FEATURES
+            from tiebreak.judges.features import FEATURES
 
             feat = spec.removeprefix("feature:")
             return None if feat in FEATURES else (f"unknown feature {feat!r}; valid choices: "

@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration, fit_calibration, judge_features
-from sampler.confseq import (
+from tiebreak.sampler.calibration import JudgeCalibration, fit_calibration, judge_features
+from tiebreak.sampler.confseq import (
     AsymptoticConfidenceSequence,
     BetSchedule,
     BettingConfidenceSequence,
@@ -54,9 +54,9 @@ from sampler.confseq import (
     pack,
     unpack,
 )
-from sampler.decision import Decision, DecisionRule
-from sampler.policy import Draw, WithoutReplacementSampler
-from sampler.slices import SliceStatus, SliceTracker
+from tiebreak.sampler.decision import Decision, DecisionRule
+from tiebreak.sampler.policy import Draw, WithoutReplacementSampler
+from tiebreak.sampler.slices import SliceStatus, SliceTracker
 
 METHODS = ("classical", "ppi", "active")
 DESIGNS = ("without-replacement", "with-replacement")

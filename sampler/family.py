@@ -70,11 +70,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration
-from sampler.confseq import BettingConfidenceSequence
-from sampler.decision import Decision
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.policy import Draw
+from tiebreak.sampler.calibration import JudgeCalibration
+from tiebreak.sampler.confseq import BettingConfidenceSequence
+from tiebreak.sampler.decision import Decision
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.policy import Draw
 
 OVERALL = "overall"
 MULTIPLICITY = ("holm", "bonferroni")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from sampler.calibration import judge_features, loo_residuals
+from tiebreak.sampler.calibration import judge_features, loo_residuals
 
 __all__ = ["JudgeValue", "judge_value", "jury_value", "worthless"]
 

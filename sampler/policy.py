@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sampler.fenwick import FenwickTree
+from tiebreak.sampler.fenwick import FenwickTree
 
 
 @dataclass(frozen=True)

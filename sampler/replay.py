@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration, prior_calibration
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.slices import membership_matrix, slice_alpha
+from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.slices import membership_matrix, slice_alpha
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sampler.confseq import BettingConfidenceSequence, candidate_grid, pack, unpack
-from sampler.decision import Decision, DecisionRule
-from sampler.policy import Draw
+from tiebreak.sampler.confseq import BettingConfidenceSequence, candidate_grid, pack, unpack
+from tiebreak.sampler.decision import Decision, DecisionRule
+from tiebreak.sampler.policy import Draw
 
 MAX_SLICES = 50  # a sane cap: each slice costs alpha / (1 + K) for every question
 
@@ -106,7 +106,7 @@ def membership_matrix(slices_per_item: list[list[str] | tuple[str, ...] | None],
 def best_case_labels(n_items: int, alpha: float, grid_resolution: int = 400, bets=None) -> int:
     """Fewest labels after which a slice of n_items pairs can exclude 1/2: every label 1, uniform draws, no
     judges. Equal to n_items when only labelling the whole slice can decide it (a warning worth giving)."""
-    from sampler.confseq import BetSchedule
+    from tiebreak.sampler.confseq import BetSchedule
 
     cs = BettingConfidenceSequence(alpha, candidate_grid(grid_resolution, (0.5,)), bets or BetSchedule())
     total = 0.0
@@ -302,7 +302,7 @@ class SliceTracker:
     def _noise(self, t: int, size: int) -> float:
         if not self.label_noise:
             return 0.0
-        from sampler.engine import noise_bound
+        from tiebreak.sampler.engine import noise_bound
 
         return noise_bound(t, self.noise_alpha, rho=max(size / 8.0, 1.0))
 

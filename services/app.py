@@ -22,25 +22,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.api.deps import AppServices, GuardMiddleware
-from services.errors import ServiceError, error_body, error_item
-from services.metrics import Metrics
-from services.runs import RunService
-from services.settings import Settings
-from services.store import RedisStore
-from services.tokens import TokenRegistry, admin_token_problem
-from services.webhooks import WebhookSender
+from tiebreak.services.api.deps import AppServices, GuardMiddleware
+from tiebreak.services.errors import ServiceError, error_body, error_item
+from tiebreak.services.metrics import Metrics
+from tiebreak.services.runs import RunService
+from tiebreak.services.settings import Settings
+from tiebreak.services.store import RedisStore
+from tiebreak.services.tokens import TokenRegistry, admin_token_problem
+from tiebreak.services.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
 ROUTERS = [
-    "services.api.health",
-    "services.api.runs",
-    "services.api.annotators",
-    "services.api.annotate",
-    "services.api.integrations",
-    "services.api.experiments",
-    "services.api.internal",
+    "tiebreak.services.api.health",
+    "tiebreak.services.api.runs",
+    "tiebreak.services.api.annotators",
+    "tiebreak.services.api.annotate",
+    "tiebreak.services.api.integrations",
+    "tiebreak.services.api.experiments",
+    "tiebreak.services.api.internal",
 ]
 
 
@@ -54,7 +54,7 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
         raise WeakAdminToken(f"{weak}: refusing to start. Set a long random one, e.g. "
                              "export TIEBREAK_ADMIN_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     if settings.webhook_url:
-        from services.outbound import OutboundPolicy
+        from tiebreak.services.outbound import OutboundPolicy
 
         why = OutboundPolicy.from_settings(settings).problem(settings.webhook_url)
         if why:
@@ -68,7 +68,7 @@ def create_app(store: RedisStore | None = None, settings: Settings | None = None
     runs = RunService(store, metrics=metrics, lease_ttl_s=settings.lease_ttl_s, webhook_url=settings.webhook_url,
                       url=settings.advertise_url or "", token=settings.admin_token, owner_ttl_s=settings.owner_ttl_s)
     if pipeline is None and settings.pipeline in ("ray", "local"):
-        from services.pipeline import Pipeline
+        from tiebreak.services.pipeline import Pipeline
 
         pipeline = Pipeline(runs, mode=settings.pipeline, ray_address=settings.ray_address,
                             batch_size=settings.batch_size, metrics=metrics,

@@ -21,19 +21,19 @@ EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 
 def _register() -> None:
     # Imports are local to each command module so `tiebreak --help` stays fast (no Ray/xllamacpp import).
-    from services.commands import replay
+    from tiebreak.services.commands import replay
 
     app.command("replay", help=replay.HELP, epilog=replay.EPILOG)(replay.replay)
-    from services.commands import judge_eval
+    from tiebreak.services.commands import judge_eval
 
     app.command("judge-eval")(judge_eval.judge_eval)
-    from services.commands import serve
+    from tiebreak.services.commands import serve
 
     app.command("serve")(serve.serve)
-    from services.commands import watch
+    from tiebreak.services.commands import watch
 
     app.command("watch", help=watch.__doc__.split("\n\n")[1])(watch.watch)
-    from services.commands import compare, demo, report
+    from tiebreak.services.commands import compare, demo, report
 
     app.command("compare", help=compare.HELP, epilog=compare.EPILOG)(compare.compare)
     app.command("report", help=report.HELP, epilog=report.EPILOG)(report.report)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sampler.replay import ReplayPool
+from tiebreak.sampler.replay import ReplayPool
 
 REQUIRED_FIELDS = ("human_votes", "model_a", "model_b")
 VOTE_VALUE = {"A": 0.0, "B": 1.0, "tie": 0.5}  # seen from B's side

@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from judges.defaults import DEFAULT_JURY
-from services.commands._client import Client
-from services.runner import AppServer, free_port
+from tiebreak.judges.defaults import DEFAULT_JURY
+from tiebreak.services.commands._client import Client
+from tiebreak.services.runner import AppServer, free_port
 
 DATA_FILE = "vicuna80_guanaco7b_vs_gpt4.jsonl"
 BASE_NAME, TUNED_NAME = "Guanaco-7B", "GPT-4"
@@ -104,9 +104,9 @@ class EmbeddedService:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> str:
-        from services.app import create_app
-        from services.settings import Settings, ray_env_defaults
-        from services.store import RedisStore
+        from tiebreak.services.app import create_app
+        from tiebreak.services.settings import Settings, ray_env_defaults
+        from tiebreak.services.store import RedisStore
 
         ray_env_defaults()
         if self.pipeline == "ray":
@@ -126,7 +126,7 @@ class EmbeddedService:
 
     @property
     def store(self) -> Any:
-        from services.api.deps import services_of
+        from tiebreak.services.api.deps import services_of
 
         return services_of(self.app).store
 
@@ -384,7 +384,7 @@ def render_live(s: LiveState) -> Any:
 
 def judge_agreement(store: Any, run_id: str, names: list[str], given: dict[str, float]) -> tuple[list[dict], float | None]:
     """Per judge: agreement/bias on the pairs labelled so far, and the judges-only estimate (mean vote)."""
-    from services.report import judge_rows
+    from tiebreak.services.report import judge_rows
 
     if not names:
         return [], None

@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from sampler.decision import Decision
-from services.experiments.signal import ComparisonView
-from services.report import _COLORS, _CSS, _badge, _conf, _e, _f
+from tiebreak.sampler.decision import Decision
+from tiebreak.services.experiments.signal import ComparisonView
+from tiebreak.services.report import _COLORS, _CSS, _badge, _conf, _e, _f
 
 
 class ComparisonRow(BaseModel):

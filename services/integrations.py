@@ -29,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from services.errors import BadInput
+from tiebreak.services.errors import BadInput
 
 VERDICTS = ("left", "right", "tie")
 

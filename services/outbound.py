@@ -124,7 +124,7 @@ def model_spec_urls(spec: Any, where: str) -> list[tuple[str, str]]:
 def check_model_spec(policy: OutboundPolicy, spec: Any, where: str) -> tuple[str, str] | None:
     """(field, message) for the first problem of an OpenAI-compatible spec: its base_url against ``policy`` and
     its ``api_key_env`` against the key bindings (judges/backends.py); None if fine."""
-    from judges.backends import api_key_problem
+    from tiebreak.judges.backends import api_key_problem
 
     for f, url in model_spec_urls(spec, where):
         why = policy.problem(url)
@@ -139,7 +139,7 @@ def check_model_spec(policy: OutboundPolicy, spec: Any, where: str) -> tuple[str
 def check_request(settings: Any, *, urls: Sequence[tuple[str, Any]] = (),
                   specs: Sequence[tuple[str, Any]] = ()) -> None:
     """Raise BadInput (422 naming the field) for the first URL or MODEL/judge spec the policy refuses."""
-    from services.errors import BadInput
+    from tiebreak.services.errors import BadInput
 
     policy = OutboundPolicy.from_settings(settings)
     for f, url in urls:

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from judges.actors import GenerationWorker, JudgeWorker, ray_actor
-from judges.spec import judge_name, judge_problem
+from tiebreak.judges.actors import GenerationWorker, JudgeWorker, ray_actor
+from tiebreak.judges.spec import judge_name, judge_problem
 
 if TYPE_CHECKING:
-    from services.store import RedisVoteCache
+    from tiebreak.services.store import RedisVoteCache
 
 __all__ = ["SIDES", "GenerationWorker", "JudgeWorker", "Pipeline", "generate_in_process", "judge_name",
            "redis_vote_cache", "validate_judge_spec"]
@@ -46,7 +46,7 @@ validate_judge_spec = judge_problem
 def redis_vote_cache(url: str) -> RedisVoteCache | None:
     """The judges' Redis vote cache at ``url``, or None when Redis cannot be reached (the cache is an
     optimisation: judge without it). Passed to JudgeWorker as a factory so the actor connects itself."""
-    from services.store import RedisVoteCache
+    from tiebreak.services.store import RedisVoteCache
 
     try:
         cache = RedisVoteCache.from_url(url)
@@ -118,7 +118,7 @@ class Pipeline:
                 self.submit(r["run_id"])
 
     def _run_safe(self, rid: str) -> None:
-        from services.runs import NotOwner, OwnershipLost
+        from tiebreak.services.runs import NotOwner, OwnershipLost
 
         try:
             self.run(rid)

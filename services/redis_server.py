@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from services.settings import StoreSettings
+from tiebreak.services.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, Field
 
-from judges.evaluate import three_way_agreement
-from sampler.decision import Decision
+from tiebreak.judges.evaluate import three_way_agreement
+from tiebreak.sampler.decision import Decision
 
 
 class PairsByIndex(Protocol):
@@ -654,7 +654,7 @@ def uniform_baseline(labels_by_item: Sequence[float] | Sequence[Sequence[float]]
     request, like the replay annotator). If ``n_items`` exceeds the number given (only some pairs have labels,
     as in a live run), the pool is filled by resampling the known pairs — an estimate, said so in the note.
     """
-    from sampler.engine import Comparison, ComparisonConfig
+    from tiebreak.sampler.engine import Comparison, ComparisonConfig
 
     pool = [list(v) if isinstance(v, Sequence) else [float(v)] for v in labels_by_item]
     if not pool:

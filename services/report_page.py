@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.runs.model import OVERALL
-from services.runs.status import ReportCopy
+from tiebreak.services.runs.model import OVERALL
+from tiebreak.services.runs.status import ReportCopy
 
 
 class _LazyPairs:
@@ -32,9 +32,9 @@ def _model_name(spec: Any, default: str) -> str:
 
 def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) -> str:
     """The report of a run from its copy; ``pair_of(i)`` reads pair i (for the example table)."""
-    from sampler.slices import alpha_split_text
-    from services.report import JudgeWorthRow, ReportData, render_report, report_data_from_comparison
-    from services.runs.judge_budget import judges_value_of
+    from tiebreak.sampler.slices import alpha_split_text
+    from tiebreak.services.report import JudgeWorthRow, ReportData, render_report, report_data_from_comparison
+    from tiebreak.services.runs.judge_budget import judges_value_of
 
     meta, comps = run.meta, run.comps
     if OVERALL not in comps:
@@ -64,8 +64,8 @@ def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) ->
 def _family_verdicts(data: Any, fam: Any) -> Any:
     """A run on one draw sequence: every verdict, interval and the alpha split as the family gives them (Holm,
     services.runs.shared_draws.question_alpha)."""
-    from services.report import CriterionVerdict, SliceVerdict
-    from services.runs.shared_draws import question_alpha
+    from tiebreak.services.report import CriterionVerdict, SliceVerdict
+    from tiebreak.services.runs.shared_draws import question_alpha
 
     fs = fam.status()
     ov = fs.question(OVERALL)

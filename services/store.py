@@ -52,7 +52,7 @@ from typing import Any
 
 import redis
 
-from services.redis_server import connect, stop_embedded  # noqa: F401 - re-exported (callers that stop a store)
+from tiebreak.services.redis_server import connect, stop_embedded  # noqa: F401 - re-exported (callers that stop a store)
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from services.errors import Conflict, NotFound
-from services.store import PREFIX, token_hash
+from tiebreak.services.errors import Conflict, NotFound
+from tiebreak.services.store import PREFIX, token_hash
 
 KINDS = ("annotator", "integration", "trainer", "metrics")
 CACHE_S = 5.0

@@ -2,7 +2,7 @@
 """Trainer side of the stop-training signal: light to import (httpx, stdlib, and sampler.decision, itself
 stdlib only; no Ray, vLLM, numpy needed).
 
-    from services.trainer import TiebreakClient, TiebreakTrainerCallback
+    from tiebreak.services.trainer import TiebreakClient, TiebreakTrainerCallback
     client = TiebreakClient("http://tiebreak:8000", experiment="exp_…", token=os.environ["TIEBREAK_TOKEN"])
     cb = TiebreakTrainerCallback(client)
     trainer = cb.attach(transformers.Trainer(..., callbacks=[cb]))   # attach: the verdicts go through Trainer.log
@@ -60,7 +60,7 @@ from typing import Any
 
 import httpx
 
-from sampler.decision import FINAL_DECISIONS, Decision
+from tiebreak.sampler.decision import FINAL_DECISIONS, Decision
 
 log = logging.getLogger("tiebreak.trainer")
 
@@ -432,7 +432,7 @@ class _LightningCallback:
 
 
 # The public classes subclass transformers.TrainerCallback / lightning's Callback, so they are built on first
-# access (PEP 562): `import services.trainer` itself stays httpx + stdlib.
+# access (PEP 562): `import tiebreak.services.trainer` itself stays httpx + stdlib.
 _BUILT: dict[str, type] = {}
 
 

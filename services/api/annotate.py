@@ -13,7 +13,7 @@ from functools import lru_cache
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from services.web import render
+from tiebreak.services.web import render
 
 router = APIRouter(tags=["annotate"])
 

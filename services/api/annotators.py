@@ -14,10 +14,17 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.api.deps import ServicesDep, StoreDep, TokensDep, admin
-from services.api.models import AnnotatorCreate, AnnotatorOut, ErrorOut, TokenCreate, TokenInfo, TokenOut
-from services.errors import BadInput, NotFound
-from services.store import RedisStore
+from tiebreak.services.api.deps import ServicesDep, StoreDep, TokensDep, admin
+from tiebreak.services.api.models import (
+    AnnotatorCreate,
+    AnnotatorOut,
+    ErrorOut,
+    TokenCreate,
+    TokenInfo,
+    TokenOut,
+)
+from tiebreak.services.errors import BadInput, NotFound
+from tiebreak.services.store import RedisStore
 
 router = APIRouter(tags=["tokens"], dependencies=[Depends(admin)],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
@@ -61,7 +68,7 @@ def create_token(body: TokenCreate, services: ServicesDep) -> dict[str, Any]:
     if body.kind == "trainer":
         if not body.experiment:
             raise BadInput("a trainer token needs 'experiment' (the id POST /v1/experiments returned)", "experiment")
-        from services.api.experiments import experiment_service
+        from tiebreak.services.api.experiments import experiment_service
 
         if _experiment_missing(experiment_service(services), body.experiment):
             raise NotFound(f"experiment {body.experiment!r} does not exist", "experiment")

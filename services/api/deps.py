@@ -16,13 +16,13 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.errors import Forbidden, TooLarge, Unauthorized
-from services.metrics import Metrics
-from services.runs import RunService
-from services.settings import Settings
-from services.store import RedisStore
-from services.tokens import Principal, TokenRegistry
-from services.webhooks import WebhookSender
+from tiebreak.services.errors import Forbidden, TooLarge, Unauthorized
+from tiebreak.services.metrics import Metrics
+from tiebreak.services.runs import RunService
+from tiebreak.services.settings import Settings
+from tiebreak.services.store import RedisStore
+from tiebreak.services.tokens import Principal, TokenRegistry
+from tiebreak.services.webhooks import WebhookSender
 
 __all__ = ["AppServices", "MetricsDep", "Principal", "RunsDep", "ServicesDep", "SettingsDep", "StoreDep",
            "TokensDep", "WebhooksDep", "admin", "experiment_access", "get_runs", "get_store", "integration_access",

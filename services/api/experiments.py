@@ -22,11 +22,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.api.deps import AppServices, ServicesDep, SettingsDep, admin, experiment_access
-from services.api.models import Utf8Str
-from services.experiments import ExperimentService, RedisKV
-from services.outbound import check_request
-from services.webhooks import signal_notifier
+from tiebreak.services.api.deps import AppServices, ServicesDep, SettingsDep, admin, experiment_access
+from tiebreak.services.api.models import Utf8Str
+from tiebreak.services.experiments import ExperimentService, RedisKV
+from tiebreak.services.outbound import check_request
+from tiebreak.services.webhooks import signal_notifier
 
 MAX_TEXT = 200_000
 
@@ -90,7 +90,9 @@ class _RunServiceBackend:
         self.rs = runs
 
     def create_run(self, spec: dict) -> str:
-        from services.api.models import RunCreate  # the same validation and defaults as POST /v1/runs
+        from tiebreak.services.api.models import (
+            RunCreate,  # the same validation and defaults as POST /v1/runs
+        )
         spec = {k: v for k, v in spec.items() if k != "experiment" and v is not None}
         spec["name"] = spec["name"][:200]
         return self.rs.create_run(RunCreate(**spec).model_dump())
@@ -151,7 +153,7 @@ def get_report(exp: str, svc: ExperimentsDep, links: Literal["api", "files"] = Q
         "api", description="run-report links: 'api' = ../../runs/{id}/report (this service), 'files' = "
                            "tiebreak-report-{id}.html next to the page (`tiebreak report --experiment` writes them)")):
     """The experiment as one self-contained HTML page: every checkpoint vs the base and the best so far."""
-    from services.experiment_report import (
+    from tiebreak.services.experiment_report import (
         api_run_href,
         experiment_report_data,
         file_run_href,

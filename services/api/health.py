@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from services.api.deps import MetricsDep, RunsDep, StoreDep, metrics_access
-from services.api.models import Health
+from tiebreak.services.api.deps import MetricsDep, RunsDep, StoreDep, metrics_access
+from tiebreak.services.api.models import Health
 
 router = APIRouter(tags=["health"])
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query
 
-from services import integrations as ig
-from services.api.deps import Principal, RunsDep, admin, integration_access
-from services.api.models import ErrorOut
-from services.api.runs import RunId
-from services.errors import Forbidden
-from services.runs import RunService
+from tiebreak.services import integrations as ig
+from tiebreak.services.api.deps import Principal, RunsDep, admin, integration_access
+from tiebreak.services.api.models import ErrorOut
+from tiebreak.services.api.runs import RunId
+from tiebreak.services.errors import Forbidden
+from tiebreak.services.runs import RunService
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})

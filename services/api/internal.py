@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Path
 
-from services.api.deps import RunsDep, admin
-from services.runs import ROUTED
+from tiebreak.services.api.deps import RunsDep, admin
+from tiebreak.services.runs import ROUTED
 
 router = APIRouter(prefix="/v1/internal", tags=["internal"], dependencies=[Depends(admin)],
                    include_in_schema=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sampler.decision import Decision
+from tiebreak.sampler.decision import Decision
 
 Verdict = Literal["left", "right", "tie"]
 DecisionName = Decision         # sampler/decision.py: running | better | worse | equivalent | undecided
@@ -93,7 +93,7 @@ class GenerateIn(Strict):
     @field_validator("base", "tuned")
     @classmethod
     def _prompt_format(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from judges.backends import prompt_format_problem
+        from tiebreak.judges.backends import prompt_format_problem
 
         why = prompt_format_problem(v)
         if why:
@@ -152,7 +152,7 @@ class RunCreate(Strict):
             if len(set(self.criteria)) != len(self.criteria) or any(not c for c in self.criteria):
                 raise ValueError("'criteria' must be distinct non-empty names")
         if self.judges:
-            from services.pipeline import validate_judge_spec
+            from tiebreak.services.pipeline import validate_judge_spec
 
             for i, j in enumerate(self.judges):
                 err = validate_judge_spec(j)

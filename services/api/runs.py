@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.responses import HTMLResponse
 
-from services.api.deps import Principal, RunsDep, SettingsDep, admin, run_access
-from services.api.models import (
+from tiebreak.services.api.deps import Principal, RunsDep, SettingsDep, admin, run_access
+from tiebreak.services.api.models import (
     ErrorOut,
     LabelIn,
     LabelOut,
@@ -21,8 +21,8 @@ from services.api.models import (
     RunStatus,
     RunSummary,
 )
-from services.errors import BadInput, Forbidden
-from services.outbound import check_request
+from tiebreak.services.errors import BadInput, Forbidden
+from tiebreak.services.outbound import check_request
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"],
                    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 422: {"model": ErrorOut}})

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from sampler.decision import FINAL_DECISIONS, Decision
-from services.settings import ClientSettings
+from tiebreak.sampler.decision import FINAL_DECISIONS, Decision
+from tiebreak.services.settings import ClientSettings
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_UNDECIDED = 0, 1, 2, 3
 DEFAULT_SERVER = "http://127.0.0.1:8000"

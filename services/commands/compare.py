@@ -11,9 +11,9 @@ from typing import Any
 
 import typer
 
-from judges.defaults import DEFAULT_JURY
-from judges.spec import SpecError, check_judge, parse_model
-from services.errors import BadInput
+from tiebreak.judges.defaults import DEFAULT_JURY
+from tiebreak.judges.spec import SpecError, check_judge, parse_model
+from tiebreak.services.errors import BadInput
 
 HELP = ("Is the tuned model better than the base on your prompts? Generates both models' answers, has the judges "
         "vote on every pair, asks for human labels on actively chosen pairs and stops at the decision.")
@@ -41,7 +41,7 @@ def _read_jsonl_or_json(path: Path) -> list[Any]:
         if not isinstance(data, list):
             raise BadInput(f"{path}: expected a JSON list")
         return data
-    from services.data import jsonl_rows
+    from tiebreak.services.data import jsonl_rows
 
     return [row for _, row in jsonl_rows(path, BadInput)]
 
@@ -185,7 +185,7 @@ def compare(
     timeout: float = typer.Option(24 * 3600.0, "--timeout", help="give up (exit 1) after this many seconds"),
     json_out: bool = typer.Option(False, "--json", help="print a JSON summary as the last line"),
 ) -> None:
-    from services.commands._client import (
+    from tiebreak.services.commands._client import (
         EXIT_BAD_INPUT,
         EXIT_ERROR,
         EXIT_OK,
@@ -251,7 +251,7 @@ def compare(
     console = Console(stderr=True)
     svc = None
     if server is None:
-        from services.demo import EmbeddedService
+        from tiebreak.services.demo import EmbeddedService
 
         ddir = data_dir or Path("~/.local/share/tiebreak").expanduser()
         svc = EmbeddedService(ddir, pipeline=pipeline)
@@ -291,7 +291,7 @@ def compare(
             if svc is not None:
                 console.print("[dim](this process hosts the service: keep it running until the decision)[/dim]")
         elif mode == "votes":
-            from services.demo import SimulatedAnnotator
+            from tiebreak.services.demo import SimulatedAnnotator
 
             annot = SimulatedAnnotator(client, run_id, ann_token, items, seed=seed or 0, name=ann_name)
             worker = threading.Thread(target=annot.run, daemon=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from judges.defaults import DEFAULT_JURY
+from tiebreak.judges.defaults import DEFAULT_JURY
 
 HELP = ("The whole system end to end on real recorded pairs (Vicuna-80: GPT-4 vs Guanaco-7B): local judges vote "
         "live, a simulated annotator answers from the recorded crowd votes (--human: you label in the browser), "
@@ -45,8 +45,8 @@ def demo(
 ) -> None:
     from rich.console import Console
 
-    from services.commands._client import EXIT_BAD_INPUT, EXIT_ERROR, ApiError, decision_exit_code
-    from services.demo import run_demo
+    from tiebreak.services.commands._client import EXIT_BAD_INPUT, EXIT_ERROR, ApiError, decision_exit_code
+    from tiebreak.services.demo import run_demo
 
     def fail(msg: str, code: int) -> None:
         typer.echo(f"error: {msg}", err=True)
@@ -57,7 +57,7 @@ def demo(
         fail(f"--pipeline must be ray or local (got {pipeline!r})", EXIT_BAD_INPUT)
     if not 1 <= pairs <= 80:
         fail(f"--pairs must be between 1 and 80 (got {pairs})", EXIT_BAD_INPUT)
-    from services.pipeline import validate_judge_spec
+    from tiebreak.services.pipeline import validate_judge_spec
 
     for n in names:
         err = validate_judge_spec(n)
@@ -86,7 +86,7 @@ def demo(
                   f"estimate {res.estimate:.3f}, {100 * (1 - alpha):g}% interval ({lo:.3f}, {hi:.3f}) "
                   f"(recorded crowd θ on this pool: {res.truth:.3f}); {res.seconds:.0f} s in all{judged}.")
     if len(res.comparison) > 1:
-        from services.demo import RECORDED_NOTE, worth_line
+        from tiebreak.services.demo import RECORDED_NOTE, worth_line
 
         console.print("side by side (same pairs, same crowd answers, same α):")
         for r in res.comparison:

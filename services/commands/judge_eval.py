@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from judges.defaults import DEFAULT_JURY
+from tiebreak.judges.defaults import DEFAULT_JURY
 
 # Works after `make setup` alone (the 1.5B preset comes only with `make setup-large`).
 DEFAULT_JUDGES = ",".join(DEFAULT_JURY)
@@ -45,9 +45,9 @@ def judge_eval(
     """Per judge and for the jury: decisive / 3-way agreement with human_label, the same after the sampler's
     calibration (cross-fitted), explained label variance, swap consistency, P(pick A), seconds and
     CPU-seconds per pair, explained variance per CPU-second, injection flip rate."""
-    from judges.cache import SqliteVoteCache
-    from judges.evaluate import evaluate, load_items
-    from judges.jury import judges_from_names
+    from tiebreak.judges.cache import SqliteVoteCache
+    from tiebreak.judges.evaluate import evaluate, load_items
+    from tiebreak.judges.jury import judges_from_names
 
     def fail(msg: str) -> None:
         typer.echo(f"error: {msg}", err=True)
@@ -72,7 +72,7 @@ def judge_eval(
         return
     vc = None
     if not no_cache:
-        from services.settings import ClientSettings
+        from tiebreak.services.settings import ClientSettings
 
         default = Path(ClientSettings().vote_cache).expanduser()
         vc = SqliteVoteCache(cache or default)

@@ -48,10 +48,10 @@ def replay(
                                       help="comma-separated slices of interest (default: every slice present); "
                                            "alpha is split over the overall verdict and these slices"),
 ) -> None:
-    from sampler.engine import METHODS, ComparisonConfig
-    from sampler.replay import prior_from_pools
-    from sampler.replay import replay as run_replay
-    from services.data import DataError, load_items, select_pools
+    from tiebreak.sampler.engine import METHODS, ComparisonConfig
+    from tiebreak.sampler.replay import prior_from_pools
+    from tiebreak.sampler.replay import replay as run_replay
+    from tiebreak.services.data import DataError, load_items, select_pools
 
     def bad(msg: str) -> None:
         typer.echo(f"error: {msg}", err=True)
@@ -79,7 +79,7 @@ def replay(
     if wanted and slices_from == "none":
         bad("--slices needs slices on the items: give --slices-from FIELD (e.g. meta.category)")
     if slices_from != "none":
-        from sampler.slices import MAX_SLICES
+        from tiebreak.sampler.slices import MAX_SLICES
 
         for op in pools:
             present = op.pool.slice_names()
@@ -119,7 +119,7 @@ def replay(
             "mean_labels": round(float(labels.mean()), 3), "median_labels": float(np.median(labels)),
         }
         if of_interest:
-            from sampler.slices import alpha_split_text
+            from tiebreak.sampler.slices import alpha_split_text
 
             row["alpha_split"] = alpha_split_text(alpha, len(of_interest))
             row["overall_mean_labels"] = round(float(summary.overall_labels.mean()), 3)

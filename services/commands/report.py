@@ -20,7 +20,7 @@ EPILOG = ("Examples:  tiebreak report 3f2a9c1b7d6e4f00  |  tiebreak report RUN_I
 def write_experiment_report(client: Any, experiment: str, path: Path) -> Path:
     """Write the experiment's page to ``path`` and every run's report beside it, where the page's links
     (``links=files``) point. ``client``: services.commands._client.Client (raises its ApiError)."""
-    from services.experiment_report import file_run_href
+    from tiebreak.services.experiment_report import file_run_href
 
     html = client.get(f"/v1/experiments/{experiment}/report", params={"links": "files"}).text
     rec = client.get(f"/v1/experiments/{experiment}").json()
@@ -45,7 +45,7 @@ def report(
     open_: bool = typer.Option(False, "--open", help="open the report in a browser"),
     exit_code: bool = typer.Option(False, "--exit-code", help="exit with the run's decision code (0/3/1)"),
 ) -> None:
-    from services.commands._client import ApiError, Client, decision_exit_code
+    from tiebreak.services.commands._client import ApiError, Client, decision_exit_code
 
     if (run_id is None) == (experiment is None):
         typer.echo("error: give a RUN_ID or --experiment EXP (exactly one)", err=True)

@@ -32,10 +32,10 @@ def serve(
     """Run the API (OpenAPI at /docs; annotation page at /annotate?run=RUN_ID#token=TOKEN)."""
     from pydantic import ValidationError
 
-    from services.app import create_app
-    from services.runner import AppServer
-    from services.settings import Settings, ray_env_defaults
-    from services.store import RedisStore
+    from tiebreak.services.app import create_app
+    from tiebreak.services.runner import AppServer
+    from tiebreak.services.settings import Settings, ray_env_defaults
+    from tiebreak.services.store import RedisStore
 
     if pipeline not in ("ray", "local", "off"):
         typer.echo(f"error: --pipeline must be ray, local or off (got {pipeline!r})", err=True)
@@ -54,7 +54,7 @@ def serve(
         import socket
 
         settings.advertise_url = f"http://{socket.gethostname() if host in ('0.0.0.0', '::') else host}:{port}"
-    from services.tokens import admin_token_problem
+    from tiebreak.services.tokens import admin_token_problem
 
     weak = admin_token_problem(settings.admin_token)
     if weak:

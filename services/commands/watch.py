@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from sampler.decision import FINAL_DECISIONS
+from tiebreak.sampler.decision import FINAL_DECISIONS
 
 MARKERS = ("config.json", "adapter_config.json", "trainer_state.json", "model.safetensors")
 
@@ -91,8 +91,8 @@ def watch(
     """Submit new checkpoints of a training run to a tiebreak experiment and print its stop signal."""
     import httpx
 
-    from services.settings import ClientSettings
-    from services.trainer import default_model_spec
+    from tiebreak.services.settings import ClientSettings
+    from tiebreak.services.trainer import default_model_spec
 
     def fail(msg: str, code: int = 2) -> None:
         typer.echo(f"error: {msg}", err=True)
@@ -133,8 +133,8 @@ def watch(
         nonlocal report_key
         if key == report_key:
             return
-        from services.commands._client import ApiError, Client
-        from services.commands.report import write_experiment_report
+        from tiebreak.services.commands._client import ApiError, Client
+        from tiebreak.services.commands.report import write_experiment_report
 
         c = Client(server, token)
         try:

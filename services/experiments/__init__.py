@@ -46,11 +46,18 @@ signal, watcher), ``validate.py`` (input -> record), ``store.py`` (KV: memory / 
 ``local_runs.py`` (runs in memory), ``errors.py`` (members of services/errors.py's family).
 """
 
-from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
-from services.experiments.local_runs import LocalRuns
-from services.experiments.service import ExperimentService, RunBackend
-from services.experiments.signal import FINAL, REASONS, CheckpointVerdict, ComparisonView, Signal, SignalRule
-from services.experiments.store import KV, LockLost, MemoryKV, RedisKV
+from tiebreak.services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
+from tiebreak.services.experiments.local_runs import LocalRuns
+from tiebreak.services.experiments.service import ExperimentService, RunBackend
+from tiebreak.services.experiments.signal import (
+           FINAL,
+           REASONS,
+           CheckpointVerdict,
+           ComparisonView,
+           Signal,
+           SignalRule,
+)
+from tiebreak.services.experiments.store import KV, LockLost, MemoryKV, RedisKV
 
 __all__ = ["FINAL", "KV", "REASONS", "CheckpointVerdict", "ComparisonView", "ExperimentConflict", "ExperimentError",
            "ExperimentService", "LocalRuns", "LockLost", "MemoryKV", "NotFound", "RedisKV", "RunBackend", "Signal",

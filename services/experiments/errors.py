@@ -3,7 +3,7 @@ handler answers them (422 / 404 / 409 naming the field) and routes need no handl
 
 from __future__ import annotations
 
-from services import errors
+from tiebreak.services import errors
 
 
 class ExperimentError(errors.BadInput, ValueError):

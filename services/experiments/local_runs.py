@@ -28,7 +28,7 @@ class LocalRuns:
         self._lock = threading.RLock()
 
     def create_run(self, spec: dict) -> str:
-        from sampler.engine import Comparison, ComparisonConfig
+        from tiebreak.sampler.engine import Comparison, ComparisonConfig
         pairs = [dict(p) for p in spec["pairs"]]
         meta = spec.get("experiment") or {}
         for p in pairs:
@@ -56,8 +56,8 @@ class LocalRuns:
     def _prior(self, sources: list[str], names: list[str]) -> Any:
         """The calibration carried from runs ``sources`` (as POST /v1/runs calibration_from, services/runs/
         prior.py): sampler.calibration.prior_calibration on their labelled pairs, in pair order. None: none."""
-        from sampler.calibration import prior_calibration
-        from services.errors import BadInput
+        from tiebreak.sampler.calibration import prior_calibration
+        from tiebreak.services.errors import BadInput
 
         if not sources:
             return None

@@ -12,14 +12,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sampler.decision import spend_alpha
-from services.errors import ServiceError
-from services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
-from services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
-from services.experiments.store import KV, MemoryKV
-from services.experiments.validate import check_model_field, check_outputs, experiment_record
-from services.pipeline import generate_in_process
-from services.webhooks import WebhookSender, signal_notifier
+from tiebreak.sampler.decision import spend_alpha
+from tiebreak.services.errors import ServiceError
+from tiebreak.services.experiments.errors import ExperimentConflict, ExperimentError, NotFound
+from tiebreak.services.experiments.signal import FINAL, CheckpointVerdict, ComparisonView, Signal, SignalRule
+from tiebreak.services.experiments.store import KV, MemoryKV
+from tiebreak.services.experiments.validate import check_model_field, check_outputs, experiment_record
+from tiebreak.services.pipeline import generate_in_process
+from tiebreak.services.webhooks import WebhookSender, signal_notifier
 
 log = logging.getLogger("tiebreak.experiments")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sampler.decision import FINAL_DECISIONS, Decision
-from services.experiments.errors import ExperimentError
+from tiebreak.sampler.decision import FINAL_DECISIONS, Decision
+from tiebreak.services.experiments.errors import ExperimentError
 
 FINAL = FINAL_DECISIONS
 REASONS = ("target", "regression", "plateau", "budget")

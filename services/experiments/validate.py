@@ -8,9 +8,9 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
-from judges.spec import SpecError, check_judge, check_model
-from services.experiments.errors import ExperimentError
-from services.experiments.signal import SignalRule
+from tiebreak.judges.spec import SpecError, check_judge, check_model
+from tiebreak.services.experiments.errors import ExperimentError
+from tiebreak.services.experiments.signal import SignalRule
 
 
 def check_model_field(field_name: str, spec: Any) -> dict:

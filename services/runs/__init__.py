@@ -18,7 +18,7 @@ are in (``intake``). A decision's ``run.decided`` webhook is written to the Redi
 (``status.DecidedEvents``; services/webhooks.py delivers it at least once).
 """
 
-from services.runs.model import (
+from tiebreak.services.runs.model import (
     OVERALL,
     VERDICTS,
     Lease,
@@ -29,7 +29,7 @@ from services.runs.model import (
     RunRuntime,
     offer_label,
 )
-from services.runs.service import ROUTED, RunService
+from tiebreak.services.runs.service import ROUTED, RunService
 
 __all__ = ["OVERALL", "ROUTED", "VERDICTS", "Lease", "NotOwner", "OwnershipLost", "Pending", "RemoteError",
            "RunRuntime", "RunService", "offer_label"]

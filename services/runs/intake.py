@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sampler.engine import label_from_verdict
-from services.errors import BadInput, Conflict, Forbidden, NotFound
-from services.runs.leases import grace_s, live_leases, sweep_leases
-from services.runs.model import OVERALL, VERDICTS, Pending, RunRuntime, feed
-from services.runs.status import DecidedEvents
-from services.runs.writer import RunWriter
+from tiebreak.sampler.engine import label_from_verdict
+from tiebreak.services.errors import BadInput, Conflict, Forbidden, NotFound
+from tiebreak.services.runs.leases import grace_s, live_leases, sweep_leases
+from tiebreak.services.runs.model import OVERALL, VERDICTS, Pending, RunRuntime, feed
+from tiebreak.services.runs.status import DecidedEvents
+from tiebreak.services.runs.writer import RunWriter
 
 
 class LabelIntake:

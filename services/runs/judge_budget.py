@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from sampler.engine import Comparison
-from sampler.judge_value import JudgeValue, judge_value, jury_value, worthless
-from services.runs.model import OVERALL, RunRuntime
+from tiebreak.sampler.engine import Comparison
+from tiebreak.sampler.judge_value import JudgeValue, judge_value, jury_value, worthless
+from tiebreak.services.runs.model import OVERALL, RunRuntime
 
 # The stop rule of judge_budget "auto" (stated in docs/concepts.md): on at least MIN_PAIRS labelled pairs with its
 # vote, the upper end of the judge's 90 % interval says it saves < THRESHOLD of the labels.

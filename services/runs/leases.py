@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.runs.model import OVERALL, Lease, Pending, RunRuntime, feed, next_items
-from services.runs.shared_draws import batch_family, choose_family
-from services.runs.status import DecidedEvents
-from services.runs.writer import RunWriter
-from services.store import RedisStore
+from tiebreak.services.runs.model import OVERALL, Lease, Pending, RunRuntime, feed, next_items
+from tiebreak.services.runs.shared_draws import batch_family, choose_family
+from tiebreak.services.runs.status import DecidedEvents
+from tiebreak.services.runs.writer import RunWriter
+from tiebreak.services.store import RedisStore
 
 
 def live_leases(rt: RunRuntime, now: float) -> list[Lease]:

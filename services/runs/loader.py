@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sampler.engine import Comparison
-from services.errors import NotFound
-from services.runs.model import OVERALL, Lease, RunRuntime, no_votes, offer_label
-from services.runs.shared_draws import STATE_KEY, load_family
-from services.store import RedisStore
+from tiebreak.sampler.engine import Comparison
+from tiebreak.services.errors import NotFound
+from tiebreak.services.runs.model import OVERALL, Lease, RunRuntime, no_votes, offer_label
+from tiebreak.services.runs.shared_draws import STATE_KEY, load_family
+from tiebreak.services.store import RedisStore
 
 
 def vote_matrices(store: RedisStore, rt: RunRuntime, lo: int, hi: int

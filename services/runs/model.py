@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sampler.engine import Comparison
-from services.errors import ServiceError, Unavailable, error_item
+from tiebreak.sampler.engine import Comparison
+from tiebreak.services.errors import ServiceError, Unavailable, error_item
 
 if TYPE_CHECKING:
-    from sampler.family import ComparisonFamily
+    from tiebreak.sampler.family import ComparisonFamily
 
 OVERALL = "overall"
 VERDICTS = ("left", "right", "tie")
@@ -121,7 +121,7 @@ def feed(rt: RunRuntime, idx: int) -> bool:
     "offer" op). Returns True if the overall comparison now has pair idx labelled. A run on one draw sequence
     takes all of them in one step (services.runs.shared_draws.feed_family)."""
     if rt.family is not None:
-        from services.runs.shared_draws import feed_family
+        from tiebreak.services.runs.shared_draws import feed_family
 
         return feed_family(rt, idx)
     anns = rt.labels.get(idx, {})

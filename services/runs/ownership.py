@@ -32,10 +32,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.errors import BadInput, NotFound, Unavailable
-from services.runs.model import NotOwner, OwnershipLost, RemoteError, RunRuntime
-from services.runs.writer import RunWriter
-from services.store import RedisStore
+from tiebreak.services.errors import BadInput, NotFound, Unavailable
+from tiebreak.services.runs.model import NotOwner, OwnershipLost, RemoteError, RunRuntime
+from tiebreak.services.runs.writer import RunWriter
+from tiebreak.services.store import RedisStore
 
 log = logging.getLogger(__name__)
 

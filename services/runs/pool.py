@@ -24,15 +24,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.slices import MAX_SLICES, best_case_labels, membership_matrix, slice_alpha
-from services.errors import BadInput, Conflict
-from services.runs.loader import vote_matrices
-from services.runs.model import OVERALL, RunRuntime, no_votes
-from services.runs.prior import carried_prior, prior_for
-from services.runs.shared_draws import SHARED, grow_family, start_family, uses_family
-from services.runs.writer import RunWriter
-from services.store import RedisStore
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.slices import MAX_SLICES, best_case_labels, membership_matrix, slice_alpha
+from tiebreak.services.errors import BadInput, Conflict
+from tiebreak.services.runs.loader import vote_matrices
+from tiebreak.services.runs.model import OVERALL, RunRuntime, no_votes
+from tiebreak.services.runs.prior import carried_prior, prior_for
+from tiebreak.services.runs.shared_draws import SHARED, grow_family, start_family, uses_family
+from tiebreak.services.runs.writer import RunWriter
+from tiebreak.services.store import RedisStore
 
 
 def votes_missing(rt: RunRuntime) -> bool:
@@ -143,7 +143,7 @@ class RunPool:
 
     @staticmethod
     def _judge_names(judges: list) -> list[str]:
-        from services.pipeline import judge_name
+        from tiebreak.services.pipeline import judge_name
 
         names = [judge_name(j) for j in judges]
         if len(set(names)) != len(names):

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from sampler.calibration import JudgeCalibration, prior_calibration
-from services.errors import BadInput
-from services.store import RedisStore
+from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
+from tiebreak.services.errors import BadInput
+from tiebreak.services.store import RedisStore
 
 FIELD = "calibration_from"
 OVERALL = "overall"   # as services.runs.model.OVERALL (not imported: model imports the sampler engine only)

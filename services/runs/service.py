@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from services.errors import NotFound
-from services.runs import judge_budget
-from services.runs.intake import LabelIntake
-from services.runs.leases import Leases
-from services.runs.loader import load_run
-from services.runs.model import OVERALL, Pending, RunRuntime
-from services.runs.ownership import Ownership
-from services.runs.pool import RunPool
-from services.runs.status import DecidedEvents, list_runs, report_copy, status_of
-from services.runs.writer import RunWriter
-from services.store import RedisStore
+from tiebreak.services.errors import NotFound
+from tiebreak.services.runs import judge_budget
+from tiebreak.services.runs.intake import LabelIntake
+from tiebreak.services.runs.leases import Leases
+from tiebreak.services.runs.loader import load_run
+from tiebreak.services.runs.model import OVERALL, Pending, RunRuntime
+from tiebreak.services.runs.ownership import Ownership
+from tiebreak.services.runs.pool import RunPool
+from tiebreak.services.runs.status import DecidedEvents, list_runs, report_copy, status_of
+from tiebreak.services.runs.writer import RunWriter
+from tiebreak.services.store import RedisStore
 
 # Routed methods (RunService.route): run on the replica that owns the run; others forward them over HTTP.
 ROUTED = ("next_pair", "submit_label", "status", "report_html", "draw_batch", "add_pairs", "run_meta")
@@ -249,7 +249,7 @@ class RunService:
     def _local_report_html(self, rt: RunRuntime) -> str:
         """The lock is held only to copy the run's comparisons (milliseconds); the rendering (its baseline
         simulations take seconds) runs on the copy, so labels never wait for it."""
-        from services.report_page import render_run_report
+        from tiebreak.services.report_page import render_run_report
 
         with rt.lock:
             run = report_copy(rt)

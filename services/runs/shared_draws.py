@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sampler.engine import ComparisonConfig
-from sampler.family import ComparisonFamily, QuestionVerdict
-from services.runs.model import OVERALL, RunRuntime, mean
-from services.runs.prior import prior_for
+from tiebreak.sampler.engine import ComparisonConfig
+from tiebreak.sampler.family import ComparisonFamily, QuestionVerdict
+from tiebreak.services.runs.model import OVERALL, RunRuntime, mean
+from tiebreak.services.runs.prior import prior_for
 
 SHARED = "shared"
 STATE_KEY = "_family"

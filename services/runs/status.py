@@ -13,15 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sampler.engine import Comparison
-from sampler.family import ComparisonFamily
-from sampler.slices import alpha_split_text
-from services.runs.judge_budget import judges_value
-from services.runs.model import OVERALL, RunRuntime
-from services.runs.prior import prior_summary
-from services.runs.shared_draws import family_status
-from services.store import RedisStore
-from services.webhooks import outbox_entry
+from tiebreak.sampler.engine import Comparison
+from tiebreak.sampler.family import ComparisonFamily
+from tiebreak.sampler.slices import alpha_split_text
+from tiebreak.services.runs.judge_budget import judges_value
+from tiebreak.services.runs.model import OVERALL, RunRuntime
+from tiebreak.services.runs.prior import prior_summary
+from tiebreak.services.runs.shared_draws import family_status
+from tiebreak.services.store import RedisStore
+from tiebreak.services.webhooks import outbox_entry
 
 
 def status_of(rt: RunRuntime) -> dict:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from services.runs.model import OwnershipLost, RunRuntime
-from services.runs.shared_draws import family_state
-from services.store import RedisStore
+from tiebreak.services.runs.model import OwnershipLost, RunRuntime
+from tiebreak.services.runs.shared_draws import family_state
+from tiebreak.services.store import RedisStore
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.store import RedisStore
+from tiebreak.services.store import RedisStore
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-from services.runner import AppServer
+from tiebreak.services.runner import AppServer
 
 ADMIN = "admin-token-for-tests"
 
@@ -21,11 +21,11 @@ ADMIN = "admin-token-for-tests"
 def serve_app(data_dir, pipeline: str = "off") -> Iterator[tuple[str, object]]:
     """The app of services.app.create_app (embedded Redis under data_dir; judge pipeline off unless
     pipeline="local"/"ray") with the experiments router, on a free port. Yields (base_url, app)."""
-    from services.app import ROUTERS, create_app
-    from services.settings import Settings
-    from services.store import RedisStore
+    from tiebreak.services.app import ROUTERS, create_app
+    from tiebreak.services.settings import Settings
+    from tiebreak.services.store import RedisStore
 
-    routers = list(dict.fromkeys([*ROUTERS, "services.api.experiments"]))
+    routers = list(dict.fromkeys([*ROUTERS, "tiebreak.services.api.experiments"]))
     routers = [r for r in routers if _importable(r)]
     store = RedisStore.open(data_dir=data_dir)
     settings = Settings(admin_token=ADMIN, pipeline=pipeline, webhook_backoff_s=0.05,

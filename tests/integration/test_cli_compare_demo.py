@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
+from tiebreak.services.cli import app
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_demo_labels_only_end_to_end(tmp_path):
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--judges", "none", "--pairs", "20", "--pipeline", "local",
+        [sys.executable, "-m", "tiebreak.services.cli", "demo", "--judges", "none", "--pairs", "20", "--pipeline", "local",
          "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode in (0, 3), proc.stderr[-2000:]
@@ -115,7 +115,7 @@ def test_demo_side_by_side_names_the_recorded_judge_and_prints_each_runs_labels(
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--pairs", "16", "--pipeline", "local", "--seed", "2",
+        [sys.executable, "-m", "tiebreak.services.cli", "demo", "--pairs", "16", "--pipeline", "local", "--seed", "2",
          "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode in (0, 3), proc.stderr[-2000:]
@@ -146,7 +146,7 @@ def test_demo_no_compare_runs_one_run(tmp_path):
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--judges", "none", "--no-compare", "--pairs", "10",
+        [sys.executable, "-m", "tiebreak.services.cli", "demo", "--judges", "none", "--no-compare", "--pairs", "10",
          "--pipeline", "local", "--label-delay", "0", "--data-dir", str(tmp_path / "redis"), "-o", str(out),
          "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode in (0, 3), proc.stderr[-2000:]
@@ -161,7 +161,7 @@ def test_demo_with_a_real_judge_on_ray(tmp_path):
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--judges", "gemma-3-270m-base", "--pairs", "6",
+        [sys.executable, "-m", "tiebreak.services.cli", "demo", "--judges", "gemma-3-270m-base", "--pairs", "6",
          "--label-delay", "0", "--wait-for-votes", "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
@@ -175,12 +175,12 @@ def test_demo_with_a_real_judge_on_ray(tmp_path):
 def test_demo_default_jury_on_ray(tmp_path):
     """`make run`'s default jury (judges.defaults.DEFAULT_JURY: free feature jurors) on local Ray: the feature
     actors reserve no CPU, so on a 2-core machine they cannot leave each other unscheduled (a hang)."""
-    from judges.defaults import DEFAULT_JURY
+    from tiebreak.judges.defaults import DEFAULT_JURY
 
     out = tmp_path / "demo.html"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--pairs", "12", "--label-delay", "0", "--wait-for-votes",
+        [sys.executable, "-m", "tiebreak.services.cli", "demo", "--pairs", "12", "--label-delay", "0", "--wait-for-votes",
          "--data-dir", str(tmp_path / "redis"), "-o", str(out), "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]

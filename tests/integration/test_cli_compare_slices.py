@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
+from tiebreak.services.cli import app
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from services.app import create_app
-from services.runner import AppServer
-from services.settings import Settings
-from services.store import RedisStore
+from tiebreak.services.app import create_app
+from tiebreak.services.runner import AppServer
+from tiebreak.services.settings import Settings
+from tiebreak.services.store import RedisStore
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from experiment_server import ADMIN, label_runs, serve_app
 from typer.testing import CliRunner
 
-from services.cli import app as cli
+from tiebreak.services.cli import app as cli
 
 pytestmark = pytest.mark.integration
 PROMPTS = [{"id": f"q{i}", "text": f"question {i}"} for i in range(10)]

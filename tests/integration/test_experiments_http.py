@@ -9,7 +9,7 @@ import httpx
 import pytest
 from experiment_server import ADMIN, label_runs, serve_app, webhook_receiver
 
-from services.api.deps import services_of
+from tiebreak.services.api.deps import services_of
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +88,12 @@ def test_experiment_lifecycle_over_http(tmp_path):
     # same signal
     from starlette.testclient import TestClient
 
-    from services.app import create_app
-    from services.settings import Settings
-    from services.store import RedisStore
+    from tiebreak.services.app import create_app
+    from tiebreak.services.settings import Settings
+    from tiebreak.services.store import RedisStore
     with RedisStore.open(data_dir=tmp_path / "redis") as store:
         app2 = create_app(store=store, settings=Settings(admin_token=ADMIN, pipeline="off"),
-                          routers=["services.api.health", "services.api.runs", "services.api.experiments"])
+                          routers=["tiebreak.services.api.health", "tiebreak.services.api.runs", "tiebreak.services.api.experiments"])
         with TestClient(app2) as tc:
             sig2 = tc.get(f"/v1/experiments/{exp}/signal", headers={"Authorization": f"Bearer {ADMIN}"}).json()
     assert (sig2["stop"], sig2["reason"], sig2["best_checkpoint"]) == (True, "regression", "c1")

@@ -20,8 +20,11 @@ JUDGE = "feature:length"
 
 def test_a_worthless_judge_is_stopped_after_a_restart_and_status_and_report_say_so(tmp_path):
     rng = np.random.default_rng(1)
+    # base answers say "word", tuned ones "text" (lengths at random): the simulated annotator recognises the tuned
+    # side, so its seeded coin flips are labels of the tuned side whatever left/right the server placed at random
+    # -- the run, and the juror's measured value, are then the same every time
     pairs = [{"id": f"p{i}", "prompt": f"question {i}", "base": "word " * int(rng.integers(5, 80)),
-              "tuned": "word " * int(rng.integers(5, 80))} for i in range(400)]
+              "tuned": "text " * int(rng.integers(5, 80))} for i in range(400)]
     with ServeProcess(tmp_path, admin_token=ADMIN, pipeline="off") as s:
         u = s.url
         bad = httpx.post(u + "/v1/runs", headers=H, json={"name": "x", "pairs": pairs[:2], "judge_budget": "most"})
@@ -35,7 +38,8 @@ def test_a_worthless_judge_is_stopped_after_a_restart_and_status_and_report_say_
         with httpx.Client(base_url=u, headers={"Authorization": f"Bearer {tok}"}, timeout=30) as c:
             for _ in range(200):                 # labels before any vote: coin flips, unrelated to length
                 v = c.get(f"/v1/runs/{rid}/next").json()
-                verdict = "left" if rng.integers(2) else "right"
+                tuned_better, tuned_left = bool(rng.integers(2)), v["left"].startswith("text")
+                verdict = "left" if tuned_better == tuned_left else "right"
                 assert c.post(f"/v1/runs/{rid}/labels", json={"pair_id": v["pair_id"], "lease_id": v["lease_id"],
                                                                "verdict": verdict}).status_code == 200
         st = httpx.get(f"{u}/v1/runs/{rid}", headers=H).json()

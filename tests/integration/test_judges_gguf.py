@@ -12,9 +12,9 @@ pytestmark = pytest.mark.integration
 
 xllamacpp = pytest.importorskip("xllamacpp")
 
-from judges.backends import BackendError, OpenAIBackend, make_backend  # noqa: E402
-from judges.cache import MemoryVoteCache  # noqa: E402
-from judges.jury import Judge, Jury  # noqa: E402
+from tiebreak.judges.backends import BackendError, OpenAIBackend, make_backend  # noqa: E402
+from tiebreak.judges.cache import MemoryVoteCache  # noqa: E402
+from tiebreak.judges.jury import Judge, Jury  # noqa: E402
 
 Q = "What is 2 + 2?"
 GOOD, BAD = "2 + 2 = 4.", "2 + 2 = 5."

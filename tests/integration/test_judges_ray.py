@@ -11,7 +11,7 @@ PAIRS = [("What is 2+2?", "5", "4"), ("Capital of France?", "Paris", "Lyon"), ("
 
 
 def test_plain_worker_and_ray_actors_agree(ray_local):
-    from judges.actors import JudgeWorker, judge_with_actors
+    from tiebreak.judges.actors import JudgeWorker, judge_with_actors
 
     try:
         w = JudgeWorker(["qwen2.5-coder-0.5b:pointwise"], n_threads=1)

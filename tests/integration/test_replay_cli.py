@@ -24,7 +24,7 @@ def _shared_data_present() -> None:
 
 
 def tiebreak(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tiebreak.services.cli", *args], capture_output=True, text=True,
                           timeout=300)
 
 

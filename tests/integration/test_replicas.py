@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import redis
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.family import OVERALL, ComparisonFamily
 from support.serve_process import ServeProcess, free_port, redis_server_binary
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.family import OVERALL, ComparisonFamily
 
 pytestmark = pytest.mark.integration
 ADMIN = "admin-replica-token"

@@ -89,7 +89,7 @@ def test_annotate_page_click_and_keys(tmp_path, browser):
         st = _wait(lambda: (r := httpx.get(f"{s.url}/v1/runs/{rid}", headers=H).json())["annotations"] == 4 and r)
         assert st["labels"] == 4 and st["criteria"]["tone"]["labels"] == 1
         # the stored labels are what was clicked, mapped back through the randomised sides
-        from services.store import RedisStore
+        from tiebreak.services.store import RedisStore
 
         store = RedisStore.open(redis_url=None, data_dir=tmp_path)
         labels = {store.get_pair(rid, idx)["prompt"]: rec for idx, ann, rec in store.load_labels(rid)}

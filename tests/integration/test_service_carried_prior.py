@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from sampler.calibration import prior_calibration
-from sampler.engine import ComparisonConfig
-from sampler.family import ComparisonFamily
-from services.app import create_app
-from services.errors import BadInput
-from services.runs import OVERALL, RunService
-from services.settings import Settings
-from services.store import RedisStore
+from tiebreak.sampler.calibration import prior_calibration
+from tiebreak.sampler.engine import ComparisonConfig
+from tiebreak.sampler.family import ComparisonFamily
+from tiebreak.services.app import create_app
+from tiebreak.services.errors import BadInput
+from tiebreak.services.runs import OVERALL, RunService
+from tiebreak.services.settings import Settings
+from tiebreak.services.store import RedisStore
 
 ADMIN = "admin-carried-prior-token"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -214,8 +214,8 @@ def _vote_and_label(rs: RunService, rid: str, n: int, k: int, seed: int) -> None
 def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store, carry):
     """Through the service's RunBackend (POST /v1/runs validation) on real Redis: checkpoint 2's run starts from
     the calibration of checkpoint 1's run (default), or from none when the experiment turns it off."""
-    from services.api.experiments import _RunServiceBackend
-    from services.experiments import ExperimentService
+    from tiebreak.services.api.experiments import _RunServiceBackend
+    from tiebreak.services.experiments import ExperimentService
 
     rs = RunService(store)
     svc = ExperimentService(_RunServiceBackend(rs), notifier=lambda url, payload: None)
@@ -232,7 +232,7 @@ def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store,
         assert "calibration_from" not in recorded
         return
     assert c2["calibration_from"] == [c1["vs_base"]] == recorded["calibration_from"]
-    from services.experiment_report import experiment_report_data, render_experiment_report
+    from tiebreak.services.experiment_report import experiment_report_data, render_experiment_report
     data = experiment_report_data(svc, exp)
     assert [c.calibration_from for c in data.checkpoints] == [[], [c1["vs_base"]]]
     assert "judge calibration carried from 1 earlier run" in render_experiment_report(data)
@@ -243,7 +243,7 @@ def test_experiment_checkpoints_carry_the_earlier_checkpoints_calibration(store,
 
 def test_local_runs_carry_calibration_as_the_service_does():
     """LocalRuns (the in-process RunBackend of the ladder benchmark) fits the same prior from its own runs."""
-    from services.experiments import LocalRuns
+    from tiebreak.services.experiments import LocalRuns
 
     runs = LocalRuns(seed=0)
     src_pairs = _pairs(200, "s", seed=13)

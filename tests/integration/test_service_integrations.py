@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from services.api.deps import services_of
-from services.app import create_app
-from services.settings import Settings
-from services.store import RedisStore
+from tiebreak.services.api.deps import services_of
+from tiebreak.services.app import create_app
+from tiebreak.services.settings import Settings
+from tiebreak.services.store import RedisStore
 
 ADMIN = "admin-integrations-test-token"
 H = {"Authorization": f"Bearer {ADMIN}"}

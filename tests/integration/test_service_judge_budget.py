@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.pipeline import Pipeline
-from services.runs import RunService
-from services.runs.judge_budget import MIN_PAIRS, THRESHOLD
-from services.store import RedisStore
+from tiebreak.services.pipeline import Pipeline
+from tiebreak.services.runs import RunService
+from tiebreak.services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+from tiebreak.services.store import RedisStore
 
 N_PAIRS = 400
 JUDGE = "feature:length"
@@ -100,15 +100,15 @@ def test_budget_all_never_stops_a_worthless_judge(store):
 def test_bad_judge_budget_is_a_422_naming_the_field():
     from pydantic import ValidationError
 
-    from services.api.models import RunCreate
+    from tiebreak.services.api.models import RunCreate
 
     with pytest.raises(ValidationError, match="judge_budget"):
         RunCreate(name="x", pairs=[{"id": "a", "prompt": "p", "base": "b", "tuned": "t"}], judge_budget="some")
 
 
 def test_experiments_pass_judge_budget_to_their_runs_and_refuse_a_bad_one():
-    from services.experiments.errors import ExperimentError
-    from services.experiments.validate import experiment_record
+    from tiebreak.services.experiments.errors import ExperimentError
+    from tiebreak.services.experiments.validate import experiment_record
 
     body = {"name": "e", "prompts": [{"id": "a", "text": "hi"}], "base": {"outputs": {"a": "x"}},
             "judges": [JUDGE]}
@@ -139,7 +139,7 @@ def test_a_decided_run_stops_its_judges_whatever_the_budget(store):
 
 
 def test_a_running_judge_has_an_eta_at_its_pace_so_far():
-    from services.runs.judge_budget import judges_value_of
+    from tiebreak.services.runs.judge_budget import judges_value_of
 
     meta = {"judge_names": [JUDGE], "judges": [JUDGE],
             "judge_work": {JUDGE: {"pairs": 40, "cpu_s": 8.0, "wall_s": 10.0, "state": "running"}}}
@@ -150,7 +150,7 @@ def test_a_running_judge_has_an_eta_at_its_pace_so_far():
 def test_the_stop_rule_looks_only_at_draws_every_running_question_has_processed(store):
     """One draw sequence with a criterion: labels without the criterion's verdict make it lag; the horizon of
     the stop rule (and of "labelled first") is the lagging question's, not the overall one's."""
-    from services.runs.judge_budget import horizon
+    from tiebreak.services.runs.judge_budget import horizon
 
     svc = RunService(store)
     pairs = _pairs(4)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.errors import Conflict, Forbidden
-from services.runs import OVERALL, RunService
-from services.store import RedisStore
+from tiebreak.services.errors import Conflict, Forbidden
+from tiebreak.services.runs import OVERALL, RunService
+from tiebreak.services.store import RedisStore
 
 
 @pytest.fixture

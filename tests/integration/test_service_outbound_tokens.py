@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from judges.backends import OpenAIBackend, env_api_key
-from services.outbound import OutboundPolicy
-from services.store import RedisStore
-from services.tokens import TokenRegistry, admin_token_problem
+from tiebreak.judges.backends import OpenAIBackend, env_api_key
+from tiebreak.services.outbound import OutboundPolicy
+from tiebreak.services.store import RedisStore
+from tiebreak.services.tokens import TokenRegistry, admin_token_problem
 
 
 def test_environment_api_key_only_goes_to_its_bound_host(monkeypatch):

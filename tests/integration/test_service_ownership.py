@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.runs import OwnershipLost, RunService
-from services.store import RedisStore
 from support.serve_process import free_port, redis_server_binary
+from tiebreak.services.runs import OwnershipLost, RunService
+from tiebreak.services.store import RedisStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -271,7 +271,7 @@ def test_redis_durability_policy_is_always_everywhere(store):
 def test_pipelines_run_at_most_max_concurrent_at_once(store):
     """Generation/judging of many runs at once is bounded (each pipeline starts model-loading actors); the
     work itself is replaced here: this tests the bounding around it."""
-    from services.pipeline import Pipeline
+    from tiebreak.services.pipeline import Pipeline
 
     live, peak, mu = set(), [0], threading.Lock()
 
@@ -322,7 +322,7 @@ def test_two_replicas_adding_checkpoints_to_one_experiment_lose_none(store):
     """Two replicas (two ExperimentService on one Redis) add checkpoints to one experiment at once: the
     read-modify-write of the record runs under the experiment's Redis lock, so none is lost. The run backend
     is slowed down to widen the window between the read and the write."""
-    from services.experiments import ExperimentService, LocalRuns, RedisKV
+    from tiebreak.services.experiments import ExperimentService, LocalRuns, RedisKV
 
     class SlowRuns(LocalRuns):
         def create_run(self, spec: dict) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.errors import BadInput, Conflict, NotFound
-from services.runs import OVERALL, OwnershipLost, RunService
+from tiebreak.services.errors import BadInput, Conflict, NotFound
+from tiebreak.services.runs import OVERALL, OwnershipLost, RunService
 
 
 def _pairs(n, p_tuned=0.8, votes=True, seed=0, prefix="p"):

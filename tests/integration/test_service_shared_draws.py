@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from services.errors import BadInput, Conflict
-from services.runs import OVERALL, RunService
+from tiebreak.services.errors import BadInput, Conflict
+from tiebreak.services.runs import OVERALL, RunService
 
 CRITERIA = ["accuracy", "tone"]
 

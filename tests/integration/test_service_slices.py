@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.errors import BadInput
-from services.runs import RunService
+from tiebreak.services.errors import BadInput
+from tiebreak.services.runs import RunService
 
 
 def _pairs(n: int, tag=lambda i: ["edge-case"] if i < 60 else ["billing"], votes=True):
@@ -97,8 +97,8 @@ def test_report_without_slices_has_no_slice_section(store):
 
 
 def test_experiment_checkpoints_give_per_slice_verdicts(store):
-    from services.api.experiments import _RunServiceBackend
-    from services.experiments import ExperimentService
+    from tiebreak.services.api.experiments import _RunServiceBackend
+    from tiebreak.services.experiments import ExperimentService
 
     rs = RunService(store)
     svc = ExperimentService(_RunServiceBackend(rs))
@@ -117,7 +117,7 @@ def test_experiment_checkpoints_give_per_slice_verdicts(store):
     assert view["slices"]["billing"]["decision"] == "better"
     # better overall, worse on the protected edge cases: never the best checkpoint, and training should stop
     assert (sig["stop"], sig["reason"], sig["best_checkpoint"]) == (True, "slice-regression", None)
-    from services.experiments import ExperimentError
+    from tiebreak.services.experiments import ExperimentError
 
     with pytest.raises(ExperimentError):
         svc.create_experiment({"name": "e", "prompts": [{"id": "1", "text": "q", "slices": [""]}], "judges": [],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.runs import OVERALL, RunService
+from tiebreak.services.runs import OVERALL, RunService
 
 
 def _pairs(n, prefix="p"):
@@ -109,7 +109,7 @@ def test_status_shows_generated_judged_and_labels(store):
     st = svc.status(rid)
     assert (st["generated"], st["judged"], st["labels"], st["votes"]) == (30, 12, 3, 12)
     assert st["progress"]["labels"] == 3 and st["progress"]["judged"] == 12
-    from services.api.models import RunStatus
+    from tiebreak.services.api.models import RunStatus
     assert RunStatus.model_validate(st).model_dump()["judged"] == 12   # the API's response model keeps them
     gen = svc.create_run({"name": "g", "generate": {"base": "b.gguf", "tuned": "t.gguf", "prompts": [
         {"id": "x", "text": "hi"}]}, "seed": 6})

@@ -192,7 +192,7 @@ def test_trainer_token_is_limited_to_its_experiment(server):
 @pytest.mark.parametrize("token", ["change-me", "short"])
 def test_weak_admin_token_refused_at_start(tmp_path, token):
     env = {**__import__("os").environ, "TIEBREAK_ADMIN_TOKEN": token}
-    p = subprocess.run([sys.executable, "-m", "services.cli", "serve", "--data-dir", str(tmp_path), "--pipeline",
+    p = subprocess.run([sys.executable, "-m", "tiebreak.services.cli", "serve", "--data-dir", str(tmp_path), "--pipeline",
                         "off"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "TIEBREAK_ADMIN_TOKEN" in p.stderr and "refusing to start" in p.stderr
 
@@ -277,7 +277,7 @@ def test_criteria_names_validated_and_escaped_in_label_studio_config(server):
     cfg = httpx.get(f"{server.url}/v1/integrations/label-studio/{rid}/tasks?k=1", headers=H).json()["label_config"]
     names = [c.get("name") for c in ET.fromstring(cfg).iter("Choices")]
     assert names == ["verdict", "criterion_tone", "criterion_fact check"]
-    from services.integrations import label_config
+    from tiebreak.services.integrations import label_config
 
     hostile = label_config(['a"/><Choice value="x'])        # escaped even if a name ever got past validation
     assert [c.get("name") for c in ET.fromstring(hostile).iter("Choices")][1] == 'criterion_a"/><Choice value="x'

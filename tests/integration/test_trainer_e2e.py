@@ -12,7 +12,7 @@ import pytest
 import torch
 from experiment_server import ADMIN, BackgroundAnnotator, serve_app
 
-from services.trainer import TiebreakClient
+from tiebreak.services.trainer import TiebreakClient
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
 
 def _check_tensorboard(scalars: dict, prefix: str, logged: list[dict], sig: dict, stopped_at: int) -> None:
     """The event file holds exactly the rows the callback logged, and they agree with the server's signal."""
-    from services.trainer import DECISION_CODES, METRIC_KEYS
+    from tiebreak.services.trainer import DECISION_CODES, METRIC_KEYS
 
     assert {prefix + k for k in METRIC_KEYS} <= set(scalars), sorted(scalars)
     rows = [r for r in logged if r["checkpoint"] is not None]
@@ -79,7 +79,7 @@ def _signal(url: str, exp: str) -> dict:
 def test_hf_trainer_stops_when_signalled(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-    from services.trainer import TiebreakTrainerCallback
+    from tiebreak.services.trainer import TiebreakTrainerCallback
 
     def generate_outputs(path: str) -> dict[str, str]:
         """Really load the saved checkpoint and generate (greedy) for every prompt."""
@@ -126,7 +126,7 @@ def test_lightning_stops_when_signalled(tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from services.trainer import TiebreakLightningCallback
+    from tiebreak.services.trainer import TiebreakLightningCallback
 
     class Tiny(pl.LightningModule):
         def __init__(self):

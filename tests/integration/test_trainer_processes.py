@@ -1,4 +1,4 @@
-"""services.trainer in subprocesses: the client imports light and with every server-only package blocked (the
+"""tiebreak.services.trainer in subprocesses: the client imports light and with every server-only package blocked (the
 trainer machine has only ``pip install tiebreak``), and rank 0's stop decision reaches the other ranks. The rest
 of the client: tests/unit/test_trainer_client.py."""
 
@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 
-from services.trainer import _broadcast_torch
+from tiebreak.services.trainer import _broadcast_torch
 
 
 def test_import_is_light():
-    code = ("import sys, services.trainer; "
+    code = ("import sys, tiebreak.services.trainer; "
             "print(json.dumps(sorted(m for m in ('torch','transformers','lightning','ray','numpy','vllm') "
             "if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
@@ -37,7 +37,7 @@ class Refuse(importlib.abc.MetaPathFinder):
             raise ImportError("blocked server-only package: " + name)
         return None
 sys.meta_path.insert(0, Refuse())
-from services.trainer import TiebreakClient, default_model_spec
+from tiebreak.services.trainer import TiebreakClient, default_model_spec
 TiebreakClient("http://127.0.0.1:9", token="t", experiment="exp_x")
 assert default_model_spec("ckpt")["backend"] == "vllm"
 print("ok", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
@@ -46,7 +46,7 @@ print("ok", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok []"
     # the hook really blocks: the same guard refuses a server module
-    bad = subprocess.run([sys.executable, "-c", code.replace("from services.trainer", "import services.app\nfrom services.trainer")],
+    bad = subprocess.run([sys.executable, "-c", code.replace("from tiebreak.services.trainer", "import tiebreak.services.app\nfrom tiebreak.services.trainer")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "blocked server-only package" in bad.stderr
 
@@ -55,7 +55,7 @@ RANKS = """
 import socket, sys
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from services.trainer import _broadcast_torch
+from tiebreak.services.trainer import _broadcast_torch
 
 def rank(r, port, q):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=r, world_size=2)

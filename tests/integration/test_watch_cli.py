@@ -13,9 +13,9 @@ import httpx
 import pytest
 from experiment_server import ADMIN, label_runs, serve_app
 
-from services.api.deps import services_of
-from services.api.experiments import _RunServiceBackend
-from services.experiments import ExperimentService, RedisKV
+from tiebreak.services.api.deps import services_of
+from tiebreak.services.api.experiments import _RunServiceBackend
+from tiebreak.services.experiments import ExperimentService, RedisKV
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def files_generator(spec: dict, prompts: list[dict]) -> dict[str, str]:
 def tb(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The CLI in ``cwd`` (watch writes its report into the current folder by default)."""
     env = {**os.environ, "TIEBREAK_TOKEN": ADMIN}
-    return subprocess.run([sys.executable, "-m", "services.cli", "watch", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tiebreak.services.cli", "watch", *args], capture_output=True, text=True,
                           env=env, timeout=120, cwd=cwd)
 
 

@@ -64,7 +64,7 @@ def build_tiny_model(d):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from judges.backends import make_backend
+    from tiebreak.judges.backends import make_backend
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache (default is larger)
     model, lora = os.environ.get("TIEBREAK_VLLM_MODEL"), os.environ.get("TIEBREAK_VLLM_LORA")
@@ -125,7 +125,7 @@ def test_vllm_generate(setup, spy):
 
 
 def test_vllm_choice_logprobs_one_pass(setup, spy):
-    from judges.backends import TOP_LOGPROBS
+    from tiebreak.judges.backends import TOP_LOGPROBS
 
     b, tiny, _ = setup
     choices = ["A", "B", "tie"]
@@ -146,7 +146,7 @@ def test_vllm_choice_logprobs_one_pass(setup, spy):
 
 
 def test_vllm_vote_both_orders(setup, monkeypatch):
-    from judges.jury import Judge
+    from tiebreak.judges.jury import Judge
 
     b, _, _ = setup
     seen: list = []

@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from services.integrations import parse_ls_webhook
 from support.serve_process import ServeProcess
+from tiebreak.services.integrations import parse_ls_webhook
 
 pytestmark = pytest.mark.slow
 LS_URL = os.environ.get("LABEL_STUDIO_URL", "").rstrip("/")

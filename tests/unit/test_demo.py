@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.demo import (
+from tiebreak.services.demo import (
     RECORDED_JUDGE,
     Lane,
     LiveState,

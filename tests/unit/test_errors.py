@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from services.errors import BadInput, Forbidden, NotFound, TooLarge, Unauthorized, error_body
-from services.runs import RemoteError
+from tiebreak.services.errors import BadInput, Forbidden, NotFound, TooLarge, Unauthorized, error_body
+from tiebreak.services.runs import RemoteError
 
 
 def test_service_errors_name_the_field():

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from services.experiment_report import (
+from tiebreak.services.experiment_report import (
     CheckpointRow,
     ComparisonRow,
     ExperimentReportData,
@@ -17,7 +17,7 @@ from services.experiment_report import (
     file_run_href,
     render_experiment_report,
 )
-from services.experiments import ExperimentService, LocalRuns, NotFound
+from tiebreak.services.experiments import ExperimentService, LocalRuns, NotFound
 
 PROMPTS = [{"id": f"q{i}", "text": f"question {i}"} for i in range(12)]
 

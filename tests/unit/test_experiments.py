@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-import services.experiments as E
-from services.experiments import (
+import tiebreak.services.experiments as E
+from tiebreak.services.experiments import (
     CheckpointVerdict,
     ComparisonView,
     ExperimentError,
@@ -347,8 +347,8 @@ def test_family_wise_error_exceeds_alpha_without_spending(monkeypatch):
 
 def test_experiment_errors_belong_to_the_service_error_family():
     """One error family: the app's ServiceError handler answers experiment errors (no per-route handler)."""
-    from services import errors
-    from services.experiments import ExperimentConflict
+    from tiebreak.services import errors
+    from tiebreak.services.experiments import ExperimentConflict
 
     runs, svc, exp, _ = make()
     with pytest.raises(errors.NotFound) as nf:

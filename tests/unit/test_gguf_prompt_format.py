@@ -7,8 +7,13 @@ import struct
 import pytest
 from pydantic import ValidationError
 
-from judges.backends import default_prompt_format, gguf_metadata_string, make_backend, prompt_format_problem
-from services.api.models import RunCreate
+from tiebreak.judges.backends import (
+    default_prompt_format,
+    gguf_metadata_string,
+    make_backend,
+    prompt_format_problem,
+)
+from tiebreak.services.api.models import RunCreate
 
 
 def _s(text: str) -> bytes:

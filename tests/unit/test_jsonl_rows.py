@@ -1,13 +1,13 @@
-"""services.data.jsonl_rows: the one JSON Lines reader of the replay data (services.data.load_items) and of
+"""tiebreak.services.data.jsonl_rows: the one JSON Lines reader of the replay data (services.data.load_items) and of
 `tiebreak compare`'s --pairs / --prompts files; a bad line names the file and the line."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.commands.compare import _read_jsonl_or_json
-from services.data import DataError, jsonl_rows, load_items
-from services.errors import BadInput
+from tiebreak.services.commands.compare import _read_jsonl_or_json
+from tiebreak.services.data import DataError, jsonl_rows, load_items
+from tiebreak.services.errors import BadInput
 
 
 def test_rows_skip_blank_lines_and_keep_line_numbers(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from judges.spec import SpecError, check_judge, check_model, judge_model, judge_name, parse_model
+from tiebreak.judges.spec import SpecError, check_judge, check_model, judge_model, judge_name, parse_model
 
 
 @pytest.mark.parametrize("text,want", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sampler.judge_value import judge_value, jury_value, worthless
+from tiebreak.sampler.judge_value import judge_value, jury_value, worthless
 
 
 def _pairs(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +111,8 @@ def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: in
     stops happen often and early). ``pending`` > 1: draws are handed out ``pending`` at a time and labelled in a
     random order (out-of-order labels, votes arriving while draws are pending). Returns (false decisions, runs
     with a stop)."""
-    from sampler.engine import Comparison, ComparisonConfig
-    from sampler.replay import ReplayPool
+    from tiebreak.sampler.engine import Comparison, ComparisonConfig
+    from tiebreak.sampler.replay import ReplayPool
 
     rng = np.random.default_rng(seed)
     n = 30
@@ -180,7 +180,7 @@ def test_a_perfect_judge_saves_unboundedly_many_labels_and_the_status_stays_json
     """labels x R^2 / (1 - R^2) is infinite at R^2 = 1: the status says null (JSON has no infinity)."""
     import json
 
-    from services.runs.judge_budget import _view
+    from tiebreak.services.runs.judge_budget import _view
 
     y = np.array([0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.5, 0.0])
     v = judge_value(y.copy(), y)

@@ -8,9 +8,9 @@ import pytest
 from test_judges_jury import ScriptedBackend
 from typer.testing import CliRunner
 
-from judges.cache import MemoryVoteCache
-from judges.evaluate import RecordedJudge, cross_fitted_calibration, evaluate, load_items
-from judges.jury import Judge, _logit_mean, judges_from_names
+from tiebreak.judges.cache import MemoryVoteCache
+from tiebreak.judges.evaluate import RecordedJudge, cross_fitted_calibration, evaluate, load_items
+from tiebreak.judges.jury import Judge, _logit_mean, judges_from_names
 
 
 def test_explained_variance_matches_theory_for_a_calibrated_judge():
@@ -89,7 +89,7 @@ def test_recorded_judge_reads_both_orders_and_evaluate_reports_new_keys():
     for key in ("decisive_agreement_calibrated", "explained_variance", "cpu_seconds_per_pair",
                 "explained_variance_per_cpu_second"):
         assert key in m and key in res["ensemble"]
-    assert res["calibration"]["family"].startswith("sampler.calibration")
+    assert res["calibration"]["family"].startswith("tiebreak.sampler.calibration")
     assert set(res["ensemble"]["calibration_weights"]) == {"recorded:gpt-4", "feature:length"}
     assert res["judges"]["feature:length"]["decisive_agreement"] == 0.5  # b is always longer
 
@@ -97,7 +97,7 @@ def test_recorded_judge_reads_both_orders_and_evaluate_reports_new_keys():
 def test_cli_json_keeps_documented_keys_and_adds_new(tmp_path):
     import typer
 
-    from services.commands.judge_eval import judge_eval
+    from tiebreak.services.commands.judge_eval import judge_eval
 
     p = tmp_path / "d.jsonl"
     p.write_text("\n".join(json.dumps(_row(i, "AB"[i % 2], b="x" * (1 + 10 * (i % 2)))) for i in range(20)))
@@ -141,7 +141,7 @@ def test_rubric_mode_asks_each_question_with_a_shared_prefix_and_reports_per_que
 
 
 def test_long_question_keeps_its_last_turn_and_long_responses_are_marked_truncated():
-    from judges.jury import _clip_question
+    from tiebreak.judges.jury import _clip_question
 
     q = "Human: " + "x" * 3000 + " Human: the actual question?"
     c = _clip_question(q, 300)

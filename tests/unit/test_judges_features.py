@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from judges.features import (
+from tiebreak.judges.features import (
     FEATURES,
     FeatureJudge,
     broken_code_count,
@@ -13,7 +13,7 @@ from judges.features import (
     refusal_count,
     structure_count,
 )
-from judges.jury import judges_from_names
+from tiebreak.judges.jury import judges_from_names
 
 
 def test_votes_are_in_unit_interval_half_when_equal_and_antisymmetric():
@@ -69,8 +69,8 @@ def test_names_and_errors():
 
 
 def test_service_accepts_feature_jurors_and_votes_with_them():
-    from judges.actors import JudgeWorker
-    from services.pipeline import judge_name, validate_judge_spec
+    from tiebreak.judges.actors import JudgeWorker
+    from tiebreak.services.pipeline import judge_name, validate_judge_spec
 
     assert validate_judge_spec("feature:length") is None and judge_name("feature:length") == "feature:length"
     assert "unknown feature" in validate_judge_spec("feature:colour")
@@ -80,11 +80,11 @@ def test_service_accepts_feature_jurors_and_votes_with_them():
 
 
 def test_one_judge_worker_serves_the_pipeline_and_the_benchmark():
-    """judges.actors.JudgeWorker is the only judge worker: one spec (the service's pipeline, vote) or several
+    """tiebreak.judges.actors.JudgeWorker is the only judge worker: one spec (the service's pipeline, vote) or several
     (judge_with_actors, vote_batch); a cache factory is called in the worker's own process."""
-    from judges.actors import JudgeWorker
-    from judges.cache import MemoryVoteCache
-    from services import pipeline
+    from tiebreak.judges.actors import JudgeWorker
+    from tiebreak.judges.cache import MemoryVoteCache
+    from tiebreak.services import pipeline
 
     assert pipeline.JudgeWorker is JudgeWorker
     made = []

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from judges.backends import make_backend, scores_from_top
-from judges.cache import MemoryVoteCache, SqliteVoteCache, vote_key
-from judges.jury import INJECTION_PAYLOAD, Judge, JudgeVote, Jury, _bt, ensemble, judges_from_names
+from tiebreak.judges.backends import make_backend, scores_from_top
+from tiebreak.judges.cache import MemoryVoteCache, SqliteVoteCache, vote_key
+from tiebreak.judges.jury import INJECTION_PAYLOAD, Judge, JudgeVote, Jury, _bt, ensemble, judges_from_names
 
 
 def _blocks(prompt):
@@ -152,7 +152,7 @@ def test_make_backend_bad_specs(spec, field):
 def test_vllm_is_lazy():
     import sys
 
-    import judges.backends  # noqa: F401
+    import tiebreak.judges.backends  # noqa: F401
     assert "vllm" not in sys.modules
 
 

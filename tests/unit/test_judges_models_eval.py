@@ -6,9 +6,9 @@ import pytest
 from test_judges_jury import ScriptedBackend
 from typer.testing import CliRunner
 
-import judges.models as jm
-from judges.evaluate import cross_fitted_agreement, evaluate, load_items, verdict
-from judges.jury import Judge
+import tiebreak.judges.models as jm
+from tiebreak.judges.evaluate import cross_fitted_agreement, evaluate, load_items, verdict
+from tiebreak.judges.jury import Judge
 
 
 def _fake_preset(tmp_path, sha=None):
@@ -99,7 +99,7 @@ def test_cross_fitted_agreement_learns_a_flip():
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
     import typer
 
-    from services.commands.judge_eval import judge_eval
+    from tiebreak.services.commands.judge_eval import judge_eval
 
     app = typer.Typer()
     app.command("judge-eval")(judge_eval)

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from judges.backends import BackendError, OpenAIBackend
+from tiebreak.judges.backends import BackendError, OpenAIBackend
 
 
 class _H(BaseHTTPRequestHandler):

@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 
-from sampler.engine import Comparison, ComparisonConfig
-from services.report import (
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.services.report import (
     Baseline,
     CriterionVerdict,
     ExamplePair,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from sampler.calibration import fit_calibration
-from sampler.confseq import BetSchedule, BettingConfidenceSequence, candidate_grid
-from sampler.engine import Comparison, ComparisonConfig, _refit_due, noise_bound
-from sampler.policy import WithoutReplacementSampler
+from tiebreak.sampler.calibration import fit_calibration
+from tiebreak.sampler.confseq import BetSchedule, BettingConfidenceSequence, candidate_grid
+from tiebreak.sampler.engine import Comparison, ComparisonConfig, _refit_due, noise_bound
+from tiebreak.sampler.policy import WithoutReplacementSampler
 
 
 def _symmetric_pool(n_half: int, seed: int, judge_noise: float | None = None):
@@ -170,7 +170,7 @@ def test_a_closed_pool_runs_at_the_full_alpha_and_refuses_growth():
 
 
 def test_replay_runs_closed_pools_at_the_full_alpha():
-    from sampler.replay import ReplayPool, replay, replay_once
+    from tiebreak.sampler.replay import ReplayPool, replay, replay_once
     pool = ReplayPool(tuple(np.array([v]) for v in [1.0] * 40 + [0.0] * 10), np.empty((50, 0)))
     full = replay(pool, ComparisonConfig(method="classical", alpha=0.05), runs=1, seed=0)
     # the same run in a growable comparison keeps 5 % of alpha back: same draws, a wider interval
@@ -272,7 +272,7 @@ def test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exh
     disagrees: g is then anti-correlated with Y and the bets still grow 4x), the CS keeps its level: theta = 1/2
     exactly, alpha = 0.2, labels asked in batches of random size and answered shuffled, most runs exhaust the
     pool, ppi and active alternating. 1,000 runs; tolerance 2.5 binomial standard deviations (0.2 + 0.032)."""
-    from sampler.calibration import fit_calibration, judge_features
+    from tiebreak.sampler.calibration import fit_calibration, judge_features
     rng0 = np.random.default_rng(99)
     y0 = rng0.choice([0.0, 0.5, 1.0], size=3000)
     v0 = y0 if prior_kind == "right" else 1.0 - y0

@@ -12,12 +12,17 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn.linear_model import Ridge
 
-from sampler.calibration import JudgeCalibration, fit_calibration, judge_features, ridge_fit
-from sampler.confseq import BetSchedule, BettingConfidenceSequence, asymptotic_cs_radius, candidate_grid
-from sampler.decision import Decision, DecisionRule, spend_alpha, split_alpha
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.fenwick import FenwickTree
-from sampler.policy import WithoutReplacementSampler
+from tiebreak.sampler.calibration import JudgeCalibration, fit_calibration, judge_features, ridge_fit
+from tiebreak.sampler.confseq import (
+    BetSchedule,
+    BettingConfidenceSequence,
+    asymptotic_cs_radius,
+    candidate_grid,
+)
+from tiebreak.sampler.decision import Decision, DecisionRule, spend_alpha, split_alpha
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.fenwick import FenwickTree
+from tiebreak.sampler.policy import WithoutReplacementSampler
 
 
 @given(st.lists(st.floats(0, 10, allow_nan=False), min_size=1, max_size=60))

@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sampler.engine import (
+from tiebreak.sampler.engine import (
     Comparison,
     ComparisonConfig,
     label_from_verdict,
     noise_bound,
     prediction_powered_observation,
 )
-from sampler.policy import WithoutReplacementSampler
-from sampler.replay import ReplayPool, replay
+from tiebreak.sampler.policy import WithoutReplacementSampler
+from tiebreak.sampler.replay import ReplayPool, replay
 
 unit = st.floats(0, 1, allow_nan=False)
 
@@ -243,7 +243,7 @@ def test_noisy_votes_keep_validity_where_ignoring_noise_would_not():
     assert honest.wrong(symmetrized=True) / 100 <= 0.1 + 2 * math.sqrt(0.1 * 0.9 / 100)
     from dataclasses import replace as dc_replace
 
-    from sampler.replay import replay_once
+    from tiebreak.sampler.replay import replay_once
     naive_wrong = sum(
         replay_once(pool, dc_replace(cfg, label_noise=False), np.random.default_rng(s)).decision in ("better", "worse")
         for s in range(100))

@@ -13,11 +13,11 @@ from benchmarks.shared_draws import (
     run_family,
     symmetrized_pool,
 )
-from sampler.confseq import BettingConfidenceSequence, candidate_grid
-from sampler.decision import Decision
-from sampler.engine import ComparisonConfig
-from sampler.family import OVERALL, ComparisonFamily, holm_step_down
-from sampler.slices import membership_matrix
+from tiebreak.sampler.confseq import BettingConfidenceSequence, candidate_grid
+from tiebreak.sampler.decision import Decision
+from tiebreak.sampler.engine import ComparisonConfig
+from tiebreak.sampler.family import OVERALL, ComparisonFamily, holm_step_down
+from tiebreak.sampler.slices import membership_matrix
 
 
 def test_holm_step_down_rejects_in_order_and_reads_the_rest_at_the_next_step() -> None:

@@ -1,4 +1,4 @@
-"""sampler.calibration.prior_calibration: the one fit of a carried calibration (the replay's prior_from_pools and
+"""tiebreak.sampler.calibration.prior_calibration: the one fit of a carried calibration (the replay's prior_from_pools and
 the service's calibration_from both call it). Its validity as a prior is tested in test_sampler_audit.py
 (test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sampler.calibration import PRIOR_PENALTY, fit_calibration, judge_features, prior_calibration
-from sampler.replay import ReplayPool, prior_from_pools
+from tiebreak.sampler.calibration import PRIOR_PENALTY, fit_calibration, judge_features, prior_calibration
+from tiebreak.sampler.replay import ReplayPool, prior_from_pools
 
 
 def test_prior_from_pools_is_prior_calibration_on_the_pools_mean_votes():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sampler.calibration import (
+from tiebreak.sampler.calibration import (
     PENALTY_GRID,
     fit_calibration,
     identity_coef,
@@ -15,8 +15,8 @@ from sampler.calibration import (
     ridge_fit,
     select_fit,
 )
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.replay import ReplayPool, replay
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.replay import ReplayPool, replay
 
 
 def test_leave_one_out_errors_are_exact():
@@ -62,7 +62,7 @@ def test_the_judge_weight_is_the_shrunk_out_of_sample_power_tuning_coefficient()
     ratio V / (V - 2 w C_post + w^2 D) the bets use."""
     import statsmodels.api as sm
 
-    from sampler.calibration import EB_NOISE
+    from tiebreak.sampler.calibration import EB_NOISE
     rng = np.random.default_rng(11)
     x, y = _judged(40, 0.5, rng)
     bases = [np.zeros(4), identity_coef(4)]
@@ -103,7 +103,7 @@ def test_a_useless_judge_leaves_the_bets_as_labels_only_and_a_prior_sets_them_fr
                      rng=np.random.default_rng(1), prior=prior)
     assert cmp._bet_variance_factor() == pytest.approx(min(4.0, prior.variance_ratio))
     # pooled with this pool's LOO estimates as labels arrive (prior worth PRIOR_VARIANCE_LABELS labels)
-    from sampler.calibration import PRIOR_VARIANCE_LABELS
+    from tiebreak.sampler.calibration import PRIOR_VARIANCE_LABELS
     x2, y2 = _judged(20, 0.85, rng)
     cal = fit_calibration(x2, y2, prior=prior)
     lv = np.mean((y2 - y2.mean()) ** 2) * (20 / 19) ** 2
@@ -113,7 +113,7 @@ def test_a_useless_judge_leaves_the_bets_as_labels_only_and_a_prior_sets_them_fr
 
 def test_active_sampling_waits_for_enough_labels_for_the_spread_model():
     """Fails with active sampling allowed from the first fit (ACTIVE_MIN_LABELS = 1)."""
-    from sampler.engine import ACTIVE_MIN_LABELS
+    from tiebreak.sampler.engine import ACTIVE_MIN_LABELS
     rng = np.random.default_rng(12)
     n = 300
     sure = rng.random(n) < 0.6  # vote 1 always right, the other votes coin flips (as below): active pays
@@ -196,7 +196,7 @@ def test_bets_shrink_when_the_observations_turn_out_more_variable_than_the_label
     """A judge trusted by chance (predicted ratio > 1) whose observations have in fact been more variable than
     the labels gets smaller bets, not larger (the useless-judge guard); with a carried prior the prior's
     prediction is used as it is."""
-    from sampler.calibration import JudgeCalibration
+    from tiebreak.sampler.calibration import JudgeCalibration
     rng = np.random.default_rng(31)
     n = 200
     votes = rng.random((n, 1))

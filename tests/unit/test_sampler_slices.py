@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.slices import best_case_labels, membership_matrix, slice_alpha
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.slices import best_case_labels, membership_matrix, slice_alpha
 
 
 def symmetrized_sliced_pool(rng: np.random.Generator, sizes: tuple[int, ...], overlap: int = 0):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from sampler.engine import Comparison, ComparisonConfig
-from sampler.replay import ReplayPool
+from tiebreak.sampler.engine import Comparison, ComparisonConfig
+from tiebreak.sampler.replay import ReplayPool
 
 
 def _pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.settings import ClientSettings, Settings, StoreSettings
+from tiebreak.services.settings import ClientSettings, Settings, StoreSettings
 
 TOKEN = "t" * 40
 

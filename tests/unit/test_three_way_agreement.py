@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from judges.evaluate import three_way_agreement, verdict
-from services.report import judge_rows
+from tiebreak.judges.evaluate import three_way_agreement, verdict
+from tiebreak.services.report import judge_rows
 
 
 def test_tie_only_at_one_half_and_sides_as_verdict():

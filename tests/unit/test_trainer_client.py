@@ -1,4 +1,4 @@
-"""services.trainer without a training loop and in this process: polling interval, failure tolerance, model
+"""tiebreak.services.trainer without a training loop and in this process: polling interval, failure tolerance, model
 specs, logged scalars. What needs a subprocess (light import, blocked server packages, two ranks):
 tests/integration/test_trainer_processes.py."""
 
@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from services.trainer import TiebreakClient, default_model_spec
+from tiebreak.services.trainer import TiebreakClient, default_model_spec
 
 
 def _server(signals: list[dict], calls: list[str]) -> httpx.MockTransport:
@@ -68,7 +68,7 @@ def _row(name: str, decision: str, labels: int, lo: float, hi: float, run_id: st
 
 
 def test_checkpoint_metrics_keys_and_codes():
-    from services.trainer import DECISION_CODES, METRIC_KEYS, REASON_CODES, checkpoint_metrics
+    from tiebreak.services.trainer import DECISION_CODES, METRIC_KEYS, REASON_CODES, checkpoint_metrics
 
     best = {"run_id": "r2", "decision": "worse", "estimate": 0.2, "lower": 0.1, "upper": 0.4, "labels": 7,
             "alpha": 0.015, "against": "checkpoint-5"}
@@ -84,7 +84,7 @@ def test_checkpoint_metrics_keys_and_codes():
 
 
 def test_signal_news_reports_each_change_once():
-    from services.trainer import SignalNews
+    from tiebreak.services.trainer import SignalNews
 
     n = SignalNews()
     sig = {"stop": False, "reason": None, "labels": 0,
@@ -105,7 +105,7 @@ def test_signal_news_reports_each_change_once():
 def test_hf_callback_logs_news_through_trainer_log_or_log_history():
     from types import SimpleNamespace
 
-    from services.trainer import _HFCallback
+    from tiebreak.services.trainer import _HFCallback
 
     sig = {"stop": True, "reason": "regression", "labels": 6, "best_checkpoint": None,
            "checkpoints": [_row("checkpoint-5", "worse", 6, 0.0, 0.3)]}
