@@ -27,11 +27,8 @@ setup-large: setup
 run: $(BIN)/python
 	$(BIN)/tiebreak demo
 
-# Two workers (pytest-xdist), one per core of the reference machine; each test file stays on one worker so its
-# module fixtures (an embedded Redis, a local Ray) are made once. TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
 test: $(BIN)/python
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest
 
 # Unit tests only: no redis-server, Ray, model or subprocess is started (seconds).
 test-unit: $(BIN)/python
