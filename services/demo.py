@@ -57,7 +57,7 @@ RECORDED_NOTE = ("recorded:gpt-4 = GPT-4's verdicts recorded with the QLoRA data
 def demo_items(path: Path | None = None) -> list[dict]:
     """The 80 recorded pairs (id, category, prompt, base, tuned, human_votes as tuned/base/tie)."""
     if path is None:
-        text = resources.files("services").joinpath("demo_data", DATA_FILE).read_text()
+        text = resources.files("tiebreak.services").joinpath("demo_data", DATA_FILE).read_text()
     else:
         text = Path(path).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]

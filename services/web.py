@@ -10,7 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 @lru_cache(maxsize=1)
 def env() -> Environment:
-    return Environment(loader=PackageLoader("services", "templates"), autoescape=select_autoescape(["html"]))
+    return Environment(loader=PackageLoader("tiebreak.services", "templates"), autoescape=select_autoescape(["html"]))
 
 
 def render(name: str, **ctx: Any) -> str:

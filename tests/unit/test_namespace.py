@@ -22,7 +22,11 @@ def test_no_bare_imports_of_the_project_folders() -> None:
 
 def test_installed_names_are_namespaced() -> None:
     # Run outside the checkout so the repository root is not on sys.path: only the installed names are visible.
+    # Package data is found by the installed name too (the page templates, the demo's pairs): a lookup by the bare
+    # folder name works only from the checkout, and broke `make run` once.
     code = ("import importlib.util as u, tiebreak.sampler, tiebreak.judges, tiebreak.services.cli;"
+            "from tiebreak.services.web import env; env().get_template('annotate.html');"
+            "from tiebreak.services.demo import demo_items; assert len(demo_items()) == 80;"
             "print([n for n in ('sampler', 'judges', 'services') if u.find_spec(n) is not None])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
