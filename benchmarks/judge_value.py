@@ -39,8 +39,9 @@ def pools(name: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return out
 
 
-def _simulated(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
-    """3-valued labels from a latent quality z; the vote is a noisy sigmoid of z (as tests/unit/test_judge_value.py)."""
+def simulated_pairs(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
+    """3-valued labels from a latent quality z; the vote is a noisy sigmoid of z (signal 0: none). Also used by
+    tests/unit/test_judge_value.py."""
     z = rng.standard_normal(n)
     u = z + rng.standard_normal(n)
     y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
@@ -51,10 +52,10 @@ def _simulated(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndar
 def simulate(reps: int, sizes: list[int], rng: np.random.Generator) -> None:
     """Coverage of the 90 % interval for the known population R^2 (from 2 x 10^6 draws)."""
     for signal in (0.0, 0.5, 1.5):
-        x, y = _simulated(rng, 2_000_000, signal)
+        x, y = simulated_pairs(rng, 2_000_000, signal)
         rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
         for n in sizes:
-            vals = [judge_value(*_simulated(rng, n, signal)) for _ in range(reps)]
+            vals = [judge_value(*simulated_pairs(rng, n, signal)) for _ in range(reps)]
             print(json.dumps({"rho2": round(rho2, 4), "n": n, "runs": reps,
                               "covers": round(float(np.mean([v.lower <= rho2 <= v.upper for v in vals])), 3),
                               "upper_covers": round(float(np.mean([rho2 <= v.upper for v in vals])), 3),
@@ -67,11 +68,11 @@ def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min
     from tiebreak.sampler.judge_value import worthless
 
     for signal in (0.0, 0.3, 0.5, 1.5):
-        x, y = _simulated(rng, 2_000_000, signal)
+        x, y = simulated_pairs(rng, 2_000_000, signal)
         rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
         at = []
         for _ in range(reps):
-            x, y = _simulated(rng, 1000, signal)
+            x, y = simulated_pairs(rng, 1000, signal)
             at.append(next((n for n in range(min_pairs, 1001, 4)
                             if worthless(judge_value(x[:n], y[:n]), threshold, min_pairs)), 10**9))
         a = np.array(at)

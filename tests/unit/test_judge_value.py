@@ -5,16 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from benchmarks.judge_value import simulated_pairs
 from tiebreak.sampler.judge_value import judge_value, jury_value, worthless
-
-
-def _pairs(rng: np.random.Generator, n: int, signal: float) -> tuple[np.ndarray, np.ndarray]:
-    """3-valued labels from a latent quality z; the judge's vote is a noisy sigmoid of z (signal 0: none)."""
-    z = rng.standard_normal(n)
-    u = z + rng.standard_normal(n)
-    y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
-    x = 1.0 / (1.0 + np.exp(-(signal * z + rng.standard_normal(n))))
-    return x, y
 
 
 @pytest.mark.parametrize("signal", [0.0, 0.5, 1.5])
@@ -24,10 +16,10 @@ def test_interval_covers_the_population_value(signal: float, n: int) -> None:
     400 runs: Monte-Carlo sd of a 0.90 rate is 0.015, so >= 0.85 fails a materially anti-conservative interval;
     the upper end alone (what the stop rule uses) must hold >= 0.92 (nominal 0.95)."""
     rng = np.random.default_rng(int(100 * signal) + n)
-    x, y = _pairs(rng, 1_000_000, signal)
+    x, y = simulated_pairs(rng, 1_000_000, signal)
     rho2 = float(np.corrcoef(x, y)[0, 1] ** 2)
     runs = 400
-    values = [judge_value(*_pairs(rng, n, signal)) for _ in range(runs)]
+    values = [judge_value(*simulated_pairs(rng, n, signal)) for _ in range(runs)]
     cover = np.mean([v.lower <= rho2 <= v.upper for v in values])
     upper_ok = np.mean([rho2 <= v.upper for v in values])
     assert cover >= 0.85, (rho2, cover)
@@ -39,16 +31,16 @@ def test_interval_covers_the_population_value(signal: float, n: int) -> None:
 
 def test_no_signal_judge_is_found_worthless_and_a_real_one_is_not() -> None:
     rng = np.random.default_rng(3)
-    stops_useless = sum(worthless(judge_value(*_pairs(rng, 120, 0.0)), 0.05, 30) for _ in range(200))
-    stops_strong = sum(worthless(judge_value(*_pairs(rng, 120, 1.5)), 0.05, 30) for _ in range(200))
+    stops_useless = sum(worthless(judge_value(*simulated_pairs(rng, 120, 0.0)), 0.05, 30) for _ in range(200))
+    stops_strong = sum(worthless(judge_value(*simulated_pairs(rng, 120, 1.5)), 0.05, 30) for _ in range(200))
     assert stops_useless >= 100            # at 120 labelled pairs most no-signal judges are stopped
     assert stops_strong == 0               # a judge explaining ~27 % is never stopped
-    assert not worthless(judge_value(*_pairs(rng, 20, 0.0)), 0.05, 30)   # too few pairs: never
+    assert not worthless(judge_value(*simulated_pairs(rng, 20, 0.0)), 0.05, 30)   # too few pairs: never
 
 
 def test_missing_votes_are_left_out_and_small_samples_are_unknown() -> None:
     rng = np.random.default_rng(4)
-    x, y = _pairs(rng, 200, 1.5)
+    x, y = simulated_pairs(rng, 200, 1.5)
     x_missing = x.copy()
     x_missing[::2] = np.nan
     v = judge_value(x_missing, y)
@@ -61,7 +53,7 @@ def test_missing_votes_are_left_out_and_small_samples_are_unknown() -> None:
 
 def test_labels_saved_is_n_r2_over_one_minus_r2() -> None:
     rng = np.random.default_rng(5)
-    v = judge_value(*_pairs(rng, 300, 1.5))
+    v = judge_value(*simulated_pairs(rng, 300, 1.5))
     est, lo, hi = v.labels_saved(100)
     assert est == pytest.approx(100 * v.r2 / (1 - v.r2))
     assert lo <= est <= hi or v.r2 < v.lower
