@@ -27,8 +27,12 @@ setup-large: setup
 run: $(BIN)/python
 	$(BIN)/tiebreak demo
 
+# Two workers (pytest-xdist), one per core of the reference machine. Each test file stays on one worker (its module
+# fixtures are made once) and the multi-process tests run one at a time (tests/conftest.py, MULTI_PROCESS_FILES).
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(BIN)/python
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Unit tests only: no redis-server, Ray, model or subprocess is started (seconds).
 test-unit: $(BIN)/python

@@ -27,12 +27,28 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     tempfile.tempdir = d
 
 
+# Test files whose tests run several processes against each other on timers (replicas with ownership leases,
+# kill -9 and restart, Ray actors and their restarts, torchrun ranks). Under `make test`'s two pytest-xdist workers
+# they share one group, so they run one after another on one worker and never two at once: two of them together on
+# 2 cores starved a replica long enough to time out (stop 17).
+MULTI_PROCESS_FILES = frozenset({
+    "test_replicas.py", "test_service_ownership.py", "test_webhook_outbox.py", "test_service_ray.py",
+    "test_judges_ray.py", "test_trainer_processes.py",
+})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/integration/ and tests/slow/ is marked ``integration``: tests/unit/ starts no process
-    (no redis-server, no subprocess), which is what `make test-unit` runs."""
+    (no redis-server, no subprocess), which is what `make test-unit` runs.
+
+    Every test also gets an ``xdist_group`` (used by ``--dist loadgroup``): its file, so a file's module fixtures
+    (an embedded Redis, a local Ray) are made once, or the one multi-process group above."""
     for item in items:
-        if {"integration", "slow"} & set(Path(str(item.fspath)).parts[-2:-1]):
+        path = Path(str(item.fspath))
+        if {"integration", "slow"} & set(path.parts[-2:-1]):
             item.add_marker(pytest.mark.integration)
+        group = "multi-process" if path.name in MULTI_PROCESS_FILES else path.name
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture

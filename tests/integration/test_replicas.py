@@ -54,8 +54,10 @@ class Replicas:
         self.rng = random.Random(0)
         self.lock = threading.Lock()
 
-    def call(self, method: str, path: str, headers: dict, deadline_s: float = 60.0, **kw) -> httpx.Response:
+    def call(self, method: str, path: str, headers: dict, deadline_s: float = 120.0, **kw) -> httpx.Response:
+        # the deadline only bounds a hang: on 2 loaded cores a takeover after kill -9 has taken ~5 s
         t0 = time.time()
+        last = "nothing"
         while True:
             with self.lock:
                 live = [s for s in self.servers if s.port not in self.dead]
@@ -64,10 +66,11 @@ class Replicas:
                 r = httpx.request(method, s.url + path, headers=headers, timeout=30, **kw)
                 if r.status_code != 503:
                     return r
-            except httpx.TransportError:
-                pass
+                last = f"503 from {s.url}: {r.text[:300]}"
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__} from {s.url}"
             if time.time() - t0 > deadline_s:
-                raise AssertionError(f"{method} {path}: no answer from any replica in {deadline_s} s")
+                raise AssertionError(f"{method} {path}: no answer from any replica in {deadline_s} s (last: {last})")
             time.sleep(0.05)
 
 
