@@ -20,7 +20,11 @@ Technometrics; Golub, Heath & Wahba 1979), and for ridge with an unpenalised int
 H = 11'/n + X_c (X_c'X_c + penalty I)^-1 X_c', whose diagonal the SVD X_c = U S V' gives for every penalty at
 once: H_ii = 1/n + sum_k U_ik^2 s_k^2 / (s_k^2 + penalty). So a judge that predicts the labels is trusted after
 a handful of labels, one that does not gets (almost always) weight 0, and one in between gets part of its fit. Predictability is
-untouched: the choice uses only the labels the fit uses (those processed before the next draw). A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
+untouched: the choice uses only the labels the fit uses (those processed before the next draw).
+Faster start (issue 9): for the prediction g the candidate fits are only "no judge" and the judges' mean vote
+taken as it is (slope 1, fitted offset) -- MEAN_FIT_PENALTIES = () -- so g = ybar + w (vbar - mean vbar) with
+the empirical-Bayes slope w in [0, 1] (kappa = 1), fitted from 3 labels on (shrunk_ridge_fit has the figures).
+A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
 spread that the active sampling policy uses (only its predictability matters for validity, not its accuracy).
 
 Closed form (normal equations) in numpy rather than scikit-learn's Ridge: it is refit many times per replay run
@@ -45,8 +49,11 @@ def judge_features(judge_votes: np.ndarray) -> np.ndarray:
 
 PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior calibration
 PRIOR_VARIANCE_LABELS = 20.0  # a prior's variance estimates count as this many labels of the current pool
-EB_NOISE = 2.0  # kappa in the weight (1 - kappa s^2 / C^2)+ of select_fit (1: plain empirical Bayes)
+EB_NOISE = 1.0  # kappa in the weight (1 - kappa s^2 / C^2)+ of select_fit (1: plain empirical Bayes)
 PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  # 0.25 .. 4096, then infinity
+# The candidate fits of the *mean* (the prediction g): none but the judges' mean vote with a fitted offset, its
+# slope w in [0, 1] set by select_fit -- see shrunk_ridge_fit. The spread model v(x) keeps PENALTY_GRID.
+MEAN_FIT_PENALTIES: tuple[float, ...] = ()
 
 
 def loo_residuals(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> np.ndarray:
@@ -88,12 +95,13 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
        t-statistic (tests cross-check it against statsmodels' OLS). Treating C_hat ~ N(C, s^2) with
        C ~ N(0, tau^2), tau^2 estimated by (C_hat^2 - s^2)+, the posterior mean of C is C_hat (1 - s^2 /
        C_hat^2)+ (positive-part James-Stein / empirical Bayes; Efron & Morris 1973), so
-           C_post = C_hat (1 - kappa s^2 / C_hat^2)+,   w = min(1, C_post / D),   kappa = EB_NOISE = 2.
-       kappa = 1 is that posterior mean; kappa = 2 because C_hat is taken for the best of 2 x 16 candidates on
-       the same residuals (optimistic), so a useless judge clears kappa = 1 too often (measured on the
-       shuffled-judge PandaLM pools: worst 1.040x classical with kappa = 1, 1.025x with kappa = 2;
-       docs/statistics.md). A useless judge has t ~ N(0, 1): w = 0 unless |t| > sqrt(2), and small then; a
-       judge whose slope is k standard errors gets (1 - 2/k^2) of its fitted weight. (Before, s was taken as
+           C_post = C_hat (1 - kappa s^2 / C_hat^2)+,   w = min(1, C_post / D),   kappa = EB_NOISE = 1.
+       kappa = 1 is that posterior mean. (With 2 x 16 candidates, C_hat was taken for the best of them on the
+       same residuals, optimistic, and kappa = 2 was needed: shuffled-judge PandaLM pools worst 1.040x classical
+       with kappa = 1, 1.025x with kappa = 2. The mean's fit now has one candidate with a judge, so kappa = 1;
+       the spread model still selects among the grid, where only predictability matters.) A useless judge has
+       t ~ N(0, 1): w = 0 unless |t| > 1, and small then; a judge whose slope is k standard errors gets
+       (1 - 1/k^2) of its fitted weight. (Before, s was taken as
        sd(r d) / sqrt(n), the unconditional spread of the products; for a judge explaining a share R2 of the
        variance that is larger by about sqrt((1 + R2) / (1 - R2)), so a good judge was trusted later; Arena
        ppi 2,858 -> 2,842 labels with the conditional one, same seeds, both with the new bet scaling.)
@@ -134,12 +142,24 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
     return int(k), float(pens[j]), w, ratio
 
 
-def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, float]:
+def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray,
+                     grid: tuple[float, ...] = PENALTY_GRID) -> tuple[float, np.ndarray, float]:
     """Intercept and coefficients of ybar + w (b0 + x (base + delta) - ybar), with (base, penalty, w) chosen by
-    select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are), and select_fit's
-    out-of-sample variance ratio (labels over residuals)."""
+    select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are), the penalties
+    ``grid`` (and infinity), and select_fit's out-of-sample variance ratio (labels over residuals).
+
+    For the mean, fit_calibration passes grid = MEAN_FIT_PENALTIES = (): the only fit with a judge is then the
+    identity base with penalty infinity, b0 + vbar_i (vbar the judges' mean vote, b0 = mean(y - vbar)), so
+        g_i = ybar + w (vbar_i - mean of vbar over the labelled pairs),   w in [0, 1] from select_fit,
+    "the judge's vote means what it says" (slope 1) shrunk towards "no signal" (slope 0) by the empirical-Bayes
+    weight, with kappa = 1 since there is no selection among candidates to correct for. Measured against the
+    previous choice (2 bases x 16 penalties, kappa = 2, first fit at 5 labels) on the PandaLM fixed-theta
+    pools, 100 replays each (docs/statistics.md, "Faster start"): ppi / classical 0.710, 0.746, 0.719, 0.726 ->
+    0.700, 0.693, 0.707, 0.666 with the first fit at 3 labels; useless (shuffled) judge worst 1.023 -> 1.008;
+    Arena ppi 2,832 -> 2,845. Two free parameters fitted from a handful of labels instead of up to five: the
+    weight is trusted sooner and is less often spurious."""
     bases = [np.zeros(x.shape[1]), identity_coef(x.shape[1])]
-    k, pen, w, ratio = select_fit(x, y, bases)
+    k, pen, w, ratio = select_fit(x, y, bases, grid)
     y_mean = float(y.mean())
     if w == 0.0:
         return y_mean, np.zeros(x.shape[1]), 1.0
@@ -223,7 +243,7 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | N
         penalty = PRIOR_PENALTY
     if penalty is None:
         # how much to trust the judges (none, some, all of the fit) and which fit, from these labels (select_fit)
-        b0, beta, ratio = shrunk_ridge_fit(features, labels)
+        b0, beta, ratio = shrunk_ridge_fit(features, labels, MEAN_FIT_PENALTIES)
         label_var = _loo_label_variance(labels)
         resid_var = label_var / ratio
     else:
