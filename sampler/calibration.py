@@ -51,9 +51,10 @@ PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior cali
 PRIOR_VARIANCE_LABELS = 20.0  # a prior's variance estimates count as this many labels of the current pool
 EB_NOISE = 1.0  # kappa in the weight (1 - kappa s^2 / C^2)+ of select_fit (1: plain empirical Bayes)
 PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  # 0.25 .. 4096, then infinity
-# The candidate fits of the *mean* (the prediction g): none but the judges' mean vote with a fitted offset, its
-# slope w in [0, 1] set by select_fit -- see shrunk_ridge_fit. The spread model v(x) keeps PENALTY_GRID.
-MEAN_FIT_PENALTIES: tuple[float, ...] = ()
+# The ridge penalties of the candidate fits of the *mean* (the prediction g), besides infinity: the judges' mean
+# vote as it is, or one moderate ridge step from it or from 0 -- see shrunk_ridge_fit. The spread model v(x)
+# keeps PENALTY_GRID.
+MEAN_FIT_PENALTIES: tuple[float, ...] = (16.0,)
 
 
 def loo_residuals(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> np.ndarray:
