@@ -71,7 +71,7 @@ class ComparisonConfig:
     budget: int | None = None
     method: str = "active"
     uniform_floor: float = 0.5           # gamma: q >= gamma / |R|
-    min_labels_to_calibrate: int = 5     # before this, g = 0 and sampling is uniform
+    min_labels_to_calibrate: int = 3     # before this, g = 0 and sampling is uniform (3: select_fit's least)
     calibration_penalty: float | None = None  # ridge penalty; None: chosen by leave-one-out on past labels
     grid_resolution: int = 400           # candidate-theta grid for the reported interval
     design: str = "without-replacement"  # or "with-replacement" (reference design; labels reused free)
