@@ -384,3 +384,63 @@ def _calibrated_flip_rate(items: Sequence[dict], judges: Sequence[Any], names: l
         xi = np.hstack([vote_columns(j.mode, [v], per_order) for j, v in zip(judges, inj, strict=True)])
         flips.append(verdict(float(cal.predict(judge_features(xi))[0])) != side)
     return (sum(flips) / len(flips)) if flips else None
+
+
+def _prevote_worker(names: list[str], judge_kwargs: dict[str, Any], cache_path: str, items: list[dict],
+                    n_inject: int, injection: str, threads: int) -> tuple[int, float]:
+    """One worker process of ``prevote``: its own model copy with ``threads`` llama.cpp threads; every model
+    juror's vote on ``items`` (and, on the first ``n_inject``, its injected re-vote) into the shared cache.
+    Returns (votes computed, CPU-seconds of this process)."""
+    import os
+
+    os.environ["TIEBREAK_THREADS"] = str(threads)
+    from tiebreak.judges.cache import SqliteVoteCache
+    from tiebreak.judges.jury import judges_from_names
+
+    cache = SqliteVoteCache(cache_path)
+    judges = judges_from_names(names, **judge_kwargs)
+    c0 = time.process_time()
+    n = 0
+    for i, it in enumerate(items):
+        for j in judges:
+            v = j.vote(it["question"], it["response_a"], it["response_b"], "overall", cache)
+            n += 1
+            if i < n_inject:
+                _flip(j, it, v, cache, injection)
+    return n, time.process_time() - c0
+
+
+def prevote(items: Sequence[dict], names: Sequence[str], cache_path: str | Path, workers: int,
+            judge_kwargs: dict[str, Any] | None = None, injection_limit: int = 0,
+            injection: str = DEFAULT_INJECTION, cores: int | None = None) -> dict[str, Any]:
+    """Vote ``items`` with the model jurors of ``names`` in ``workers`` processes, one model copy and
+    ``cores // workers`` llama.cpp threads each, pairs dealt round robin (both responses of a pair go to one
+    process, so its prompt cache serves the shared prefix), into the sqlite vote cache at ``cache_path``;
+    ``evaluate`` then reads them from the cache.
+
+    Why processes and not threads of one model: llama.cpp serialises a context, and on these 2 shared cores
+    one thread per process costs less CPU per token than two threads of one process (which wait for each other
+    whenever another process holds a core). Feature and recorded jurors cost nothing and are skipped here.
+    Returns {"workers", "threads_per_worker", "votes", "wall_seconds", "cpu_seconds"} (CPU of the workers).
+    """
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tiebreak.judges.jury import FEATURE_PREFIX, RECORDED_PREFIX
+
+    model_names = [n for n in names if not n.startswith((FEATURE_PREFIX, RECORDED_PREFIX)) and n != "features"]
+    cores = cores or os.cpu_count() or 2
+    threads = max(1, cores // max(1, workers))
+    out = {"workers": workers, "threads_per_worker": threads, "votes": 0, "wall_seconds": 0.0, "cpu_seconds": 0.0}
+    if not model_names or not items:
+        return out
+    t0 = time.perf_counter()
+    items = list(items)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        futs = [ex.submit(_prevote_worker, model_names, dict(judge_kwargs or {}), str(cache_path), items[k::workers],
+                          len(items[:injection_limit][k::workers]), injection, threads) for k in range(workers)]
+        res = [f.result() for f in futs]
+    out.update(votes=sum(n for n, _ in res), cpu_seconds=sum(c for _, c in res),
+               wall_seconds=time.perf_counter() - t0)
+    return out
