@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     class _PromptsOnly:   # the judge only builds prompts here; the server is called directly
         name = a.preset
 
+        def generate(self, prompts: list[str], *, max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+            raise NotImplementedError
+
         def choice_logprobs(self, prompt, choices):
             raise NotImplementedError
 

@@ -98,7 +98,7 @@ def judge_eval(
         tmp = tempfile.TemporaryDirectory(prefix="tiebreak-votes-")
         vc = SqliteVoteCache(Path(tmp.name) / "votes.sqlite")
     pre = None
-    if workers > 1:
+    if workers > 1 and vc is not None:
         from tiebreak.judges.evaluate import prevote
 
         pre = prevote(items, names, vc.path, workers, {"max_chars": max_chars, "instruction_first": instruction_first},
