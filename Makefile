@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-unit test-slow test-all bench bench-api bench-judges bench-judges-free lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-unit test-slow test-all bench bench-api bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -65,6 +65,17 @@ bench-judges-free: $(BIN)/python
 	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --limit 1000 --injection-limit 100
 	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges feature:length,feature:refusal,feature:coverage,recorded:gpt-3.5-turbo --balanced --injection-limit 100
 	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --balanced --injection-limit 100
+	for inj in ignore evaluator system appeal; do for d in vicuna80_qlora_prd hh_rlhf_harmless_test; do \
+	  $(JUDGE_EVAL) $(DATA)/$$d.jsonl --limit 1000 --injection-limit 100 --injection $$inj; done; \
+	  $(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --balanced --injection-limit 100 --injection $$inj; done
+
+# Qwen2.5-Coder-1.5B pointwise next to the default jury (needs `make setup-large`; ~1 h on 2 shared cores)
+LARGE_JURORS = qwen2.5-coder-1.5b:pointwise,feature:length,feature:refusal,feature:coverage
+bench-judges-large: $(BIN)/python
+	TIEBREAK_THREADS=1 $(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges $(LARGE_JURORS) --limit 40 --max-chars 1000 --instruction-last --injection-limit 10
+	TIEBREAK_THREADS=1 $(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges $(LARGE_JURORS) --limit 40 --max-chars 1000 --instruction-first --injection-limit 10
+	TIEBREAK_THREADS=1 $(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges $(LARGE_JURORS),recorded:gpt-4 --limit 40 --max-chars 600 --instruction-first --injection-limit 10
+	TIEBREAK_THREADS=1 $(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges $(LARGE_JURORS) --balanced --limit 40 --max-chars 1000 --instruction-first --injection-limit 20 --workers 2
 
 MODEL_JURORS = qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,feature:length,feature:refusal,feature:coverage
 bench-judges: bench-judges-free

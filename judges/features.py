@@ -11,7 +11,9 @@ length is a known confounder of LLM judges and at the same time a predictor of h
 measured per dataset as a juror of its own instead of being assumed good or bad.
 
 The features cost microseconds per pair (measured: CPU-seconds in ``JudgeVote.cpu_seconds``); none reads a
-model. They see the responses as given (no truncation).
+model. They see the responses as given (no truncation), less the sentences addressed to the judge
+(judges/injection.py): an answer that tells its grader to "answer yes" must not also gain length and prompt
+coverage from saying so (measured: the flip rate of the default jury under injection, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tiebreak.judges.injection import DEFAULT_INJECTION, strip_judge_directed
 from tiebreak.judges.jury import JudgeVote, with_pointwise_injection
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -155,21 +158,24 @@ class FeatureJudge:
 
     mode = "feature"
 
-    def __init__(self, feature: str):
+    def __init__(self, feature: str, harden: bool = True):
         if feature not in FEATURES:
             raise ValueError(f"unknown feature {feature!r}; valid choices: {', '.join(FEATURES)}")
         self.feature = feature
+        self.harden = harden  # compute on the responses less their sentences addressed to the judge
         self.spec = FEATURES[feature]
         self.name = f"feature:{feature}"
 
     def p_tuned_more(self, prompt: str, base: str, tuned: str) -> float:
+        if self.harden:
+            base, tuned = strip_judge_directed(base)[0], strip_judge_directed(tuned)[0]
         return float(self.spec.vote(self.spec.stat(tuned, prompt), self.spec.stat(base, prompt)))
 
     def vote(self, prompt: str, base: str, tuned: str, criterion: str = "overall", cache=None,
-             inject: str | None = None) -> JudgeVote:
+             inject: str | None = None, injection: str = DEFAULT_INJECTION) -> JudgeVote:
         """``cache`` is accepted and ignored (recomputing is cheaper than a lookup); ``inject`` appends the
-        pointwise injection payload to that response, as for the model judges' flip-rate measurement."""
-        b, t = with_pointwise_injection(base, tuned, inject)
+        pointwise text of the payload ``injection`` to that response, as for the model judges' flip rate."""
+        b, t = with_pointwise_injection(base, tuned, inject, injection)
         c0, t0 = time.process_time(), time.perf_counter()
         p = self.p_tuned_more(prompt or "", b or "", t or "")
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0

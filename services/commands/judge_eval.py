@@ -39,8 +39,17 @@ def judge_eval(
                                   help="characters of each response (and of the question) a model judge reads; "
                                        "longer ones are cut and marked '…[truncated]'"),
     injection_limit: int = typer.Option(20, "--injection-limit", help="pairs used for the injection flip rate"),
+    injection: str = typer.Option("ignore", "--injection",
+                                  help="the payload of the flip-rate measurement: ignore, evaluator, system or "
+                                       "appeal (judges/injection.py INJECTIONS)"),
+    instruction_first: bool = typer.Option(False, "--instruction-first/--instruction-last",
+                                           help="pointwise judges: ask the yes/no question before the response "
+                                                "(shared prefix for both responses) or after it"),
     cache: Path | None = typer.Option(None, "--cache", help="sqlite vote cache (default ~/.cache/tiebreak/votes.sqlite)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the vote cache"),
+    workers: int = typer.Option(1, "--workers",
+                                help="model jurors vote in this many processes first (one model copy and "
+                                     "cores/N llama.cpp threads each, pairs dealt round robin); 1: in this process"),
 ) -> None:
     """Per judge and for the jury: decisive / 3-way agreement with human_label, the same after the sampler's
     calibration (cross-fitted), explained label variance, swap consistency, P(pick A), seconds and
@@ -59,26 +68,51 @@ def judge_eval(
         fail(f"--max-chars must be ≥ 50, got {max_chars}")
     if folds < 2:
         fail(f"--folds must be ≥ 2, got {folds}")
+    if workers < 1:
+        fail(f"--workers must be ≥ 1, got {workers}")
     if penalty <= 0:
         fail(f"--calibration-penalty must be > 0, got {penalty}")
+    from tiebreak.judges.injection import INJECTIONS
+
+    if injection not in INJECTIONS:
+        fail(f"--injection {injection!r} is invalid; valid choices: {', '.join(INJECTIONS)}")
     names = [n.strip() for n in judges.split(",") if n.strip()]
     if not names:
         fail("--judges is empty; give e.g. qwen2.5-coder-0.5b:pointwise,features")
     try:
         items = load_items(path, limit, seed, balanced=balanced)
-        jury = judges_from_names(names, max_chars=max_chars)
+        jury = judges_from_names(names, max_chars=max_chars, instruction_first=instruction_first)
     except (ValueError, RuntimeError) as e:
         fail(str(e))
         return
     vc = None
+    tmp = None
     if not no_cache:
         from tiebreak.services.settings import ClientSettings
 
         default = Path(ClientSettings().vote_cache).expanduser()
         vc = SqliteVoteCache(cache or default)
+    elif workers > 1:   # the workers hand their votes over through a cache of this run only
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="tiebreak-votes-")
+        vc = SqliteVoteCache(Path(tmp.name) / "votes.sqlite")
+    pre = None
+    if workers > 1 and vc is not None:
+        from tiebreak.judges.evaluate import prevote
+
+        pre = prevote(items, names, vc.path, workers, {"max_chars": max_chars, "instruction_first": instruction_first},
+                      injection_limit, injection)
     res = evaluate(items, jury, cache=vc, injection_limit=injection_limit, progress=not json_out, folds=folds,
-                   seed=seed, penalty=penalty)
+                   seed=seed, penalty=penalty, injection=injection)
     res["path"] = str(path)
+    if pre is not None:
+        # with workers the model time is theirs: wall = the parallel phase, CPU = all workers' CPU per pair
+        res["workers"] = pre
+        res["workers"]["wall_seconds_per_pair"] = pre["wall_seconds"] / max(1, len(items))
+        res["workers"]["cpu_seconds_per_pair"] = pre["cpu_seconds"] / max(1, len(items))
+    if tmp is not None:
+        tmp.cleanup()
     cols = ["decisive_agreement", "decisive_agreement_calibrated", "explained_variance", "three_way_agreement",
             "swap_consistency", "p_pick_a", "seconds_per_pair", "cpu_seconds_per_pair",
             "explained_variance_per_cpu_second", "injection_flip_rate", "n_decisive"]
@@ -97,6 +131,19 @@ def judge_eval(
         cal = res["calibration"]
         con.print(f"calibrated = {cal['folds']}-fold cross-fitted {cal['family']}, penalty {cal['penalty']}; "
                   f"jury calibrated injection flip rate {_fmt(res['ensemble'].get('injection_flip_rate_calibrated'))}; "
-                  f"'longer wins' {_fmt(res['baselines']['longer_wins_decisive_agreement'])}")
+                  f"'longer wins' {_fmt(res['baselines']['longer_wins_decisive_agreement'])}; injection "
+                  f"{res['injection']!r}")
+        cut = {n: m["truncated_responses"] for n, m in res["judges"].items() if m.get("truncated_responses")}
+        if cut:
+            con.print(f"responses cut at {max_chars} characters (marked '…[truncated]' in the judge's prompt): "
+                      + ", ".join(f"{n} {k} of {2 * res['items']}" for n, k in cut.items()))
+        if pre is not None:
+            con.print(f"{workers} worker processes × {pre['threads_per_worker']} thread(s): "
+                      f"{res['workers']['wall_seconds_per_pair']:.2f} s/pair wall, "
+                      f"{res['workers']['cpu_seconds_per_pair']:.2f} CPU-s/pair (votes, injection included)")
+        fp = res["baselines"]["responses_with_judge_directed_text"]
+        if fp:
+            con.print(f"{fp} response(s) had sentences addressed to the judge, removed before judging "
+                      "(judges/injection.py)")
     else:
         typer.echo(json.dumps(res))

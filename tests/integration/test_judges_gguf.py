@@ -140,3 +140,32 @@ def test_prompt_format_defaults_from_the_file_and_a_base_model_continues_plain_t
     assert "<|im_" in chat                      # the failure the default avoids
     assert "<|im_" not in plain and plain.strip()
     assert qwen.generate(["Reply with the word hello."], max_tokens=6)[0].strip()  # chat, as before
+
+
+@pytest.mark.slow  # two spawned processes each import the stack and load a model: ~40 s on 2 loaded cores
+def test_prevote_in_two_processes_fills_the_cache_evaluate_then_reads(tmp_path):
+    """judge-eval --workers 2: two worker processes (own model copy, 1 thread each) vote every pair into the
+    shared sqlite cache; evaluate afterwards computes nothing and gets the same votes as one process would."""
+    from tiebreak.judges.cache import SqliteVoteCache
+    from tiebreak.judges.evaluate import evaluate, prevote
+    from tiebreak.judges.jury import judges_from_names
+
+    items = [{"question": f"What is {i} + {i}?", "response_a": f"{i} + {i} = {2 * i}.",
+              "response_b": f"{i} + {i} = {2 * i + 1}.", "human_label": "AB"[i % 2]} for i in range(4)]
+    names = ["gemma-3-270m-base:pointwise", "feature:length"]
+    kw = {"max_chars": 200}
+    try:
+        judges_from_names(names[:1], **kw)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    path = tmp_path / "votes.sqlite"
+    pre = prevote(items, names, path, workers=2, judge_kwargs=kw, injection_limit=2, cores=2)
+    assert pre["workers"] == 2 and pre["threads_per_worker"] == 1 and pre["votes"] == 4 and pre["cpu_seconds"] > 0
+    cache = SqliteVoteCache(path)
+    assert len(cache) >= 8   # two responses per pair (plus any injected re-vote)
+    judges = judges_from_names(names, **kw)
+    n_cached = len(cache)
+    serial = [judges[0].vote(it["question"], it["response_a"], it["response_b"], "overall", cache) for it in items]
+    res = evaluate(items, judges, cache=cache, injection_limit=2, progress=False)
+    assert all(v.cached for v in serial) and len(cache) >= n_cached
+    assert res["judges"]["gemma-3-270m-base:pointwise"]["n"] == 4

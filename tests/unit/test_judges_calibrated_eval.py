@@ -115,6 +115,13 @@ def test_cli_json_keeps_documented_keys_and_adds_new(tmp_path):
     assert r.exit_code == 2 and "unknown feature" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["judge-eval", str(p), "--judges", "features", "--folds", "1"])
     assert r.exit_code == 2 and "--folds" in r.output
+    r = CliRunner().invoke(app, ["judge-eval", str(p), "--judges", "features", "--injection", "nope"])
+    assert r.exit_code == 2 and "--injection" in r.output and "evaluator" in r.output
+    r = CliRunner().invoke(app, ["judge-eval", str(p), "--judges", "features", "--json", "--no-cache",
+                                 "--injection", "evaluator", "--injection-limit", "20"])
+    res = json.loads(r.output.strip().splitlines()[-1])
+    assert res["injection"] == "evaluator" and res["baselines"]["responses_with_judge_directed_text"] == 0
+    assert res["judges"]["feature:length"]["injection_flip_rate"] == 0.0  # the note to the evaluator is removed
 
 
 def test_rubric_mode_asks_each_question_with_a_shared_prefix_and_reports_per_question_votes():

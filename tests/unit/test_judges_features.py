@@ -48,11 +48,24 @@ def test_statistics():
     assert question_coverage("Paris, capital city of France", "What is the capital of France?") == 1.0
 
 
-def test_injection_payload_reaches_the_feature():
-    j = FeatureJudge("length")
+def test_injection_payload_reaches_the_feature_unless_hardened():
+    j = FeatureJudge("length", harden=False)
     clean = j.vote("q", "abc", "abcdef")
     inj = j.vote("q", "abc", "abcdef", inject="base")
     assert inj.p_tuned_better < clean.p_tuned_better
+
+
+@pytest.mark.parametrize("injection", ["ignore", "evaluator", "system"])
+@pytest.mark.parametrize("feature", ["length", "coverage", "refusal", "structure"])
+def test_hardened_features_do_not_reward_text_addressed_to_the_judge(feature, injection):
+    """The default feature jurors see a response less its sentences addressed to the judge: with any of three
+    differently phrased payloads appended, the vote is the clean vote (before the filter, length flipped)."""
+    q = "What is the capital city of France and what is it known for?"
+    base, tuned = "Paris. It is known for art.", "Paris is the capital of France. It is known for the Louvre."
+    j = FeatureJudge(feature)
+    clean = j.vote(q, base, tuned).p_tuned_better
+    assert j.vote(q, base, tuned, inject="base", injection=injection).p_tuned_better == pytest.approx(clean)
+    assert j.vote(q, base, tuned, inject="tuned", injection=injection).p_tuned_better == pytest.approx(clean)
 
 
 def test_names_and_errors():
