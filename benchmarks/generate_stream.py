@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--pipeline", default="ray", choices=["local", "ray"])
     ap.add_argument("--model", default="gemma-3-270m-base")
-    ap.add_argument("--timeout", type=float, default=1800.0)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="stop waiting after this many seconds (the "
+                    "line then has no ready_s)")
     a = ap.parse_args()
     model = {"backend": "gguf", "preset": a.model, "n_ctx": 1024}
     prompts = [{"id": f"q{i}", "text": f"Give one practical tip about topic number {i} in a sentence."}
@@ -62,6 +63,7 @@ def main() -> None:
                     first = time.monotonic() - t0
                     out.update(first_pair_s=round(first, 2), pairs_generated_then=st["generated"],
                                outputs_made_then=st["progress"].get("generated"))
+                    print(json.dumps({"first_pair": out}), file=sys.stderr, flush=True)
                 c.post(f"/v1/runs/{rid}/labels", json={"lease_id": p["lease_id"], "pair_id": p["pair_id"],
                                                        "annotator": "bench", "verdict": "left"}).raise_for_status()
                 labels_while_generating += st["status"] == "generating"
