@@ -5,8 +5,9 @@ time until every output exists (what a run waited for before).
 
 Starts `tiebreak serve` (embedded Redis, the given pipeline) on 127.0.0.1, creates a run that generates both
 sides with a local GGUF model (the same preset for base and tuned: plumbing, not quality) over N prompts, with the
-free judge `feature:length`, and one annotator that asks `next` every 0.25 s (honouring nothing else: a 204 with
-Retry-After is counted) and labels each pair it gets at once. Prints one JSON line: first_pair_s, the outputs
+free judge `feature:length`, and one annotator that asks `next` every 0.25 s (a 204 with Retry-After is counted)
+and labels each pair it gets at once, always "tie" (theta = 1/2: the run is not decided early, which would stop
+generation). Prints one JSON line: first_pair_s, the outputs
 made at that moment, labels given while generation was still going, all_outputs_s, ready_s.
 """
 
@@ -65,12 +66,13 @@ def main() -> None:
                                outputs_made_then=st["progress"].get("generated"))
                     print(json.dumps({"first_pair": out}), file=sys.stderr, flush=True)
                 c.post(f"/v1/runs/{rid}/labels", json={"lease_id": p["lease_id"], "pair_id": p["pair_id"],
-                                                       "annotator": "bench", "verdict": "left"}).raise_for_status()
+                                                       "annotator": "bench", "verdict": "tie"}).raise_for_status()
                 labels_while_generating += st["status"] == "generating"
             elif nxt.headers.get("Retry-After"):
                 waits += 1
             if st["status"] == "ready":
-                out.update(ready_s=round(time.monotonic() - t0, 2), labels=st["labels"])
+                out.update(ready_s=round(time.monotonic() - t0, 2), labels=st["labels"], decision=st["decision"],
+                           pairs_generated=st["generated"])
                 break
             time.sleep(0.25)
         out.update(all_outputs_s=None if all_out is None else round(all_out, 2),
