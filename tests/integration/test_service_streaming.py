@@ -171,6 +171,9 @@ def test_generate_run_is_drawn_from_the_start_and_serves_a_drawn_pair_once_its_o
     assert st["status"] == "ready" and st["generated"] == 40
     assert _label(svc2, rid, 3) == 3                 # plain labelling from here on
     svc2.close()
+    svc3 = RunService(store)
+    assert svc3.runtime(rid).ungenerated == set() and svc3.status(rid)["generated"] == 40
+    svc3.close()
 
 
 def test_generate_run_with_judges_goes_on_to_judging_and_adding_pairs_waits_for_generation(store):
@@ -187,3 +190,22 @@ def test_generate_run_with_judges_goes_on_to_judging_and_adding_pairs_waits_for_
     svc.add_votes(rid, {i: {"overall": [0.7]} for i in range(12)})
     assert svc.status(rid)["status"] == "ready"
     svc.close()
+
+
+def test_a_run_decided_before_its_outputs_exist_keeps_saying_how_many_were_made_after_a_reload(store):
+    svc = RunService(store)
+    prompts = [{"id": f"p{i}", "text": f"question {i}"} for i in range(20)]
+    rid = svc.create_run({"name": "g", "generate": {"base": "b.gguf", "tuned": "t.gguf", "prompts": prompts},
+                          "budget": 1, "seed": 8})
+    assert svc.next_pair(rid, "a") == {"retry_after": 2.0}
+    svc.outputs_ready(rid, _outputs(svc.generation_wanted(rid) + ["p0", "p1"]))
+    assert _label(svc, rid, 1) == 1
+    assert svc.run_finished(rid) and svc.status(rid)["decision"] == "undecided"
+    svc.set_status(rid, "ready")                   # what the pipeline does when it stops generating
+    made = svc.status(rid)["generated"]
+    assert 1 <= made <= 3
+    svc.close()
+    svc2 = RunService(store)
+    st = svc2.status(rid)
+    assert st["status"] == "ready" and st["generated"] == made and svc2.next_pair(rid, "a") is None
+    svc2.close()
