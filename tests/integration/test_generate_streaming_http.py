@@ -1,6 +1,6 @@
 """A generate run streams (issue 10): through real HTTP, with the real Gemma-270M GGUF generating both sides
 in the server's pipeline, the first `next` is answered (after a few 204 + Retry-After while the drawn pair is
-made) long before every output exists, and the run goes on to its judge once generation ends."""
+made) long before every output exists; a run decided while generating stops generating."""
 
 from __future__ import annotations
 
@@ -47,14 +47,11 @@ def test_first_pair_is_served_while_most_outputs_are_still_being_generated(tmp_p
         lab = c.post(f"/v1/runs/{rid}/labels", json={"lease_id": pair["lease_id"], "pair_id": pair["pair_id"],
                                                      "annotator": "ann", "verdict": "left"})
         assert lab.status_code == 200 and lab.json()["labels"] == 1, lab.text
-        while (st := c.get(f"/v1/runs/{rid}").json())["status"] in ("generating", "judging"):
-            assert time.monotonic() - t0 < 600, st
-            time.sleep(0.5)
-        assert st["status"] == "ready", st
-        assert (st["generated"], st["judged"], st["labels"]) == (N, N, 1)
-        assert st["progress"]["generated"] == 2 * N
-        print(f"first pair after {first_s:.1f} s ({waits} answers 204), every output after "
-              f"{time.monotonic() - t0:.1f} s")
+        st = c.get(f"/v1/runs/{rid}").json()
+        assert st["labels"] == 1 and st["judged"] == 0 and st["progress"]["generated"] >= 2
+        print(f"first pair after {first_s:.1f} s ({waits} answers 204)")
+        # the rest (every output, then the judge, then "ready") is the pipeline's plain work, checked on Ray with
+        # the same model in test_service_ray.py::test_generate_then_judge_and_survive_a_judge_crash
 
 
 def test_a_run_decided_while_generating_stops_generating(tmp_path):
