@@ -198,6 +198,7 @@ class Comparison:
         self.pool_version = 0
         self.slices: SliceTracker | None = None  # per-slice verdicts on the same draws (set_slices)
         self._arrived: dict[int, np.ndarray] = {}  # streaming: votes received, used from the next refit
+        self._arrived_at: dict[int, int] = {}      # ... and how many draws existed when each arrived
         self._set_pool(votes, voted)
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -426,11 +427,16 @@ class Comparison:
     def add_votes(self, items, judge_votes) -> None:
         """Judge votes that arrived for pairs created without them (a streaming run: labels start at once).
 
-        Held back until the next calibration refit (``_refit``, which runs between draws): g_t and q_t stay
-        functions of the draws processed before t and of votes that arrived before the last refit, so they are
-        predictable whenever the times at which votes arrive do not depend on the labels (the judges never see
-        a label). Before the first draw of the pool version nothing is predicted yet and they are used at once,
-        so a run whose votes all arrive before labelling starts is the wait-for-all run exactly.
+        Held back until the next calibration refit (``_refit``, which runs between draws), and a refit made
+        when draws 0..p-1 are processed uses only the votes that arrived before draw p was *made* (each vote is
+        stamped with ``len(draws)`` on arrival). So the prediction g_t used for draw t, and the scores behind
+        q_t, are functions of the labels processed before t and of votes that arrived before I_t was drawn:
+        whatever the machines did until then depends on I_1..I_{t-1}, the seed and the machines' own timing,
+        never on I_t, even when they react to draws (a generate run makes a drawn pair's outputs, and hence
+        its votes, first; several annotators leave draws pending while votes come in). With one annotator
+        (no pending draws) every vote that arrived before the refit is used, as before. Before the first draw
+        of the pool version nothing is predicted yet and they are used at once, so a run whose votes all arrive
+        before labelling starts is the wait-for-all run exactly.
         """
         idx = np.asarray(items, dtype=int).reshape(-1)
         rows = _checked_votes(np.asarray(judge_votes, dtype=float).reshape(idx.size, self.votes.shape[1]))
@@ -438,6 +444,7 @@ class Comparison:
             raise ValueError(f"pair index outside the pool (0..{self.n_items - 1})")
         for i, r in zip(idx.tolist(), rows, strict=True):
             self._arrived[i] = r
+            self._arrived_at[i] = len(self.draws)
         if not self.draws and self._use_arrived_votes():
             self._apply_calibration()
             self._set_sampler_scores()
@@ -456,13 +463,16 @@ class Comparison:
             out[i] = r
         return out
 
-    def _use_arrived_votes(self) -> bool:
-        """Move arrived votes into the feature rows (at refits, or before the first draw)."""
-        if not self._arrived:
+    def _use_arrived_votes(self, made_before: int | None = None) -> bool:
+        """Move arrived votes into the feature rows (at refits, or before the first draw); with ``made_before``
+        = p only those that arrived before draw p was made (see add_votes), the others stay held back."""
+        ready = [i for i in self._arrived if made_before is None or self._arrived_at.get(i, 0) <= made_before]
+        if not ready:
             return False
-        idx = np.fromiter(self._arrived.keys(), dtype=int, count=len(self._arrived))
-        rows = np.vstack(list(self._arrived.values()))
-        self._arrived = {}
+        idx = np.asarray(ready, dtype=int)
+        rows = np.vstack([self._arrived.pop(i) for i in ready])
+        for i in ready:
+            self._arrived_at.pop(i, None)
         self.votes = self.votes.copy()
         self.votes[idx] = rows
         self.voted[idx] = True
@@ -566,7 +576,8 @@ class Comparison:
         # Exactly the labels of the draws processed so far: a function of I_1..I_t (and their fixed labels)
         # only, whichever pairs happen to be pending or labelled early, so g_{t+1} is predictable by construction.
         # (Adding other known labels made the fit depend on which pair was pending, i.e. on the next draw.)
-        self._use_arrived_votes()  # between draws: the features of draw t+1 on are fixed here
+        # between draws: the features of draw t+1 on are fixed here, from votes that arrived before it was made
+        self._use_arrived_votes(made_before=self.processed)
         items = np.fromiter((d.item for d in self.draws[: self.processed]), dtype=int)
         ys = np.asarray([self.labels[i] for i in items])
         self.calibration = fit_calibration(self.features[items], ys, self.config.calibration_penalty, self.prior)
@@ -659,7 +670,8 @@ class Comparison:
             # streaming: which pairs' votes are in use, which arrived (their votes come from judge_votes)
             **({} if self.voted.all() and not self._arrived else {
                 "voted": pack(np.packbits(self.voted), "u1"),
-                "arrived": pack(sorted(self._arrived), "<i8")}),
+                "arrived": pack(sorted(self._arrived), "<i8"),
+                "arrived_at": pack([self._arrived_at.get(i, 0) for i in sorted(self._arrived)], "<i8")}),
             "labels": {"items": pack(list(self.labels.keys()), "<i8"), "values": pack(list(self.labels.values()))},
             "draws": {"items": pack([d.item for d in self.draws], "<i8"),
                       "probs": pack([d.prob for d in self.draws]),
@@ -709,11 +721,16 @@ class Comparison:
         self.pool_version = d["pool_version"]
         self.slices = None
         self._arrived = {}
+        self._arrived_at = {}
         voted = None
         if d.get("voted") is not None:
             voted = np.unpackbits(unpack(d["voted"], "u1"), count=votes.shape[0]).astype(bool)
             full = votes
-            self._arrived = {int(i): full[int(i)].copy() for i in unpack(d["arrived"], "<i8").tolist()}
+            arrived = unpack(d["arrived"], "<i8").tolist()
+            self._arrived = {int(i): full[int(i)].copy() for i in arrived}
+            # states saved before the stamps: every held vote counts as arrived before the pending draws
+            stamps = unpack(d["arrived_at"], "<i8").tolist() if d.get("arrived_at") is not None else [0] * len(arrived)
+            self._arrived_at = {int(i): int(s) for i, s in zip(arrived, stamps, strict=True)}
         self._set_pool(votes, voted)
         if isinstance(d["draws"], dict):
             dd = d["draws"]

@@ -314,6 +314,37 @@ def interval_bar(lo: float, hi: float, est: float | None, width: int = 50, margi
     return "0 " + "".join(cells) + " 1"
 
 
+def judges_value_rows(values: dict[str, dict]) -> list[list[str]]:
+    """The status' ``judges_value`` as the live view's rows: judge, share of label variance explained (the
+    share of labels it saves) with its interval, labels saved, state, CPU-seconds, pairs voted."""
+    rows = []
+    for name, v in values.items():
+        lo, hi = v.get("interval") or [0.0, 1.0]
+        level = f"{100 * float(v.get('level', 0.9)):g}%"
+        saved = v.get("labels_saved")
+        cpu = v.get("cpu_s")
+        rows.append([name, f"{float(v.get('value', 0.0)):.3f} ({level}: {lo:.3f}–{hi:.3f})",
+                     "—" if saved is None else f"{float(saved):.1f}", str(v.get("state") or "—"),
+                     "—" if cpu is None else f"{float(cpu):.1f}",
+                     "—" if v.get("pairs_voted") is None else str(v["pairs_voted"])])
+    return rows
+
+
+def judges_value_table(values: dict[str, dict]) -> Any:
+    """A rich table of ``judges_value_rows`` (None when the run has no judges)."""
+    from rich.table import Table
+
+    rows = judges_value_rows(values)
+    if not rows:
+        return None
+    jv = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
+    for c in ("judge", "label variance explained", "labels saved", "state", "CPU-s", "pairs voted"):
+        jv.add_column(c)
+    for r in rows:
+        jv.add_row(*r)
+    return jv
+
+
 def render_live(s: LiveState) -> Any:
     from rich.console import Group
     from rich.panel import Panel
@@ -358,6 +389,9 @@ def render_live(s: LiveState) -> Any:
             mv = "—" if r.get("mean_vote") is None else f"{r['mean_vote']:.3f}"
             jr.add_row(r["name"], str(r.get("n", 0)), agree, bias, mv)
         t.add_row("judge agreement", jr)
+    value_table = judges_value_table(st.get("judges_value") or {})
+    if value_table is not None:
+        t.add_row("judges' value", value_table)
     if len(s.lanes) > 1:
         ct = Table(box=None, padding=(0, 1), show_header=True, header_style="dim")
         for c in ("same pairs, same crowd answers", "judges", "votes", "labels", "estimate", "interval", "decision"):

@@ -212,6 +212,100 @@ class Pipeline:
             self._judge(rid, meta)
 
     def _generate(self, rid: str, meta: dict) -> None:
+        if not meta.get("generate_streams"):
+            self._generate_then_add(rid, meta)     # a run stored before generate runs streamed
+            return
+        self._generate_streaming(rid, meta)
+
+    def _generate_streaming(self, rid: str, meta: dict) -> None:
+        """Both models' outputs for a streaming generate run, one actor per model, each pair's outputs handed
+        to the run (``outputs_ready``) the moment both exist. Order: the pairs the sampler drew and is waiting
+        for first (``generation_wanted``, asked before every batch), then a random order (the run's seed).
+
+        Validity does not rest on this order (the draws never depend on what is generated): it only decides
+        how long a human waits. Votes come later (judging starts when every output exists), and the sampler
+        uses a vote only to predict draws made after it arrived (sampler.engine ``add_votes``), so the
+        priority given to drawn pairs cannot leak into the estimate (docs/statistics.md, "Generate runs
+        stream"). A GGUF model generates one prompt per call (it runs them one by one anyway), so a drawn pair
+        waits for at most one other prompt per model; remote backends get ``batch_size`` prompts per call."""
+        svc, store = self.service, self.service.store
+        gen = meta["generate"]
+        text = {str(p["id"]): p["text"] for p in gen["prompts"]}
+        ids = list(text)
+        have = store.all_outputs(rid)
+        lock = threading.Lock()
+        rng = np.random.default_rng([int(meta.get("seed") or 0), 0x67656E])
+        order = [ids[k] for k in rng.permutation(len(ids))]
+
+        def complete(pid: str) -> tuple[str, str] | None:
+            b, t = have.get(f"base:{pid}"), have.get(f"tuned:{pid}")
+            return (b, t) if b is not None and t is not None else None
+
+        # outputs made before a restart: hand over the complete pairs (the run ignores those it has)
+        done0 = {pid: both for pid in ids if (both := complete(pid)) is not None}
+        left = svc.outputs_ready(rid, done0, made=len(have))
+        kw = {"max_tokens": gen.get("max_tokens", 256), "temperature": gen.get("temperature", 0.0)}
+        errors: list[BaseException] = []
+
+        def side_loop(side: str, handle: Any, per_call: int) -> None:
+            cursor = 0
+            try:
+                while not errors:
+                    if svc.run_finished(rid):    # every verdict is final: nobody will label another pair
+                        return
+                    wanted = [pid for pid in svc.generation_wanted(rid) if f"{side}:{pid}" not in have]
+                    batch = wanted[:per_call]      # a drawn pair goes alone: its human is waiting
+                    while not wanted and len(batch) < per_call and cursor < len(order):
+                        pid = order[cursor]
+                        cursor += 1
+                        if f"{side}:{pid}" not in have:
+                            batch.append(pid)
+                    if not batch:
+                        return
+                    rows = [(pid, text[pid]) for pid in batch]
+                    if self.mode == "local":
+                        result = handle.call("generate", rows, **kw)
+                    else:
+                        ray = self._ensure_ray()
+                        result = ray.get(handle.generate.remote(rows, **kw))
+                    store.set_outputs(rid, {f"{side}:{pid}": out for pid, out in result.items()})
+                    with lock:
+                        have.update({f"{side}:{pid}": out for pid, out in result.items()})
+                        done = {pid: both for pid in result if (both := complete(pid)) is not None}
+                        made = len(have)
+                    svc.outputs_ready(rid, done, made=made)
+                    if self.metrics:
+                        self.metrics.generated.inc(len(result))
+            except BaseException as e:  # noqa: BLE001 - reported by the pipeline thread (run failed)
+                errors.append(e)
+
+        threads = []
+        if left:
+            for side in SIDES:
+                spec = gen[side]
+                per_call = 1 if (not isinstance(spec, dict) or spec.get("backend", "gguf") == "gguf") \
+                    else self.batch_size
+                h = self._actor(f"{rid}:gen:{side}", GenerationWorker, spec, self.n_threads)
+                t = threading.Thread(target=side_loop, args=(side, h, per_call), name=f"gen-{rid}-{side}",
+                                     daemon=True)
+                t.start()
+                threads.append(t)
+        for t in threads:
+            t.join()
+        for side in SIDES:
+            self._kill(f"{rid}:gen:{side}")
+        if errors:
+            raise errors[0]
+        missing = [pid for pid in ids if complete(pid) is None]
+        if missing and svc.run_finished(rid):
+            log.info("run %s decided with %d prompts not generated: generation stopped", rid, len(missing))
+            svc.set_status(rid, "ready")       # nothing more to do: no judging either
+            return
+        if missing:
+            raise RuntimeError(f"generation incomplete for prompts {missing[:5]}")
+
+    def _generate_then_add(self, rid: str, meta: dict) -> None:
+        """A generate run stored before streaming (its pairs are created once every output exists)."""
         svc, store = self.service, self.service.store
         gen = meta["generate"]
         prompts = [(p["id"], p["text"]) for p in gen["prompts"]]

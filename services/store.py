@@ -257,6 +257,12 @@ class RedisStore:
                 p.pexpire(self.k(rid, what), ttl)
             p.execute()
 
+    def pair_update_cmds(self, rid: str, rows: dict[int, dict]) -> list[list[str]]:
+        """The command that rewrites stored pair rows {idx: row} (a generate run's outputs, as they are made)."""
+        items = [(str(i), json.dumps(row)) for i, row in rows.items()]
+        return [["HSET", self.k(rid, "pairs"), *[x for kv in items[off:off + HSET_CHUNK] for x in kv]]
+                for off in range(0, len(items), HSET_CHUNK)]
+
     def n_pairs(self, rid: str) -> int:
         return int(self.r.hlen(self.k(rid, "pairs")))
 

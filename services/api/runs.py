@@ -78,7 +78,9 @@ def _utc_iso(ts: float) -> str:
 
 
 @router.get("/{run_id}/next", response_model=NextPair,
-            responses={204: {"description": "nothing to label now (decided, or every pair leased/labelled)"},
+            responses={204: {"description": "nothing to label now (decided, or every pair leased/labelled); with "
+                                            "a Retry-After header (seconds): the pair drawn for you is being "
+                                            "generated, ask again then"},
                        404: {"model": ErrorOut}})
 async def next_pair(runs: RunsDep, run_id: str = RunId,
                     annotator: str | None = Query(None, min_length=1, max_length=200, pattern=r"^[^|]+$",
@@ -89,6 +91,8 @@ async def next_pair(runs: RunsDep, run_id: str = RunId,
     got = await runs.next_pair_async(run_id, name)
     if got is None:
         return Response(status_code=204)
+    if "lease_id" not in got:       # a generate run: the drawn pair's outputs are still being made
+        return Response(status_code=204, headers={"Retry-After": str(max(1, round(got["retry_after"])))})
     got["lease_expires_at"] = _utc_iso(got["lease_expires_at"])
     return _json(got)
 

@@ -127,14 +127,20 @@ def _terminal_labeller(client: Any, run_id: str, token: str, annotator: str, sto
     from rich.panel import Panel
 
     con = Console()
+    told = False
     while not stop.is_set():
         pair = client.next_pair(run_id, annotator, token=token)
         if pair is None:
             st = client.status(run_id)
             if st["decision"] != "running" or st["status"] == "failed":
                 return
+            if st["status"] == "generating" and not told:   # a generate run: the drawn pair is being made
+                con.print(f"[dim]the next pair is being generated ({st['generated']}/{st['n_pairs']} pairs "
+                          "ready so far)…[/dim]")
+                told = True
             time.sleep(0.5)
             continue
+        told = False
         con.rule(f"pair {pair['pair_id']}")
         con.print(Panel(pair["prompt"], title="prompt"))
         con.print(Panel(pair["left"], title="[1] left"))
@@ -248,6 +254,8 @@ def compare(
     # ----------------------------------------------------------------------------------------- run it
     from rich.console import Console
 
+    from tiebreak.services.commands.progress import ProgressLine
+
     console = Console(stderr=True)
     svc = None
     if server is None:
@@ -270,7 +278,10 @@ def compare(
             if svc is not None:
                 # this process hosts the service: finish generation and judging before it goes away
                 deadline = time.time() + timeout
+                shown = ProgressLine()
                 while (st := client.status(run_id))["status"] in ("generating", "judging"):
+                    if (line := shown.line(st, time.monotonic())) is not None:
+                        console.print(line, soft_wrap=True)
                     if time.time() > deadline:
                         raise ApiError(f"generation/judging not finished after {timeout:.0f} s", EXIT_ERROR)
                     time.sleep(0.5)
@@ -299,25 +310,21 @@ def compare(
             worker = threading.Thread(target=_terminal_labeller, args=(client, run_id, ann_token, ann_name, stop),
                                       daemon=True)
         deadline = time.time() + timeout
-        last = None
+        shown = ProgressLine()
         while True:
             st = client.status(run_id)
             if st["status"] == "failed":
                 raise ApiError(f"run failed: {st.get('error')}", EXIT_ERROR)
-            # pairs are labellable while the judges still vote (a streaming run): start as soon as they exist
-            if worker is not None and not worker.is_alive() and st["status"] in ("ready", "judging") \
+            # pairs are labellable while outputs are generated and judges vote (a streaming run): start at once
+            if worker is not None and not worker.is_alive() and st["status"] in ("ready", "judging", "generating") \
                     and worker.ident is None:
                 worker.start()
             if annot is not None and annot.error:
                 raise ApiError(f"annotator: {annot.error}", EXIT_ERROR)
-            key = (st["status"], st["labels"], st["votes"], st["decision"])
-            if key != last and mode != "terminal":
-                lo, hi = st["interval"]
-                est = st.get("estimate")
-                console.print(f"{st['status']}: votes {st['votes']}/{st['n_pairs']}, labels {st['labels']}, "
-                              f"estimate {'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
-                              f"decision {st['decision']}")
-                last = key
+            # one line per change, and one at least every 10 s while outputs are made or judges vote (with
+            # an ETA from the measured rate); the terminal labeller owns the screen, so it gets none
+            if mode != "terminal" and (line := shown.line(st, time.monotonic())) is not None:
+                console.print(line, soft_wrap=True)
             if st["decision"] != "running" and (not st.get("slices") or st.get("finished")):
                 break  # the overall verdict, and with slices every slice verdict, is final
             if mode == "terminal" and worker is not None and worker.ident is not None and not worker.is_alive():

@@ -20,10 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tiebreak.services.runs.model import OVERALL, Lease, Pending, RunRuntime, feed, next_items
-from tiebreak.services.runs.shared_draws import batch_family, choose_family
+from tiebreak.services.runs.shared_draws import batch_family, choose_family, waiting_for_outputs
 from tiebreak.services.runs.status import DecidedEvents
 from tiebreak.services.runs.writer import RunWriter
 from tiebreak.services.store import RedisStore
+
+# What `next` answers (204 with this Retry-After, seconds) while the pair the sampler drew is still being generated
+RETRY_AFTER_S = 2.0
 
 
 def live_leases(rt: RunRuntime, now: float) -> list[Lease]:
@@ -56,8 +59,9 @@ class Leases:
         self.metrics = metrics
 
     def next_pair(self, rt: RunRuntime, annotator: str) -> Pending:
-        """Lease the next pair of run ``rt`` for ``annotator`` (the answer: the blind view, or None when nothing
-        is to be labelled now). Call with ``rt.lock`` held; the write is queued (``Pending``)."""
+        """Lease the next pair of run ``rt`` for ``annotator`` (the answer: the blind view; None when nothing
+        is to be labelled now; ``{"retry_after": s}`` when the drawn pair's outputs are still being generated).
+        Call with ``rt.lock`` held; the write is queued (``Pending``)."""
         if not rt.comps or rt.finished:
             return Pending(None, lambda _: None)
         now = self.clock()
@@ -81,13 +85,20 @@ class Leases:
         else:
             chosen, drew = self._choose_per_comparison(rt, eligible)
         if chosen is None:
+            # a streaming generate run whose drawn pair is still being generated: "ask again shortly"
+            wait = {"retry_after": RETRY_AFTER_S} if waiting_for_outputs(rt) else None
             if not drew:
                 if dead:
                     self.writer.enqueue(rt, release=dead)
-                return Pending(None, lambda _: None)
+                return Pending(None, lambda _: wait)
             event = self.events.check(rt)
             fut = self.writer.enqueue(rt, meta=rt.meta if event else None, release=dead)
-            return Pending(fut, lambda _: self.events.send(event))
+
+            def finish_wait(_: Any) -> dict | None:
+                self.events.send(event)
+                return wait
+
+            return Pending(fut, finish_wait)
         le = Lease(uuid.uuid4().hex, chosen, annotator, now + float(rt.meta["lease_ttl_s"]))
         # expired leases on this pair are superseded: the pair is someone else's now
         superseded = [lid for lid, old in rt.leases.items() if old.idx == chosen and old.expires <= now]

@@ -84,6 +84,11 @@ def load_run(store: RedisStore, rid: str, clock: Callable[[], float]) -> tuple[R
         pair_ids[i] = pid
     rt = RunRuntime(rid, meta, index, pair_ids)
     rt.seq = store.load_seq(rid)
+    if meta.get("generate_streams") and int((meta.get("progress") or {}).get("pairs_generated", 0)) < len(pair_ids):
+        # a streaming generate run: its pairs exist from the start, their outputs as they are made (or never,
+        # for prompts a decided run did not need)
+        rows = store.get_pairs(rid, range(len(pair_ids)))
+        rt.ungenerated = {i for i, row in enumerate(rows) if row is None or row.get("generated") is False}
     rt.n_voted = store.n_votes(rid)
     n = meta["n_active"]
     if n:

@@ -73,6 +73,7 @@ class RunRuntime:
     owned_until: float = 0.0                       # monotonic time until which the lease surely holds
     last_used: float = field(default_factory=time.monotonic)
     outbox: list = field(default_factory=list)      # webhook outbox entries for the next write
+    ungenerated: set[int] = field(default_factory=set)  # a generate run's pairs whose outputs are not made yet
 
     @property
     def criteria(self) -> list[str]:

@@ -94,12 +94,24 @@ class RunPool:
             self.store.stage_pairs(rid, *self._pair_rows(meta, pairs))
             self.store.create_run(rid, meta, now)      # the commit point: before it the run does not exist
         else:
+            # A streaming generate run: the pool (one pair per prompt) is fixed now, so the pairs are stored
+            # and drawn from the start; their outputs are filled in as they are made (``outputs_ready``), the
+            # pairs the sampler drew first (docs/statistics.md, "Generate runs stream").
             gen = spec["generate"]
             meta["generate"] = gen
+            meta["generate_streams"] = True     # runs stored before have no pairs until every output exists
             meta["status"] = "generating"
             meta["judge_names"] = self._judge_names(judges) if judges else []
-            meta["progress"] = {"generated": 0, "to_generate": len(gen["prompts"]), "judged": 0}
+            meta["progress"] = {"generated": 0, "to_generate": 2 * len(gen["prompts"]), "pairs_generated": 0,
+                                "judged": 0}
             meta["calibration_prior"] = carried_prior(self.store, spec, meta)
+            pairs = [{"id": p["id"], "prompt": p["text"], "base": "", "tuned": "", "slices": p.get("slices")}
+                     for p in gen["prompts"]]
+            self._check_pair_ids(pairs, set())
+            rows, votes = self._pair_rows(meta, pairs)
+            for row in rows:
+                row["generated"] = False
+            self.store.stage_pairs(rid, rows, votes)
             self.store.create_run(rid, meta, now)
         return rid
 
@@ -240,7 +252,8 @@ class RunPool:
             self._activate_per_comparison(rt, mats, voted, slice_names, member, hi - lo)
         meta["n_active"] = hi
         rt.n_voted = self.store.n_votes(rt.rid)
-        if meta["status"] in ("judging", "generating"):   # labellable now; "judging" while votes still arrive
+        if meta["status"] in ("judging", "generating") and not rt.ungenerated:
+            # labellable now; "judging" while votes still arrive ("generating" while outputs are still made)
             meta["status"] = "judging" if votes_missing(rt) else "ready"
         # a snapshot that includes every operation so far (add_items is not a logged operation)
         self.writer.commit(rt, meta=meta, snapshot=True)
@@ -297,6 +310,41 @@ class RunPool:
             else:
                 self.writer.commit(rt, meta=rt.meta)
             self.activate(rt)
+
+    def outputs_ready(self, rt: RunRuntime, outputs: dict[str, tuple[str, str]], made: int | None = None) -> int:
+        """A streaming generate run's outputs {pair_id: (base, tuned)} are made: write them into the pairs'
+        rows, then make the pairs leasable (the write is stored first, so a lease never shows an empty pair).
+        When the last pair has its outputs the run goes on to judging (or is ready). ``made``: outputs made so
+        far, both sides counted (the status' ``progress.generated``). Returns how many pairs still wait."""
+        with rt.lock:
+            idxs = [rt.pair_index[pid][0] for pid in outputs if pid in rt.pair_index]
+            idxs = [i for i in idxs if i in rt.ungenerated]
+            rows = {}
+            for i, row in zip(idxs, self.store.get_pairs(rt.rid, idxs), strict=True):
+                assert row is not None
+                row["base"], row["tuned"] = outputs[rt.pair_ids[i]]
+                row.pop("generated", None)
+                rows[i] = row
+            left = rt.ungenerated - set(rows)
+            progress = rt.meta["progress"]
+            progress["pairs_generated"] = len(rt.pair_ids) - len(left)
+            if made is not None:
+                progress["generated"] = made
+            if not left and rt.meta["status"] == "generating":
+                rt.meta["status"] = "judging" if votes_missing(rt) else "ready"
+            self.writer.commit(rt, cmds=self.store.pair_update_cmds(rt.rid, rows), meta=rt.meta)
+            rt.ungenerated = left
+            return len(left)
+
+    def generation_wanted(self, rt: RunRuntime) -> list[str]:
+        """Pairs the sampler has drawn whose outputs are not made yet, in draw order: the generator makes
+        them before any other (a human waits for them)."""
+        with rt.lock:
+            if not rt.ungenerated or not rt.comps:
+                return []
+            pending = rt.family.pending_items() if rt.family is not None else \
+                [i for c in rt.comps.values() for i in c.pending_items()]
+            return [rt.pair_ids[i] for i in dict.fromkeys(pending) if i in rt.ungenerated]
 
     def add_votes(self, rt: RunRuntime, votes: dict[int, dict]) -> None:
         """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch).

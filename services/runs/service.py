@@ -131,6 +131,21 @@ class RunService:
         """Called by the pipeline when generation finished: store the pairs (status goes to judging/ready)."""
         self.pool.add_generated_pairs(self.runtime(rid), pairs)
 
+    def outputs_ready(self, rid: str, outputs: dict[str, tuple[str, str]], made: int | None = None) -> int:
+        """A streaming generate run's outputs {pair_id: (base, tuned)} are made (the pipeline, as it goes):
+        the pairs become leasable. Returns how many pairs still wait for outputs."""
+        return self.pool.outputs_ready(self.runtime(rid), outputs, made)
+
+    def run_finished(self, rid: str) -> bool:
+        """Every verdict of the run is final (the pipeline stops making outputs nobody will label)."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            return rt.finished
+
+    def generation_wanted(self, rid: str) -> list[str]:
+        """Pair ids the sampler drew whose outputs are not made yet (the generator makes them first)."""
+        return self.pool.generation_wanted(self.runtime(rid))
+
     def add_votes(self, rid: str, votes: dict[int, dict]) -> None:
         """Store judge votes {idx: {criterion: [p per judge]}} (called by the pipeline per batch)."""
         self.pool.add_votes(self.runtime(rid), votes)
@@ -181,7 +196,8 @@ class RunService:
 
     # ------------------------------------------------------------------------------------ annotation
     def next_pair(self, rid: str, annotator: str) -> dict | None:
-        """Lease the next pair for ``annotator``; None when nothing is to be labelled now."""
+        """Lease the next pair for ``annotator``; None when nothing is to be labelled now; ``{"retry_after":
+        seconds}`` (no ``lease_id``) when the pair drawn for them is still being generated (a generate run)."""
         return self.route("next_pair", rid, annotator)
 
     def _local_next_pair(self, rt: RunRuntime, annotator: str) -> dict | None:

@@ -107,22 +107,38 @@ def stalled(rt: RunRuntime) -> bool:
     return True
 
 
+# A streaming generate run draws at most this many pairs ahead whose outputs are still being made: each one
+# jumps the generation queue, and a few let an annotator label a pair that is ready meanwhile.
+MAX_DRAWN_UNGENERATED = 2
+
+
+def waiting_for_outputs(rt: RunRuntime) -> int:
+    """Drawn pairs still waiting for a label whose outputs are not made yet (a streaming generate run)."""
+    if not rt.ungenerated or rt.family is None:
+        return 0
+    return sum(1 for i in rt.family.pending_items() if i in rt.ungenerated)
+
+
 def choose_family(rt: RunRuntime, eligible: Callable[[int], bool]) -> tuple[int | None, bool]:
     """The pair to lease (drawn pairs a running question still needs first, in draw order; else new draws),
-    and whether anything was drawn."""
+    and whether anything was drawn. A drawn pair whose outputs are not made yet is not leased: the generator
+    makes it next, and it is leased once ready (the draws never depend on what is generated, so this changes
+    who labels what and when, not the design)."""
     fam = rt.family
     assert fam is not None
     for idx in fam.pending_items():
-        if eligible(idx):
+        if eligible(idx) and idx not in rt.ungenerated:
             return idx, False
     drew = False
     for _ in range(8 if not stalled(rt) else 0):
+        if rt.ungenerated and waiting_for_outputs(rt) >= MAX_DRAWN_UNGENERATED:
+            break
         new = draw_family(rt, 1)
         if not new:
             break
         drew = True
         feed_family(rt, new[0])       # labels given before the draw (several annotators, annotation tools)
-        if fam.needs(new[0]) and eligible(new[0]):
+        if fam.needs(new[0]) and eligible(new[0]) and new[0] not in rt.ungenerated:
             return new[0], True
     return None, drew
 
@@ -141,7 +157,8 @@ def batch_family(rt: RunRuntime, k: int) -> tuple[list[int], bool]:
         for i in new:
             feed_family(rt, i)
         order += [i for i in new if fam.needs(i)]
-    return list(dict.fromkeys(order))[:k], drew
+    # a streaming generate run: pairs whose outputs are not made yet are exported once they are
+    return [i for i in dict.fromkeys(order) if i not in rt.ungenerated][:k], drew
 
 
 def family_state(rt: RunRuntime) -> dict[str, str]:

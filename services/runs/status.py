@@ -41,7 +41,8 @@ def status_of(rt: RunRuntime) -> dict:
     }
     # progress of the machines and the humans (a streaming run labels while the first two still grow)
     progress = meta.get("progress") or {}
-    out["generated"] = len(rt.pair_ids) if rt.pair_ids else int(progress.get("pairs_generated", 0))
+    out["generated"] = len(rt.pair_ids) - len(rt.ungenerated) if rt.pair_ids \
+        else int(progress.get("pairs_generated", 0))
     out["judged"] = rt.n_voted if meta["judge_names"] else 0
     out["progress"] = dict(progress)
     out["judge_budget"] = meta.get("judge_budget", "all")

@@ -78,7 +78,8 @@ def test_generate_then_judge_and_survive_a_judge_crash(tmp_path, ray_local, requ
     assert len(outputs) == 12 and all(isinstance(v, str) for v in outputs.values())
     # the run is usable: a blind pair comes out
     v = svc.next_pair(rid, "a")
-    assert v is not None and {v["left"], v["right"]} == {
+    assert v is not None and "left" in v, v
+    assert {v["left"], v["right"]} == {
         outputs[f"base:{v['pair_id']}"], outputs[f"tuned:{v['pair_id']}"]}
 
 
