@@ -49,6 +49,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         group = "multi-process" if path.name in MULTI_PROCESS_FILES else path.name
         item.add_marker(pytest.mark.xdist_group(group))
+    # the multi-process group is the longest unit of work (~100 s): handed out first, the other worker fills the
+    # rest of the time with the short files instead of idling at the end while it runs alone
+    items.sort(key=lambda item: Path(str(item.fspath)).name not in MULTI_PROCESS_FILES)
 
 
 @pytest.fixture

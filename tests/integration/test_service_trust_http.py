@@ -285,6 +285,7 @@ def test_criteria_names_validated_and_escaped_in_label_studio_config(server):
 
 # ------------------------------------------------------------------------------------------------ item 9
 def test_annotate_page_headers_and_metrics_closed(server):
+    _run(server, n=2)           # its own POST /v1/runs, so the metrics check below needs no other test to run first
     r = httpx.get(server.url + "/annotate")
     csp = r.headers["content-security-policy"]
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "'unsafe-inline'" not in csp
