@@ -347,18 +347,14 @@ def main(argv: list[str] | None = None) -> None:
             row = criterion_null_false_decisions(a.runs, a.alpha, a.seed, mult)
             print(json.dumps({"table": "design-correlated null", **row, "seconds": round(time.time() - t0, 1)}),
                   flush=True)
-    elif a.table == "mixed-null":
+    elif a.table in ("mixed-null", "null"):
+        simulate = mixed_null_false_decisions if a.table == "mixed-null" else null_false_decisions
         for method in a.methods:
             for mult in ("bonferroni", "holm"):
                 t0 = time.time()
-                row = mixed_null_false_decisions(a.runs, method, a.alpha, a.seed, mult)
-                print(json.dumps({"table": "mixed null", **row, "seconds": round(time.time() - t0, 1)}), flush=True)
-    elif a.table == "null":
-        for method in a.methods:
-            for mult in ("bonferroni", "holm"):
-                t0 = time.time()
-                row = null_false_decisions(a.runs, method, a.alpha, a.seed, mult)
-                print(json.dumps({"table": "null", **row, "seconds": round(time.time() - t0, 1)}), flush=True)
+                row = simulate(a.runs, method, a.alpha, a.seed, mult)
+                print(json.dumps({"table": a.table.replace("-", " "), **row, "seconds": round(time.time() - t0, 1)}),
+                      flush=True)
     elif a.table == "labels":
         for row in labels_table(a.runs, a.seed, a.arena, a.slices):
             print(json.dumps(row), flush=True)

@@ -7,6 +7,7 @@ base or tuned: pairwise it sees A/B in both orders and the result is mapped back
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -189,8 +190,6 @@ class Judge:
     def _scores(self, key_parts: Sequence[str], prompt: PromptLike, choices: list[str],
                 cache: VoteCache | None) -> tuple[dict[str, float], float, float, bool]:
         """(choice logprobs, wall seconds, CPU-seconds, cache hit) of one model pass."""
-        import json
-
         # the exact messages are part of the key: a prompt change (layout, cut, sanitising) never reads old votes
         key = vote_key(PROMPT_VERSION, str(self.name), self.mode, str(self.allow_tie), *key_parts[:2],
                        json.dumps(prompt, ensure_ascii=False), ",".join(choices))
