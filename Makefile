@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-unit test-slow test-all bench bench-api bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-unit test-durations test-slow test-all bench bench-api bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,12 +27,17 @@ setup-large: setup
 run: $(BIN)/python
 	$(BIN)/tiebreak demo
 
-# Two workers (pytest-xdist), one per core of the reference machine. Each test file stays on one worker (its module
-# fixtures are made once) and the multi-process tests run one at a time (tests/conftest.py, MULTI_PROCESS_FILES).
-# TEST_WORKERS=0 runs everything in one process.
+# Two workers (pytest-xdist), one per core of the reference machine. An integration file stays on one worker (its
+# module fixtures are made once), the multi-process tests run one at a time, the longest work first
+# (tests/support/schedule.py, tests/durations.json). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(BIN)/python
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+# Rewrites tests/durations.json (the seconds each test took) from a `make test`-like run: the schedule's input.
+test-durations: $(BIN)/python
+	TIEBREAK_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+		--no-loadscope-reorder
 
 # Unit tests only: no redis-server, Ray, model or subprocess is started (seconds).
 test-unit: $(BIN)/python

@@ -58,21 +58,44 @@ PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  #
 MEAN_FIT_PENALTIES: tuple[float, ...] = (16.0,)
 
 
-def loo_residuals(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> np.ndarray:
+@dataclass(frozen=True)
+class CentredSvd:
+    """The thin SVD X_c = U S V' of the column-centred features, kept so that every leave-one-out fit on the
+    same features (both bases of select_fit, the mean and the spread model of fit_calibration) shares one
+    decomposition: only the targets differ. Directions with s_k <= 1e-12 max(1, s_max) are dropped."""
+
+    u: np.ndarray
+    sv: np.ndarray
+
+    @staticmethod
+    def of(x: np.ndarray) -> CentredSvd:
+        u, sv, _ = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+        keep = sv > 1e-12 * max(1.0, float(sv.max(initial=0.0)))
+        return CentredSvd(u[:, keep], sv[keep])
+
+    def shrinkage(self, grid: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """For each penalty: the factors s_k^2 / (s_k^2 + penalty) (penalties x k) and the hat diagonal
+        H_ii = 1/n + sum_k U_ik^2 s_k^2 / (s_k^2 + penalty) (penalties x n)."""
+        pens = np.asarray(grid, dtype=float)
+        shrink = self.sv[None, :] ** 2 / (self.sv[None, :] ** 2 + pens[:, None])
+        hat = 1.0 / self.u.shape[0] + (shrink[:, None, :] * (self.u**2)[None, :, :]).sum(axis=2)
+        return shrink, hat
+
+    def loo_residuals(self, y: np.ndarray, shrink: np.ndarray, hat: np.ndarray) -> np.ndarray:
+        """loo_residuals for the penalties behind (shrink, hat) = self.shrinkage(grid)."""
+        n = y.size
+        yc = y - y.mean()
+        fitted = (shrink * (self.u.T @ yc)[None, :]) @ self.u.T          # (penalties, n), centred
+        return np.vstack([(yc[None, :] - fitted) / (1.0 - hat), yc / (1.0 - 1.0 / n)])
+
+
+def loo_residuals(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID,
+                  svd: CentredSvd | None = None) -> np.ndarray:
     """Exact leave-one-out residuals y_i - yhat_(-i) of ridge (unpenalised intercept) for every penalty in
-    ``grid`` and, as the last row, for penalty = infinity (the mean of y): shape (len(grid) + 1, n). n >= 3."""
-    n = y.size
-    xc = x - x.mean(axis=0)
-    yc = y - y.mean()
-    u, sv, _ = np.linalg.svd(xc, full_matrices=False)
-    keep = sv > 1e-12 * max(1.0, float(sv.max(initial=0.0)))
-    u, sv = u[:, keep], sv[keep]
-    uy = u.T @ yc                                      # coordinates of y in the column space
-    pens = np.asarray(grid, dtype=float)
-    shrink = sv[None, :] ** 2 / (sv[None, :] ** 2 + pens[:, None])      # (penalties, k)
-    fitted = (shrink * uy[None, :]) @ u.T                                # (penalties, n), centred
-    hat = 1.0 / n + (shrink[:, None, :] * (u**2)[None, :, :]).sum(axis=2)
-    return np.vstack([(yc[None, :] - fitted) / (1.0 - hat), yc / (1.0 - 1.0 / n)])
+    ``grid`` and, as the last row, for penalty = infinity (the mean of y): shape (len(grid) + 1, n). n >= 3.
+    ``svd``: CentredSvd.of(x) when the caller already has it."""
+    svd = svd if svd is not None else CentredSvd.of(x)
+    return svd.loo_residuals(np.asarray(y, dtype=float), *svd.shrinkage(grid))
 
 
 def loo_squared_errors(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID) -> np.ndarray:
@@ -81,7 +104,8 @@ def loo_squared_errors(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = P
 
 
 def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
-               grid: tuple[float, ...] = PENALTY_GRID) -> tuple[int, float, float, float]:
+               grid: tuple[float, ...] = PENALTY_GRID,
+               svd: CentredSvd | None = None) -> tuple[int, float, float, float]:
     """Choose (base, penalty, weight) for g = ybar + w (b0 + x (base + delta) - ybar), delta the ridge fit of
     y - x base: a continuous (empirical-Bayes) amount of trust in the judges instead of an all-or-nothing rule.
 
@@ -115,21 +139,25 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
        (variance-adaptive bets, sampler.engine).
     Returns (index of the base, penalty, w, variance ratio); w = 0 means g = the label mean (bases[0] with
     penalty infinity: the reference) and ratio 1. Needs only the labels given (the caller passes past labels
-    only), so it is predictable.
+    only), so it is predictable. ``svd``: CentredSvd.of(x) when the caller already has it (one decomposition
+    serves every base and penalty).
     """
     n = y.size
     inf = float("inf")
     if n < 3:
         return 0, inf, 0.0, 1.0
     pens = np.asarray(list(grid) + [inf])
-    res = [loo_residuals(x, y - x @ b, grid) for b in bases]
+    svd = svd if svd is not None else CentredSvd.of(x)
+    shrink, hat = svd.shrinkage(grid)
+    res = [svd.loo_residuals(y - x @ b, shrink, hat) for b in bases]
     ref = res[0][-1]
-    mse = np.array([(e**2).mean(axis=1) for e in res])          # (bases, penalties)
-    k, j = np.unravel_index(int(np.argmin(mse)), mse.shape)
+    stacked = np.stack(res)                                      # (bases, penalties, n)
+    mse = np.einsum("bpn,bpn->bp", stacked, stacked) / n        # (bases, penalties); dot products, not np.mean
+    k, j = np.unravel_index(int(np.argmin(mse)), mse.shape)      # (cheaper: select_fit runs after every label)
     d = ref - res[k][j]
-    c_hat = float(np.mean(ref * d))
-    d2 = float(np.mean(d * d))
-    if c_hat <= 0.0 or d2 <= 1e-15 * max(float(np.mean(ref * ref)), 1e-300):
+    c_hat = float(ref @ d) / n
+    d2 = float(d @ d) / n
+    if c_hat <= 0.0 or d2 <= 1e-15 * max(float(ref @ ref) / n, 1e-300):
         return 0, inf, 0.0, 1.0
     w_hat = c_hat / d2
     # the regression of r on d through the origin: Var(w_hat | d) = sigma^2 / (n D), sigma^2 the residual
@@ -139,13 +167,13 @@ def select_fit(x: np.ndarray, y: np.ndarray, bases: list[np.ndarray],
     w = min(1.0, c_post / d2)
     if w <= 0.0:
         return 0, inf, 0.0, 1.0
-    v = float(np.mean(ref * ref))
+    v = float(ref @ ref) / n
     ratio = v / max(v - 2.0 * w * c_post + w * w * d2, 1e-12 * v)
     return int(k), float(pens[j]), w, ratio
 
 
-def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray,
-                     grid: tuple[float, ...] = PENALTY_GRID) -> tuple[float, np.ndarray, float]:
+def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray, grid: tuple[float, ...] = PENALTY_GRID,
+                     svd: CentredSvd | None = None) -> tuple[float, np.ndarray, float]:
     """Intercept and coefficients of ybar + w (b0 + x (base + delta) - ybar), with (base, penalty, w) chosen by
     select_fit among the bases 0 (no judge) and identity_coef (the judges' votes as they are), the penalties
     ``grid`` (and infinity), and select_fit's out-of-sample variance ratio (labels over residuals).
@@ -164,7 +192,7 @@ def shrunk_ridge_fit(x: np.ndarray, y: np.ndarray,
     Arena 2,833 / 2,834 / 2,841. Few free parameters fitted from a handful of labels instead of up to five
     chosen among 32 fits: the weight is trusted sooner and is not more often spurious."""
     bases = [np.zeros(x.shape[1]), identity_coef(x.shape[1])]
-    k, pen, w, ratio = select_fit(x, y, bases, grid)
+    k, pen, w, ratio = select_fit(x, y, bases, grid, svd)
     y_mean = float(y.mean())
     if w == 0.0:
         return y_mean, np.zeros(x.shape[1]), 1.0
@@ -248,7 +276,8 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | N
         penalty = PRIOR_PENALTY
     if penalty is None:
         # how much to trust the judges (none, some, all of the fit) and which fit, from these labels (select_fit)
-        b0, beta, ratio = shrunk_ridge_fit(features, labels, MEAN_FIT_PENALTIES)
+        svd = CentredSvd.of(features) if n >= 3 else None     # shared by the mean's and the spread's fits
+        b0, beta, ratio = shrunk_ridge_fit(features, labels, MEAN_FIT_PENALTIES, svd)
         label_var = _loo_label_variance(labels)
         resid_var = label_var / ratio
     else:
@@ -264,7 +293,7 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | N
     g = np.clip(b0 + features @ beta, 0.0, 1.0)
     target_v = (labels - g) ** 2 - features @ base_var
     if penalty is None:
-        c0, delta_v, _ = shrunk_ridge_fit(features, target_v)
+        c0, delta_v, _ = shrunk_ridge_fit(features, target_v, PENALTY_GRID, svd)
     else:
         c0, delta_v = ridge_fit(features, target_v, float(penalty))
     n_total = n + (prior.n_labels if prior is not None else 0)

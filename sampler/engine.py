@@ -38,6 +38,7 @@ Labels already collected are reused for free when their pair is drawn again.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -164,11 +165,13 @@ REFIT_GROWTH = 0.1     # refit whenever the processed labels have grown by 10 % 
 REFIT_MIN_STEP = 1     # ... or by this many labels, whichever is more
 
 
+@functools.lru_cache(maxsize=4096)
 def _refit_due(n: int, min_labels: int, min_step: int = REFIT_MIN_STEP) -> bool:
     """Refit at r_0 = min_labels, then at r_{k+1} = max(r_k + min_step, ceil(1.1 r_k)), for ever.
 
     Geometric: O(log n) refits over a run, each O(N), so the amortised cost per label is O(N log n / n).
     (The previous schedule tested (n - min) % int(0.1 n) == 0, which stopped firing after 200 labels.)
+    Cached: it is asked after every label, and the walk up the schedule cost as much as the bet update.
     """
     if n < min_labels:
         return False

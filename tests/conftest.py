@@ -11,6 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from support import schedule
+
 # This session's processes (the tests, `tiebreak serve` subprocesses, Ray workers) get their own TMPDIR, so every
 # embedded redis-server they start has its socket, and so its command line, under it: that tells this run's
 # redis-servers from anyone else's on the machine (redis-server rewrites its environment: no marker there).
@@ -37,21 +39,26 @@ MULTI_PROCESS_FILES = frozenset({
 })
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    record = os.environ.get("TIEBREAK_RECORD_DURATIONS")
+    if record:
+        config.pluginmanager.register(schedule.DurationRecorder(Path(record)), "tiebreak-durations")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/integration/ and tests/slow/ is marked ``integration``: tests/unit/ starts no process
     (no redis-server, no subprocess), which is what `make test-unit` runs.
 
-    Every test also gets an ``xdist_group`` (used by ``--dist loadgroup``): its file, so a file's module fixtures
-    (an embedded Redis, a local Ray) are made once, or the one multi-process group above."""
+    Every test also gets an ``xdist_group`` (used by ``--dist loadgroup``) and the groups are ordered longest
+    first (tests/support/schedule.py)."""
+    units = {}
     for item in items:
         path = Path(str(item.fspath))
         if {"integration", "slow"} & set(path.parts[-2:-1]):
             item.add_marker(pytest.mark.integration)
-        group = "multi-process" if path.name in MULTI_PROCESS_FILES else path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-    # the multi-process group is the longest unit of work (~100 s): handed out first, the other worker fills the
-    # rest of the time with the short files instead of idling at the end while it runs alone
-    items.sort(key=lambda item: Path(str(item.fspath)).name not in MULTI_PROCESS_FILES)
+        units[item.nodeid] = schedule.work_unit(item, MULTI_PROCESS_FILES)
+        item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+    schedule.order_longest_first(items, units, schedule.load_durations())
 
 
 @pytest.fixture
