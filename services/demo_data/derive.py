@@ -35,8 +35,8 @@ import numpy as np
 SHARED = Path("../shared/data")
 HERE = Path("services/demo_data")
 PANDALM_FILE, VICUNA_FILE = "pandalm_fixed_theta.jsonl", "vicuna80_guanaco7b_vs_gpt4.jsonl"
-# chosen by measurement (docs/benchmarks.md, "Issue 10: the demo's pool"): labels-only decides in ~100-150
-# labels on pools of this size and θ, the recorded judges' votes explain ~45 % of the label variance
+# chosen by measurement (docs/benchmarks.md, "Issue 10: the demo's pool"): labels-only decides in ~140-160
+# labels on average on pools of this size and θ, the recorded judges' votes explain ~43-45 % of the label variance
 PANDALM_THETA, PANDALM_N, PANDALM_SEED = 0.6, 600, 1
 SIDE = {"A": "base", "B": "tuned", "tie": "tie"}   # response_a is "base", response_b "tuned"
 
