@@ -647,7 +647,7 @@ def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: li
                 ln.thread = threading.Thread(target=ln.annotator.run, name=f"annotator-{ln.key}", daemon=True)
         annot = main.annotator
         use_live = live and console.is_terminal
-        last_print = [-1, ""]
+        last_labels, last_phase = [-1], [""]      # what the last non-terminal refresh saw
 
         def refresh() -> None:
             for ln in lanes:
@@ -679,10 +679,10 @@ def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: li
                                                                       st.get("judges") or [], given)
             except Exception:  # noqa: BLE001 - the view is best effort
                 pass
-            if not use_live and (st["labels"] != last_print[0] or state.phase != last_print[1]):
+            if not use_live and (st["labels"] != last_labels[0] or state.phase != last_phase[0]):
                 # every 5 labels at first, then every 25 (the default pool takes ~150)
                 every = 5 if st["labels"] < 25 else 25
-                if (st["labels"] // every > max(last_print[0], 0) // every or state.phase != last_print[1]
+                if (st["labels"] // every > max(last_labels[0], 0) // every or state.phase != last_phase[0]
                         or st["decision"] != "running"):
                     lo, hi = st["interval"]
                     est = st.get("estimate")
@@ -690,7 +690,7 @@ def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: li
                                   f"{st['n_pairs']}, labels {st['labels']}, estimate "
                                   f"{'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
                                   f"decision {st['decision']}")
-                last_print[0], last_print[1] = st["labels"], state.phase
+                last_labels[0], last_phase[0] = st["labels"], state.phase
 
         def loop(live_obj: Any = None) -> None:
             deadline = time.time() + timeout_s
