@@ -551,9 +551,10 @@ def side_report_path(out: Path, key: str) -> Path:
     return out.with_name(f"{out.stem}-{key}{out.suffix or '.html'}")
 
 
-def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: list[str] | None = None, alpha: float = 0.05, margin: float = 0.05,
-             budget: int | None = None, seed: int | None = None, human: bool = False, data_dir: Path | None = None,
-             out: Path | None = None, port: int = 0, label_delay: float = 0.2, data_file: Path | None = None,
+def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: list[str] | None = None,
+             alpha: float = 0.05, margin: float = 0.05, budget: int | None = None, seed: int | None = None,
+             human: bool = False, data_dir: Path | None = None, out: Path | None = None, port: int = 0,
+             label_delay: float = 0.2, data_file: Path | None = None,
              pipeline: str = "ray", live: bool = True, timeout_s: float = 3600.0, console: Any = None,
              open_browser: bool = True, compare: bool = True, wait_for_votes: bool = False) -> DemoResult:
     """The demo on the packaged pool ``data`` (DATASETS; ``n_pairs`` of its pairs, default its own default). With
