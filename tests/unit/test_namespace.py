@@ -26,7 +26,7 @@ def test_installed_names_are_namespaced() -> None:
     # folder name works only from the checkout, and broke `make run` once.
     code = ("import importlib.util as u, tiebreak.sampler, tiebreak.judges, tiebreak.services.cli;"
             "from tiebreak.services.web import env; env().get_template('annotate.html');"
-            "from tiebreak.services.demo import demo_items; assert len(demo_items()) == 80;"
+            "from tiebreak.services.demo import demo_items; assert len(demo_items()) == 600 and len(demo_items('vicuna80')) == 80;"
             "print([n for n in ('sampler', 'judges', 'services') if u.find_spec(n) is not None])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
