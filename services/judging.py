@@ -216,8 +216,18 @@ class RunJudging:
                 self.pipe._kill(f"{self.rid}:judge:{name}")
         if self.errors:
             raise self.errors[0]
+        # every judge is done or stopped: what is left has every vote it will get, and so have the pairs still to
+        # come from generation (every judge stopped: they are stored as they come, without votes)
+        seen = 0
+        while True:
+            with self.lock:
+                self._flush(list(self.partial))
+            new, closed = self.feed.since(seen, wait_s=IDLE_POLL_S)
+            seen += len(new)
+            if self.halt.is_set() or (closed and not new):
+                break
         with self.lock:
-            self._flush(list(self.partial))   # every judge is done or stopped: what is left has all it will get
+            self._flush(list(self.partial))
 
     def _loop_caught(self, name: str, handle: Any) -> None:
         try:

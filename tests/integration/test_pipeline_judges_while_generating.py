@@ -174,3 +174,25 @@ def _leased(svc: RunService, rid: str) -> bool:
     svc.submit_label(rid, {"pair_id": v["pair_id"], "annotator": "ann", "verdict": "tie",
                            "lease_id": v["lease_id"]})
     return True
+
+
+def test_a_judge_stopped_before_a_restart_stays_stopped_and_later_pairs_are_stored_without_its_vote(store):
+    """The auto budget had stopped the run's only judge before the server restarted mid-generation: the new
+    pipeline does not start it again, and the pairs made from then on are stored without its vote as they come,
+    so the run still ends ready (not "judging incomplete")."""
+    svc = RunService(store)          # no pipeline: the test plays the one that died
+    rid = _create(svc, seed=7, judge_budget="auto")
+    rt = svc.runtime(rid)
+    with rt.lock:
+        rt.meta["judge_work"] = {"judge-a": {"pairs": 0, "cpu_s": 0.0, "state": "stopped-worthless"}}
+        svc.writer.commit(rt, meta=rt.meta)
+    svc.close()
+    svc2 = RunService(store)
+    pipe, calls, batches, gate, _ = _pipeline(svc2)
+    gate.set()
+    pipe.resume_all()
+    pipe.wait(rid, 30)
+    st = svc2.status(rid)
+    assert st["status"] == "ready" and st["generated"] == N and st["judged"] == N, st
+    assert batches == [] and st["judges_value"]["judge-a"]["state"] == "stopped-worthless"
+    assert all(v["overall"] == [None] for v in svc2.store.all_votes(rid).values())
