@@ -47,7 +47,7 @@ def main() -> None:
     prompts = [{"id": f"q{i}", "text": f"Give one practical tip about topic number {i} in a sentence."}
                for i in range(a.prompts)]
     out: dict = {"prompts": a.prompts, "max_tokens": a.max_tokens, "pipeline": a.pipeline, "model": a.model,
-                 "judge": a.judge, "labels": not a.no_labels}
+                 "judge": a.judge, "annotator": not a.no_labels}
     with tempfile.TemporaryDirectory() as d, ServeProcess(d, admin_token=ADMIN, pipeline=a.pipeline) as s, \
             httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60) as c:
         t0 = time.monotonic()
