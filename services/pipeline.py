@@ -7,7 +7,8 @@ Both are plain classes in judges/actors.py (unit-testable without Ray). ``Pipeli
 (one per model, one per judge; ``max_restarts=-1, max_task_retries=-1``: a crashed actor is restarted and its unfinished batch
 re-run) or, with ``mode="local"``, in-process. Finished work is stored per batch — generated outputs in
 ``tb:run:{rid}:outputs``, votes through ``RunService.add_votes`` — and every judge call goes through the Redis
-vote cache, so a retry (or a restart of the whole service) never redoes stored work.
+vote cache, so a retry (or a restart of the whole service) never redoes stored work. The judge loops of a run
+are in services/judging.py; in a streaming generate run they vote each pair as soon as its outputs exist.
 """
 
 from __future__ import annotations
