@@ -7,15 +7,14 @@ Both are plain classes in judges/actors.py (unit-testable without Ray). ``Pipeli
 (one per model, one per judge; ``max_restarts=-1, max_task_retries=-1``: a crashed actor is restarted and its unfinished batch
 re-run) or, with ``mode="local"``, in-process. Finished work is stored per batch — generated outputs in
 ``tb:run:{rid}:outputs``, votes through ``RunService.add_votes`` — and every judge call goes through the Redis
-vote cache, so a retry (or a restart of the whole service) never redoes stored work.
+vote cache, so a retry (or a restart of the whole service) never redoes stored work. The judge loops of a run
+are in services/judging.py; in a streaming generate run they vote each pair as soon as its outputs exist.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from tiebreak.judges.actors import GenerationWorker, JudgeWorker, ray_actor
 from tiebreak.judges.spec import judge_name, judge_problem
+from tiebreak.services.judging import RunJudging
 
 if TYPE_CHECKING:
     from tiebreak.services.store import RedisVoteCache
@@ -206,6 +206,9 @@ class Pipeline:
         svc = self.service
         meta = svc.run_meta(rid)      # a copy, taken under the run's lock
         if meta.get("generate") and meta["status"] == "generating":
+            if meta.get("generate_streams") and meta["judges"]:
+                self._generate_and_judge(rid, meta)
+                return
             self._generate(rid, meta)
         meta = svc.run_meta(rid)
         if meta["judges"] and meta["status"] == "judging":
@@ -215,19 +218,52 @@ class Pipeline:
         if not meta.get("generate_streams"):
             self._generate_then_add(rid, meta)     # a run stored before generate runs streamed
             return
-        self._generate_streaming(rid, meta)
+        if not self._generate_streaming(rid, meta):
+            self.service.set_status(rid, "ready")       # decided: nothing more to do
 
-    def _generate_streaming(self, rid: str, meta: dict) -> None:
+    def _generate_and_judge(self, rid: str, meta: dict) -> None:
+        """A streaming generate run with judges: the judges vote on each pair as soon as both its outputs exist
+        (services/judging.py), while the others are still being made. Generation ends when every output exists,
+        the run is decided, or a judge fails; judging when generation has ended and every generated pair is
+        voted (or the judges are stopped). A failure of either fails the run (the judge's error first: when it
+        stops generation, generation's own "incomplete" is only its consequence); a restart resumes both from
+        what is stored. Status stays ``generating`` while the first votes arrive (docs/api.md)."""
+        judging = RunJudging(self, rid, meta, generating=True)
+        gen_error: BaseException | None = None
+        complete = False
+        try:
+            complete = self._generate_streaming(rid, meta, judging)
+        except BaseException as e:  # noqa: BLE001 - raised below, after the judges have stopped
+            gen_error = e
+            judging.halt.set()
+        judging.close()
+        judging.join()
+        if judging.errors:
+            raise judging.errors[0]
+        if gen_error is not None:
+            raise gen_error
+        if complete:
+            judging.finish()
+        else:
+            log.info("run %s decided before every output was made: generation and judging stopped", rid)
+            self.service.set_status(rid, "ready")
+
+    def _generate_streaming(self, rid: str, meta: dict, judging: RunJudging | None = None) -> bool:
         """Both models' outputs for a streaming generate run, one actor per model, each pair's outputs handed
-        to the run (``outputs_ready``) the moment both exist. Order: the pairs the sampler drew and is waiting
-        for first (``generation_wanted``, asked before every batch), then a random order (the run's seed).
+        to the run (``outputs_ready``) the moment both exist, and then to ``judging`` (when given: it is started
+        once the generation actors are placed, so that a judge actor waiting for outputs never holds the CPU the
+        generation needs). Order: the pairs the sampler drew and is waiting for first (``generation_wanted``,
+        asked before every batch), then a random order (the run's seed). Returns whether every output exists
+        (False: the run was decided first, and generation stopped).
 
         Validity does not rest on this order (the draws never depend on what is generated): it only decides
-        how long a human waits. Votes come later (judging starts when every output exists), and the sampler
-        uses a vote only to predict draws made after it arrived (sampler.engine ``add_votes``), so the
-        priority given to drawn pairs cannot leak into the estimate (docs/statistics.md, "Generate runs
-        stream"). A GGUF model generates one prompt per call (it runs them one by one anyway), so a drawn pair
-        waits for at most one other prompt per model; remote backends get ``batch_size`` prompts per call."""
+        how long a human waits. Votes follow the outputs (a drawn pair is made first, so it may be voted
+        sooner), and the sampler uses a vote only to predict draws made after it arrived (sampler.engine
+        ``add_votes``), so the priority given to drawn pairs cannot leak into the estimate (docs/statistics.md,
+        "Generate runs stream"). A GGUF model generates one prompt per call (it runs them one by one anyway), so
+        a drawn pair waits for at most one other prompt per model; remote backends get ``batch_size`` prompts
+        per call. On a small machine the judges (when local) take CPU from generation: the first votes come
+        early, the last output somewhat later."""
         svc, store = self.service, self.service.store
         gen = meta["generate"]
         text = {str(p["id"]): p["text"] for p in gen["prompts"]}
@@ -244,13 +280,15 @@ class Pipeline:
         # outputs made before a restart: hand over the complete pairs (the run ignores those it has)
         done0 = {pid: both for pid in ids if (both := complete(pid)) is not None}
         left = svc.outputs_ready(rid, done0, made=len(have))
+        if judging is not None:
+            judging.offer(done0)
         kw = {"max_tokens": gen.get("max_tokens", 256), "temperature": gen.get("temperature", 0.0)}
         errors: list[BaseException] = []
 
         def side_loop(side: str, handle: Any, per_call: int) -> None:
             cursor = 0
             try:
-                while not errors:
+                while not errors and not (judging is not None and judging.halt.is_set()):
                     if svc.run_finished(rid):    # every verdict is final: nobody will label another pair
                         return
                     wanted = [pid for pid in svc.generation_wanted(rid) if f"{side}:{pid}" not in have]
@@ -274,6 +312,8 @@ class Pipeline:
                         done = {pid: both for pid in result if (both := complete(pid)) is not None}
                         made = len(have)
                     svc.outputs_ready(rid, done, made=made)
+                    if judging is not None and done:
+                        judging.offer(done)
                     if self.metrics:
                         self.metrics.generated.inc(len(result))
             except BaseException as e:  # noqa: BLE001 - reported by the pipeline thread (run failed)
@@ -290,19 +330,26 @@ class Pipeline:
                                      daemon=True)
                 t.start()
                 threads.append(t)
-        for t in threads:
-            t.join()
-        for side in SIDES:
-            self._kill(f"{rid}:gen:{side}")
+        try:
+            if judging is not None:
+                if self.mode == "ray" and threads:     # placed (and loaded) before any judge actor is asked for
+                    ray = self._ensure_ray()
+                    ray.get([self.actors[f"{rid}:gen:{side}"].pid.remote() for side in SIDES])
+                judging.start()
+        finally:
+            for t in threads:
+                t.join()
+            for side in SIDES:
+                self._kill(f"{rid}:gen:{side}")
         if errors:
             raise errors[0]
         missing = [pid for pid in ids if complete(pid) is None]
         if missing and svc.run_finished(rid):
             log.info("run %s decided with %d prompts not generated: generation stopped", rid, len(missing))
-            svc.set_status(rid, "ready")       # nothing more to do: no judging either
-            return
+            return False
         if missing:
             raise RuntimeError(f"generation incomplete for prompts {missing[:5]}")
+        return True
 
     def _generate_then_add(self, rid: str, meta: dict) -> None:
         """A generate run stored before streaming (its pairs are created once every output exists)."""
@@ -347,121 +394,14 @@ class Pipeline:
         svc.add_generated_pairs(rid, pairs)
 
     def _judge(self, rid: str, meta: dict) -> None:
-        """Every judge votes on the unvoted pairs, one batch at a time per judge, in a random order (the run's
-        seed) with the pairs whose labels the sampler has processed first; after each batch the service records
-        its CPU-seconds and, with ``judge_budget: "auto"``, may stop the judge (services/runs/judge_budget.py).
-
-        Why this order: a random order makes the voted pairs at any time a uniform random subset of the pool,
-        so what the judges have seen is representative of it; the labelled pairs go first because a judge's
-        value can only be measured on labelled pairs that it voted on. Both are functions of the seed and of
-        the processed draws only (never of a pending draw), so the sampler's predictions stay predictable
-        (docs/statistics.md). A pair's votes are stored once every judge still voting has voted it; a stopped
-        judge's vote is missing (None) on the pairs it never reached."""
-        svc = self.service
-        todo = svc.unvoted_pairs(rid)
-        if not todo:
-            svc.add_votes(rid, {})
+        """Every judge votes on the unvoted pairs (services/judging.py: labelled pairs first, then the run's
+        seeded random order; ``judge_budget: "auto"`` may stop a judge)."""
+        judging = RunJudging(self, rid, meta)
+        if not judging.rows:
+            self.service.add_votes(rid, {})
             return
-        criteria = ["overall", *meta.get("criteria", [])]
-        names = list(meta["judge_names"])
-        rng = np.random.default_rng([int(meta.get("seed") or 0), 0x6A75])
-        order = [todo[k] for k in rng.permutation(len(todo))]
-        rows = {i: (i, p["prompt"], p["base"], p["tuned"]) for i, p in order}
-        url = svc.store.url()
-        stopped = set(svc.judges_stopped(rid)) & set(names)
-        partial: dict[int, dict[str, dict]] = {i: {} for i, _ in order}
-        lock = threading.Lock()
-        clock = "process" if self.mode == "ray" else "thread"
-
-        def complete(idx: int) -> bool:
-            return all(n in partial[idx] for n in names if n not in stopped)
-
-        def flush(idxs: list[int]) -> None:
-            """Store the votes of the pairs every running judge has voted (call holding ``lock``)."""
-            done = {}
-            for idx in idxs:
-                if idx in partial and complete(idx):
-                    per = partial.pop(idx)
-                    done[idx] = {c: [(per[n].get(c) if n in per else None) for n in names] for c in criteria}
-            if done:
-                svc.add_votes(rid, done)
-                if self.metrics:
-                    self.metrics.votes.inc(len(done))
-
-        def next_batch(voted: set[int], cursor: list[int], labelled: list[int]) -> list[tuple]:
-            """Up to batch_size pairs: labelled ones not voted yet, then the next ones in the random order.
-            ``cursor`` = [position in the random order, processed draws already seen]; ``labelled`` = labelled
-            pairs not yet voted."""
-            new_draws = svc.labelled_pairs(rid, cursor[1])
-            cursor[1] += len(new_draws)
-            labelled.extend(i for i in new_draws if i in rows)
-            batch: list[int] = []
-            while labelled and len(batch) < self.batch_size:
-                i = labelled.pop(0)
-                if i not in voted and i not in batch:
-                    batch.append(i)
-            while len(batch) < self.batch_size and cursor[0] < len(order):
-                i = order[cursor[0]][0]
-                cursor[0] += 1
-                if i not in voted and i not in batch:
-                    batch.append(i)
-            return [rows[i] for i in batch]
-
-        def judge_loop(name: str, handle: Any) -> None:
-            voted: set[int] = set()
-            cursor: list[int] = [0, 0]
-            labelled: list[int] = []
-            while True:
-                batch = next_batch(voted, cursor, labelled)
-                if not batch:
-                    return
-                t0 = time.perf_counter()
-                if self.mode == "local":
-                    result, cpu_s = handle.call("vote_costed", batch, clock=clock)
-                else:
-                    ray = self._ensure_ray()
-                    result, cpu_s = ray.get(handle.vote_costed.remote(batch, clock=clock))
-                voted.update(int(r[0]) for r in batch)
-                wall_s = time.perf_counter() - t0
-                with lock:
-                    for idx, row in result.items():
-                        if int(idx) in partial:
-                            partial[int(idx)][name] = row
-                    flush([int(i) for i in result])
-                # after the batch's votes are in, so the stop rule sees them (the work counts are written with
-                # the next votes, a stop at once)
-                keep = svc.judge_batch_done(rid, name, len(batch), cpu_s, wall_s)
-                if not keep:
-                    with lock:
-                        stopped.add(name)
-                        flush(list(partial))       # the pairs that were waiting only for this judge
-                    log.info("run %s: judge %s stopped (worthless on the labels so far, or the run is decided)",
-                             rid, name)
-                    return
-
-        threads = []
-        for spec, name in zip(meta["judges"], names, strict=True):
-            if name in stopped:
-                continue
-            # a feature juror needs no core of its own; reserving one would leave a model judge unscheduled
-            # on a 2-core machine (every actor holds its CPU until all judges are done)
-            free = isinstance(spec, str) and spec.startswith("feature:")
-            cache = functools.partial(redis_vote_cache, url) if url else None
-            h = self._actor(f"{rid}:judge:{name}", JudgeWorker, spec, criteria, cache, self.n_threads,
-                            num_cpus=0 if free else None)
-            t = threading.Thread(target=judge_loop, args=(name, h), name=f"judge-{rid}-{name}", daemon=True)
-            t.start()
-            threads.append(t)
-        for t in threads:
-            t.join()
-        for name in names:
-            self._kill(f"{rid}:judge:{name}")
-        with lock:
-            flush(list(partial))   # every judge is done or stopped: what is left has all the votes it will get
-        left = svc.unvoted_pairs(rid)
-        if left:
-            raise RuntimeError(f"judging incomplete: {len(left)} pairs without votes")
-        svc.judging_finished(rid)
+        judging.run()
+        judging.finish()
 
 
 def generate_in_process(spec: dict, prompts: list[dict]) -> dict[str, str]:

@@ -4,7 +4,7 @@ A run's status (GET /v1/runs/{id}) says how far generation (``progress.generated
 ``progress.to_generate``) and judging (``judged`` of ``n_pairs``) are; ``ProgressLine`` turns successive
 statuses into one line such as
 
-    generating: 14/80 outputs (6/40 pairs), ETA 1 min 32 s · labels 2
+    generating: 14/80 outputs (6/40 pairs, 4 voted), ETA 1 min 32 s · labels 2
     judging: 12/40 pairs voted, ETA 25 s · labels 5, estimate 0.640, interval (0.210, 0.950)
 
 The ETA of a counter is (total − done) / rate, the rate measured from the first status in which that counter
@@ -75,9 +75,11 @@ class ProgressLine:
         if st["status"] == "generating":
             total = int(progress.get("to_generate") or 2 * st["n_pairs"])
             made = int(progress.get("generated") or 0)
-            text = (f"generating: {made}/{total} outputs ({st['generated']}/{st['n_pairs']} pairs), "
+            judged = int(st.get("judged") or 0)      # a pair is judged once its outputs exist: votes arrive now
+            voted = f", {judged} voted" if judged else ""
+            text = (f"generating: {made}/{total} outputs ({st['generated']}/{st['n_pairs']} pairs{voted}), "
                     f"{self._eta('generate', t, made, total)} · {labels}")
-            key: tuple = ("generating", made, st["labels"])
+            key: tuple = ("generating", made, judged, st["labels"])
         elif st["status"] == "judging":
             text = (f"judging: {st['judged']}/{st['n_pairs']} pairs voted, "
                     f"{self._eta('judge', t, st['judged'], st['n_pairs'])} · {labels}")

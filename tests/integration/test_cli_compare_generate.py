@@ -28,5 +28,7 @@ def test_compare_prints_generation_progress_with_an_eta(tmp_path):
     assert lines, proc.stderr
     assert re.fullmatch(r"generating: 0/6 outputs \(0/3 pairs\), ETA — · labels 0", lines[0]), lines
     # once outputs exist the rate is measured and the ETA is a time
-    assert any(re.search(r"generating: \d/6 outputs \(\d/3 pairs\), ETA \d+ (s|min)", ln) for ln in lines), lines
+    # (the judge votes each pair as soon as both its outputs exist: "N voted" while generating)
+    assert any(re.search(r"generating: \d/6 outputs \(\d/3 pairs(, \d voted)?\), ETA \d+ (s|min)", ln)
+               for ln in lines), lines
     assert re.fullmatch(r"[0-9a-f]{16}", proc.stdout.strip().splitlines()[-1])   # --label none: the run id

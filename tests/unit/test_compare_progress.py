@@ -29,6 +29,8 @@ def test_generating_then_judging_lines_with_eta_and_a_line_at_least_every_10_s()
     assert p.line(_st("generating", made=0), 10.0) is not None       # ... but never 10 s of silence
     line = p.line(_st("generating", made=20, pairs=9, labels=1), 20.0)
     assert line == "generating: 20/80 outputs (9/40 pairs), ETA 1 min 00 s · labels 1"   # 1 output/s, 60 left
+    line = p.line(_st("generating", made=30, pairs=14, judged=4, labels=1), 25.0)      # votes while generating
+    assert line == "generating: 30/80 outputs (14/40 pairs, 4 voted), ETA 42 s · labels 1"   # 30 in 25 s
     line = p.line(_st("judging", made=80, pairs=40, judged=10, labels=3), 30.0)
     assert line.startswith("judging: 10/40 pairs voted, ETA — · labels 3")
     line = p.line(_st("judging", made=80, pairs=40, judged=20, labels=3), 40.0)
