@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def shuffled(pool: ReplayPool, seed: int) -> ReplayPool:
 
 def pandalm_table(pools: list[tuple[str, ReplayPool, float]], runs: int, seed: int) -> list[str]:
     cfg = ComparisonConfig(method="ppi", grid_resolution=20)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, pool, limit in pools:
         y = np.array([v.mean() for v in pool.votes])
         oracle = prior_from_pools([pool])
