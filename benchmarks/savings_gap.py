@@ -26,6 +26,15 @@ Learning curve: the true pool variance ratio Var(Y - g_n) / Var(Y) of the shippe
 uniformly drawn labels (mean over 200 draws), against the oracle's.
 Range: the width of the increments' predictable range under uniform sampling, 1 + max g - min g, against the
 range the pool's residuals Y_i - g(i) actually span (the betting CS caps its bets by the former).
+Best-bet growth: a betting CS needs about log(2/alpha) / G labels, G the expected log-growth per label of its
+capital at the bet it settles on, so the ratio of two designs' labels is about G_classical / G_oracle, where
+    G = max over 0 < lam <= clip / (1/2 - lo) of mean_i log(1 + lam d_i),  d_i = x_i - 1/2,
+the log-optimal (Kelly) constant bet against candidate 1/2 on the first draw (c(1/2) = 1/2), x_i = Y_i for
+labels only and x_i = mean(g) + Y_i - g(i) for the oracle, lo the increments' predictable lower bound, clip the
+CS's (0.8). Only the variance counts in the CLT (G ~ mean(d)^2 / (2 var(d)) for small effects); the log-growth
+also pays for skew and tails, so "growth labels ratio" above "oracle 1 - R^2" is what the betting CS loses to
+the shape of the prediction-powered increments whatever its bets (Waudby-Smith & Ramdas 2024, Sec. 5: the
+growth-rate-optimal bet; Shafer 2021 / Grunwald et al. 2024 on log-optimal e-values).
 --arena: the 47 Chatbot Arena pairs of `make bench` (20 replays each), classical / ppi / oracle from k, the
 oracle fitted on each pair's own battles (mean vote per battle).
 --what-ifs: other ways of learning the judges' weight within a run, on the PandaLM pools (100 replays, the
@@ -187,6 +196,12 @@ def paired_ratio(a: np.ndarray, c: np.ndarray) -> tuple[float, float]:
     return r, float((a - r * c).std(ddof=1) / np.sqrt(a.size) / c.mean())
 
 
+def best_growth(d: np.ndarray, lower: float, clip: float = 0.8) -> float:
+    """max over 0 < lam <= clip / (-lower) of mean(log(1 + lam d)): the log-optimal constant bet's growth."""
+    lams = np.linspace(1e-3, clip / -lower, 2000)
+    return float(np.max(np.mean(np.log1p(lams[:, None] * d[None, :]), axis=1)))
+
+
 def learning_curve(pool: ReplayPool, reps: int = 200, seed: int = 0) -> list[float]:
     y = np.array([v.mean() for v in pool.votes])
     x = judge_features(pool.judge_votes)
@@ -238,6 +253,8 @@ def pandalm_table(pools: list[tuple[str, ReplayPool, float]], runs: int, seed: i
             "ratio": {k: paired_ratio(v, labels["classical"]) for k, v in labels.items() if k != "classical"},
             "curve": learning_curve(pool),
             "range": (1 + float(g.max() - g.min()), float(resid.max() - resid.min())),
+            "growth_ratio": best_growth(y - 0.5, -0.5) / best_growth(g.mean() + resid - 0.5,
+                                                                     float(g.mean() - g.max()) - 0.5),
         })
         print(json.dumps(rows[-1]), flush=True)
     methods = ["ppi", "oracle from 0", "oracle from 3", "oracle from 10", "oracle from 20", "true-ratio bets"]
@@ -252,15 +269,17 @@ def pandalm_table(pools: list[tuple[str, ReplayPool, float]], runs: int, seed: i
             f"| {r['pool']} | {r['limit']:.3f} | {r['r_oracle']:.3f} | {r['clt_o'] / r['clt_c']:.3f} | "
             f"{c:.1f} / {r['clt_c']:.1f} = {c / r['clt_c']:.2f} | {o:.1f} / {r['clt_o']:.1f} = {o / r['clt_o']:.2f} | "
             + " | ".join(f"{r['ratio'][m][0]:.3f} ± {r['ratio'][m][1]:.3f}" for m in methods) + " |")
-    curve = ["| pool | " + " | ".join(f"n = {n}" for n in CURVE_N) + " | oracle | increments' range: predictable / "
-             "spanned |", "|---|" + "---|" * (len(CURVE_N) + 2)]
+    curve = ["| pool | " + " | ".join(f"n = {n}" for n in CURVE_N) + " | oracle 1 - R^2 | best-bet growth labels "
+             "ratio, oracle / classical | increments' range: predictable / spanned |",
+             "|---|" + "---|" * (len(CURVE_N) + 3)]
     for r in rows:
         curve.append(f"| {r['pool']} | " + " | ".join(f"{v:.3f}" for v in r["curve"]) + f" | {r['r_oracle']:.3f} | "
-                     f"{r['range'][0]:.2f} / {r['range'][1]:.2f} |")
+                     f"{r['growth_ratio']:.3f} | {r['range'][0]:.2f} / {r['range'][1]:.2f} |")
     return [f"PandaLM fixed-theta pools, {runs} replays per method and pool (seed {seed}); ratios ± paired "
             "standard error:", "", *lines, "",
             "Learning curve, Var(Y - g_n) / Var(Y) over the pool of the shipped calibration fitted on n uniformly "
-            "drawn labels (200 draws), and the range of the prediction-powered increments:", "", *curve]
+            "drawn labels (200 draws); the labels ratio the best constant bets' growth gives; the range of the "
+            "prediction-powered increments:", "", *curve]
 
 
 def arena_pools():

@@ -65,3 +65,19 @@ def test_what_ifs_change_their_constant_and_restore_the_sampler():
             if name.startswith("refit"):
                 assert all(engine._refit_due(n, 3) for n in range(3, 101))
         assert (calibration.EB_NOISE, calibration.shrunk_ridge_fit, engine._refit_due) == shipped
+
+
+def test_best_bet_growth_is_the_gaussian_rate_for_small_symmetric_bets_and_less_for_a_skewed_increment():
+    from benchmarks.savings_gap import best_growth
+
+    # +-1/2 labels with mean 0.02: G ~ mean^2 / (2 var) (second-order expansion of log(1 + lam d))
+    d = np.where(np.arange(1000) < 520, 0.5, -0.5)
+    assert best_growth(d, -0.5) == pytest.approx(d.mean() ** 2 / (2 * d.var()), rel=0.02)
+    # at a larger effect (mean 0.1), the same mean and variance with the loss coming rarely and large (the shape
+    # of a good judge's residuals): the log-optimal growth is lower although the CLT rate is the same
+    d = np.where(np.arange(1000) < 600, 0.5, -0.5)
+    p = 0.05
+    loss = -np.sqrt(d.var() * (1 - p) / p)
+    skew = np.concatenate([np.full(50, loss), np.full(950, -loss * p / (1 - p))]) + d.mean()
+    assert skew.mean() == pytest.approx(d.mean()) and skew.var() == pytest.approx(d.var())
+    assert best_growth(skew, float(skew.min())) < 0.85 * best_growth(d, -0.5)
