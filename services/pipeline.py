@@ -91,6 +91,7 @@ class Pipeline:
         # at most max_concurrent runs generate/judge at once (each starts up to 2 + judges actors, which load
         # models): the others wait their turn in status generating/judging
         self.max_concurrent = max(1, max_concurrent)
+        self.wait_s = 0.2   # a judge held back by the auto budget looks for new labels this often
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
         self.running: set[str] = set()
         self.actors: dict[str, Any] = {}   # "{rid}:gen:base" / "{rid}:judge:NAME" -> actor handle
@@ -388,23 +389,29 @@ class Pipeline:
                 if self.metrics:
                     self.metrics.votes.inc(len(done))
 
-        def next_batch(voted: set[int], cursor: list[int], labelled: list[int]) -> list[tuple]:
-            """Up to batch_size pairs: labelled ones not voted yet, then the next ones in the random order.
-            ``cursor`` = [position in the random order, processed draws already seen]; ``labelled`` = labelled
-            pairs not yet voted."""
+        def next_batch(voted: set[int], cursor: list[int], labelled: list[int], name: str) -> list[tuple]:
+            """Up to batch_size pairs: labelled ones not voted yet, then the next ones in the random order as far
+            as the judge's room allows (``judge_budget: "auto"``: a judge that has not shown value yet runs at
+            most a bounded lead ahead of the labels). ``cursor`` = [position in the random order, processed
+            draws already seen]; ``labelled`` = labelled pairs not yet voted. Empty with the cursor at the end:
+            every pair is voted; empty before it: the judge must wait for labels."""
+            room = svc.judge_room(rid, name)    # before the labels: a label in between must not widen it
             new_draws = svc.labelled_pairs(rid, cursor[1])
             cursor[1] += len(new_draws)
             labelled.extend(i for i in new_draws if i in rows)
+            limit = self.batch_size if room is None else min(self.batch_size, room)
             batch: list[int] = []
             while labelled and len(batch) < self.batch_size:
                 i = labelled.pop(0)
                 if i not in voted and i not in batch:
                     batch.append(i)
-            while len(batch) < self.batch_size and cursor[0] < len(order):
+            while cursor[0] < len(order):
                 i = order[cursor[0]][0]
-                cursor[0] += 1
                 if i not in voted and i not in batch:
+                    if len(batch) >= limit:
+                        break
                     batch.append(i)
+                cursor[0] += 1
             return [rows[i] for i in batch]
 
         def judge_loop(name: str, handle: Any) -> None:
@@ -412,8 +419,18 @@ class Pipeline:
             cursor: list[int] = [0, 0]
             labelled: list[int] = []
             while True:
-                batch = next_batch(voted, cursor, labelled)
+                batch = next_batch(voted, cursor, labelled, name)
+                if not batch and cursor[0] >= len(order):
+                    return
                 if not batch:
+                    # held back by the auto budget until more labels come: wait, unless the stop rule or the
+                    # verdict ends the judge (judge_batch_done with no pairs applies both)
+                    if svc.judge_batch_done(rid, name, 0, 0.0):
+                        time.sleep(self.wait_s)
+                        continue
+                    with lock:
+                        stopped.add(name)
+                        flush(list(partial))
                     return
                 t0 = time.perf_counter()
                 if self.mode == "local":
