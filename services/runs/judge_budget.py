@@ -51,22 +51,23 @@ LEAD_PER_LABEL = 0.5
 JUDGE_BUDGETS = ("all", "auto")
 
 
-def shown_valuable(v: JudgeValue) -> bool:
+def shown_valuable(v: JudgeValue, threshold: float = THRESHOLD, min_pairs: int = MIN_PAIRS) -> bool:
     """The judge has shown value for this run: on at least MIN_PAIRS labelled pairs with its vote, the lower end
     of its interval says it saves more than THRESHOLD of the labels."""
-    return v.n >= MIN_PAIRS and v.lower > THRESHOLD
+    return v.n >= min_pairs and v.lower > threshold
 
 
-def allowance(v: JudgeValue | None, labels: int, start: int = LEAD_START, per_label: float = LEAD_PER_LABEL
-              ) -> int | None:
+def allowance(v: JudgeValue | None, labels: int, start: int = LEAD_START, per_label: float = LEAD_PER_LABEL,
+              threshold: float = THRESHOLD, min_pairs: int = MIN_PAIRS) -> int | None:
     """How many pairs a judge under the auto budget may have voted in all, with ``labels`` labelled pairs
     processed and its value ``v`` on them: None (no limit) once it has shown value, else
-    labels + start + floor(per_label * labels) (the service: LEAD_START, LEAD_PER_LABEL) -- every labelled pair (each one measures it) and a
+    labels + start + floor(per_label * labels) (the service: LEAD_START, LEAD_PER_LABEL, THRESHOLD, MIN_PAIRS;
+    simulations pass others) -- every labelled pair (each one measures it) and a
     bounded lead on the labels (the pairs whose votes save labels if it turns out to pay).
 
     A function of the processed labels and of the votes only (never of a pending draw): the same argument as for
     the stop rule keeps the confidence sequence valid (docs/statistics.md)."""
-    if v is not None and shown_valuable(v):
+    if v is not None and shown_valuable(v, threshold, min_pairs):
         return None
     return int(labels) + int(start) + math.floor(per_label * int(labels))
 
