@@ -82,6 +82,25 @@ def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min
                           "median_stop": float(np.median(a)) if (a < 10**9).mean() > 0.5 else None}), flush=True)
 
 
+def simulated_pool(n: int, signal: float, shift: float, seed: int):
+    """A pool of ``n`` simulated pairs as ``simulated_pairs`` with the latent answer quality shifted by ``shift``
+    (shift 0.2: theta ~ 0.55, a run of a few hundred labels); the judge's vote as there (signal 0.5: rho^2 ~ 0.08,
+    like GPT-4 on Arena; 0: none)."""
+    from tiebreak.sampler.replay import ReplayPool
+
+    rng = np.random.default_rng((seed, 99))
+    z = rng.standard_normal(n)
+    u = z + rng.standard_normal(n) + shift
+    y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
+    x = 1.0 / (1.0 + np.exp(-(signal * z + rng.standard_normal(n))))
+    return ReplayPool(tuple(np.array([v]) for v in y), x[:, None])
+
+
+class _SimulatedPool:
+    def __init__(self, pool):
+        self.pool = pool
+
+
 def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None
                   ) -> tuple[float, int, str]:
     """One run on a recorded pool with one recorded judge that votes ``rate`` pairs per human label (labelled
@@ -153,7 +172,9 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
     pair is voted; today ("all") the judge votes every pair. Prints per rate and policy (simulated_run): mean
     share of the pool voted, how judging ended, and labels to the verdict against the same runs (same seeds)
     with the judge never stopped, with the mean paired difference and its standard error."""
-    if data == "arena":
+    if data.startswith("sim:"):
+        pools = [_SimulatedPool(simulated_pool(2000, float(data[4:]), 0.2, seed))]
+    elif data == "arena":
         pools = select_pools(load_items(DATA / "chatbot_arena_ppr.jsonl"), all_pairs=True, min_items=300,
                              judges=[judge])
     else:
@@ -196,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lead", default=None, metavar="START,PER_LABEL",
                     help="--cpu-share: pay as you go's lead instead of the service's LEAD_START, LEAD_PER_LABEL")
     ap.add_argument("--policies", default="lead,auto", help="--cpu-share: lead, auto (each against all)")
-    ap.add_argument("--data", default="arena", choices=("arena", "pandalm"), help="--cpu-share: the recorded pools")
+    ap.add_argument("--data", default="arena",
+                    help="--cpu-share: arena or pandalm (recorded pools), or sim:SIGNAL (2,000 simulated pairs, "
+                         "theta ~ 0.55; the judge name is then only a label)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     sizes = [int(s) for s in a.sizes.split(",")]
