@@ -101,21 +101,24 @@ class _SimulatedPool:
         self.pool = pool
 
 
-def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None
-                  ) -> tuple[float, int, str]:
+def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None,
+                  release: float | None = None) -> tuple[float, int, str]:
     """One run on a recorded pool with one recorded judge that votes ``rate`` pairs per human label (labelled
     pairs first, then a random order, as services/pipeline.py); the run stops at its verdict (method active).
     ``policy``: "all" (the judge is never stopped: today's default), "auto" (the stop rule only) or "lead" (the
     stop rule and pay as you go: judge_budget.allowance caps the pairs voted until the judge has shown value; a
     judge at its cap idles, and the rest of that label's voting time is lost). Returns (share of the pool voted,
     labels to the verdict, how judging ended: "decided" / "worthless" / "all voted"). ``lead`` = (start, per
-    label) instead of the service's LEAD_START, LEAD_PER_LABEL."""
+    label) instead of the service's LEAD_START, LEAD_PER_LABEL; ``release``: the lower end above which the judge
+    has shown value, instead of RELEASE."""
     from tiebreak.sampler.engine import Comparison, ComparisonConfig
     from tiebreak.sampler.judge_value import worthless
     from tiebreak.services.runs.judge_budget import (
         LEAD_PER_LABEL,
         LEAD_START,
         MIN_PAIRS,
+        RELEASE,
+        RELEASE_LEVEL,
         THRESHOLD,
         allowance,
     )
@@ -129,14 +132,14 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
     voted: set[int] = set()
     pos, credit, stopped, end = 0, rate, False, "all voted"
 
-    def value(labelled: list[int]):
+    def value(labelled: list[int], level: float = 0.9):
         ys = np.array([c.labels[i] for i in labelled])
-        return judge_value(c.votes_received()[labelled, 0], ys)
+        return judge_value(c.votes_received()[labelled, 0], ys, level)
 
     while not c.finished:
         labelled = list(dict.fromkeys(d.item for d in c.draws[: c.processed]))   # processed, first draw counts
-        cap = (allowance(value(labelled) if labelled else None, len(labelled), start, per_label)
-               if policy == "lead" else None)
+        cap = (allowance(value(labelled, RELEASE_LEVEL) if labelled else None, len(labelled), start, per_label,
+                         RELEASE if release is None else release) if policy == "lead" else None)
         todo = [i for i in labelled if i not in voted]
         while credit >= 1 and not stopped and len(voted) < n:
             if cap is not None and len(voted) >= cap:
@@ -165,7 +168,8 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
 
 
 def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = "arena",
-              lead: tuple[int, float] | None = None, policies: tuple[str, ...] = ("lead", "auto")) -> None:
+              lead: tuple[int, float] | None = None, policies: tuple[str, ...] = ("lead", "auto"),
+              release: float | None = None) -> None:
     """What share of today's judging a judge costs under judge_budget "auto", with and without pay as you go, on
     recorded pools with one recorded judge: the Arena model pairs with >= 300 battles, or PandaLM (one pool).
     Judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
@@ -184,7 +188,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
         for k, op in enumerate(pools):
             for r in range(runs):
                 for policy in got:
-                    got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead))
+                    got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead, release))
         base = np.array([lab for _, lab, _ in got["all"]], dtype=float)
         for policy in policies:
             share = np.array([s for s, _, _ in got[policy]])
@@ -193,6 +197,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
             diff = lab - base
             print(json.dumps({"data": data, "judge": judge, "rate_pairs_per_label": rate, "policy": policy,
                               **({"lead": list(lead)} if lead and policy == "lead" else {}),
+                              **({"release": release} if release is not None and policy == "lead" else {}),
                               "pools": len(pools), "pool_sizes": [len(op.pool.votes) for op in pools],
                               "runs": len(share), "mean_share_of_pool_voted": round(float(share.mean()), 3),
                               "max_share": round(float(share.max()), 3), "ended": ends,
@@ -216,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rates", default="1,0.2", help="--cpu-share: judge pairs per human label")
     ap.add_argument("--lead", default=None, metavar="START,PER_LABEL",
                     help="--cpu-share: pay as you go's lead instead of the service's LEAD_START, LEAD_PER_LABEL")
+    ap.add_argument("--release", type=float, default=None,
+                    help="--cpu-share: the lower end that releases a judge instead of the service's RELEASE")
     ap.add_argument("--policies", default="lead,auto", help="--cpu-share: lead, auto (each against all)")
     ap.add_argument("--data", default="arena",
                     help="--cpu-share: arena or pandalm (recorded pools), or sim:SIGNAL (2,000 simulated pairs, "
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cpu_share:
         lead = (int(a.lead.split(",")[0]), float(a.lead.split(",")[1])) if a.lead else None
         cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed, a.data, lead,
-                  tuple(a.policies.split(",")))
+                  tuple(a.policies.split(",")), a.release)
         return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):
