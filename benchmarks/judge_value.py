@@ -102,7 +102,7 @@ class _SimulatedPool:
 
 
 def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None,
-                  release: float | None = None) -> tuple[float, int, str]:
+                  release: float | None = None, release_level: float | None = None) -> tuple[float, int, str]:
     """One run on a recorded pool with one recorded judge that votes ``rate`` pairs per human label (labelled
     pairs first, then a random order, as services/pipeline.py); the run stops at its verdict (method active).
     ``policy``: "all" (the judge is never stopped: today's default), "auto" (the stop rule only) or "lead" (the
@@ -110,7 +110,7 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
     judge at its cap idles, and the rest of that label's voting time is lost). Returns (share of the pool voted,
     labels to the verdict, how judging ended: "decided" / "worthless" / "all voted"). ``lead`` = (start, per
     label) instead of the service's LEAD_START, LEAD_PER_LABEL; ``release``: the lower end above which the judge
-    has shown value, instead of RELEASE."""
+    has shown value, instead of RELEASE, and ``release_level`` the interval's level instead of RELEASE_LEVEL."""
     from tiebreak.sampler.engine import Comparison, ComparisonConfig
     from tiebreak.sampler.judge_value import worthless
     from tiebreak.services.runs.judge_budget import (
@@ -138,7 +138,7 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
 
     while not c.finished:
         labelled = list(dict.fromkeys(d.item for d in c.draws[: c.processed]))   # processed, first draw counts
-        cap = (allowance(value(labelled, RELEASE_LEVEL) if labelled else None, len(labelled), start, per_label,
+        cap = (allowance(value(labelled, release_level or RELEASE_LEVEL) if labelled else None, len(labelled), start, per_label,
                          RELEASE if release is None else release) if policy == "lead" else None)
         todo = [i for i in labelled if i not in voted]
         while credit >= 1 and not stopped and len(voted) < n:
@@ -169,7 +169,7 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
 
 def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = "arena",
               lead: tuple[int, float] | None = None, policies: tuple[str, ...] = ("lead", "auto"),
-              release: float | None = None) -> None:
+              release: float | None = None, release_level: float | None = None) -> None:
     """What share of today's judging a judge costs under judge_budget "auto", with and without pay as you go, on
     recorded pools with one recorded judge: the Arena model pairs with >= 300 battles, or PandaLM (one pool).
     Judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
@@ -188,7 +188,8 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
         for k, op in enumerate(pools):
             for r in range(runs):
                 for policy in got:
-                    got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead, release))
+                    got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead, release,
+                                                     release_level))
         base = np.array([lab for _, lab, _ in got["all"]], dtype=float)
         for policy in policies:
             share = np.array([s for s, _, _ in got[policy]])
@@ -198,6 +199,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
             print(json.dumps({"data": data, "judge": judge, "rate_pairs_per_label": rate, "policy": policy,
                               **({"lead": list(lead)} if lead and policy == "lead" else {}),
                               **({"release": release} if release is not None and policy == "lead" else {}),
+                              **({"release_level": release_level} if release_level and policy == "lead" else {}),
                               "pools": len(pools), "pool_sizes": [len(op.pool.votes) for op in pools],
                               "runs": len(share), "mean_share_of_pool_voted": round(float(share.mean()), 3),
                               "max_share": round(float(share.max()), 3), "ended": ends,
@@ -223,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="--cpu-share: pay as you go's lead instead of the service's LEAD_START, LEAD_PER_LABEL")
     ap.add_argument("--release", type=float, default=None,
                     help="--cpu-share: the lower end that releases a judge instead of the service's RELEASE")
+    ap.add_argument("--release-level", type=float, default=None,
+                    help="--cpu-share: that interval's level instead of the service's RELEASE_LEVEL")
     ap.add_argument("--policies", default="lead,auto", help="--cpu-share: lead, auto (each against all)")
     ap.add_argument("--data", default="arena",
                     help="--cpu-share: arena or pandalm (recorded pools), or sim:SIGNAL (2,000 simulated pairs, "
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.cpu_share:
         lead = (int(a.lead.split(",")[0]), float(a.lead.split(",")[1])) if a.lead else None
         cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed, a.data, lead,
-                  tuple(a.policies.split(",")), a.release)
+                  tuple(a.policies.split(",")), a.release, a.release_level)
         return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):
