@@ -13,15 +13,15 @@ their compute"). Labels that arrived out of order and are not yet processed are 
 them could be the label of a pair whose prediction the stop would still change.
 
 Pay as you go (``allowance``): under the auto budget a judge that has not yet shown value for this run (fewer
-than MIN_PAIRS labelled pairs with its vote, or its interval's lower end <= RELEASE = 0) votes the labelled pairs
-(they measure it) and at most LEAD_START + LEAD_PER_LABEL x labels pairs ahead of the labels; once shown, it votes
-as fast as it can. Like the stop rule, the allowance is a function of the processed labels (and of votes) only.
+than MIN_PAIRS labelled pairs with its vote, or its RELEASE_LEVEL interval's lower end <= RELEASE) votes the
+labelled pairs (they measure it) and at most LEAD_START + LEAD_PER_LABEL x labels pairs ahead of the labels; once
+shown, it votes as fast as it can. Like the stop rule, the allowance is a function of the processed labels (and of votes) only.
 
-States: ``running`` (the pipeline votes with it), ``waiting-for-labels`` (shown in the status only: a running judge
-under the auto budget that has used up its lead and waits for labels), ``stopped-worthless`` (auto budget: stopped; pairs it voted keep
-their votes, the others have none from it), ``stopped-decided`` (every verdict of the run is final, whatever the
-budget: no vote can change anything any more), ``finished`` (it voted every pair), ``supplied`` (votes given with
-the pairs: nothing was spent here).
+States: ``running`` (the pipeline votes with it), ``waiting-for-labels`` (shown in the status only: a running
+judge under the auto budget that has used up its lead and waits for labels), ``stopped-worthless`` (auto budget:
+stopped; pairs it voted keep their votes, the others have none from it), ``stopped-decided`` (every verdict of
+the run is final, whatever the budget: no vote can change anything any more), ``finished`` (it voted every
+pair), ``supplied`` (votes given with the pairs: nothing was spent here).
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def shown_valuable(v: JudgeValue, threshold: float = RELEASE, min_pairs: int = M
 def allowance(v: JudgeValue | None, labels: int, start: int = LEAD_START, per_label: float = LEAD_PER_LABEL,
               threshold: float = RELEASE, min_pairs: int = MIN_PAIRS) -> int | None:
     """How many pairs a judge under the auto budget may have voted in all, with ``labels`` labelled pairs
-    processed and its value ``v`` on them (the service: its interval at RELEASE_LEVEL): None (no limit) once it has shown value, else
-    labels + start + floor(per_label * labels) (the service: LEAD_START, LEAD_PER_LABEL, RELEASE, MIN_PAIRS;
-    simulations pass others) -- every labelled pair (each one measures it) and a
-    bounded lead on the labels (the pairs whose votes save labels if it turns out to pay).
+    processed and its value ``v`` on them (the service: its interval at RELEASE_LEVEL): None (no limit) once it
+    has shown value, else labels + start + floor(per_label * labels) (the service: LEAD_START, LEAD_PER_LABEL,
+    RELEASE, MIN_PAIRS; simulations pass others) -- every labelled pair (each one measures it) and a bounded lead
+    on the labels (the pairs whose votes save labels if it turns out to pay).
 
     A function of the processed labels and of the votes only (never of a pending draw): the same argument as for
     the stop rule keeps the confidence sequence valid (docs/statistics.md)."""
