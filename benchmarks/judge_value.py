@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,63 +82,133 @@ def stop_times(reps: int, rng: np.random.Generator, threshold: float = 0.05, min
                           "median_stop": float(np.median(a)) if (a < 10**9).mean() > 0.5 else None}), flush=True)
 
 
-def cpu_share(runs: int, rates: list[float], judge: str, seed: int) -> None:
-    """What share of today's judging a judge costs under judge_budget "auto", on recorded Arena pools (model
-    pairs with >= 300 battles) with one recorded judge. The judge votes ``rate`` pairs per human label
-    (labelled pairs first, then a random order, as services/pipeline.py), the run stops at its verdict, and
-    judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
-    pair is voted. Today ("all") the judge votes every pair. Prints per rate: mean share of the pool voted,
-    how judging ended, and labels to the verdict against the same runs with the judge never stopped."""
+def simulated_pool(n: int, signal: float, shift: float, seed: int):
+    """A pool of ``n`` simulated pairs as ``simulated_pairs`` with the latent answer quality shifted by ``shift``
+    (shift 0.2: theta ~ 0.55, a run of a few hundred labels); the judge's vote as there (signal 0.5: rho^2 ~ 0.08,
+    like GPT-4 on Arena; 0: none)."""
+    from tiebreak.sampler.replay import ReplayPool
+
+    rng = np.random.default_rng((seed, 99))
+    z = rng.standard_normal(n)
+    u = z + rng.standard_normal(n) + shift
+    y = np.where(u > 0.6, 1.0, np.where(u < -0.6, 0.0, 0.5))
+    x = 1.0 / (1.0 + np.exp(-(signal * z + rng.standard_normal(n))))
+    return ReplayPool(tuple(np.array([v]) for v in y), x[:, None])
+
+
+class _SimulatedPool:
+    def __init__(self, pool):
+        self.pool = pool
+
+
+def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None,
+                  release: float | None = None, release_level: float | None = None) -> tuple[float, int, str]:
+    """One run on a recorded pool with one recorded judge that votes ``rate`` pairs per human label (labelled
+    pairs first, then a random order, as services/pipeline.py); the run stops at its verdict (method active).
+    ``policy``: "all" (the judge is never stopped: today's default), "auto" (the stop rule only) or "lead" (the
+    stop rule and pay as you go: judge_budget.allowance caps the pairs voted until the judge has shown value; a
+    judge at its cap idles, and the rest of that label's voting time is lost). Returns (share of the pool voted,
+    labels to the verdict, how judging ended: "decided" / "worthless" / "all voted"). ``lead`` = (start, per
+    label) instead of the service's LEAD_START, LEAD_PER_LABEL; ``release``: the lower end above which the judge
+    has shown value, instead of RELEASE, and ``release_level`` the interval's level instead of RELEASE_LEVEL."""
     from tiebreak.sampler.engine import Comparison, ComparisonConfig
     from tiebreak.sampler.judge_value import worthless
-    from tiebreak.services.runs.judge_budget import MIN_PAIRS, THRESHOLD
+    from tiebreak.services.runs.judge_budget import (
+        LEAD_PER_LABEL,
+        LEAD_START,
+        MIN_PAIRS,
+        RELEASE,
+        RELEASE_LEVEL,
+        THRESHOLD,
+        allowance,
+    )
 
-    items = load_items(DATA / "chatbot_arena_ppr.jsonl")
-    pools = select_pools(items, all_pairs=True, min_items=300, judges=[judge])
+    start, per_label = lead or (LEAD_START, LEAD_PER_LABEL)
+    n = len(pool.votes)
+    rng = np.random.default_rng(seed)
+    c = Comparison(np.full_like(pool.judge_votes, np.nan), config=ComparisonConfig(method="active"), rng=rng,
+                   voted=np.zeros(n, dtype=bool))
+    order = [int(i) for i in np.random.default_rng((*seed, 7)).permutation(n)]
+    voted: set[int] = set()
+    pos, credit, stopped, end = 0, rate, False, "all voted"
+
+    def value(labelled: list[int], level: float = 0.9):
+        ys = np.array([c.labels[i] for i in labelled])
+        return judge_value(c.votes_received()[labelled, 0], ys, level)
+
+    while not c.finished:
+        labelled = list(dict.fromkeys(d.item for d in c.draws[: c.processed]))   # processed, first draw counts
+        cap = (allowance(value(labelled, release_level or RELEASE_LEVEL) if labelled else None, len(labelled), start, per_label,
+                         RELEASE if release is None else release) if policy == "lead" else None)
+        todo = [i for i in labelled if i not in voted]
+        while credit >= 1 and not stopped and len(voted) < n:
+            if cap is not None and len(voted) >= cap:
+                credit -= math.floor(credit)          # waiting for labels: this label's time is not banked
+                break
+            if todo:
+                i = todo.pop(0)
+            else:
+                while order[pos] in voted:
+                    pos += 1
+                i = order[pos]
+            voted.add(i)
+            c.add_votes([i], pool.judge_votes[[i]])
+            credit -= 1
+        if policy != "all" and not stopped and labelled and worthless(value(labelled), THRESHOLD, MIN_PAIRS):
+            stopped, end = True, "worthless"
+        items_ = c.next_items(1)
+        if not items_:
+            break
+        v = pool.votes[items_[0]]
+        c.record_label(items_[0], float(v[rng.integers(v.size)]) if v.size > 1 else float(v[0]))
+        credit += rate
+    if not stopped and len(voted) < n:
+        end = "decided"
+    return len(voted) / n, len(c.labels), end
+
+
+def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = "arena",
+              lead: tuple[int, float] | None = None, policies: tuple[str, ...] = ("lead", "auto"),
+              release: float | None = None, release_level: float | None = None) -> None:
+    """What share of today's judging a judge costs under judge_budget "auto", with and without pay as you go, on
+    recorded pools with one recorded judge: the Arena model pairs with >= 300 battles, or PandaLM (one pool).
+    Judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
+    pair is voted; today ("all") the judge votes every pair. Prints per rate and policy (simulated_run): mean
+    share of the pool voted, how judging ended, and labels to the verdict against the same runs (same seeds)
+    with the judge never stopped, with the mean paired difference and its standard error."""
+    if data.startswith("sim:"):
+        pools = [_SimulatedPool(simulated_pool(2000, float(data[4:]), 0.2, seed))]
+    elif data == "arena":
+        pools = select_pools(load_items(DATA / "chatbot_arena_ppr.jsonl"), all_pairs=True, min_items=300,
+                             judges=[judge])
+    else:
+        pools = select_pools(load_items(DATA / "pandalm_testset.jsonl"), judges=[judge])
     for rate in rates:
-        shares, ends, labels_auto, labels_all = [], {"decided": 0, "worthless": 0, "all voted": 0}, [], []
+        got: dict[str, list[tuple[float, int, str]]] = {p: [] for p in (*policies, "all")}
         for k, op in enumerate(pools):
-            pool = op.pool
-            n = len(pool.votes)
             for r in range(runs):
-                for auto in (True, False):
-                    rng = np.random.default_rng((seed, k, r))
-                    cfg = ComparisonConfig(method="active")
-                    c = Comparison(np.full_like(pool.judge_votes, np.nan), config=cfg, rng=rng,
-                                   voted=np.zeros(n, dtype=bool))
-                    order = [int(i) for i in np.random.default_rng((seed, k, r, 7)).permutation(n)]
-                    voted: set[int] = set()
-                    credit, stopped, end = rate, False, "all voted"
-                    while not c.finished:
-                        labelled = [d.item for d in c.draws[: c.processed]]
-                        while credit >= 1 and not stopped and len(voted) < n:
-                            i = next(i for i in labelled + order if i not in voted)
-                            voted.add(i)
-                            c.add_votes([i], pool.judge_votes[[i]])
-                            credit -= 1
-                        if auto and not stopped and labelled:
-                            ys = np.array([c.labels[i] for i in labelled])
-                            if worthless(judge_value(c.votes_received()[labelled, 0], ys), THRESHOLD, MIN_PAIRS):
-                                stopped, end = True, "worthless"
-                        items_ = c.next_items(1)
-                        if not items_:
-                            break
-                        v = pool.votes[items_[0]]
-                        c.record_label(items_[0], float(v[rng.integers(v.size)]) if v.size > 1 else float(v[0]))
-                        credit += rate
-                    if auto:
-                        if not stopped and len(voted) < n:
-                            end = "decided"
-                        ends[end] += 1
-                        shares.append(len(voted) / n)
-                        labels_auto.append(len(c.labels))
-                    else:
-                        labels_all.append(len(c.labels))
-        print(json.dumps({"judge": judge, "rate_pairs_per_label": rate, "pools": len(pools), "runs": len(shares),
-                          "mean_share_of_pool_voted": round(float(np.mean(shares)), 3),
-                          "max_share": round(float(np.max(shares)), 3), "ended": ends,
-                          "labels_auto": round(float(np.mean(labels_auto)), 1),
-                          "labels_never_stopped": round(float(np.mean(labels_all)), 1)}), flush=True)
+                for policy in got:
+                    got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead, release,
+                                                     release_level))
+        base = np.array([lab for _, lab, _ in got["all"]], dtype=float)
+        for policy in policies:
+            share = np.array([s for s, _, _ in got[policy]])
+            lab = np.array([lab for _, lab, _ in got[policy]], dtype=float)
+            ends = {e: sum(1 for *_, x in got[policy] if x == e) for e in ("decided", "worthless", "all voted")}
+            diff = lab - base
+            print(json.dumps({"data": data, "judge": judge, "rate_pairs_per_label": rate, "policy": policy,
+                              **({"lead": list(lead)} if lead and policy == "lead" else {}),
+                              **({"release": release} if release is not None and policy == "lead" else {}),
+                              **({"release_level": release_level} if release_level and policy == "lead" else {}),
+                              "pools": len(pools), "pool_sizes": [len(op.pool.votes) for op in pools],
+                              "runs": len(share), "mean_share_of_pool_voted": round(float(share.mean()), 3),
+                              "max_share": round(float(share.max()), 3), "ended": ends,
+                              "labels": round(float(lab.mean()), 1),
+                              "labels_never_stopped": round(float(base.mean()), 1),
+                              "extra_labels_pct": round(100 * float(diff.mean() / base.mean()), 2),
+                              "extra_labels_pct_se": round(100 * float(diff.std(ddof=1) / np.sqrt(diff.size)
+                                                                      / base.mean()), 2) if diff.size > 1 else None}),
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu-share", default=None, metavar="JUDGE",
                     help="share of the pool a recorded Arena judge votes under the auto budget")
     ap.add_argument("--rates", default="1,0.2", help="--cpu-share: judge pairs per human label")
+    ap.add_argument("--lead", default=None, metavar="START,PER_LABEL",
+                    help="--cpu-share: pay as you go's lead instead of the service's LEAD_START, LEAD_PER_LABEL")
+    ap.add_argument("--release", type=float, default=None,
+                    help="--cpu-share: the lower end that releases a judge instead of the service's RELEASE")
+    ap.add_argument("--release-level", type=float, default=None,
+                    help="--cpu-share: that interval's level instead of the service's RELEASE_LEVEL")
+    ap.add_argument("--policies", default="lead,auto", help="--cpu-share: lead, auto (each against all)")
+    ap.add_argument("--data", default="arena",
+                    help="--cpu-share: arena or pandalm (recorded pools), or sim:SIGNAL (2,000 simulated pairs, "
+                         "theta ~ 0.55; the judge name is then only a label)")
     a = ap.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -160,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         stop_times(a.reps, rng)
         return
     if a.cpu_share:
-        cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed)
+        lead = (int(a.lead.split(",")[0]), float(a.lead.split(",")[1])) if a.lead else None
+        cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed, a.data, lead,
+                  tuple(a.policies.split(",")), a.release, a.release_level)
         return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):

@@ -90,7 +90,10 @@ class JudgeQueue:
     def labelled(self, idxs: Iterable[int]) -> None:
         self._labelled.extend(i for i in idxs if i in self.rank)
 
-    def next_batch(self, k: int) -> list[int]:
+    def next_batch(self, k: int, room: int | None = None) -> list[int]:
+        """Up to ``k`` pairs: labelled ones first (always: each one measures the judge), then the next in the
+        random order while the batch has fewer than ``room`` pairs (``judge_budget: "auto"``: the pairs a judge
+        that has not shown value yet may still vote, a bounded lead on the labels; None = no limit)."""
         batch: list[int] = []
         waiting: list[int] = []       # labelled pairs not handed out yet (batch full, or not available yet)
         for i in self._labelled:
@@ -101,7 +104,7 @@ class JudgeQueue:
             else:
                 waiting.append(i)
         self._labelled = waiting
-        while len(batch) < k and self._heap:
+        while len(batch) < k and self._heap and (room is None or len(batch) < room):
             _, i = heapq.heappop(self._heap)
             if i not in self.handed and i not in batch:
                 batch.append(i)
@@ -111,6 +114,10 @@ class JudgeQueue:
     def done(self) -> bool:
         """Every available pair was handed out."""
         return self.available <= self.handed
+
+    def held(self) -> bool:
+        """Some available pair is still to be handed out (a judge with no room waits for it)."""
+        return any(i not in self.handed for _, i in self._heap)
 
 
 class RunJudging:
@@ -245,10 +252,21 @@ class RunJudging:
             new, closed = self.feed.since(seen)
             seen += len(new)
             queue.offer(new)
+            room = svc.judge_room(rid, name)    # before the labels: a label read in between must not widen it
             draws = svc.labelled_pairs(rid, draws_seen)
             draws_seen += len(draws)
             queue.labelled(draws)
-            idxs = queue.next_batch(pipe.batch_size)
+            idxs = queue.next_batch(pipe.batch_size, room)
+            if not idxs and room is not None and queue.held():
+                # held back by the auto budget until more labels come (pay as you go): wait, unless the stop
+                # rule or the verdict ends the judge (judge_batch_done with no pairs applies both)
+                if svc.judge_batch_done(rid, name, 0, 0.0):
+                    time.sleep(pipe.wait_s)
+                    continue
+                with self.lock:
+                    self.stopped.add(name)
+                    self._flush(list(self.partial))       # the pairs that were waiting only for this judge
+                return
             if not idxs:
                 if closed:
                     # generation stopped at the verdict before this judge reached every pair: it stops as

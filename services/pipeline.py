@@ -91,6 +91,7 @@ class Pipeline:
         # at most max_concurrent runs generate/judge at once (each starts up to 2 + judges actors, which load
         # models): the others wait their turn in status generating/judging
         self.max_concurrent = max(1, max_concurrent)
+        self.wait_s = 0.2   # a judge held back by the auto budget looks for new labels this often
         self._slots = threading.BoundedSemaphore(self.max_concurrent)
         self.running: set[str] = set()
         self.actors: dict[str, Any] = {}   # "{rid}:gen:base" / "{rid}:judge:NAME" -> actor handle

@@ -55,7 +55,7 @@ def render_run_report(run: ReportCopy, pair_of: Callable[[int], dict | None]) ->
                f"{run.labels_per_pair}"])
     if run.family is not None:
         data = _family_verdicts(data, run.family)
-    worth = judges_value_of(meta, comps[OVERALL], run.n_votes)
+    worth = judges_value_of(meta, comps[OVERALL], run.n_votes, run.n_pairs)
     data.judge_worth = [JudgeWorthRow(name=name, **{k: v for k, v in w.items() if k in JudgeWorthRow.model_fields})
                         for name, w in worth.items()]
     return render_report(data)

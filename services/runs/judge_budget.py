@@ -12,10 +12,16 @@ before that draw, and the run's confidence sequence stays valid (docs/statistics
 their compute"). Labels that arrived out of order and are not yet processed are deliberately not used: one of
 them could be the label of a pair whose prediction the stop would still change.
 
-States: ``running`` (the pipeline votes with it), ``stopped-worthless`` (auto budget: stopped; pairs it voted keep
-their votes, the others have none from it), ``stopped-decided`` (every verdict of the run is final, whatever the
-budget: no vote can change anything any more), ``finished`` (it voted every pair), ``supplied`` (votes given with
-the pairs: nothing was spent here).
+Pay as you go (``allowance``): under the auto budget a judge that has not yet shown value for this run (fewer
+than MIN_PAIRS labelled pairs with its vote, or its RELEASE_LEVEL interval's lower end <= RELEASE) votes the
+labelled pairs (they measure it) and at most LEAD_START + LEAD_PER_LABEL x labels pairs ahead of the labels; once
+shown, it votes as fast as it can. Like the stop rule, the allowance is a function of the processed labels (and of votes) only.
+
+States: ``running`` (the pipeline votes with it), ``waiting-for-labels`` (shown in the status only: a running
+judge under the auto budget that has used up its lead and waits for labels), ``stopped-worthless`` (auto budget:
+stopped; pairs it voted keep their votes, the others have none from it), ``stopped-decided`` (every verdict of
+the run is final, whatever the budget: no vote can change anything any more), ``finished`` (it voted every
+pair), ``supplied`` (votes given with the pairs: nothing was spent here).
 """
 
 from __future__ import annotations
@@ -35,7 +41,42 @@ THRESHOLD = 0.05
 MIN_PAIRS = 30
 LEVEL = 0.9
 
+# Pay as you go (docs/concepts.md, docs/statistics.md): until a judge has shown value (the RELEASE_LEVEL interval's
+# lower end > RELEASE on at least MIN_PAIRS labelled pairs: its votes carry signal), it may have voted the labelled
+# pairs and LEAD_START + LEAD_PER_LABEL x labels more. Chosen by measurement (docs/benchmarks.md, `python -m
+# benchmarks.judge_value --cpu-share ... --lead S,P --release R`): releasing only above THRESHOLD held a judge that
+# explains ~8 % back for a whole long run (+3-6 % labels); above 0 it costs no measurable labels, and at the 98 %
+# level (not the 90 % of the value shown) a judge without signal is rarely let loose by chance. The lead costs a
+# worthless judge its size and bought nothing measurable; LEAD_START lets a judge show at once that it works (and
+# its pace) before any label.
+RELEASE = 0.0
+RELEASE_LEVEL = 0.98
+LEAD_START = 10
+LEAD_PER_LABEL = 0.25
+
 JUDGE_BUDGETS = ("all", "auto")
+
+
+def shown_valuable(v: JudgeValue, threshold: float = RELEASE, min_pairs: int = MIN_PAIRS) -> bool:
+    """The judge has shown value for this run: on at least ``min_pairs`` labelled pairs with its vote, the lower
+    end of its interval ``v`` (the service: at RELEASE_LEVEL) is above ``threshold`` (RELEASE = 0: the interval
+    excludes 0, its votes carry signal)."""
+    return v.n >= min_pairs and v.lower > threshold
+
+
+def allowance(v: JudgeValue | None, labels: int, start: int = LEAD_START, per_label: float = LEAD_PER_LABEL,
+              threshold: float = RELEASE, min_pairs: int = MIN_PAIRS) -> int | None:
+    """How many pairs a judge under the auto budget may have voted in all, with ``labels`` labelled pairs
+    processed and its value ``v`` on them (the service: its interval at RELEASE_LEVEL): None (no limit) once it
+    has shown value, else labels + start + floor(per_label * labels) (the service: LEAD_START, LEAD_PER_LABEL,
+    RELEASE, MIN_PAIRS; simulations pass others) -- every labelled pair (each one measures it) and a bounded lead
+    on the labels (the pairs whose votes save labels if it turns out to pay).
+
+    A function of the processed labels and of the votes only (never of a pending draw): the same argument as for
+    the stop rule keeps the confidence sequence valid (docs/statistics.md)."""
+    if v is not None and shown_valuable(v, threshold, min_pairs):
+        return None
+    return int(labels) + int(start) + math.floor(per_label * int(labels))
 
 
 def horizon(rt: RunRuntime) -> int:
@@ -96,8 +137,10 @@ def _view(v: JudgeValue, labels: int, rec: dict | None, n_pairs: int = 0) -> dic
     if rec is not None:
         out.update(cpu_s=round(float(rec.get("cpu_s", 0.0)), 3), pairs_voted=int(rec.get("pairs", 0)),
                    state=rec.get("state", "running"))
+        if rec.get("pairs_allowed") is not None:
+            out["pairs_allowed"] = int(rec["pairs_allowed"])
         done, wall = int(rec.get("pairs", 0)), float(rec.get("wall_s", 0.0))
-        if out["state"] == "running" and done and wall > 0 and n_pairs:
+        if out["state"] == "running" and "pairs_allowed" not in out and done and wall > 0 and n_pairs:
             # at the judge's pace so far; the pairs it still has to vote (a stop or the verdict may come first)
             out["eta_s"] = round(wall / done * max(0, n_pairs - done), 1)
         if rec.get("stopped_at_labels") is not None:
@@ -109,20 +152,56 @@ def _view(v: JudgeValue, labels: int, rec: dict | None, n_pairs: int = 0) -> dic
 
 def judges_value(rt: RunRuntime) -> dict[str, Any]:
     """The status field ``judges_value``: per judge and ``"jury"`` (call under ``rt.lock``)."""
-    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted, len(rt.pair_ids))
+    return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted, len(rt.pair_ids), horizon(rt))
 
 
-def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int, n_pairs: int = 0) -> dict[str, Any]:
-    """``judges_value`` from a run's meta and overall comparison (the report renders it from its copy)."""
+def _allowances(meta: dict, comp: Comparison | None, upto: int | None) -> dict[str, int | None]:
+    """{judge: allowance} of the auto budget's pay as you go on the first ``upto`` processed draws ({} under
+    budget "all")."""
+    if meta.get("judge_budget", "all") != "auto":
+        return {}
+    names = list(meta.get("judge_names") or [])
+    got = _labelled_votes(comp, upto)
+    if got is None:
+        return {n: allowance(None, 0) for n in names}
+    labels, votes = got
+    return {n: allowance(judge_value(votes[:, j], labels, RELEASE_LEVEL), int(labels.size))
+            for j, n in enumerate(names)}
+
+
+def room(rt: RunRuntime, name: str) -> int | None:
+    """How many more pairs the pipeline may vote with judge ``name`` now: None = no limit (budget "all", or a
+    judge that has shown value); else its allowance less the pairs it has voted (0: it waits for labels; a judge
+    no longer running gets 0 too, and the pipeline's next stop check ends it). Call under ``rt.lock``."""
+    if rt.meta.get("judge_budget", "all") != "auto":
+        return None
+    rec = (rt.meta.get("judge_work") or {}).get(name) or {"pairs": 0, "state": "running"}
+    if rec.get("state", "running") != "running":
+        return 0
+    a = _allowances(rt.meta, rt.comps.get(OVERALL), horizon(rt)).get(name)
+    return None if a is None else max(0, a - int(rec.get("pairs", 0)))
+
+
+def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int, n_pairs: int = 0,
+                    upto: int | None = None) -> dict[str, Any]:
+    """``judges_value`` from a run's meta and overall comparison (the report renders it from its copy);
+    ``upto``: the draws every running question has processed (``horizon``), on which pay as you go is decided."""
     names = list(meta.get("judge_names") or [])
     if not names:
         return {}
     per, jury, labels = values(meta, comp)
     supplied = not meta.get("judges")
+    allowed = {} if supplied else _allowances(meta, comp, upto)
     out: dict[str, Any] = {}
     for n in names:
         rec = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
                else (meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+        a = allowed.get(n)
+        if a is not None and rec.get("state", "running") == "running":
+            done = int(rec.get("pairs", 0))
+            # held back: it may vote up to `pairs_allowed` until more labels come; at it (and pairs left): waiting
+            rec = {**rec, "pairs_allowed": a,
+                   "state": "waiting-for-labels" if done >= a and done < n_pairs else "running"}
         out[n] = _view(per.get(n) or JudgeValue(0, 0.0, 0.0, 1.0, LEVEL, float("nan")), labels, rec, n_pairs)
     if jury is not None and len(names) > 1:
         out["jury"] = _view(jury, labels, None)

@@ -165,6 +165,14 @@ class RunService:
                 self.writer.commit(rt, meta=rt.meta)
         return keep
 
+    def judge_room(self, rid: str, name: str) -> int | None:
+        """How many more pairs the pipeline may vote with judge ``name`` now: None = no limit; under
+        ``judge_budget: "auto"`` a judge that has not shown value yet gets the labelled pairs it has not voted and
+        what is left of its lead on the labels (0: wait for labels). A function of the processed labels only."""
+        rt = self.runtime(rid)
+        with rt.lock:
+            return judge_budget.room(rt, name)
+
     def judges_stopped(self, rid: str) -> set[str]:
         """Judges that vote no more in this run (worthless under the auto budget, or the run is decided)."""
         rt = self.runtime(rid)

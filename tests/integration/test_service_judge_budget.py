@@ -165,3 +165,83 @@ def test_the_stop_rule_looks_only_at_draws_every_running_question_has_processed(
     with rt.lock:
         assert rt.comps["overall"].processed == 8 and horizon(rt) == 5
     assert len(svc.labelled_pairs(rid)) == 5
+
+
+# ------------------------------------------------------------------------------ pay as you go (auto budget)
+def _label_slowly(store: RedisStore, longer_wins: bool, labels: int, seed: int) -> tuple[RunService, str, list]:
+    """The pipeline judges in the background while one annotator labels; before each label the test waits until
+    the judge has done what it may (it waits for labels, was stopped, or voted every pair), so the labels come
+    slowly against a judge that is as fast as it gets. Returns (service, run, [(labels processed, pairs voted,
+    state, pairs_allowed)] seen after each label)."""
+    import time
+
+    svc = RunService(store)
+    pairs = _pairs(seed)
+    rid = svc.create_run({"name": "lead", "pairs": pairs, "judges": [JUDGE], "seed": seed, "alpha": 0.001,
+                          "judge_budget": "auto"})
+    pipe = Pipeline(svc, mode="local", batch_size=4)
+    pipe.wait_s = 0.01
+    pipe.submit(rid)
+    seen = []
+    rng = np.random.default_rng(seed)
+
+    def settled() -> dict:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            v = svc.status(rid)["judges_value"][JUDGE]
+            if v["state"] != "running":
+                return v
+            time.sleep(0.01)
+        raise AssertionError(f"the judge neither waited nor stopped nor finished: {v}")
+
+    try:
+        for _ in range(labels):
+            v = settled()
+            seen.append((len(set(svc.labelled_pairs(rid))), v["pairs_voted"], v["state"], v.get("pairs_allowed")))
+            if v["state"] in ("finished", "stopped-worthless"):
+                break
+            _label(svc, rid, pairs, 1, longer_wins, seed=int(rng.integers(1 << 30)))
+        pipe.wait(rid, timeout=30)
+    finally:
+        if rid in pipe.running:        # a failed assertion above: let the held-back judge end (run decided)
+            svc.release(rid)
+    return svc, rid, seen
+
+
+def test_a_judge_without_signal_votes_only_its_lead_ahead_of_slow_labels(store):
+    """auto budget, coin-flip labels one at a time: the juror may vote the labelled pairs and at most
+    LEAD_START + LEAD_PER_LABEL x labels more; it waits for labels in between (on main it voted the whole pool
+    at once) and is stopped as worthless as before."""
+    from tiebreak.services.runs.judge_budget import LEAD_PER_LABEL, LEAD_START
+
+    svc, rid, seen = _label_slowly(store, longer_wins=False, labels=300, seed=11)
+    for labelled, voted, state, allowed in seen:
+        if state == "waiting-for-labels":
+            assert allowed == labelled + LEAD_START + int(LEAD_PER_LABEL * labelled)
+            assert voted == allowed, seen                  # it used its lead, and no more
+        else:
+            assert state == "stopped-worthless", seen
+            assert voted <= labelled + LEAD_START + int(LEAD_PER_LABEL * labelled), seen
+    assert seen[0][:3] == (0, LEAD_START, "waiting-for-labels")
+    assert [s[2] for s in seen].count("waiting-for-labels") == len(seen) - 1
+    st = svc.status(rid)
+    v = st["judges_value"][JUDGE]
+    assert v["state"] == "stopped-worthless" and v["stopped_at_interval"][1] < THRESHOLD
+    assert v["pairs_voted"] < 0.6 * N_PAIRS
+    assert st["status"] == "ready" and st["judged"] == N_PAIRS      # the pipeline ended: every pair's votes stored
+
+
+def test_a_judge_with_signal_is_held_back_until_it_shows_value_then_votes_every_pair(store):
+    """auto budget, labels that the longer answer wins: held back to its lead while fewer than MIN_PAIRS labelled
+    pairs measure it, then released (its interval's lower end > THRESHOLD) and it votes all 400."""
+    from tiebreak.services.runs.judge_budget import LEAD_PER_LABEL, LEAD_START
+
+    svc, rid, seen = _label_slowly(store, longer_wins=True, labels=120, seed=12)
+    held = [s for s in seen if s[2] == "waiting-for-labels"]
+    assert len(held) >= MIN_PAIRS and seen[-1][2] == "finished", seen
+    for labelled, voted, _, allowed in held:
+        assert voted == allowed == labelled + LEAD_START + int(LEAD_PER_LABEL * labelled), seen
+    assert len(seen) <= 2 * MIN_PAIRS, seen            # released soon after MIN_PAIRS labels
+    v = svc.status(rid)["judges_value"][JUDGE]
+    assert v["state"] == "finished" and v["pairs_voted"] == N_PAIRS and "pairs_allowed" not in v
+    assert v["interval"][0] > THRESHOLD

@@ -75,15 +75,33 @@ def test_jury_value_uses_both_judges_and_equals_the_judge_for_one() -> None:
 
 
 def _machines(c, order: list[int], votes: np.ndarray, have: np.ndarray, running: list[bool],
-              sent: np.ndarray) -> None:
-    """The pipeline between two labels: each running judge votes one pair (labelled pairs first, then the random
-    order), the stop rule runs on the processed labels, complete pairs go to the sampler."""
+              sent: np.ndarray, lead: tuple[int, float] | None = None, pace: int = 1,
+              seen: dict | None = None) -> None:
+    """The pipeline between two labels: each running judge votes ``pace`` pairs (labelled pairs first, then the
+    random order; with ``lead`` = (start, per label) pay as you go: judge_budget.allowance caps its pairs voted
+    on its value on the processed labels, but for the labelled ones; released from 8 pairs, permissive as the
+    stop rule here; ``seen`` counts "held" = a judge stopped short by its cap, "free" = a judge released), the stop
+    rule runs on the processed labels, complete pairs go to the sampler."""
+    from tiebreak.services.runs.judge_budget import allowance
+
     labelled = [d.item for d in c.draws[: c.processed]]
     for j in (0, 1):
         if running[j]:
             todo = [i for i in labelled + order if np.isnan(have[i, j])]
-            if todo:
-                have[todo[0], j] = votes[todo[0], j]
+            cap = None
+            if lead is not None:
+                unique = list(dict.fromkeys(labelled))
+                got = (judge_value(c.votes_received()[unique, j], np.array([c.labels[i] for i in unique]))
+                       if unique else None)
+                cap = allowance(got, len(unique), *lead, threshold=0.05, min_pairs=8)
+                if seen is not None and cap is None:
+                    seen["free"] = seen.get("free", 0) + 1
+            for i in todo[:pace]:
+                if cap is not None and i not in labelled and int((~np.isnan(have[:, j])).sum()) >= cap:
+                    if seen is not None:
+                        seen["held"] = seen.get("held", 0) + 1
+                    break
+                have[i, j] = votes[i, j]
     labels = np.array([c.labels[i] for i in labelled])
     for j in (0, 1):
         if running[j] and labelled and worthless(judge_value(c.votes_received()[labelled, j], labels), 0.3, 8):
@@ -95,14 +113,17 @@ def _machines(c, order: list[int], votes: np.ndarray, have: np.ndarray, running:
         sent[done] = True
 
 
-def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: int = 1) -> tuple[int, int]:
+def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: int = 1,
+                                 lead: tuple[int, float] | None = None, pace: int = 1,
+                                 seen: dict | None = None) -> tuple[int, int]:
     """Symmetrized null (theta = 1/2 exactly) run like judge_budget "auto" (services/pipeline.py): two judges
     (one informative, one noise) each vote one pair before every label, labelled (processed) pairs first, then
     a random order; a pair's votes are handed to the sampler once every running judge voted it; a judge is
     stopped when ``worthless`` on the *processed* labels (a permissive rule, threshold 0.3 from 8 pairs, so that
     stops happen often and early). ``pending`` > 1: draws are handed out ``pending`` at a time and labelled in a
-    random order (out-of-order labels, votes arriving while draws are pending). Returns (false decisions, runs
-    with a stop)."""
+    random order (out-of-order labels, votes arriving while draws are pending). ``lead``, ``pace``: pay as you go
+    (see ``_machines``; ``seen`` counts runs with a judge "held" / "free"). Returns (false decisions, runs with a
+    stop)."""
     from tiebreak.sampler.engine import Comparison, ComparisonConfig
     from tiebreak.sampler.replay import ReplayPool
 
@@ -123,15 +144,19 @@ def _budget_null_false_decisions(runs: int, alpha: float, seed: int, pending: in
         order = [int(i) for i in run_rng.permutation(size)]
         have = np.full_like(votes, np.nan)          # votes made so far (not yet all handed to the sampler)
         running, sent = [True, True], np.zeros(size, dtype=bool)
+        this: dict = {}
 
         while not c.finished:
-            _machines(c, order, votes, have, running, sent)
+            _machines(c, order, votes, have, running, sent, lead, pace, this)
             items = c.next_items(pending)
             if not items:
                 break
             for k in run_rng.permutation(len(items)):
-                _machines(c, order, votes, have, running, sent)
+                _machines(c, order, votes, have, running, sent, lead, pace, this)
                 c.record_label(items[k], y[items[k]])
+        if seen is not None:
+            for key in this:
+                seen[key] = seen.get(key, 0) + 1
         wrong += c.decision.value in ("better", "worse")
         stops += not all(running)
     return wrong, stops
@@ -157,6 +182,30 @@ def test_false_decisions_at_most_alpha_when_judges_are_stopped_with_labels_out_o
     runs, alpha = 200, 0.3
     wrong, stops = _budget_null_false_decisions(runs, alpha, seed=33, pending=3)
     assert stops >= runs // 3
+    assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
+
+
+def test_false_decisions_at_most_alpha_when_judges_pay_as_they_go():
+    """As the out-of-order case, with pay as you go: judges that could vote 3 pairs per label are held to a lead
+    of 1 + labels / 2 pairs until their value is shown (released from 8 pairs), so which pairs carry votes at a
+    draw depends on the labels processed before it: 100 runs at alpha = 0.3 (1,000 at alpha = 0.1 under -m slow)."""
+    import math
+
+    runs, alpha, seen = 100, 0.3, {}
+    wrong, stops = _budget_null_false_decisions(runs, alpha, seed=34, pending=3, lead=(1, 0.5), pace=3, seen=seen)
+    assert stops >= runs // 3
+    assert seen["held"] >= runs // 2 and seen["free"] >= runs // 10, seen       # the lead acted both ways
+    assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), (wrong, stops, seen)
+
+
+@pytest.mark.slow
+def test_false_decisions_at_most_alpha_when_judges_pay_as_they_go_1000_runs():
+    import math
+
+    runs, alpha, seen = 1000, 0.1, {}
+    wrong, stops = _budget_null_false_decisions(runs, alpha, seed=35, lead=(1, 0.5), pace=3, seen=seen)
+    assert stops >= runs // 3
+    assert seen["held"] >= runs // 2 and seen["free"] >= runs // 10, seen
     assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
 
 

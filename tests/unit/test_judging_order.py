@@ -67,3 +67,17 @@ def test_ready_pairs_wakes_a_waiting_judge_and_closes():
     feed.close()
     t0 = time.monotonic()
     assert feed.since(2, wait_s=10.0) == ([], True) and time.monotonic() - t0 < 1.0   # no wait once closed
+
+
+def test_a_judge_held_to_its_room_still_votes_every_labelled_pair():
+    """Pay as you go: ``room`` bounds the whole batch, but a labelled pair is never held back (its vote is what
+    measures the judge); ``held`` says that pairs wait for room, not that none are left."""
+    q = JudgeQueue({i: i for i in range(10)})
+    q.offer(range(10))
+    assert q.next_batch(4, room=2) == [0, 1]
+    assert q.next_batch(4, room=0) == [] and q.held()
+    q.labelled([7, 8, 9])
+    assert q.next_batch(4, room=1) == [7, 8, 9]         # every labelled pair, whatever the room
+    assert q.next_batch(4, room=3) == [2, 3, 4]
+    assert q.next_batch(4, room=None) == [5, 6]
+    assert q.next_batch(4, room=0) == [] and not q.held() and q.done()
