@@ -32,11 +32,11 @@ run: $(BIN)/python
 # (tests/support/schedule.py, tests/durations.json). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(BIN)/python
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 # Rewrites tests/durations.json (the seconds each test took) from a `make test`-like run: the schedule's input.
 test-durations: $(BIN)/python
-	TIEBREAK_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+	TIEBREAK_RECORD_DURATIONS=tests/durations.json $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope \
 		--no-loadscope-reorder
 
 # Unit tests only: no redis-server, Ray, model or subprocess is started (seconds).

@@ -31,8 +31,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 # Test files whose tests run several processes against each other on timers (replicas with ownership leases,
 # kill -9 and restart, Ray actors and their restarts, torchrun ranks). Under `make test`'s two pytest-xdist workers
-# they share one group, so they run one after another on one worker and never two at once: two of them together on
-# 2 cores starved a replica long enough to time out (stop 17).
+# they are one unit of work, so they run one after another on one worker and never two at once: two of them together on
+# 2 cores starved a replica long enough to time out (stop 17), and test_service_ray kills every JudgeWorker it finds.
 MULTI_PROCESS_FILES = frozenset({
     "test_replicas.py", "test_service_ownership.py", "test_webhook_outbox.py", "test_service_ray.py",
     "test_judges_ray.py", "test_trainer_processes.py",
@@ -47,18 +47,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/integration/ and tests/slow/ is marked ``integration``: tests/unit/ starts no process
-    (no redis-server, no subprocess), which is what `make test-unit` runs.
-
-    Every test also gets an ``xdist_group`` (used by ``--dist loadgroup``) and the groups are ordered longest
-    first (tests/support/schedule.py)."""
+    (no redis-server, no subprocess), which is what `make test-unit` runs. The items are ordered longest unit of
+    work first (tests/support/schedule.py)."""
     units = {}
     for item in items:
         path = Path(str(item.fspath))
         if {"integration", "slow"} & set(path.parts[-2:-1]):
             item.add_marker(pytest.mark.integration)
-        units[item.nodeid] = schedule.work_unit(item, MULTI_PROCESS_FILES)
-        item.add_marker(pytest.mark.xdist_group(units[item.nodeid]))
+        units[item.nodeid] = schedule.work_unit(item.nodeid, MULTI_PROCESS_FILES)
     schedule.order_longest_first(items, units, schedule.load_durations())
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadscope`` (`make test`): the scope of a test is its unit of work (tests/support/schedule.py)."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    return schedule.make_scheduler(config, log, MULTI_PROCESS_FILES)
 
 
 @pytest.fixture

@@ -1,9 +1,16 @@
-"""How `make test` splits the suite between its pytest-xdist workers (``--dist loadgroup --no-loadscope-reorder``).
+"""How `make test` splits the suite between its pytest-xdist workers (``--dist loadscope --no-loadscope-reorder``,
+with the scope of a test defined here: WorkUnitScheduling, installed by tests/conftest.py).
 
-Work units (``xdist_group``): the multi-process files share one group, so two of them never run at once (see
-tests/conftest.py); every other integration file is one group, so its module fixtures (an embedded Redis, a local
-Ray, a served app) are made once; a unit test starts no process and shares nothing costly, so each is a unit of
-its own and the short ones fill the workers' last minutes.
+Work units: the multi-process files share one unit, so two of them never run at once (see tests/conftest.py);
+every other integration file is one unit, so its module fixtures (an embedded Redis, a local Ray, a served app) are
+made once; a unit test starts no process and shares nothing costly, so each is a unit of its own and the short
+ones fill the workers' last minutes.
+
+Why not ``--dist loadgroup`` with ``xdist_group`` marks: pytest-xdist 3.8 passes the group to its scheduler as a
+suffix it writes into ``item._nodeid``, which pytest 9 no longer reads (``Node.nodeid`` comes from ``_id``), so
+every mark was silently ignored and every test was scheduled on its own -- the multi-process tests ran on both
+workers at once (test_service_ray's judge-crash test then killed test_judges_ray's actors). A scheduler that
+computes the unit from the node id itself does not depend on that.
 
 Order: longest unit first (LPT, Graham 1969: a list schedule in decreasing order of length finishes within 4/3 of
 the best possible makespan), the lengths taken from tests/durations.json, the seconds each test took in a
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -31,13 +38,13 @@ def load_durations(path: Path = DURATIONS_FILE) -> dict[str, float]:
         return {}
 
 
-def work_unit(item: pytest.Item, multi_process_files: frozenset[str]) -> str:
-    """The xdist group of a test (no "@" in it: xdist splits the group name off the node id at the last "@")."""
-    path = Path(str(item.fspath))
+def work_unit(nodeid: str, multi_process_files: frozenset[str]) -> str:
+    """The unit of work a test belongs to, from its node id ("tests/unit/test_a.py::test_x[p]")."""
+    path = PurePosixPath(nodeid.split("::", 1)[0])
     if path.name in multi_process_files:
         return "multi-process"
     if "unit" in path.parts[-2:-1]:
-        return item.nodeid.replace("@", "_")
+        return nodeid
     return path.name
 
 
@@ -72,3 +79,15 @@ class DurationRecorder:
             return
         data = {k: round(v, 1) for k, v in sorted(self.seconds.items())}
         self.path.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
+
+
+def make_scheduler(config: pytest.Config, log: object, multi_process_files: frozenset[str]) -> object:
+    """LoadScopeScheduling with work_unit as the scope: a unit's tests go to one worker, units in collection
+    order (the workers' collection is sorted by order_longest_first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid, multi_process_files)
+
+    return WorkUnitScheduling(config, log)
