@@ -70,6 +70,20 @@ def _pipeline(svc: RunService, free: int = N, fail_at: int | None = None):
     return pipe, calls, batches, gate, failed
 
 
+def _restart_to_the_end(store, rid: str) -> tuple[RunService, dict, list, list]:
+    """A new service and pipeline on the same store resume the run (the gate open) and finish it: every output
+    made and every pair voted (or stored without the votes of a stopped judge). Returns (service, status, gen
+    calls, judge batches)."""
+    svc = RunService(store)
+    pipe, calls, batches, gate, _ = _pipeline(svc)
+    gate.set()
+    pipe.resume_all()
+    pipe.wait(rid, 30)
+    st = svc.status(rid)
+    assert st["status"] == "ready" and st["generated"] == N and st["judged"] == N, st
+    return svc, st, calls, batches
+
+
 def _create(svc: RunService, seed: int = 3, **extra) -> str:
     prompts = [{"id": f"p{i}", "text": f"question {i}"} for i in range(N)]
     return svc.create_run({"name": "g", "generate": {"base": "b.gguf", "tuned": "t.gguf", "prompts": prompts},
@@ -135,13 +149,7 @@ def test_a_restart_mid_stream_resumes_generation_and_judging_from_what_is_stored
     svc.add_votes(rid, {i: {"overall": [0.6]} for i in (0, 2, 4)})
     assert svc.status(rid)["status"] == "generating" and svc.status(rid)["judged"] == 3
     svc.close()
-    svc2 = RunService(store)
-    pipe, calls, batches, gate, _ = _pipeline(svc2)
-    gate.set()
-    pipe.resume_all()
-    pipe.wait(rid, 30)
-    st = svc2.status(rid)
-    assert st["status"] == "ready" and st["generated"] == N and st["judged"] == N, st
+    svc2, st, calls, batches = _restart_to_the_end(store, rid)
     assert sorted(calls) == sorted([("base", f"p{i}") for i in range(6, N)]
                                    + [("tuned", f"p{i}") for i in range(5, N)])
     assert sorted(i for b in batches for i in b) == [1, 3, *range(5, N)]
@@ -187,12 +195,6 @@ def test_a_judge_stopped_before_a_restart_stays_stopped_and_later_pairs_are_stor
         rt.meta["judge_work"] = {"judge-a": {"pairs": 0, "cpu_s": 0.0, "state": "stopped-worthless"}}
         svc.writer.commit(rt, meta=rt.meta)
     svc.close()
-    svc2 = RunService(store)
-    pipe, calls, batches, gate, _ = _pipeline(svc2)
-    gate.set()
-    pipe.resume_all()
-    pipe.wait(rid, 30)
-    st = svc2.status(rid)
-    assert st["status"] == "ready" and st["generated"] == N and st["judged"] == N, st
+    svc2, st, calls, batches = _restart_to_the_end(store, rid)
     assert batches == [] and st["judges_value"]["judge-a"]["state"] == "stopped-worthless"
     assert all(v["overall"] == [None] for v in svc2.store.all_votes(rid).values())
