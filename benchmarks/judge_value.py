@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tiebreak.sampler.judge_value import judge_value
-from tiebreak.services.data import load_items, select_pools
+from tiebreak.services.data import OrientedPool, load_items, select_pools
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -176,6 +177,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
     pair is voted; today ("all") the judge votes every pair. Prints per rate and policy (simulated_run): mean
     share of the pool voted, how judging ended, and labels to the verdict against the same runs (same seeds)
     with the judge never stopped, with the mean paired difference and its standard error."""
+    pools: Sequence[OrientedPool | _SimulatedPool]
     if data.startswith("sim:"):
         pools = [_SimulatedPool(simulated_pool(2000, float(data[4:]), 0.2, seed))]
     elif data == "arena":

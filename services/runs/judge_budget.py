@@ -194,8 +194,9 @@ def judges_value_of(meta: dict, comp: Comparison | None, n_voted: int, n_pairs: 
     allowed = {} if supplied else _allowances(meta, comp, upto)
     out: dict[str, Any] = {}
     for n in names:
-        rec = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
-               else (meta.get("judge_work") or {}).get(n) or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
+        rec: dict[str, Any] = ({"pairs": n_voted, "cpu_s": 0.0, "state": "supplied"} if supplied
+                               else (meta.get("judge_work") or {}).get(n)
+                               or {"pairs": 0, "cpu_s": 0.0, "state": "running"})
         a = allowed.get(n)
         if a is not None and rec.get("state", "running") == "running":
             done = int(rec.get("pairs", 0))
