@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,6 @@ PANDALM_FILE, VICUNA_FILE = "pandalm_fixed_theta.jsonl", "vicuna80_guanaco7b_vs_
 # labels on average on pools of this size and θ, the recorded judges' votes explain ~43-45 % of the label variance
 PANDALM_THETA, PANDALM_N, PANDALM_SEED = 0.6, 600, 1
 SIDE = {"A": "base", "B": "tuned", "tie": "tie"}   # response_a is "base", response_b "tuned"
-
-
-def plurality(votes: list[str]) -> str:
-    """The most frequent vote, "tie" when the top count is shared (or when it is "tie")."""
-    top = Counter(votes).most_common()
-    return top[0][0] if len(top) == 1 or top[0][1] > top[1][1] else "tie"
 
 
 def fixed_theta_indices(labels: list[str], theta: float, n: int, seed: int) -> list[int]:
@@ -65,7 +58,8 @@ def pandalm_rows(theta: float = PANDALM_THETA, n: int = PANDALM_N, seed: int = P
     src = [json.loads(line) for line in open(SHARED / "pandalm_testset.jsonl")]
     # 6 pairs hold a JSON boolean where a response should be (the source's YAML read "True" as a bool): not text,
     # left out by giving them no side; empty responses (a model that answered nothing) are real and stay
-    labels = [plurality(r["human_votes"]) if isinstance(r["response_a"], str) and isinstance(r["response_b"], str)
+    # human_label is the file's plurality of the three votes ("tie" when the top count is shared; its README)
+    labels = [r["human_label"] if isinstance(r["response_a"], str) and isinstance(r["response_b"], str)
               else "unusable" for r in src]
     out = []
     for i in fixed_theta_indices(labels, theta, n, seed):

@@ -18,15 +18,24 @@ MODEL = {"backend": "gguf", "preset": "gemma-3-270m-base", "n_ctx": 512}
 N = 8
 
 
+def _prompts(n: int) -> list[dict]:
+    return [{"id": f"q{i}", "text": f"Write a short sentence about the number {i}."} for i in range(n)]
+
+
+def _create(c: httpx.Client, name: str, seed: int, prompts: list[dict], max_tokens: int, **extra) -> str:
+    """A run that generates both sides with Gemma-270M and is judged by the free ``feature:length``; its id."""
+    r = c.post("/v1/runs", json={"name": name, "seed": seed, "judges": ["feature:length"], **extra,
+                                 "generate": {"base": MODEL, "tuned": MODEL, "prompts": prompts,
+                                              "max_tokens": max_tokens}})
+    assert r.status_code == 201, r.text
+    return r.json()["run_id"]
+
+
 def test_first_pair_is_served_while_most_outputs_are_still_being_generated(tmp_path):
-    prompts = [{"id": f"q{i}", "text": f"Write a short sentence about the number {i}."} for i in range(N)]
+    prompts = _prompts(N)
     with ServeProcess(tmp_path, admin_token=ADMIN, pipeline="local") as s, \
             httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as c:
-        r = c.post("/v1/runs", json={"name": "gen-stream", "seed": 3, "judges": ["feature:length"],
-                                     "generate": {"base": MODEL, "tuned": MODEL, "prompts": prompts,
-                                                  "max_tokens": 8}})
-        assert r.status_code == 201, r.text
-        rid = r.json()["run_id"]
+        rid = _create(c, "gen-stream", 3, prompts, 8)
         t0 = time.monotonic()
         waits = 0
         while True:
@@ -64,14 +73,10 @@ def test_votes_arrive_while_outputs_are_missing_and_a_restart_mid_stream_resumes
     server is then killed (its generation and judge workers die with it) and restarted on the same data: it
     makes only the missing outputs and votes the rest, and the run ends ready with every pair made and voted."""
     n = 6
-    prompts = [{"id": f"q{i}", "text": f"Write a short sentence about the number {i}."} for i in range(n)]
+    prompts = _prompts(n)
     s = ServeProcess(tmp_path, admin_token=ADMIN, pipeline="local")
     with s, httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as c:
-        r = c.post("/v1/runs", json={"name": "gen-judge-stream", "seed": 5, "judges": ["feature:length"],
-                                     "generate": {"base": MODEL, "tuned": MODEL, "prompts": prompts,
-                                                  "max_tokens": 4}})
-        assert r.status_code == 201, r.text
-        rid = r.json()["run_id"]
+        rid = _create(c, "gen-judge-stream", 5, prompts, 4)
         t0 = time.monotonic()
         while (st := c.get(f"/v1/runs/{rid}").json())["judged"] == 0:
             assert st["status"] == "generating" and time.monotonic() - t0 < 150, st
@@ -96,14 +101,10 @@ def test_a_run_decided_while_generating_stops_generating(tmp_path):
     """Budget 1: the first label ends the run (undecided at budget), and the pipeline stops making outputs
     nobody will label and stops its judge: the run is ready with most prompts never generated."""
     n = 30
-    prompts = [{"id": f"q{i}", "text": f"Write a short sentence about the number {i}."} for i in range(n)]
+    prompts = _prompts(n)
     with ServeProcess(tmp_path, admin_token=ADMIN, pipeline="local") as s, \
             httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as c:
-        r = c.post("/v1/runs", json={"name": "gen-stop", "seed": 4, "judges": ["feature:length"], "budget": 1,
-                                     "generate": {"base": MODEL, "tuned": MODEL, "prompts": prompts,
-                                                  "max_tokens": 8}})
-        assert r.status_code == 201, r.text
-        rid = r.json()["run_id"]
+        rid = _create(c, "gen-stop", 4, prompts, 8, budget=1)
         t0 = time.monotonic()
         while (nxt := c.get(f"/v1/runs/{rid}/next", params={"annotator": "ann"})).status_code != 200:
             assert nxt.status_code == 204 and time.monotonic() - t0 < 120, nxt.text
@@ -126,15 +127,11 @@ def test_a_generation_failure_on_some_pairs_fails_the_run_and_stops_its_judge(tm
     the run fails with that error while the judge was voting the pairs already made; the outputs and votes
     made before stay stored, and the server goes on serving."""
     n = 6
-    prompts = [{"id": f"q{i}", "text": f"Write a short sentence about the number {i}."} for i in range(n)]
+    prompts = _prompts(n)
     prompts[3]["text"] = "word " * 1000                  # > n_ctx 512 tokens
     with ServeProcess(tmp_path, admin_token=ADMIN, pipeline="local") as s, \
             httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30) as c:
-        r = c.post("/v1/runs", json={"name": "gen-fail", "seed": 2, "judges": ["feature:length"],
-                                     "generate": {"base": MODEL, "tuned": MODEL, "prompts": prompts,
-                                                  "max_tokens": 4}})
-        assert r.status_code == 201, r.text
-        rid = r.json()["run_id"]
+        rid = _create(c, "gen-fail", 2, prompts, 4)
         t0 = time.monotonic()
         while (st := c.get(f"/v1/runs/{rid}").json())["status"] == "generating":
             assert time.monotonic() - t0 < 150, st
