@@ -17,11 +17,12 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tiebreak.sampler.engine import Comparison, ComparisonConfig
-from tiebreak.sampler.replay import prior_from_pools, replay
+from tiebreak.sampler.replay import ReplayPool, prior_from_pools, replay
 from tiebreak.services.data import load_items, select_pools
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,20 +104,25 @@ def engine_speed(n: int = 1_000_000, labels: int = 2_000) -> dict:
     }
 
 
+def pandalm_pool(theta: float, pool_seed: int, tmp: Path) -> tuple[ReplayPool, float]:
+    """A 600-pair PandaLM pool with a fixed theta, built by shared/tools/pools.py (plurality of the 3 human votes)
+    in ``tmp``, and the limit it prints (1 - the share of label variance the recorded judges explain)."""
+    out = tmp / f"pandalm_{theta}_{pool_seed}.jsonl"
+    cmd = [sys.executable, str(POOLS_TOOL), str(DATA / "pandalm_testset.jsonl"), str(out), "--theta", str(theta),
+           "--n", "600", "--seed", str(pool_seed), "--label", "plurality"]
+    info = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return select_pools(load_items(out), "base", "tuned")[0].pool, float(info["limit_label_share"])
+
+
 def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
     """PandaLM pools with a fixed theta built by shared/tools/pools.py (plurality of the 3 human votes), the
     same pools with the judge votes shuffled across items (a useless judge), replayed with every method."""
-    from tiebreak.sampler.replay import ReplayPool
-
-    rows, lines = [], []
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for theta in (0.6, 0.65):
             for pool_seed in (1, 2):
-                out = Path(tmp) / f"pandalm_{theta}_{pool_seed}.jsonl"
-                cmd = [sys.executable, str(POOLS_TOOL), str(DATA / "pandalm_testset.jsonl"), str(out), "--theta",
-                       str(theta), "--n", "600", "--seed", str(pool_seed), "--label", "plurality"]
-                info = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-                pool = select_pools(load_items(out), "base", "tuned")[0].pool
+                pool, limit = pandalm_pool(theta, pool_seed, Path(tmp))
                 perm = np.random.default_rng(pool_seed).permutation(len(pool.votes))
                 useless = ReplayPool(pool.votes, pool.judge_votes[perm])
                 for judge, p in (("PandaLM judges", pool), ("judges shuffled (useless)", useless)):
@@ -133,7 +139,7 @@ def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
                                          prior=oracle)
                         labels["oracle"] = float(summary.labels.mean())
                     rows.append({"theta": theta, "pool_seed": pool_seed, "judge": judge, "labels": labels,
-                                 "limit": info["limit_label_share"], "wrong": wrong})
+                                 "limit": limit, "wrong": wrong})
         lines.append("| pool (600 items) | judges | classical labels | ppi / classical | active / classical | "
                      "limit (1 - explained share) | share of the possible saving won (ppi, active) | "
                      "ppi, whole-pool calibration (diagnostic) | wrong (3 methods) |")
@@ -141,12 +147,12 @@ def fixed_theta_pools(runs: int, seed: int = 0) -> tuple[list[str], list[dict]]:
         for r in rows:
             c = r["labels"]["classical"]
             strong = r["judge"].startswith("PandaLM")
-            limit = f"{r['limit']:.3f}" if strong else "1"
+            limit_cell = f"{r['limit']:.3f}" if strong else "1"
             won = (f"{(1 - r['labels']['ppi'] / c) / (1 - r['limit']):.2f}, "
                    f"{(1 - r['labels']['active'] / c) / (1 - r['limit']):.2f}") if strong else "-"
             oracle_ratio = f"{r['labels']['oracle'] / c:.3f}" if strong else "-"
             lines.append(f"| theta {r['theta']}, pool seed {r['pool_seed']} | {r['judge']} | {c:.1f} | "
-                         f"{r['labels']['ppi'] / c:.3f} | {r['labels']['active'] / c:.3f} | {limit} | {won} | "
+                         f"{r['labels']['ppi'] / c:.3f} | {r['labels']['active'] / c:.3f} | {limit_cell} | {won} | "
                          f"{oracle_ratio} | {r['wrong']} |")
     return lines, rows
 

@@ -48,8 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -63,6 +61,7 @@ import numpy as np
 
 import tiebreak.sampler.calibration as calibration
 import tiebreak.sampler.engine as engine
+from benchmarks.engine import pandalm_pool
 from tiebreak.sampler.calibration import JudgeCalibration, fit_calibration, identity_coef, judge_features
 from tiebreak.sampler.engine import Comparison, ComparisonConfig
 from tiebreak.sampler.replay import ReplayPool, prior_from_pools
@@ -70,7 +69,6 @@ from tiebreak.services.data import load_items, select_pools
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-POOLS_TOOL = ROOT.parent / "shared" / "tools" / "pools.py"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- savings-gap:begin -->", "<!-- savings-gap:end -->"
 CURVE_N = (3, 5, 10, 20, 40)
@@ -177,14 +175,6 @@ def what_if(name: str) -> Iterator[None]:
             setattr(mod, attr, value)
 
 
-def build_pool(theta: float, pool_seed: int, tmp: Path) -> tuple[ReplayPool, float]:
-    out = tmp / f"pandalm_{theta}_{pool_seed}.jsonl"
-    cmd = [sys.executable, str(POOLS_TOOL), str(DATA / "pandalm_testset.jsonl"), str(out), "--theta", str(theta),
-           "--n", "600", "--seed", str(pool_seed), "--label", "plurality"]
-    info = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    return select_pools(load_items(out), "base", "tuned")[0].pool, float(info["limit_label_share"])
-
-
 def clt_n(sigma: float, effect: float, n_pool: int, alpha: float) -> float:
     n0 = (NormalDist().inv_cdf(1 - alpha / 2) * sigma / effect) ** 2
     return n0 / (1 + n0 / n_pool)
@@ -219,7 +209,7 @@ def pandalm_pools(tmp: Path) -> list[tuple[str, ReplayPool, float]]:
     out = []
     for theta in (0.6, 0.65):
         for pool_seed in (1, 2):
-            pool, limit = build_pool(theta, pool_seed, tmp)
+            pool, limit = pandalm_pool(theta, pool_seed, tmp)
             out.append((f"theta {theta}, pool seed {pool_seed}", pool, limit))
     return out
 
