@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-unit test-durations test-slow test-all bench bench-api bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-unit test-durations test-slow test-all bench bench-api bench-judge-budget bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -87,6 +87,13 @@ bench-judges: bench-judges-free
 	$(JUDGE_EVAL) $(DATA)/hh_rlhf_harmless_test.jsonl --judges qwen2.5-coder-0.5b:pointwise,qwen2.5-coder-0.5b,qwen2.5-coder-0.5b:rubric,features --limit 40 --injection-limit 10
 	$(JUDGE_EVAL) $(DATA)/vicuna80_qlora_prd.jsonl --judges qwen2.5-coder-0.5b:pointwise,feature:length,recorded:gpt-4 --limit 40 --max-chars 600 --injection-limit 0
 	$(JUDGE_EVAL) $(DATA)/pandalm_testset.jsonl --judges $(MODEL_JURORS),recorded:gpt-3.5-turbo --balanced --limit 40 --injection-limit 10
+
+# Issue 10: what a judge without signal costs under judge_budget "auto" (docs/benchmarks.md, "What a judge costs
+# under the auto budget"): simulated runs on 200 pairs and the Arena pools, then a live GGUF judge in the service.
+bench-judge-budget: $(BIN)/python
+	$(BIN)/python -m benchmarks.judge_value --cpu-share simulated --data sim:0 --pool-size 200 --reps 150 --rates 5
+	$(BIN)/python -m benchmarks.judge_value --cpu-share gpt-3.5-turbo --reps 10 --rates 5,1
+	$(BIN)/python -m benchmarks.judge_budget_live --pairs 200 --label-every 0.5
 
 # Service API load test: label round trips/s, p50/p99 latency, memory per 100,000 pairs (docs/benchmarks.md).
 bench-api: $(BIN)/python

@@ -103,7 +103,8 @@ class _SimulatedPool:
 
 
 def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: tuple[int, float] | None = None,
-                  release: float | None = None, release_level: float | None = None) -> tuple[float, int, str]:
+                  release: float | None = None, release_level: float | None = None,
+                  trial: tuple[int, float, float] | None = None) -> tuple[float, int, str]:
     """One run on a recorded pool with one recorded judge that votes ``rate`` pairs per human label (labelled
     pairs first, then a random order, as services/pipeline.py); the run stops at its verdict (method active).
     ``policy``: "all" (the judge is never stopped: today's default), "auto" (the stop rule only) or "lead" (the
@@ -111,7 +112,9 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
     judge at its cap idles, and the rest of that label's voting time is lost). Returns (share of the pool voted,
     labels to the verdict, how judging ended: "decided" / "worthless" / "all voted"). ``lead`` = (start, per
     label) instead of the service's LEAD_START, LEAD_PER_LABEL; ``release``: the lower end above which the judge
-    has shown value, instead of RELEASE, and ``release_level`` the interval's level instead of RELEASE_LEVEL."""
+    has shown value, instead of RELEASE, and ``release_level`` the interval's level instead of RELEASE_LEVEL;
+    ``trial`` = (minimum, share, level) instead of the service's TRIAL_MIN, TRIAL_SHARE, TRIAL_LEVEL (policy
+    "lead" only; level 0 turns the trial off)."""
     from tiebreak.sampler.engine import Comparison, ComparisonConfig
     from tiebreak.sampler.judge_value import worthless
     from tiebreak.services.runs.judge_budget import (
@@ -121,10 +124,17 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
         RELEASE,
         RELEASE_LEVEL,
         THRESHOLD,
+        TRIAL_LEVEL,
+        TRIAL_MIN,
+        TRIAL_SHARE,
         allowance,
+    )
+    from tiebreak.services.runs.judge_budget import (
+        trial as judge_trial,
     )
 
     start, per_label = lead or (LEAD_START, LEAD_PER_LABEL)
+    t_min, t_share, t_level = trial or (TRIAL_MIN, TRIAL_SHARE, TRIAL_LEVEL)
     n = len(pool.votes)
     rng = np.random.default_rng(seed)
     c = Comparison(np.full_like(pool.judge_votes, np.nan), config=ComparisonConfig(method="active"), rng=rng,
@@ -133,14 +143,20 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
     voted: set[int] = set()
     pos, credit, stopped, end = 0, rate, False, "all voted"
 
-    def value(labelled: list[int], level: float = 0.9):
+    def value(labelled: list[int]):
         ys = np.array([c.labels[i] for i in labelled])
-        return judge_value(c.votes_received()[labelled, 0], ys, level)
+        return judge_value(c.votes_received()[labelled, 0], ys)
 
     while not c.finished:
         labelled = list(dict.fromkeys(d.item for d in c.draws[: c.processed]))   # processed, first draw counts
-        cap = (allowance(value(labelled, release_level or RELEASE_LEVEL) if labelled else None, len(labelled), start, per_label,
-                         RELEASE if release is None else release) if policy == "lead" else None)
+        cap = None
+        if policy == "lead":
+            tr = (judge_trial(np.array([c.labels[i] for i in labelled]), c.votes_received()[labelled, 0], n, t_min,
+                        t_share, t_level, release_level or RELEASE_LEVEL) if labelled else None)
+            if tr is not None and tr.failed and t_level > 0 and not stopped:
+                stopped, end = True, "worthless"
+            cap = allowance(tr.shown if tr else None, len(labelled), start, per_label,
+                            RELEASE if release is None else release)
         todo = [i for i in labelled if i not in voted]
         while credit >= 1 and not stopped and len(voted) < n:
             if cap is not None and len(voted) >= cap:
@@ -170,7 +186,8 @@ def simulated_run(pool, rate: float, policy: str, seed: tuple[int, ...], lead: t
 
 def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = "arena",
               lead: tuple[int, float] | None = None, policies: tuple[str, ...] = ("lead", "auto"),
-              release: float | None = None, release_level: float | None = None) -> None:
+              release: float | None = None, release_level: float | None = None,
+              trial: tuple[int, float, float] | None = None, pool_size: int = 2000) -> None:
     """What share of today's judging a judge costs under judge_budget "auto", with and without pay as you go, on
     recorded pools with one recorded judge: the Arena model pairs with >= 300 battles, or PandaLM (one pool).
     Judging ends when the run is decided (stopped-decided), the judge is worthless (stopped-worthless) or every
@@ -179,7 +196,9 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
     with the judge never stopped, with the mean paired difference and its standard error."""
     pools: Sequence[OrientedPool | _SimulatedPool]
     if data.startswith("sim:"):
-        pools = [_SimulatedPool(simulated_pool(2000, float(data[4:]), 0.2, seed))]
+        # a fresh pool per run: one small pool's chance vote-label correlation (~1/sqrt(N)) is not "no signal"
+        pools = [_SimulatedPool(simulated_pool(pool_size, float(data[4:]), 0.2, 1000 * seed + r)) for r in range(runs)]
+        runs = 1
     elif data == "arena":
         pools = select_pools(load_items(DATA / "chatbot_arena_ppr.jsonl"), all_pairs=True, min_items=300,
                              judges=[judge])
@@ -191,7 +210,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
             for r in range(runs):
                 for policy in got:
                     got[policy].append(simulated_run(op.pool, rate, policy, (seed, k, r), lead, release,
-                                                     release_level))
+                                                     release_level, trial))
         base = np.array([lab for _, lab, _ in got["all"]], dtype=float)
         for policy in policies:
             share = np.array([s for s, _, _ in got[policy]])
@@ -202,6 +221,7 @@ def cpu_share(runs: int, rates: list[float], judge: str, seed: int, data: str = 
                               **({"lead": list(lead)} if lead and policy == "lead" else {}),
                               **({"release": release} if release is not None and policy == "lead" else {}),
                               **({"release_level": release_level} if release_level and policy == "lead" else {}),
+                              **({"trial": list(trial)} if trial and policy == "lead" else {}),
                               "pools": len(pools), "pool_sizes": [len(op.pool.votes) for op in pools],
                               "runs": len(share), "mean_share_of_pool_voted": round(float(share.mean()), 3),
                               "max_share": round(float(share.max()), 3), "ended": ends,
@@ -229,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="--cpu-share: the lower end that releases a judge instead of the service's RELEASE")
     ap.add_argument("--release-level", type=float, default=None,
                     help="--cpu-share: that interval's level instead of the service's RELEASE_LEVEL")
+    ap.add_argument("--trial", default=None, metavar="MIN,SHARE,LEVEL",
+                    help="--cpu-share: the trial's TRIAL_MIN, TRIAL_SHARE, TRIAL_LEVEL instead of the service's "
+                         "(level 0: no trial)")
+    ap.add_argument("--pool-size", type=int, default=2000, help="--cpu-share with --data sim:SIGNAL: pairs")
     ap.add_argument("--policies", default="lead,auto", help="--cpu-share: lead, auto (each against all)")
     ap.add_argument("--data", default="arena",
                     help="--cpu-share: arena or pandalm (recorded pools), or sim:SIGNAL (2,000 simulated pairs, "
@@ -244,8 +268,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.cpu_share:
         lead = (int(a.lead.split(",")[0]), float(a.lead.split(",")[1])) if a.lead else None
+        trial = None
+        if a.trial:
+            t = a.trial.split(",")
+            trial = (int(t[0]), float(t[1]), float(t[2]))
         cpu_share(a.reps, [float(r) for r in a.rates.split(",")], a.cpu_share, a.seed, a.data, lead,
-                  tuple(a.policies.split(",")), a.release, a.release_level)
+                  tuple(a.policies.split(",")), a.release, a.release_level, trial, a.pool_size)
         return
     for data in ("pandalm_testset.jsonl", "chatbot_arena_ppr.jsonl"):
         for label, y, x in pools(data):

@@ -63,6 +63,7 @@ class JudgeWorthRow(BaseModel):
     cpu_s: float | None = None
     pairs_voted: int | None = None
     state: str | None = None
+    stopped_by: str | None = None                # stopped-worthless: "trial" or "value"
 
 
 class QuestionVerdict(BaseModel):
@@ -365,7 +366,8 @@ def _judge_worth_table(d: ReportData) -> str:
         lo = j.labels_saved_interval[0] if j.labels_saved_interval else None
         saved = (f"{'∞' if j.labels_saved is None else f'{j.labels_saved:.1f}'} "
                  f"({'∞' if lo is None else _f(lo, 1)}, {'∞' if hi is None else _f(hi, 1)})")
-        rows.append(f"<tr><td>{_e(j.name)}</td><td>{_e(j.state or '')}</td>"
+        state = f"{j.state or ''}{f' ({j.stopped_by})' if j.stopped_by else ''}"
+        rows.append(f"<tr><td>{_e(j.name)}</td><td>{_e(state)}</td>"
                     f"<td class=n>{'' if j.pairs_voted is None else j.pairs_voted}</td>"
                     f"<td class=n>{'' if j.cpu_s is None else f'{j.cpu_s:.3g}'}</td>"
                     f"<td class=n>{_pct(j.value)} ({_pct(j.interval[0])}, {_pct(j.interval[1])})</td>"
@@ -378,7 +380,8 @@ def _judge_worth_table(d: ReportData) -> str:
             "(cross-fitted R²) is the share of labels it saves against the labels-only test: a run that used n "
             "labels would have needed about n / (1 − share) without it. Measured on the labelled pairs it voted "
             "on; the interval is for the judge's value on this pool (Fisher z). With <b>judge_budget: auto</b> a "
-            "judge whose interval stays below 5% is stopped (<b>stopped-worthless</b>): it spends no more CPU "
+            "judge whose votes do not agree with the labels at a checkpoint of its trial (<b>trial</b>), or whose "
+            "interval stays below 5% (<b>value</b>), is stopped (<b>stopped-worthless</b>): it spends no more CPU "
             "on this run; the verdict's guarantee is unaffected. CPU-seconds of judges run in the service's own "
             "process count the calling thread only.</p>")
 

@@ -208,8 +208,13 @@ class JudgeValueStatus(BaseModel):
     labels_saved_interval: list[float | None]
     cpu_s: float | None = Field(None, description="CPU-seconds spent voting in this run (not for the jury)")
     pairs_voted: int | None = None
-    state: str | None = Field(None, description="running | stopped-worthless | stopped-decided | finished | "
-                                                "supplied")
+    pairs_allowed: int | None = Field(None, description="auto budget, until the judge has shown value: the pairs it "
+                                                        "may have voted (the labelled ones and a lead)")
+    state: str | None = Field(None, description="running | waiting-for-labels | stopped-worthless | "
+                                                "stopped-decided | finished | supplied")
+    stopped_by: str | None = Field(None, description="stopped-worthless: 'trial' (its votes did not agree with the "
+                                                     "labels at a checkpoint) or 'value' (its value interval's "
+                                                     "upper end fell below 5 %)")
     stopped_at_labels: int | None = None
     stopped_at_interval: list[float] | None = Field(None, description="the value interval the stop was decided on")
     eta_s: float | None = Field(None, description="while running: seconds to vote the pairs it has not voted, at its "

@@ -78,11 +78,13 @@ def _machines(c, order: list[int], votes: np.ndarray, have: np.ndarray, running:
               sent: np.ndarray, lead: tuple[int, float] | None = None, pace: int = 1,
               seen: dict | None = None) -> None:
     """The pipeline between two labels: each running judge votes ``pace`` pairs (labelled pairs first, then the
-    random order; with ``lead`` = (start, per label) pay as you go: judge_budget.allowance caps its pairs voted
-    on its value on the processed labels, but for the labelled ones; released from 8 pairs, permissive as the
-    stop rule here; ``seen`` counts "held" = a judge stopped short by its cap, "free" = a judge released), the stop
-    rule runs on the processed labels, complete pairs go to the sampler."""
-    from tiebreak.services.runs.judge_budget import allowance
+    random order; with ``lead`` = (start, per label) pay as you go as the service: judge_budget.trial on the
+    processed labels stops it when it fails a checkpoint (6, 12, 24, ... pairs) and releases it at a checkpoint
+    from 8 pairs, permissive as the stop rule here, and judge_budget.allowance caps its pairs voted until then,
+    but for the labelled ones; ``seen`` counts "held" = a judge stopped short by its cap, "free" = a judge
+    released, "trial" = a judge stopped by its trial), the stop rule runs on the processed labels, complete
+    pairs go to the sampler."""
+    from tiebreak.services.runs.judge_budget import allowance, trial
 
     labelled = [d.item for d in c.draws[: c.processed]]
     for j in (0, 1):
@@ -91,9 +93,14 @@ def _machines(c, order: list[int], votes: np.ndarray, have: np.ndarray, running:
             cap = None
             if lead is not None:
                 unique = list(dict.fromkeys(labelled))
-                got = (judge_value(c.votes_received()[unique, j], np.array([c.labels[i] for i in unique]))
-                       if unique else None)
-                cap = allowance(got, len(unique), *lead, threshold=0.05, min_pairs=8)
+                tr = trial(np.array([c.labels[i] for i in unique]), c.votes_received()[unique, j], len(sent),
+                           minimum=6, share=0.0, release_level=0.9, min_pairs=8)
+                if tr.failed:
+                    running[j] = False
+                    if seen is not None:
+                        seen["trial"] = seen.get("trial", 0) + 1
+                    continue
+                cap = allowance(tr.shown, len(unique), *lead, threshold=0.05, min_pairs=8)
                 if seen is not None and cap is None:
                     seen["free"] = seen.get("free", 0) + 1
             for i in todo[:pace]:
@@ -187,14 +194,15 @@ def test_false_decisions_at_most_alpha_when_judges_are_stopped_with_labels_out_o
 
 def test_false_decisions_at_most_alpha_when_judges_pay_as_they_go():
     """As the out-of-order case, with pay as you go: judges that could vote 3 pairs per label are held to a lead
-    of 1 + labels / 2 pairs until their value is shown (released from 8 pairs), so which pairs carry votes at a
-    draw depends on the labels processed before it: 100 runs at alpha = 0.3 (1,000 at alpha = 0.1 under -m slow)."""
+    of 1 + labels / 2 pairs until their value is shown at a trial checkpoint (from 8 pairs) and stopped when they
+    fail one, so which pairs carry votes at a draw depends on the labels processed before it: 100 runs at alpha = 0.3 (1,000 at alpha = 0.1 under -m slow)."""
     import math
 
     runs, alpha, seen = 100, 0.3, {}
     wrong, stops = _budget_null_false_decisions(runs, alpha, seed=34, pending=3, lead=(1, 0.5), pace=3, seen=seen)
     assert stops >= runs // 3
     assert seen["held"] >= runs // 2 and seen["free"] >= runs // 10, seen       # the lead acted both ways
+    assert seen["trial"] >= runs // 3, seen                                     # and the trial stopped judges
     assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), (wrong, stops, seen)
 
 
@@ -205,7 +213,7 @@ def test_false_decisions_at_most_alpha_when_judges_pay_as_they_go_1000_runs():
     runs, alpha, seen = 1000, 0.1, {}
     wrong, stops = _budget_null_false_decisions(runs, alpha, seed=35, lead=(1, 0.5), pace=3, seen=seen)
     assert stops >= runs // 3
-    assert seen["held"] >= runs // 2 and seen["free"] >= runs // 10, seen
+    assert seen["held"] >= runs // 2 and seen["free"] >= runs // 10 and seen["trial"] >= runs // 3, seen
     assert wrong / runs <= alpha + 2 * math.sqrt(alpha * (1 - alpha) / runs), wrong
 
 
