@@ -147,10 +147,11 @@ def trial(labels: np.ndarray, votes: np.ndarray, n_pairs: int, minimum: int = TR
     y, x = np.asarray(labels, dtype=float)[keep], np.asarray(votes, dtype=float)[keep]
     shown = None
     for k in checkpoints(int(y.size), n_pairs, minimum, share):
-        if not agrees(judge_value(x[:k], y[:k]), level):
+        v = judge_value(x[:k], y[:k], release_level)      # its correlation (what agrees tests) has no level
+        if not agrees(v, level):
             return Trial(True, None)
         if k >= min_pairs:
-            shown = judge_value(x[:k], y[:k], release_level)
+            shown = v
     return Trial(False, shown)
 
 
@@ -192,6 +193,17 @@ def _labelled_votes(comp: Comparison | None, upto: int | None = None) -> tuple[n
     labels = np.array([comp.labels[i] for i in unique], dtype=float)
     votes = comp.votes_received()[np.asarray(unique, dtype=int)] if unique else np.empty((0, comp.votes.shape[1]))
     return labels, votes
+
+
+def _judge_labelled_votes(meta: dict, comp: Comparison | None, upto: int | None, name: str
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, judge ``name``'s votes) of the overall comparison's first ``upto`` processed draws; None without
+    comparison or when ``name`` is not one of the run's judges."""
+    names = list(meta.get("judge_names") or [])
+    got = _labelled_votes(comp, upto)
+    if got is None or name not in names:
+        return None
+    return got[0], got[1][:, names.index(name)]
 
 
 def values(meta: dict, comp: Comparison | None, upto: int | None = None
@@ -247,6 +259,12 @@ def judges_value(rt: RunRuntime) -> dict[str, Any]:
     return judges_value_of(rt.meta, rt.comps.get(OVERALL), rt.n_voted, len(rt.pair_ids), horizon(rt))
 
 
+def _allowance_on(labels: np.ndarray, votes: np.ndarray, n_pairs: int) -> int | None:
+    """Pay as you go's allowance of a judge with ``votes`` on the processed ``labels`` (its trial decides whether
+    it has shown value) in a run of ``n_pairs`` pairs."""
+    return allowance(trial(labels, votes, n_pairs).shown, int(labels.size))
+
+
 def _allowances(meta: dict, comp: Comparison | None, upto: int | None) -> dict[str, int | None]:
     """{judge: allowance} of the auto budget's pay as you go on the first ``upto`` processed draws ({} under
     budget "all")."""
@@ -254,11 +272,10 @@ def _allowances(meta: dict, comp: Comparison | None, upto: int | None) -> dict[s
         return {}
     names = list(meta.get("judge_names") or [])
     got = _labelled_votes(comp, upto)
-    if got is None:
+    if got is None or comp is None:
         return {n: allowance(None, 0) for n in names}
     labels, votes = got
-    n_pairs = comp.votes.shape[0] if comp is not None else 0
-    return {n: allowance(trial(labels, votes[:, j], n_pairs).shown, int(labels.size)) for j, n in enumerate(names)}
+    return {n: _allowance_on(labels, votes[:, j], comp.votes.shape[0]) for j, n in enumerate(names)}
 
 
 def room(rt: RunRuntime, name: str) -> int | None:
@@ -270,7 +287,9 @@ def room(rt: RunRuntime, name: str) -> int | None:
     rec = (rt.meta.get("judge_work") or {}).get(name) or {"pairs": 0, "state": "running"}
     if rec.get("state", "running") != "running":
         return 0
-    a = _allowances(rt.meta, rt.comps.get(OVERALL), horizon(rt)).get(name)
+    comp = rt.comps.get(OVERALL)
+    got = _judge_labelled_votes(rt.meta, comp, horizon(rt), name)   # this judge only: it runs every 0.2 s when held
+    a = allowance(None, 0) if got is None or comp is None else _allowance_on(*got, comp.votes.shape[0])
     return None if a is None else max(0, a - int(rec.get("pairs", 0)))
 
 
@@ -316,22 +335,19 @@ def record_batch(rt: RunRuntime, name: str, pairs: int, cpu_s: float, wall_s: fl
         return False
     if rt.meta.get("judge_budget", "all") != "auto":
         return True
-    comp, upto = rt.comps.get(OVERALL), horizon(rt)
-    per, _, labels = values(rt.meta, comp, upto)
-    v = per.get(name)
-    if v is not None and worthless(v, THRESHOLD, MIN_PAIRS):
-        rec.update(state="stopped-worthless", stopped_by="value", stopped_at_labels=labels,
-                   stopped_value=v.to_dict())
-        return False
-    got = _labelled_votes(comp, upto)
-    names = list(rt.meta.get("judge_names") or [])
-    if got is not None and v is not None and name in names and comp is not None:
-        tr = trial(got[0], got[1][:, names.index(name)], comp.votes.shape[0])
-        if tr.failed:
-            rec.update(state="stopped-worthless", stopped_by="trial", stopped_at_labels=labels,
-                       stopped_value=v.to_dict())
-            return False
-    return True
+    comp = rt.comps.get(OVERALL)
+    got = _judge_labelled_votes(rt.meta, comp, horizon(rt), name)
+    if got is None or comp is None:
+        return True
+    labels, votes = got
+    v = judge_value(votes, labels, LEVEL)
+    stopped_by = ("value" if worthless(v, THRESHOLD, MIN_PAIRS)
+                  else "trial" if trial(labels, votes, comp.votes.shape[0]).failed else None)
+    if stopped_by is None:
+        return True
+    rec.update(state="stopped-worthless", stopped_by=stopped_by, stopped_at_labels=int(labels.size),
+               stopped_value=v.to_dict())
+    return False
 
 
 def stopped(rt: RunRuntime) -> set[str]:
