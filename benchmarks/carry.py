@@ -4,6 +4,7 @@ learnt on *earlier runs* -- what POST /v1/runs ``calibration_from`` and an exper
 Chatbot Arena (``../shared/data/chatbot_arena_ppr.jsonl``), the 47 model pairs with >= 200 battles, 20 replays
 each (seeds as ``tiebreak replay --runs 20``), method ppi (active samples uniformly on Arena):
 
+    classical     labels only (the reference of the ratios)
     none          online calibration only (the ``make bench`` row)
     other-pairs   prior fitted on *every* battle of the other model pairs with its mean vote (``tiebreak replay
                   --prior other-pairs``: the most a carried prior could know)
@@ -15,6 +16,10 @@ each (seeds as ``tiebreak replay --runs 20``), method ppi (active samples unifor
                   chosen at random per replayed pair (a re-run after a single earlier comparison)
 
     python -m benchmarks.carry [--runs R] [--json]
+
+Each total comes with its Monte-Carlo standard error (at 20 replays per pair about 48 labels: more than the
+differences between the rows, which is why the paired standard error against "none" -- same seeds -- is printed
+too, and why docs/benchmarks.md quotes the 200-replay run).
 
 Only the pair being replayed is ever left out of its prior, so every prior is a function of other pairs' data,
 fixed before the replayed run's first draw (valid; docs/statistics.md, "Carried calibration").
@@ -78,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def carried(op) -> JudgeCalibration:
         others = [v for k, v in labelled.items() if set(k) != {op.base, op.tuned}]
-        return prior_calibration(np.vstack([x for x, _ in others]), np.concatenate([y for _, y in others]))
+        groups = np.concatenate([np.full(len(y), j) for j, (_, y) in enumerate(others)])
+        return prior_calibration(np.vstack([x for x, _ in others]), np.concatenate([y for _, y in others]),
+                                 groups=groups)
 
     pick = np.random.default_rng([a.seed, 8])
     one_other = {(op.base, op.tuned): arena[int(pick.choice([j for j, o in enumerate(arena) if o is not op]))]
@@ -89,38 +96,54 @@ def main(argv: list[str] | None = None) -> int:
         x, y = labelled[(o.base, o.tuned)]
         return prior_calibration(x, y)
 
-    rows = {}
-    for name, prior_of in (("none", lambda op: None),
+    rows: dict[str, dict] = {}
+    per_run: dict[str, np.ndarray] = {}   # labels of every replay, pairs x runs: Monte-Carlo standard errors
+    for name, prior_of in (("classical (labels only)", None),
+                           ("none", lambda op: None),
                            ("other-pairs", lambda op: prior_from_pools(
                                [o.pool for o in everything if {o.base, o.tuned} != {op.base, op.tuned}])),
                            ("earlier runs", carried),
                            ("one earlier run", carried_one)):
         start = time.perf_counter()
-        total, wrong, decided, prior_labels = 0.0, 0, 0, []
+        total, wrong, decided, prior_labels, labels = 0.0, 0, 0, [], []
         for op in arena:
-            prior = prior_of(op)
+            prior = prior_of(op) if prior_of is not None else None
             if prior is not None:
                 prior_labels.append(prior.n_labels)
-            s = replay(op.pool, cfg, a.runs, a.seed, prior=prior)
+            s = replay(op.pool, cfg if prior_of is not None else replace(cfg, method="classical"), a.runs, a.seed,
+                       prior=prior)
+            labels.append(s.labels)
             total += float(s.labels.mean())
             wrong += s.wrong()
             c = s.counts()
             decided += c["better"] + c["worse"] + c["equivalent"]
-        rows[name] = {"total_mean_labels": round(total, 1), "wrong": wrong, "decided": decided,
+        per_run[name] = np.asarray(labels, dtype=float)
+        rows[name] = {"total_mean_labels": round(total, 1), "se": round(_total_se(per_run[name]), 1),
+                      "se_vs_none": round(_total_se(per_run[name] - per_run["none"]), 1) if "none" in per_run else None,
+                      "wrong": wrong, "decided": decided,
                       "runs": a.runs * len(arena),
                       "prior_labels_mean": round(float(np.mean(prior_labels)), 1) if prior_labels else 0,
                       "seconds": round(time.perf_counter() - start, 1)}
     base = rows["none"]["total_mean_labels"]
+    classical = rows["classical (labels only)"]["total_mean_labels"]
     print(f"Chatbot Arena, {len(arena)} pairs >= 200 battles, ppi, {a.runs} runs each (seed {a.seed}); earlier runs: "
           f"{len(everything)} pairs, {n_earlier} labels in all ({t_earlier:.1f} s)")
-    print("| prior | labels it is fitted on (mean per pair) | total mean labels | vs none | decided | wrong | s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| prior | labels it is fitted on (mean per pair) | total mean labels ± SE | vs none (± paired SE) | "
+          "vs classical | decided | wrong | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
-        print(f"| {name} | {r['prior_labels_mean']:,.0f} | {r['total_mean_labels']:,.1f} | "
-              f"{r['total_mean_labels'] / base:.3f} | {r['decided']}/{r['runs']} | {r['wrong']} | {r['seconds']} |")
+        paired = f" ± {r['se_vs_none']:.1f} labels" if r["se_vs_none"] and name != "none" else ""
+        print(f"| {name} | {r['prior_labels_mean']:,.0f} | {r['total_mean_labels']:,.1f} ± {r['se']:.1f} | "
+              f"{r['total_mean_labels'] / base:.3f}{paired} | {r['total_mean_labels'] / classical:.3f} | "
+              f"{r['decided']}/{r['runs']} | {r['wrong']} | {r['seconds']} |")
     if a.json:
         print(json.dumps({"summary": True, "rows": rows, "earlier_labels": n_earlier}))
     return 0
+
+
+def _total_se(labels: np.ndarray) -> float:
+    """Monte-Carlo standard error of the sum over pairs of the mean labels (pairs x runs; pairs independent)."""
+    return float(np.sqrt(np.sum(labels.var(axis=1, ddof=1) / labels.shape[1])))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def judge_features(judge_votes: np.ndarray) -> np.ndarray:
     return np.hstack([np.where(missing, 0.5, votes), missing.astype(float)])
 
 
-PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior calibration
+PRIOR_PENALTY = 20.0  # ridge penalty on the deviation from a carried prior calibration (when not estimated)
+PRIOR_PENALTY_RANGE = (1.0, 1000.0)  # an estimated penalty is clipped here (1000: the prior's slopes are kept)
+PRIOR_MIN_COMPARISONS = 5  # the penalty is estimated from the spread between >= this many earlier comparisons
 PRIOR_VARIANCE_LABELS = 20.0  # a prior's variance estimates count as this many labels of the current pool
 EB_NOISE = 1.0  # kappa in the weight (1 - kappa s^2 / C^2)+ of select_fit (1: plain empirical Bayes)
 PENALTY_GRID: tuple[float, ...] = tuple(float(2.0**k) for k in range(-2, 13))  # 0.25 .. 4096, then infinity
@@ -232,6 +234,7 @@ class JudgeCalibration:
     n_labels: int
     label_var: float = 0.25
     resid_var: float = 0.25
+    prior_penalty: float = PRIOR_PENALTY  # used as a prior: the ridge penalty on a comparison's deviation from it
 
     @property
     def variance_ratio(self) -> float:
@@ -243,6 +246,13 @@ class JudgeCalibration:
 
     def predict_spread(self, features: np.ndarray, v_min: float = 0.01) -> np.ndarray:
         return np.clip(self.var_intercept + features @ np.asarray(self.var_coef), v_min, 0.25)
+
+    @staticmethod
+    def from_dict(c: dict) -> JudgeCalibration:
+        """Inverse of dataclasses.asdict; states saved before a field existed get its default."""
+        return JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"], tuple(c["var_coef"]),
+                                c["n_labels"], c.get("label_var", 0.25), c.get("resid_var", 0.25),
+                                c.get("prior_penalty", PRIOR_PENALTY))
 
     @staticmethod
     def constant(value: float, n_features: int, spread: float = 0.25, n_labels: int = 0) -> JudgeCalibration:
@@ -271,9 +281,11 @@ def fit_calibration(features: np.ndarray, labels: np.ndarray, penalty: float | N
     base_var = np.asarray(prior.var_coef) if prior is not None else np.zeros(features.shape[1])
     if penalty is None and prior is not None:
         # A prior learnt on thousands of labels is not re-selected from a handful: its residuals are fitted
-        # with a fixed moderate penalty (measured on Arena with --prior other-pairs: 2,799 labels with
-        # PRIOR_PENALTY against 2,847 with the leave-one-out choice below; docs/statistics.md).
-        penalty = PRIOR_PENALTY
+        # with the penalty the prior carries -- estimated from how much the calibration varied between the
+        # earlier comparisons (between_comparison_penalty), else PRIOR_PENALTY (measured on Arena with
+        # --prior other-pairs: 2,799 labels with PRIOR_PENALTY against 2,847 with the leave-one-out choice
+        # below; docs/statistics.md).
+        penalty = prior.prior_penalty
     if penalty is None:
         # how much to trust the judges (none, some, all of the fit) and which fit, from these labels (select_fit)
         svd = CentredSvd.of(features) if n >= 3 else None     # shared by the mean's and the spread's fits
@@ -318,16 +330,31 @@ def _loo_resid_variance(x: np.ndarray, target: np.ndarray, penalty: float, label
     return max(float(np.mean(loo_residuals(x, target, (penalty,))[0] ** 2)), 1e-12)
 
 
-def prior_calibration(judge_votes: np.ndarray, labels: np.ndarray,
-                      penalty: float = PRIOR_PENALTY) -> JudgeCalibration:
+def prior_calibration(judge_votes: np.ndarray, labels: np.ndarray, penalty: float = PRIOR_PENALTY,
+                      groups: np.ndarray | list | None = None) -> JudgeCalibration:
     """A calibration to carry into a *new* comparison as its ``prior``, learnt on other comparisons' labelled
     pairs: (n, J) judge votes in [0, 1] (NaN = missing) and the n pairs' labels in [0, 1].
 
-    The fit is fit_calibration with a fixed ridge penalty (20: the penalty of the replay's
-    ``--prior other-pairs``, whose figures docs/benchmarks.md gives). Validity of the new comparison needs only
-    that the prior is fixed before its first draw -- a function of *other* comparisons' labels and votes, never
-    of its own -- so every prediction g_t and bet stays predictable (docs/statistics.md, "Carried calibration").
-    The judges' columns must be in the order of the comparison that receives it (2 features per judge).
+    ``groups`` (one id per pair: the earlier comparison it was labelled in) matters as soon as the pairs come
+    from two or more comparisons. A prediction-powered comparison needs E[Y | votes] *within* itself: a constant
+    shift of g cancels in the estimator, only how Y moves with the votes inside the comparison counts. Pooled
+    over comparisons, the fit also learns the *between*-comparison association -- judges and humans both prefer
+    the stronger model of a pair, so the comparisons' mean votes track their theta -- and overstates both the
+    slopes and the variance ratio (Chatbot Arena, all 190 model pairs: slopes 0.161 / 0.029 / 0.424 pooled,
+    0.105 / 0.022 / 0.289 within; ratio 1.37 pooled, 1.12 within). So the slopes are fitted on data centred
+    per comparison, the fixed-effects ("within") estimator of panel regression (by Frisch-Waugh-Lovell the
+    same slopes as least squares with one intercept per comparison; Wooldridge 2010, "Econometric Analysis of
+    Cross Section and Panel Data", ch. 10), and label_var / resid_var are within-comparison variances;
+    the intercept only sets g's level (ybar - xbar beta over all pairs). The deviation penalty the prior carries
+    (``prior_penalty``) is estimated from the spread of the comparisons' own slopes (between_comparison_penalty)
+    once there are PRIOR_MIN_COMPARISONS of them; otherwise it is PRIOR_PENALTY. With one comparison (or no
+    groups) this is fit_calibration with the fixed ridge penalty ``penalty`` (20: the penalty of the replay's
+    ``--prior other-pairs``, whose figures docs/benchmarks.md gives).
+
+    Validity of the new comparison needs only that the prior is fixed before its first draw -- a function of
+    *other* comparisons' labels and votes, never of its own -- so every prediction g_t and bet stays
+    predictable (docs/statistics.md, "Carried calibration"). The judges' columns must be in the order of the
+    comparison that receives it (2 features per judge).
     """
     votes = np.asarray(judge_votes, dtype=float)
     ys = np.asarray(labels, dtype=float).reshape(-1)
@@ -337,5 +364,79 @@ def prior_calibration(judge_votes: np.ndarray, labels: np.ndarray,
         raise ValueError("a prior needs at least one labelled pair")
     if np.isnan(ys).any() or ys.min() < 0.0 or ys.max() > 1.0:
         raise ValueError("labels must lie in [0, 1]")
-    return fit_calibration(judge_features(votes), ys, penalty)
+    x = judge_features(votes)
+    if groups is None:
+        return fit_calibration(x, ys, penalty)
+    ids = np.asarray(groups).reshape(-1)
+    if ids.size != ys.size:
+        raise ValueError("groups must give one comparison id per labelled pair")
+    codes = np.unique(ids, return_inverse=True)[1].reshape(-1)
+    if codes.max() == 0:
+        return fit_calibration(x, ys, penalty)
+    return _within_comparison_fit(x, ys, codes, penalty)
 
+
+def _group_centred(a: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """a minus its mean within each group (rows of a 1-D or 2-D array)."""
+    k = int(codes.max()) + 1
+    counts = np.bincount(codes, minlength=k).astype(float)
+    if a.ndim == 1:
+        return a - (np.bincount(codes, a, minlength=k) / counts)[codes]
+    means = np.vstack([np.bincount(codes, a[:, j], minlength=k) for j in range(a.shape[1])]).T / counts[:, None]
+    return a - means[codes]
+
+
+def _within_comparison_fit(x: np.ndarray, y: np.ndarray, codes: np.ndarray, penalty: float) -> JudgeCalibration:
+    """prior_calibration's fixed-effects fit: ridge slopes on per-comparison centred features and labels (their
+    leave-one-out variances are the within-comparison label_var and resid_var), the overall intercept, the
+    spread model on the within residuals, and the estimated deviation penalty."""
+    xc, yc = _group_centred(x, codes), _group_centred(y, codes)
+    within = fit_calibration(xc, yc, penalty)
+    beta = np.asarray(within.coef)
+    b0 = float(y.mean() - x.mean(axis=0) @ beta)
+    resid = yc - xc @ beta
+    c0, gamma = ridge_fit(x, resid**2, penalty)
+    return JudgeCalibration(b0, tuple(beta.tolist()), c0, tuple(gamma.tolist()), int(y.size), within.label_var,
+                            within.resid_var, between_comparison_penalty(x, y, codes))
+
+
+def between_comparison_penalty(x: np.ndarray, y: np.ndarray, codes: np.ndarray,
+                               min_comparisons: int = PRIOR_MIN_COMPARISONS) -> float:
+    """The ridge penalty for a new comparison's deviation from the pooled calibration, sigma^2 / tau^2, with
+    tau^2 the variance of the comparisons' slopes around it (random-coefficient regression, Swamy 1970,
+    Econometrica 38; ridge as the posterior mode under beta_g ~ N(beta, tau^2 I), Hoerl & Kennard 1970).
+
+    Per comparison g with at least p + 2 labels and full-rank centred features X_g (p: the feature columns
+    that vary anywhere), its least-squares slopes b_g satisfy E ||b_g - beta||^2 = p tau^2 + sigma^2 tr((X_g'
+    X_g)^-1), so the moment estimator (DerSimonian & Laird 1986 for one coefficient, averaged over the p) is
+        tau^2 = ( sum_g ||b_g - b||^2 - sigma^2 sum_g tr((X_g' X_g)^-1) )+ / (p G),
+    b the pooled within slopes and sigma^2 their residual variance (n - G - p degrees of freedom). Returns
+    sigma^2 / tau^2 clipped to PRIOR_PENALTY_RANGE (tau^2 = 0: the upper end, the prior's slopes are kept and
+    a comparison refits only its intercept), or PRIOR_PENALTY when fewer than ``min_comparisons`` comparisons
+    qualify (a variance between a handful of comparisons is too noisy to lean on).
+    On Chatbot Arena's 190 model pairs it gives 52 (186 qualify); on PandaLM's 10, tau^2 = 0 (the upper end)."""
+    xc, yc = _group_centred(x, codes), _group_centred(y, codes)
+    cols = np.ptp(x, axis=0) > 0
+    p, n, k = int(cols.sum()), y.size, int(codes.max()) + 1
+    if p == 0 or n - k - p <= 0:
+        return PRIOR_PENALTY
+    xc = xc[:, cols]
+    b = np.linalg.lstsq(xc, yc, rcond=None)[0]
+    sigma2 = float(np.sum((yc - xc @ b) ** 2)) / (n - k - p)
+    spread, noise, used = 0.0, 0.0, 0
+    for g in range(k):
+        rows = codes == g
+        if rows.sum() < p + 2:
+            continue
+        gram = xc[rows].T @ xc[rows]
+        if np.linalg.matrix_rank(gram) < p:
+            continue
+        inv = np.linalg.inv(gram)
+        spread += float(np.sum((inv @ (xc[rows].T @ yc[rows]) - b) ** 2))
+        noise += sigma2 * float(np.trace(inv))
+        used += 1
+    if used < min_comparisons:
+        return PRIOR_PENALTY
+    tau2 = max(0.0, spread - noise) / (p * used)
+    lo, hi = PRIOR_PENALTY_RANGE
+    return hi if tau2 <= sigma2 / hi else float(min(hi, max(lo, sigma2 / tau2)))

@@ -714,7 +714,7 @@ class Comparison:
         rng.bit_generator.state = d["rng"]
         self = cls.__new__(cls)
         self.config = ComparisonConfig.from_dict(d["config"])
-        self.prior = _calibration_from_dict(d["prior"]) if d.get("prior") else None
+        self.prior = JudgeCalibration.from_dict(d["prior"]) if d.get("prior") else None
         self.rng = rng
         if isinstance(d["labels"], dict):
             label_items = unpack(d["labels"]["items"], "<i8").astype(int).tolist()
@@ -744,7 +744,7 @@ class Comparison:
             self.draws = [Draw(int(i), float(p), int(r), float(w)) for i, p, r, w in d["draws"]]
         self.processed = d["processed"]
         self.label_sum = d["label_sum"]
-        self.calibration = _calibration_from_dict(d["calibration"])
+        self.calibration = JudgeCalibration.from_dict(d["calibration"])
         self._apply_calibration()
         # the running g sums are restored exactly (recomputing them could differ in the last bit)
         self.g_remaining_sum, self.g_max, self.g_min = d["g_remaining_sum"], d["g_max"], d["g_min"]
@@ -781,11 +781,6 @@ def _checked_votes(judge_votes) -> np.ndarray:
     if np.any((votes < 0) | (votes > 1)):
         raise ValueError("judge_votes must be probabilities in [0, 1] (NaN for a missing vote)")
     return votes
-
-
-def _calibration_from_dict(c: dict) -> JudgeCalibration:
-    return JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"], tuple(c["var_coef"]),
-                            c["n_labels"], c.get("label_var", 0.25), c.get("resid_var", 0.25))
 
 
 def _nan_to_none(rows: list) -> list:

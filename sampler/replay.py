@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
+from tiebreak.sampler.calibration import PRIOR_PENALTY, JudgeCalibration, prior_calibration
 from tiebreak.sampler.engine import Comparison, ComparisonConfig
 from tiebreak.sampler.slices import membership_matrix, slice_alpha
 
@@ -172,8 +172,10 @@ def replay(pool: ReplayPool, config: ComparisonConfig, runs: int, seed: int,
     return ReplaySummary(pool.theta, outcomes, {s: pool.slice_theta(s) for s in slices or ()})
 
 
-def prior_from_pools(pools: list[ReplayPool], penalty: float = 20.0) -> JudgeCalibration:
-    """A judge calibration learnt on *other* pools (never the one being replayed): predictable by design."""
+def prior_from_pools(pools: list[ReplayPool], penalty: float = PRIOR_PENALTY) -> JudgeCalibration:
+    """A judge calibration learnt on *other* pools (never the one being replayed): predictable by design. Each
+    pool is one comparison (prior_calibration's ``groups``: slopes fitted within pools)."""
     votes = np.vstack([p.judge_votes for p in pools])
     labels = np.concatenate([[v.mean() for v in p.votes] for p in pools])
-    return prior_calibration(votes, labels, penalty)
+    groups = np.concatenate([np.full(len(p.votes), k) for k, p in enumerate(pools)])
+    return prior_calibration(votes, labels, penalty, groups)

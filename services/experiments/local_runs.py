@@ -61,7 +61,7 @@ class LocalRuns:
 
         if not sources:
             return None
-        xs, ys = [], []
+        xs, ys, groups = [], [], []
         for k, rid in enumerate(sources):
             r = self._runs.get(rid)
             if r is None:
@@ -76,7 +76,8 @@ class LocalRuns:
             for i in sorted(labels):
                 xs.append(r["votes"][i, order])
                 ys.append(labels[i])
-        return prior_calibration(np.asarray(xs), np.asarray(ys))
+                groups.append(k)
+        return prior_calibration(np.asarray(xs), np.asarray(ys), groups=np.asarray(groups))
 
     def run_status(self, run_id: str) -> dict:
         with self._lock:

@@ -50,6 +50,7 @@ def carried_prior(store: RedisStore, spec: dict, meta: dict) -> dict | None:
     criteria = list(meta.get("criteria") or [])
     rows: dict[str, tuple[list[list[float]], list[float], dict[str, int]]] = {
         c: ([], [], {}) for c in [OVERALL, *criteria]}
+    groups: dict[str, list[int]] = {c: [] for c in rows}  # which named run each labelled pair comes from
     for k, rid in enumerate(sources):
         src = store.get_meta(rid) if isinstance(rid, str) else None
         if src is None:
@@ -74,6 +75,7 @@ def carried_prior(store: RedisStore, spec: dict, meta: dict) -> dict | None:
                     continue
                 x.append([math.nan if v[j] is None else float(v[j]) for j in order])
                 y.append(label)
+                groups[c].append(k)
                 per_run[rid] = per_run.get(rid, 0) + 1
         if not rows[OVERALL][2].get(rid):
             raise BadInput(f"run {rid!r} has no labelled pair with judge votes yet, so there is no calibration "
@@ -84,7 +86,9 @@ def carried_prior(store: RedisStore, spec: dict, meta: dict) -> dict | None:
         if not y:
             not_carried[c] = "the named runs have no labelled pair with judge votes for this criterion"
             continue
-        cal = prior_calibration(np.asarray(x, dtype=float).reshape(len(y), len(names)), np.asarray(y))
+        # one comparison per named run: the slopes are fitted within runs (sampler.calibration.prior_calibration)
+        cal = prior_calibration(np.asarray(x, dtype=float).reshape(len(y), len(names)), np.asarray(y),
+                                groups=np.asarray(groups[c]))
         comparisons[c] = {"labels": len(y), "labels_by_run": per_run, "calibration": asdict(cal)}
     return {"from": sources, "judges": names, "comparisons": comparisons, "not_carried": not_carried}
 
@@ -118,9 +122,7 @@ def prior_for(meta: dict, comparison: str) -> JudgeCalibration | None:
     entry = ((meta.get("calibration_prior") or {}).get("comparisons") or {}).get(comparison)
     if entry is None:
         return None
-    c = entry["calibration"]
-    return JudgeCalibration(c["intercept"], tuple(c["coef"]), c["var_intercept"], tuple(c["var_coef"]),
-                            c["n_labels"], c["label_var"], c["resid_var"])
+    return JudgeCalibration.from_dict(entry["calibration"])
 
 
 def prior_summary(meta: dict) -> dict[str, Any] | None:

@@ -112,6 +112,28 @@ def test_carried_prior_is_the_sampler_fit_is_reported_and_draws_as_the_sampler(s
     assert len(seq_without) > len(seq)
 
 
+def test_a_prior_from_several_runs_is_fitted_within_each_run(store):
+    """Two earlier runs: the carried prior is prior_calibration with one group per named run (slopes fitted within
+    runs, sampler.calibration), not the pooled fit -- and it says how many labels came from each."""
+    svc = RunService(store)
+    sources, xs, ys, groups = [], [], [], []
+    for k, seed in enumerate((5, 6)):
+        pairs = _pairs(200, "s", seed=seed)
+        rid = svc.create_run({"name": f"earlier {k}", "pairs": pairs, "seed": 30 + k, "budget": 25 + 10 * k})
+        labelled = sorted(_label(svc, rid, "s", 25 + 10 * k))
+        sources.append(rid)
+        xs += [[pairs[i]["judge_votes"]["j1"], pairs[i]["judge_votes"]["j2"]] for i in labelled]
+        ys += [1.0 if _truth(i, "s") else 0.0 for i in labelled]
+        groups += [k] * len(labelled)
+    expected = prior_calibration(np.array(xs), np.array(ys), groups=np.array(groups))
+    assert expected != prior_calibration(np.array(xs), np.array(ys))   # the grouping changes the fit
+    rid = svc.create_run({"name": "next", "pairs": _pairs(200, "n", seed=7), "seed": 32,
+                          "calibration_from": sources})
+    cp = svc.status(rid)["calibration_prior"]
+    assert cp["comparisons"][OVERALL]["labels_by_run"] == {sources[0]: 25, sources[1]: 35}
+    assert svc.runtime(rid).comps[OVERALL].prior == expected
+
+
 def test_reload_keeps_the_prior_and_the_run_exactly(store):
     svc = RunService(store)
     src = svc.create_run({"name": "earlier", "pairs": _pairs(200, "s", seed=3), "seed": 21, "budget": 30})

@@ -265,18 +265,23 @@ def test_engine_bookkeeping_matches_brute_force_at_every_draw():
     assert cmp.decision.value == "undecided" and cmp.calibration.n_labels > 0
 
 
-@pytest.mark.parametrize("prior_kind", ["right", "misleading"])
-def test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting(prior_kind):
+@pytest.mark.parametrize("prior_kind, prior_penalty", [("right", 20.0), ("misleading", 20.0), ("misleading", 1000.0)])
+def test_false_decisions_at_most_alpha_with_a_carried_prior_batched_shuffled_exhausting(prior_kind, prior_penalty):
     """A carried prior scales the bets by its own predicted variance ratio from the first draw (capped at 4).
     Whether that prior is right (learnt where the judge agrees with the labels) or misleading (learnt where it
     disagrees: g is then anti-correlated with Y and the bets still grow 4x), the CS keeps its level: theta = 1/2
     exactly, alpha = 0.2, labels asked in batches of random size and answered shuffled, most runs exhaust the
-    pool, ppi and active alternating. 1,000 runs; tolerance 2.5 binomial standard deviations (0.2 + 0.032)."""
+    pool, ppi and active alternating. 1,000 runs; tolerance 2.5 binomial standard deviations (0.2 + 0.032).
+    prior_penalty 1000 is the most a prior estimated from earlier comparisons can carry
+    (calibration.between_comparison_penalty): the run then keeps the misleading slopes for good."""
+    from dataclasses import replace
+
     from tiebreak.sampler.calibration import fit_calibration, judge_features
     rng0 = np.random.default_rng(99)
     y0 = rng0.choice([0.0, 0.5, 1.0], size=3000)
     v0 = y0 if prior_kind == "right" else 1.0 - y0
     prior = fit_calibration(judge_features(v0[:, None].repeat(2, axis=1)), y0, penalty=20.0)
+    prior = replace(prior, prior_penalty=prior_penalty)
     assert prior.variance_ratio > 4  # both fit their own training labels well: the prior claims a 4x saving
     runs, wrong, exhausted = 1000, 0, 0
     for r in range(runs):

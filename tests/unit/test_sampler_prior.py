@@ -21,10 +21,109 @@ def test_prior_from_pools_is_prior_calibration_on_the_pools_mean_votes():
         pools.append(ReplayPool(tuple(np.array([v, v]) for v in y), jv))
     votes = np.vstack([p.judge_votes for p in pools])
     labels = np.concatenate([[v.mean() for v in p.votes] for p in pools])
-    cal = prior_calibration(votes, labels)
+    groups = np.repeat([0, 1], [30, 50])
+    cal = prior_calibration(votes, labels, groups=groups)
     assert prior_from_pools(pools) == cal
-    assert cal == fit_calibration(judge_features(votes), labels, PRIOR_PENALTY)
     assert cal.n_labels == 80 and cal.coef[0] > 0.2 and cal.variance_ratio > 1.5
+    # two comparisons: fewer than PRIOR_MIN_COMPARISONS, so the deviation penalty is the fixed default
+    assert cal.prior_penalty == PRIOR_PENALTY
+    # one comparison (or none named): the plain fit with the fixed penalty
+    assert prior_calibration(votes, labels) == fit_calibration(judge_features(votes), labels, PRIOR_PENALTY)
+    assert prior_calibration(votes, labels, groups=np.zeros(80)) == prior_calibration(votes, labels)
+
+
+def _comparisons(k: int, n: int, slope_sd: float, seed: int, between: float = 0.0):
+    """k comparisons of n pairs: one judge whose vote v moves Y by a slope that varies between comparisons
+    (sd slope_sd around 0.3), and whose comparison mean vote tracks the comparison's theta by ``between``;
+    residual sd 0.15 (labels clipped to [0, 1], rarely reached)."""
+    rng = np.random.default_rng(seed)
+    votes, labels, groups = [], [], []
+    for g in range(k):
+        theta = rng.uniform(0.3, 0.7)
+        v = np.clip(0.5 + between * (theta - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+        slope = 0.3 + slope_sd * rng.normal()
+        y = np.clip(theta + slope * (v - v.mean()) + rng.normal(0, 0.15, n), 0, 1)
+        votes.append(v[:, None]), labels.append(y), groups.append(np.full(n, g))
+    return np.vstack(votes), np.concatenate(labels), np.concatenate(groups)
+
+
+def test_within_comparison_slopes_are_least_squares_with_one_intercept_per_comparison():
+    """Cross-check with statsmodels: the prior's slopes (ridge penalty ~0) are the OLS slopes of Y on the votes
+    with a dummy per comparison (Frisch-Waugh-Lovell), and its residual variance is that fit's."""
+    sm = pytest.importorskip("statsmodels.api")
+    votes, labels, groups = _comparisons(6, 40, 0.05, seed=1, between=2.0)
+    votes = np.column_stack([votes[:, 0], np.random.default_rng(2).uniform(size=labels.size)])
+    cal = prior_calibration(votes, labels, penalty=1e-9, groups=groups)
+    dummies = (groups[:, None] == np.arange(6)[None, :]).astype(float)
+    ols = sm.OLS(labels, np.column_stack([votes, dummies])).fit()
+    assert np.allclose(cal.coef[:2], ols.params[:2], atol=1e-6)
+    assert cal.coef[2:] == (0.0, 0.0)  # no vote is missing: the indicators are constant
+    assert cal.resid_var == pytest.approx(ols.ssr / labels.size, rel=0.1)  # leave-one-out vs in-sample
+
+
+def test_a_pooled_fit_overstates_a_judge_that_tracks_theta_between_comparisons():
+    """Judges and humans both prefer the stronger model of a pair, so across comparisons the mean vote tracks
+    theta: pooled, the slope mixes that in (here the between-comparison slope is 1); within comparisons it is the 0.3 that
+    moves Y inside a comparison, and the variance ratio is the within one."""
+    votes, labels, groups = _comparisons(40, 60, 0.0, seed=3, between=1.0)
+    pooled = prior_calibration(votes, labels, penalty=1e-6)   # ~no ridge shrinkage: the slopes themselves
+    within = prior_calibration(votes, labels, penalty=1e-6, groups=groups)
+    assert pooled.coef[0] > 0.4
+    assert within.coef[0] == pytest.approx(0.3, abs=0.04)
+    assert pooled.variance_ratio > within.variance_ratio + 0.2
+    g = within.predict(judge_features(votes))
+    assert abs(float(g.mean() - labels.mean())) < 1e-9  # the intercept sets the overall level
+
+
+@pytest.mark.parametrize("slope_sd", [0.07, 0.1])
+def test_between_comparison_penalty_estimates_noise_over_slope_variance(slope_sd):
+    """Slopes drawn with sd tau around 0.3, residual sd sigma = 0.15: the penalty is sigma^2 / tau^2 (4.6 and
+    2.25); the estimate from 200 comparisons of 60 pairs is within a factor 1.6 of it."""
+    from tiebreak.sampler.calibration import between_comparison_penalty
+    votes, labels, groups = _comparisons(200, 60, slope_sd, seed=4)
+    x = judge_features(votes)
+    est = between_comparison_penalty(x, labels, groups)
+    target = 0.15**2 / slope_sd**2
+    assert target / 1.6 < est < target * 1.6
+
+
+def test_between_comparison_penalty_keeps_the_prior_when_comparisons_agree_and_needs_five():
+    from tiebreak.sampler.calibration import PRIOR_PENALTY_RANGE, between_comparison_penalty
+    votes, labels, groups = _comparisons(100, 60, 0.0, seed=5)
+    x = judge_features(votes)
+    assert between_comparison_penalty(x, labels, groups) >= 0.5 * PRIOR_PENALTY_RANGE[1]
+    few = groups < 4
+    assert between_comparison_penalty(x[few], labels[few], groups[few]) == PRIOR_PENALTY
+
+
+def test_a_run_refits_towards_its_prior_with_the_penalty_the_prior_carries():
+    """prior_penalty 1000: after 30 labels that disagree with it the slopes are still the prior's; 1: the run's
+    own labels take over."""
+    from dataclasses import replace
+
+    from tiebreak.sampler.calibration import fit_calibration
+    votes, labels, groups = _comparisons(50, 60, 0.0, seed=6)
+    prior = prior_calibration(votes, labels, groups=groups)
+    rng = np.random.default_rng(7)
+    v = rng.uniform(size=30)
+    y = np.clip(0.5 - 0.6 * (v - 0.5) + rng.normal(0, 0.1, 30), 0, 1)   # the judge is reversed here
+    x = judge_features(v[:, None])
+    firm = fit_calibration(x, y, prior=replace(prior, prior_penalty=1000.0))
+    loose = fit_calibration(x, y, prior=replace(prior, prior_penalty=1.0))
+    assert firm.coef[0] == pytest.approx(prior.coef[0], abs=0.02)
+    assert loose.coef[0] < 0.0
+
+
+def test_a_calibration_round_trips_through_a_dict_and_old_states_get_the_default_penalty():
+    from dataclasses import asdict
+
+    from tiebreak.sampler.calibration import JudgeCalibration
+    votes, labels, groups = _comparisons(8, 30, 0.1, seed=8)
+    cal = prior_calibration(votes, labels, groups=groups)
+    assert JudgeCalibration.from_dict(asdict(cal)) == cal
+    old = {k: v for k, v in asdict(cal).items() if k not in ("prior_penalty", "label_var", "resid_var")}
+    restored = JudgeCalibration.from_dict(old)
+    assert restored.prior_penalty == PRIOR_PENALTY and restored.label_var == 0.25
 
 
 @pytest.mark.parametrize("votes, labels, words", [
@@ -37,3 +136,8 @@ def test_prior_from_pools_is_prior_calibration_on_the_pools_mean_votes():
 def test_prior_calibration_refuses_bad_input(votes, labels, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace("]", r"\]")):
         prior_calibration(votes, labels)
+
+
+def test_prior_calibration_refuses_groups_of_the_wrong_length():
+    with pytest.raises(ValueError, match="one comparison id per labelled pair"):
+        prior_calibration(np.zeros((3, 1)), np.zeros(3), groups=[0, 1])
