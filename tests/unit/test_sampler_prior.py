@@ -50,7 +50,7 @@ def _comparisons(k: int, n: int, slope_sd: float, seed: int, between: float = 0.
 def test_within_comparison_slopes_are_least_squares_with_one_intercept_per_comparison():
     """Cross-check with statsmodels: the prior's slopes (ridge penalty ~0) are the OLS slopes of Y on the votes
     with a dummy per comparison (Frisch-Waugh-Lovell), and its residual variance is that fit's."""
-    sm = pytest.importorskip("statsmodels.api")
+    import statsmodels.api as sm
     votes, labels, groups = _comparisons(6, 40, 0.05, seed=1, between=2.0)
     votes = np.column_stack([votes[:, 0], np.random.default_rng(2).uniform(size=labels.size)])
     cal = prior_calibration(votes, labels, penalty=1e-9, groups=groups)
@@ -141,3 +141,23 @@ def test_prior_calibration_refuses_bad_input(votes, labels, words):
 def test_prior_calibration_refuses_groups_of_the_wrong_length():
     with pytest.raises(ValueError, match="one comparison id per labelled pair"):
         prior_calibration(np.zeros((3, 1)), np.zeros(3), groups=[0, 1])
+
+
+def test_between_comparison_penalty_agrees_with_statsmodels_mixed_model():
+    """Cross-check with an established implementation: statsmodels' linear mixed model with a random intercept
+    and a random vote slope per comparison (REML). Its residual variance over its slope variance is the same
+    sigma^2 / tau^2 the moment estimator gives, within a factor 1.5."""
+    import warnings
+
+    import pandas as pd
+    import statsmodels.formula.api as sm
+
+    from tiebreak.sampler.calibration import between_comparison_penalty
+    votes, labels, groups = _comparisons(120, 60, 0.1, seed=9)
+    df = pd.DataFrame({"y": labels, "v": votes[:, 0], "g": groups})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sm.mixedlm("y ~ v", df, groups=df["g"], re_formula="~v").fit(reml=True)
+    reference = fit.scale / float(fit.cov_re.loc["v", "v"])
+    ours = between_comparison_penalty(judge_features(votes), labels, groups)
+    assert reference / 1.5 < ours < reference * 1.5
