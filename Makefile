@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 EXTRAS  ?= serve,ray,cpu,models,dev,trainer
 
-.PHONY: setup setup-browser setup-large run test test-unit test-durations test-slow test-all bench bench-api bench-judge-budget bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
+.PHONY: setup setup-browser setup-large run test test-unit test-durations test-slow test-all bench bench-api bench-judge-budget bench-carry bench-savings bench-judges bench-judges-free bench-judges-large lint gpu-check test-vllm-cpu test-label-studio clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,15 @@ test-all: $(BIN)/python
 # Statistical engine (labels to decision on real data, false-decision rate, speed at N = 1e6) -> docs/benchmarks.md
 bench: $(BIN)/python
 	$(BIN)/python -m benchmarks.engine
+
+# Issue 9: carried calibration on Chatbot Arena, 200 replays per pair (~7 min; docs/benchmarks.md "Carried
+# calibration"), and where the strong judge's savings go, with the Arena oracle bounds (~30 min; "Where the strong
+# judge's savings go").
+bench-carry: $(BIN)/python
+	$(BIN)/python -m benchmarks.carry --runs 200
+
+bench-savings: $(BIN)/python
+	$(BIN)/python -m benchmarks.savings_gap --runs 300 --arena --what-ifs
 
 # Issue 5: the Vicuna-80 Guanaco checkpoint ladder (7B base; 13B -> 33B -> 65B), no server needed.
 bench-ladder: $(BIN)/python

@@ -2,7 +2,7 @@
 design: the oracle calibration below is fitted on the labels of the whole pool, which a real run never has, and
 the what-ifs patch the sampler's constants in this process only; none of it is reachable from the service.
 
-    python -m benchmarks.savings_gap [--runs 300] [--arena] [--what-ifs] [--no-write]
+    python -m benchmarks.savings_gap [--runs 300] [--arena] [--arena-runs 200] [--what-ifs] [--no-write]
 
 Per pool (600 items, theta 0.6 / 0.65, pool seeds 1 / 2, built as in benchmarks.engine) it replays, with the
 same seeds (so every method draws the same pairs in the same order until it stops):
@@ -35,8 +35,11 @@ CS's (0.8). Only the variance counts in the CLT (G ~ mean(d)^2 / (2 var(d)) for 
 also pays for skew and tails, so "growth labels ratio" above "oracle 1 - R^2" is what the betting CS loses to
 the shape of the prediction-powered increments whatever its bets (Waudby-Smith & Ramdas 2024, Sec. 5: the
 growth-rate-optimal bet; Shafer 2021 / Grunwald et al. 2024 on log-optimal e-values).
---arena: the 47 Chatbot Arena pairs of `make bench` (20 replays each), classical / ppi / oracle from k, the
-oracle fitted on each pair's own battles (mean vote per battle).
+--arena: the 47 Chatbot Arena pairs of `make bench` (``--arena-runs``, default 200 replays each: at 20 the
+total's Monte-Carlo standard error is ~48 labels, more than the differences it is meant to show), classical /
+ppi / oracle from k (0, 3, 10, 20, 40), the oracle fitted on each pair's own battles (mean vote per battle).
+"Oracle from k" bounds what an online calibration can reach: a run that knew by label k everything the whole
+pool's labels say about its judges.
 --what-ifs: other ways of learning the judges' weight within a run, on the PandaLM pools (100 replays, the
 strong judge and the shuffled, useless one) and on Arena: the empirical-Bayes factor kappa = 1/2 instead of 1
 (``calibration.EB_NOISE``), no shrinkage at all (the OLS slope of the label on the judges' mean vote, the best
@@ -72,7 +75,8 @@ DATA = ROOT.parent / "shared" / "data"
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- savings-gap:begin -->", "<!-- savings-gap:end -->"
 CURVE_N = (3, 5, 10, 20, 40)
-ARENA_RUNS = 20
+ARENA_RUNS = 200   # replays per Arena pair: at 20 the total's Monte-Carlo standard error is ~48 labels
+ARENA_ORACLE_FROM = (0, 3, 10, 20, 40)
 WHAT_IF_RUNS = 100
 
 
@@ -135,8 +139,8 @@ def run_labels(cls: type[Comparison], pool: ReplayPool, config: ComparisonConfig
 def _unshrunk_mean_fit(shipped):
     """What-if: the prediction is ybar + b (vbar - mean vbar), b >= 0 the OLS slope of the labels on the judges'
     mean vote, unshrunk (the shipped fit still gives the variance ratio the bets use)."""
-    def fit(x, y, grid=calibration.PENALTY_GRID):
-        b0, beta, ratio = shipped(x, y, grid)
+    def fit(x, y, grid=calibration.PENALTY_GRID, svd=None):
+        b0, beta, ratio = shipped(x, y, grid, svd)
         if grid is not calibration.MEAN_FIT_PENALTIES:
             return b0, beta, ratio
         ident = identity_coef(x.shape[1])
@@ -276,32 +280,46 @@ def arena_pools():
     return select_pools(load_items(DATA / "chatbot_arena_ppr.jsonl"), all_pairs=True, min_items=200)
 
 
-def arena_total(pools, cls: type[Comparison], method: str, oracle_from: int | None = None) -> float:
+def arena_labels(pools, cls: type[Comparison], method: str, runs: int, oracle_from: int | None = None) -> np.ndarray:
+    """Labels of every replay, pairs x runs (same seeds as ``tiebreak replay --runs R``)."""
     cfg = ComparisonConfig(method=method, grid_resolution=20)
-    total = 0.0
+    out = []
     for op in pools:
         attrs = {} if oracle_from is None else {"oracle": prior_from_pools([op.pool]), "oracle_from": oracle_from}
-        total += float(run_labels(cls, op.pool, cfg, ARENA_RUNS, 0, **attrs).mean())
-    return total
+        out.append(run_labels(cls, op.pool, cfg, runs, 0, **attrs))
+    return np.asarray(out)
 
 
-def arena_table() -> list[str]:
+def arena_total(pools, cls: type[Comparison], method: str, runs: int, oracle_from: int | None = None) -> float:
+    return float(arena_labels(pools, cls, method, runs, oracle_from).mean(axis=1).sum())
+
+
+def total_se(labels: np.ndarray) -> float:
+    """Monte-Carlo standard error of the sum over pairs of the mean labels (pairs x runs, pairs independent)."""
+    return float(np.sqrt(np.sum(labels.var(axis=1, ddof=1) / labels.shape[1])))
+
+
+def arena_table(runs: int) -> list[str]:
     pools = arena_pools()
-    rows = [("classical", arena_total(pools, Comparison, "classical")), ("ppi", arena_total(pools, Comparison, "ppi"))]
-    for k in (0, 3, 10):
-        rows.append((f"ppi, oracle from {k}", arena_total(pools, OracleFrom, "ppi", k)))
-        print(rows[-1], flush=True)
-    return [f"Chatbot Arena, the 47 pairs of `make bench`, {ARENA_RUNS} replays each, total mean labels (the oracle "
-            "is fitted on each pair's own battles):", "", "| design | total mean labels |", "|---|---|",
-            *(f"| {n} | {v:,.1f} |" for n, v in rows)]
+    classical = arena_labels(pools, Comparison, "classical", runs)
+    rows = [("classical", classical), ("ppi", arena_labels(pools, Comparison, "ppi", runs))]
+    for k in ARENA_ORACLE_FROM:
+        rows.append((f"ppi, oracle from {k}", arena_labels(pools, OracleFrom, "ppi", runs, k)))
+        print(rows[-1][0], rows[-1][1].mean(axis=1).sum(), flush=True)
+    c = classical.mean(axis=1).sum()
+    return [f"Chatbot Arena, the 47 pairs of `make bench`, {runs} replays each, total mean labels ± Monte-Carlo "
+            "standard error, and against classical ± paired standard error (the oracle is fitted on each pair's own "
+            "battles):", "", "| design | total mean labels | / classical |", "|---|---|---|",
+            *(f"| {n} | {v.mean(axis=1).sum():,.1f} ± {total_se(v):.1f} | {v.mean(axis=1).sum() / c:.3f} ± "
+              f"{total_se(v - classical) / c:.3f} |" for n, v in rows)]
 
 
-def what_if_table(pools: list[tuple[str, ReplayPool, float]]) -> list[str]:
+def what_if_table(pools: list[tuple[str, ReplayPool, float]], arena_runs: int) -> list[str]:
     cfg = ComparisonConfig(method="ppi", grid_resolution=20)
     arena = arena_pools()
     classical = {name: run_labels(Comparison, pool, replace(cfg, method="classical"), WHAT_IF_RUNS, 0).mean()
                  for name, pool, _ in pools}
-    lines = [f"What-ifs (ppi; PandaLM {WHAT_IF_RUNS} replays per pool, Arena {ARENA_RUNS} per pair):", "",
+    lines = [f"What-ifs (ppi; PandaLM {WHAT_IF_RUNS} replays per pool, Arena {arena_runs} per pair):", "",
              "| calibration | strong judge / classical (4 pools) | mean | useless judge / classical, worst | "
              "Arena total mean labels |", "|---|---|---|---|---|"]
     for name in WHAT_IFS:
@@ -309,7 +327,7 @@ def what_if_table(pools: list[tuple[str, ReplayPool, float]]) -> list[str]:
             strong = [run_labels(Comparison, pool, cfg, WHAT_IF_RUNS, 0).mean() / classical[n] for n, pool, _ in pools]
             useless = [run_labels(Comparison, shuffled(pool, int(n[-1])), cfg, WHAT_IF_RUNS, 0).mean() / classical[n]
                        for n, pool, _ in pools]
-            total = arena_total(arena, Comparison, "ppi")
+            total = arena_total(arena, Comparison, "ppi", arena_runs)
         lines.append(f"| {name} | {' / '.join(f'{x:.3f}' for x in strong)} | {np.mean(strong):.3f} | "
                      f"{max(useless):.3f} | {total:,.1f} |")
         print(lines[-1], flush=True)
@@ -320,7 +338,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300, help="replays per method and PandaLM pool")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--arena", action="store_true", help="also the Arena rows (~3 min)")
+    ap.add_argument("--arena", action="store_true", help="also the Arena rows (~10 min at 200 replays)")
+    ap.add_argument("--arena-runs", type=int, default=ARENA_RUNS, help="replays per Arena pair")
     ap.add_argument("--what-ifs", action="store_true", help="also the what-if table (~5 min)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     args = ap.parse_args()
@@ -329,10 +348,12 @@ def main() -> None:
         pools = pandalm_pools(Path(tmp))
         parts = pandalm_table(pools, args.runs, args.seed)
         if args.arena:
-            parts += ["", *arena_table()]
+            parts += ["", *arena_table(args.arena_runs)]
         if args.what_ifs:
-            parts += ["", *what_if_table(pools)]
+            parts += ["", *what_if_table(pools, args.arena_runs)]
     flags = "".join(f" --{f}" for f, on in (("arena", args.arena), ("what-ifs", args.what_ifs)) if on)
+    if (args.arena or args.what_ifs) and args.arena_runs != ARENA_RUNS:
+        flags += f" --arena-runs {args.arena_runs}"
     block = "\n".join([BEGIN, f"`python -m benchmarks.savings_gap --runs {args.runs}{flags}` "
                        f"({time.perf_counter() - start:.0f} s on a shared 2-core machine, "
                        f"{time.strftime('%Y-%m-%d')}).", "", *parts, END])

@@ -61,6 +61,8 @@ class LocalRuns:
 
         if not sources:
             return None
+        if len(set(sources)) != len(sources):
+            raise BadInput("calibration_from names a run twice; name each run once", "calibration_from")
         xs, ys, groups = [], [], []
         for k, rid in enumerate(sources):
             r = self._runs.get(rid)

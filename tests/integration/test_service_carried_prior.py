@@ -280,6 +280,10 @@ def test_local_runs_carry_calibration_as_the_service_does():
     with pytest.raises(BadInput) as e:
         runs.create_run({"name": "c", "pairs": _pairs(10, "o", seed=15, judges=("j1",)), "calibration_from": [src]})
     assert e.value.field == "calibration_from.0"
+    # a run named twice would count as two comparisons that agree perfectly: refused, as the service does
+    with pytest.raises(BadInput, match="twice") as e:
+        runs.create_run({"name": "d", "pairs": _pairs(10, "o", seed=16), "calibration_from": [src, src]})
+    assert e.value.field == "calibration_from"
 
 
 def test_criteria_carry_their_own_calibration_when_their_votes_exist(store):

@@ -87,13 +87,43 @@ def test_between_comparison_penalty_estimates_noise_over_slope_variance(slope_sd
     assert target / 1.6 < est < target * 1.6
 
 
-def test_between_comparison_penalty_keeps_the_prior_when_comparisons_agree_and_needs_five():
+def test_between_comparison_penalty_grows_with_the_evidence_that_comparisons_agree():
+    """No true difference between comparisons: tau^2 is taken as its standard error, so the penalty grows with
+    the number of comparisons (about as their square root) and a few agreeing ones never reach the cap; fewer
+    than PRIOR_MIN_COMPARISONS, or labels that never vary within a comparison (sigma^2 = 0: the ratio is
+    undefined), give the fixed PRIOR_PENALTY."""
     from tiebreak.sampler.calibration import PRIOR_PENALTY_RANGE, between_comparison_penalty
+    pens = []
+    for k in (20, 100, 400):
+        votes, labels, groups = _comparisons(k, 60, 0.0, seed=5)
+        pens.append(between_comparison_penalty(judge_features(votes), labels, groups))
+    assert pens[0] < pens[1] < pens[2] < PRIOR_PENALTY_RANGE[1] and pens[2] > 3 * pens[0]
     votes, labels, groups = _comparisons(100, 60, 0.0, seed=5)
     x = judge_features(votes)
-    assert between_comparison_penalty(x, labels, groups) >= 0.5 * PRIOR_PENALTY_RANGE[1]
     few = groups < 4
     assert between_comparison_penalty(x[few], labels[few], groups[few]) == PRIOR_PENALTY
+    constant = groups.astype(float) % 2   # every comparison's labels all equal
+    assert between_comparison_penalty(x, constant, groups) == PRIOR_PENALTY
+    cal = prior_calibration(votes, constant, groups=groups)
+    assert cal.prior_penalty == PRIOR_PENALTY and cal.coef == (0.0, 0.0)
+
+
+def test_between_comparison_penalty_uses_the_columns_that_vary_within_each_comparison():
+    """A judge vote missing on one pair makes its missing indicator vary overall but not within the other
+    comparisons; a judge absent from half of them varies within those only. Neither may switch the estimate off
+    (it used to fall back to PRIOR_PENALTY): the penalty stays close to the one without missing votes."""
+    from tiebreak.sampler.calibration import between_comparison_penalty
+    rng = np.random.default_rng(11)
+    votes, labels, groups = _comparisons(60, 60, 0.07, seed=10)
+    votes = np.column_stack([votes[:, 0], np.clip(votes[:, 0] + rng.normal(0, 0.2, labels.size), 0, 1)])
+    full = between_comparison_penalty(judge_features(votes), labels, groups)
+    one_missing = votes.copy()
+    one_missing[0, 1] = np.nan
+    absent = votes.copy()
+    absent[groups < 30, 1] = np.nan
+    for v in (one_missing, absent):
+        got = between_comparison_penalty(judge_features(v), labels, groups)
+        assert got != PRIOR_PENALTY and full / 2 < got < full * 2
 
 
 def test_a_run_refits_towards_its_prior_with_the_penalty_the_prior_carries():
@@ -138,9 +168,17 @@ def test_prior_calibration_refuses_bad_input(votes, labels, words):
         prior_calibration(votes, labels)
 
 
-def test_prior_calibration_refuses_groups_of_the_wrong_length():
+def test_prior_calibration_refuses_bad_groups_and_penalties_and_takes_any_ids():
     with pytest.raises(ValueError, match="one comparison id per labelled pair"):
         prior_calibration(np.zeros((3, 1)), np.zeros(3), groups=[0, 1])
+    for bad in ([0, None, 1], [0.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="None or NaN"):
+            prior_calibration(np.zeros((3, 1)), np.zeros(3), groups=bad)
+    with pytest.raises(ValueError, match="penalty must be a positive number"):
+        prior_calibration(np.zeros((3, 1)), np.zeros(3), penalty=0.0)
+    votes, labels, groups = _comparisons(6, 20, 0.05, seed=12)
+    named = prior_calibration(votes, labels, groups=[f"run_{g}" for g in groups])
+    assert named == prior_calibration(votes, labels, groups=groups)
 
 
 def test_between_comparison_penalty_agrees_with_statsmodels_mixed_model():

@@ -64,6 +64,8 @@ def test_what_ifs_change_their_constant_and_restore_the_sampler():
                 assert np.allclose(coef, slope * calibration.identity_coef(x.shape[1]))
             if name.startswith("refit"):
                 assert all(engine._refit_due(n, 3) for n in range(3, 101))
+            # the patched functions run where the engine calls them (a signature drift once broke a what-if)
+            calibration.fit_calibration(x, y)
         assert (calibration.EB_NOISE, calibration.shrunk_ridge_fit, engine._refit_due) == shipped
 
 
