@@ -428,7 +428,7 @@ def between_comparison_penalty(x: np.ndarray, y: np.ndarray, codes: np.ndarray,
     with no true difference: median penalty 6, never the cap); the more evidence that they agree, the larger
     the penalty. Clipped to PRIOR_PENALTY_RANGE. PRIOR_PENALTY when fewer than ``min_comparisons``
     comparisons qualify or their labels do not vary within comparisons (sigma^2 = 0: the ratio is undefined).
-    Chatbot Arena's 190 model pairs give 50 (186 qualify); PandaLM's 10 model pairs 15, Vicuna-80's 32 pairs 11."""
+    Chatbot Arena's 190 model pairs give 50 (189 qualify); PandaLM's 10 model pairs 15, Vicuna-80's 32 pairs 11."""
     codes = np.unique(np.asarray(codes).reshape(-1), return_inverse=True)[1].reshape(-1)
     xc, yc = _group_centred(x, codes), _group_centred(y, codes)
     slopes, noise_diag, rss, dof = [], [], 0.0, 0

@@ -226,6 +226,9 @@ class CarriedCalibration(BaseModel):
     labels_by_run: dict[str, int]
     predicted_variance_ratio: float = Field(description="label variance over residual variance that the prior "
                                                         "predicts (1: the judges are not expected to help)")
+    prior_penalty: float = Field(20.0, description="how firmly the run holds to the prior: the ridge penalty on its "
+                                                   "deviation from it (estimated from how much the calibration "
+                                                   "differed between >= 5 named runs, else 20)")
 
 
 class CalibrationPrior(BaseModel):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
+from tiebreak.sampler.calibration import PRIOR_PENALTY, JudgeCalibration, prior_calibration
 from tiebreak.services.errors import BadInput
 from tiebreak.services.store import RedisStore
 
@@ -136,7 +136,8 @@ def prior_summary(meta: dict) -> dict[str, Any] | None:
     for c, e in entry["comparisons"].items():
         cal = prior_for(meta, c)
         comps[c] = {"labels": e["labels"], "labels_by_run": dict(e["labels_by_run"]),
-                    "predicted_variance_ratio": cal.variance_ratio if cal is not None else 1.0}
+                    "predicted_variance_ratio": cal.variance_ratio if cal is not None else 1.0,
+                    "prior_penalty": cal.prior_penalty if cal is not None else PRIOR_PENALTY}
     overall = entry["comparisons"].get(OVERALL) or {}
     return {"from": list(entry["from"]), "labels": int(overall.get("labels", 0)), "comparisons": comps,
             "not_carried": dict(entry.get("not_carried") or {})}

@@ -112,13 +112,15 @@ def test_carried_prior_is_the_sampler_fit_is_reported_and_draws_as_the_sampler(s
     assert len(seq_without) > len(seq)
 
 
-def test_a_prior_from_several_runs_is_fitted_within_each_run(store):
-    """Two earlier runs: the carried prior is prior_calibration with one group per named run (slopes fitted within
-    runs, sampler.calibration), not the pooled fit -- and it says how many labels came from each."""
+@pytest.mark.parametrize("n_runs", [2, 6])
+def test_a_prior_from_several_runs_is_fitted_within_each_run(store, n_runs):
+    """Earlier runs: the carried prior is prior_calibration with one group per named run (slopes fitted within
+    runs, sampler.calibration), not the pooled fit -- and it says how many labels came from each, and how firmly
+    the new run holds to it (the default 20 from fewer than 5 runs, estimated from 6)."""
     svc = RunService(store)
     sources, xs, ys, groups = [], [], [], []
-    for k, seed in enumerate((5, 6)):
-        pairs = _pairs(200, "s", seed=seed)
+    for k in range(n_runs):
+        pairs = _pairs(200, "s", seed=5 + k)
         rid = svc.create_run({"name": f"earlier {k}", "pairs": pairs, "seed": 30 + k, "budget": 25 + 10 * k})
         labelled = sorted(_label(svc, rid, "s", 25 + 10 * k))
         sources.append(rid)
@@ -130,7 +132,9 @@ def test_a_prior_from_several_runs_is_fitted_within_each_run(store):
     rid = svc.create_run({"name": "next", "pairs": _pairs(200, "n", seed=7), "seed": 32,
                           "calibration_from": sources})
     cp = svc.status(rid)["calibration_prior"]
-    assert cp["comparisons"][OVERALL]["labels_by_run"] == {sources[0]: 25, sources[1]: 35}
+    assert cp["comparisons"][OVERALL]["labels_by_run"] == {r: 25 + 10 * k for k, r in enumerate(sources)}
+    assert cp["comparisons"][OVERALL]["prior_penalty"] == expected.prior_penalty
+    assert (expected.prior_penalty == 20.0) == (n_runs < 5)
     assert svc.runtime(rid).comps[OVERALL].prior == expected
 
 
@@ -198,6 +202,7 @@ def test_calibration_from_over_http(tmp_path):
             assert r.status_code == 201, r.text
             st = c.get(f"/v1/runs/{r.json()['run_id']}", headers=H).json()
             assert st["calibration_prior"]["from"] == [src] and st["calibration_prior"]["labels"] == 12
+            assert st["calibration_prior"]["comparisons"]["overall"]["prior_penalty"] == 20.0   # one run: the default
             r = c.post("/v1/runs", json={"name": "bad", "pairs": _pairs(20, "b", seed=10, judges=("j2",)),
                                          "calibration_from": [src]}, headers=H)
             assert r.status_code == 422
