@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.engine import total_se
 from tiebreak.sampler.calibration import JudgeCalibration, prior_calibration
 from tiebreak.sampler.engine import Comparison, ComparisonConfig
 from tiebreak.sampler.replay import ReplayPool, prior_from_pools, replay
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             c = s.counts()
             decided += c["better"] + c["worse"] + c["equivalent"]
         per_run[name] = np.asarray(labels, dtype=float)
-        rows[name] = {"total_mean_labels": round(total, 1), "se": round(_total_se(per_run[name]), 1),
-                      "se_vs_none": round(_total_se(per_run[name] - per_run["none"]), 1) if "none" in per_run else None,
+        rows[name] = {"total_mean_labels": round(total, 1), "se": round(total_se(per_run[name]), 1),
+                      "se_vs_none": round(total_se(per_run[name] - per_run["none"]), 1) if "none" in per_run else None,
                       "wrong": wrong, "decided": decided,
                       "runs": a.runs * len(arena),
                       "prior_labels_mean": round(float(np.mean(prior_labels)), 1) if prior_labels else 0,
@@ -139,11 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps({"summary": True, "rows": rows, "earlier_labels": n_earlier}))
     return 0
-
-
-def _total_se(labels: np.ndarray) -> float:
-    """Monte-Carlo standard error of the sum over pairs of the mean labels (pairs x runs; pairs independent)."""
-    return float(np.sqrt(np.sum(labels.var(axis=1, ddof=1) / labels.shape[1])))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ def run_method(pools, method: str, runs: int, seed: int = 0, symmetrize: bool = 
                time.perf_counter() - start)
 
 
+def total_se(labels: np.ndarray) -> float:
+    """Monte-Carlo standard error of the sum over pairs of the mean labels (pairs x runs, pairs independent)."""
+    return float(np.sqrt(np.sum(labels.var(axis=1, ddof=1) / labels.shape[1])))
+
+
 def engine_speed(n: int = 1_000_000, labels: int = 2_000) -> dict:
     rng = np.random.default_rng(0)
     votes = rng.random((n, 3))

@@ -64,7 +64,7 @@ import numpy as np
 
 import tiebreak.sampler.calibration as calibration
 import tiebreak.sampler.engine as engine
-from benchmarks.engine import pandalm_pool
+from benchmarks.engine import pandalm_pool, total_se
 from tiebreak.sampler.calibration import JudgeCalibration, fit_calibration, identity_coef, judge_features
 from tiebreak.sampler.engine import Comparison, ComparisonConfig
 from tiebreak.sampler.replay import ReplayPool, prior_from_pools
@@ -292,11 +292,6 @@ def arena_labels(pools, cls: type[Comparison], method: str, runs: int, oracle_fr
 
 def arena_total(pools, cls: type[Comparison], method: str, runs: int, oracle_from: int | None = None) -> float:
     return float(arena_labels(pools, cls, method, runs, oracle_from).mean(axis=1).sum())
-
-
-def total_se(labels: np.ndarray) -> float:
-    """Monte-Carlo standard error of the sum over pairs of the mean labels (pairs x runs, pairs independent)."""
-    return float(np.sqrt(np.sum(labels.var(axis=1, ddof=1) / labels.shape[1])))
 
 
 def arena_table(runs: int) -> list[str]:
